@@ -1,0 +1,57 @@
+"""The exceptions a caller of a pool may see."""
+from __future__ import annotations
+
+
+class PoolPartyError(Exception):
+    """Base class of this package's own errors."""
+
+
+class TaskLostError(PoolPartyError):
+    """Tasks died without a result more often than ``max_num_resubmissions`` allowed.
+
+    ``task_indices`` are the lost tasks' positions in the input, ``attempts`` how often each
+    of their chunks ran, ``stderr_tails`` the last lines each attempt wrote to stderr.
+    """
+
+    def __init__(self, message: str, task_indices: list[int], attempts: dict[int, int],
+                 stderr_tails: dict[int, list[str]], work_dir: str):
+        super().__init__(message)
+        self.task_indices = task_indices
+        self.attempts = attempts
+        self.stderr_tails = stderr_tails
+        self.work_dir = work_dir
+
+
+class SchedulerError(PoolPartyError):
+    """A scheduler command failed in a way no retry or resubmission can fix."""
+
+
+class SchedulerUnavailableError(SchedulerError):
+    """The scheduler's commands are missing or its controller does not answer."""
+
+
+class WorkDirMismatchError(PoolPartyError):
+    """The work_dir holds a different map than the one asked for."""
+
+
+class WorkDirBusyError(PoolPartyError):
+    """Another driver is running a map in this work_dir right now."""
+
+
+class RemoteTraceback(Exception):
+    """Carries a task's traceback text from the worker; set as the ``__cause__`` of its error."""
+
+    def __init__(self, traceback_text: str):
+        super().__init__(traceback_text)
+        self.traceback_text = traceback_text
+
+    def __str__(self) -> str:
+        return "\n\n" + self.traceback_text
+
+
+class RemoteTaskError(PoolPartyError):
+    """Stands in for a task's exception that could not be unpickled on the driver."""
+
+    def __init__(self, type_name: str, message: str):
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name

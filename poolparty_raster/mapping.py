@@ -1,0 +1,205 @@
+"""Preparing a map's work_dir (tasks, manifest, script) and reading its outcomes back.
+
+A :class:`MapHandle` is one map in flight; the pool's methods (map, imap, ...) are views of it.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle
+from filelock import FileLock, Timeout
+
+from poolparty_raster import workdir as wd
+from poolparty_raster.engine import MapRun, RunOptions
+from poolparty_raster.errors import WorkDirBusyError, WorkDirMismatchError
+from poolparty_raster.outcome import ChunkOutcome, rebuild_exception
+from poolparty_raster.progress import Progress
+from poolparty_raster.schedulers.base import Scheduler, SubmitSpec
+from poolparty_raster.worker import render_script
+
+WORK_DIR_ROOT_VARIABLE = "POOLPARTY_RASTER_WORK_DIR_ROOT"
+
+
+@dataclass
+class MapSettings:
+    """The pool options a map needs."""
+
+    work_dir: str | None
+    work_dir_root: str
+    keep_work_dir: bool
+    python_path: str
+    throttle: int | None
+    job_name_prefix: str
+    run_options: RunOptions
+    progress: bool | None
+
+
+def default_chunksize(num_tasks: int, parallelism: int) -> int:
+    """Four chunks per worker slot, as multiprocessing does: start-up is paid once per chunk."""
+    return max(1, math.ceil(num_tasks / (4 * max(1, parallelism))))
+
+
+def split(tasks: Sequence[Any], chunksize: int) -> Iterator[list[Any]]:
+    for start in range(0, len(tasks), chunksize):
+        yield list(tasks[start:start + chunksize])
+
+
+def new_work_dir_path(root: str) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return os.path.join(root, f"poolparty_raster.{stamp}.{uuid.uuid4().hex[:8]}")
+
+
+def _check_reusable(path: str) -> None:
+    """Refuse a directory that is neither empty nor one of ours: we chmod and delete work_dirs."""
+    if os.path.isdir(path) and os.listdir(path) and not os.path.exists(os.path.join(path, "manifest.json")):
+        raise WorkDirMismatchError(
+            f"work_dir {path!r} exists, is not empty and holds no poolparty_raster map. "
+            f"Give a new or empty directory.")
+
+
+class MapHandle:
+    """One map: its work_dir, its run, and the reading of its outcomes."""
+
+    def __init__(self, scheduler: Scheduler, settings: MapSettings, func: Callable[[Any], Any],
+                 tasks: Sequence[Any], chunksize: int | None, abort: threading.Event):
+        func_bytes = cloudpickle.dumps(func)  # an unpicklable function fails before anything runs
+        chunksize = chunksize or default_chunksize(
+            len(tasks), settings.throttle or scheduler.default_parallelism())
+        if chunksize < 1:
+            raise ValueError(f"chunksize must be at least 1, not {chunksize}")
+        path = settings.work_dir or new_work_dir_path(settings.work_dir_root)
+        _check_reusable(path)
+        created = not os.path.exists(path)
+        self.work_dir = wd.WorkDir(path)
+        self.work_dir.create()
+        self._lock = FileLock(self.work_dir.file("driver.lock"), mode=0o600)
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            raise WorkDirBusyError(f"another driver is running a map in {path}") from None
+        try:
+            self.manifest = self._prepare(func_bytes, tasks, chunksize, settings)
+        except BaseException:  # e.g. an unpicklable task: nothing was submitted
+            self._lock.release()
+            if created:
+                shutil.rmtree(path, ignore_errors=True)
+            raise
+        self.settings = settings
+        spec = SubmitSpec(work_dir=self.work_dir.path, script_path=self.work_dir.script_path,
+                          python_path=settings.python_path, job_name=self.manifest.job_name,
+                          scheduler_log=self.work_dir.scheduler_log_path, throttle=settings.throttle,
+                          cwd=os.getcwd())
+        archived = self.work_dir.archived_chunks()
+        progress = Progress(self.manifest.num_tasks, settings.progress, spec.job_name,
+                            done=sum(len(self.manifest.chunk_range(c)) for c in archived))
+        self.run = MapRun(self.work_dir, self.manifest, scheduler, spec, settings.run_options,
+                          progress, abort)
+        self.wrote_stderr = False
+        self.failed = False
+
+    def _prepare(self, func_bytes: bytes, tasks: Sequence[Any], chunksize: int,
+                 settings: MapSettings) -> wd.Manifest:
+        writer = wd.TasksWriter(self.work_dir.path, func_bytes)
+        try:
+            for chunk in split(tasks, chunksize):
+                writer.add_chunk(chunk)
+            digest = writer.finish()
+        except BaseException:
+            writer.discard()
+            raise
+        existing = self.work_dir.read_manifest()
+        if existing is not None:
+            writer.discard()
+            if existing.digest != digest:
+                raise WorkDirMismatchError(
+                    f"work_dir {self.work_dir.path} holds a different map (another function, other "
+                    f"tasks or another chunksize). Use a new work_dir, or delete this one if its "
+                    f"results are not needed.")
+            self.work_dir.log("resumed")
+            return existing
+        name_hash = hashlib.sha1(f"{self.work_dir.path}:{digest}".encode()).hexdigest()[:10]
+        manifest = wd.Manifest(digest, writer.num_tasks, writer.chunk_starts,
+                               f"{settings.job_name_prefix}{name_hash}")
+        os.replace(writer.tmp_path, self.work_dir.tasks_path)
+        script = render_script(self.work_dir.path, settings.python_path, os.environ, sys.path, os.getcwd())
+        wd.atomic_write(self.work_dir.script_path, script.encode())
+        self.work_dir.write_manifest(manifest)  # last: a manifest means the work_dir is complete
+        self.work_dir.log("prepared", tasks=manifest.num_tasks, chunks=manifest.num_chunks,
+                          chunksize=chunksize, job_name=manifest.job_name)
+        return manifest
+
+    # -- reading outcomes --------------------------------------------------------------
+    def outcome(self, chunk: int) -> ChunkOutcome:
+        first = self.manifest.chunk_starts[chunk]
+        values = wd.load_results(self.work_dir.read_output(chunk, "result"))
+        errors = {}
+        raw = self.work_dir.read_output(chunk, "exception")
+        if raw is not None:
+            self.failed = True
+            for record in wd.load_exceptions(raw):
+                errors[record["index"]] = rebuild_exception(record, self.work_dir.path)
+        stderr = self.work_dir.read_output(chunk, "stderr")
+        self.wrote_stderr = self.wrote_stderr or bool(stderr)
+        return ChunkOutcome(chunk, first, values, errors)
+
+    def completed(self) -> Iterator[ChunkOutcome]:
+        """Outcomes in the order chunks finish; the map is closed when this ends."""
+        chunks = iter(self.run)
+        try:
+            for chunk in chunks:
+                yield self.outcome(chunk)
+        except BaseException:
+            self.failed = True
+            raise
+        finally:
+            chunks.close()  # cancels the map's jobs if it did not run to its end
+            self.close()
+
+    def ordered(self) -> Iterator[ChunkOutcome]:
+        """Outcomes in input order; chunks that finish early wait on disk, not in memory."""
+        ready: set[int] = set()
+        next_chunk = 0
+        completed = self.completed()
+        try:
+            for outcome in completed:
+                if outcome.chunk != next_chunk:
+                    ready.add(outcome.chunk)
+                    continue
+                yield outcome
+                next_chunk += 1
+                while next_chunk in ready:
+                    ready.discard(next_chunk)
+                    yield self.outcome(next_chunk)
+                    next_chunk += 1
+        finally:
+            completed.close()
+
+    def close(self) -> None:
+        """Release the work_dir; remove it if the map finished cleanly and is not to be kept."""
+        if self._lock.is_locked:
+            self._lock.release()
+            clean = not (self.failed or self.wrote_stderr or self.run.lost_chunks)
+            finished = len(self.run.finished) == self.manifest.num_chunks
+            if clean and finished and not self.settings.keep_work_dir:
+                shutil.rmtree(self.work_dir.path, ignore_errors=True)
+
+
+def default_work_dir_root(shared: bool) -> str:
+    """Where new work_dirs go: $POOLPARTY_RASTER_WORK_DIR_ROOT, else the current directory for
+    cluster pools (it must be on a filesystem the nodes share), else the temporary directory."""
+    return os.environ.get(WORK_DIR_ROOT_VARIABLE) or (os.getcwd() if shared else tempfile.gettempdir())
+
+
+def materialise(iterable: Iterable[Any]) -> Sequence[Any]:
+    return iterable if isinstance(iterable, Sequence) else list(iterable)

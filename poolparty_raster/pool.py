@@ -1,0 +1,212 @@
+"""The multiprocessing.Pool-compatible front shared by every pool of this package."""
+from __future__ import annotations
+
+import difflib
+import functools
+import inspect
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from poolparty_raster.asyncresult import AsyncResult
+from poolparty_raster.engine import RunOptions
+from poolparty_raster.mapping import MapHandle, MapSettings, default_work_dir_root, materialise
+from poolparty_raster.outcome import ChunkOutcome
+from poolparty_raster.schedulers.base import Scheduler
+
+
+class StarCall:
+    """``func(*args)`` as a one-argument callable, for starmap."""
+
+    def __init__(self, func: Callable[..., Any]):
+        self.func = func
+
+    def __call__(self, args: Iterable[Any]) -> Any:
+        return self.func(*args)
+
+
+class ApplyCall:
+    """``func(*args, **kwds)`` as a one-argument callable whose argument is ignored, for apply."""
+
+    def __init__(self, func: Callable[..., Any], args: tuple[Any, ...], kwds: dict[str, Any]):
+        self.func, self.args, self.kwds = func, args, kwds
+
+    def __call__(self, _: Any) -> Any:
+        return self.func(*self.args, **self.kwds)
+
+
+def explain_options(init: Callable[..., None]) -> Callable[..., None]:
+    """Turn a misspelt constructor option into an error that lists the valid ones."""
+    @functools.wraps(init)
+    def checked(self: Any, *args: Any, **kwargs: Any) -> None:
+        valid = _option_names(type(self))
+        unknown = [k for k in kwargs if k not in valid]
+        if unknown:
+            hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, valid, 1))
+                     else repr(k) for k in unknown]
+            raise TypeError(f"{type(self).__name__} got unknown option(s) {', '.join(hints)}; "
+                            f"valid options: {', '.join(sorted(valid))}")
+        init(self, *args, **kwargs)
+    return checked
+
+
+def _option_names(cls: type) -> set[str]:
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is not None:
+            params = inspect.signature(inspect.unwrap(init)).parameters.values()
+            names |= {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    return names - {"self", "scheduler"}
+
+
+class Pool:
+    """A pool whose tasks run as jobs of a scheduler, through a work_dir.
+
+    Options common to every pool:
+      work_dir: the map's directory (default: a new one under $POOLPARTY_RASTER_WORK_DIR_ROOT,
+        else the current directory for cluster pools, the temporary directory for local ones).
+      keep_work_dir: keep it after a clean map (it is always kept when a task failed, lost its
+        result or wrote to stderr).
+      polling_interval: the upper bound, in seconds, of the adaptive poll interval.
+      max_num_resubmissions: how often a chunk that died or stuck in an error state is resubmitted.
+      num_simultaneously_running_tasks: cap on chunks running at once (the array throttle).
+      python_path: the interpreter on the nodes (default: sys.executable).
+      verbose: print scheduler trouble as it happens. progress: a tqdm bar (default: on a terminal).
+    """
+
+    _shared_filesystem = True
+    _job_name_prefix = "pp"
+
+    def __init__(self, scheduler: Scheduler, *, work_dir: str | None = None,
+                 keep_work_dir: bool = False, polling_interval: float = 5.0,
+                 max_num_resubmissions: int = 3, num_simultaneously_running_tasks: int | None = None,
+                 python_path: str | None = None, verbose: bool = False, progress: bool | None = None):
+        if polling_interval <= 0:
+            raise ValueError(f"polling_interval must be positive, not {polling_interval}")
+        if max_num_resubmissions < 0:
+            raise ValueError(f"max_num_resubmissions must be >= 0, not {max_num_resubmissions}")
+        if num_simultaneously_running_tasks is not None and num_simultaneously_running_tasks < 1:
+            raise ValueError("num_simultaneously_running_tasks must be at least 1 (or None)")
+        self._scheduler = scheduler
+        self._settings = MapSettings(
+            work_dir=work_dir, work_dir_root=default_work_dir_root(self._shared_filesystem),
+            keep_work_dir=keep_work_dir, python_path=python_path or sys.executable,
+            throttle=num_simultaneously_running_tasks, job_name_prefix=self._job_name_prefix,
+            run_options=RunOptions(max_num_resubmissions, polling_interval, verbose),
+            progress=progress)
+        self._closed = False
+        self._abort = threading.Event()
+        self._async_threads: list[threading.Thread] = []
+
+    # -- life cycle --------------------------------------------------------------------
+    def close(self) -> None:
+        """No new work; maps already started run to their end."""
+        self._closed = True
+
+    def terminate(self) -> None:
+        """Stop at once: cancel the jobs of every running map (their work_dirs are kept)."""
+        self._closed = True
+        self._abort.set()
+        self.join()
+
+    def join(self) -> None:
+        if not self._closed:
+            raise ValueError("Pool is still running")
+        for thread in list(self._async_threads):
+            thread.join()
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.terminate()
+
+    def _start(self, func: Callable[[Any], Any], iterable: Iterable[Any],
+               chunksize: int | None) -> MapHandle | None:
+        if self._closed:
+            raise ValueError("Pool not running")
+        self._scheduler.check_available()
+        tasks = materialise(iterable)
+        if len(tasks) == 0:
+            return None
+        return MapHandle(self._scheduler, self._settings, func, tasks, chunksize, self._abort)
+
+    # -- the multiprocessing.Pool API --------------------------------------------------
+    def map(self, func: Callable[[Any], Any], iterable: Iterable[Any],
+            chunksize: int | None = None) -> list[Any]:
+        """Like ``list(map(func, iterable))``. A task's exception is re-raised (the first by
+        input index) once every task has run; the other results stay in the kept work_dir."""
+        handle = self._start(func, iterable, chunksize)
+        if handle is None:
+            return []
+        results: list[Any] = []
+        first_error: tuple[int, BaseException] | None = None
+        for outcome in handle.ordered():
+            results.extend(outcome.values)
+            for index, exc in outcome.errors.items():
+                if first_error is None or index < first_error[0]:
+                    first_error = (index, exc)
+        if first_error is not None:
+            raise first_error[1]
+        return results
+
+    def starmap(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
+                chunksize: int | None = None) -> list[Any]:
+        return self.map(StarCall(func), iterable, chunksize)
+
+    def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any],
+             chunksize: int = 1) -> Iterator[Any]:
+        """Results in input order as they become available; a task's exception is raised at its
+        place in the sequence (the map's remaining jobs are then cancelled)."""
+        handle = self._start(func, iterable, chunksize)
+        return _values(handle.ordered()) if handle else iter(())
+
+    def imap_unordered(self, func: Callable[[Any], Any], iterable: Iterable[Any],
+                       chunksize: int = 1) -> Iterator[Any]:
+        handle = self._start(func, iterable, chunksize)
+        return _values(handle.completed()) if handle else iter(())
+
+    def apply(self, func: Callable[..., Any], args: tuple[Any, ...] = (),
+              kwds: dict[str, Any] | None = None) -> Any:
+        return self.map(ApplyCall(func, tuple(args), dict(kwds or {})), [None], 1)[0]
+
+    def map_async(self, func: Callable[[Any], Any], iterable: Iterable[Any],
+                  chunksize: int | None = None, callback: Callable[[Any], Any] | None = None,
+                  error_callback: Callable[[BaseException], Any] | None = None) -> AsyncResult:
+        return self._async(self.map, (func, iterable, chunksize), callback, error_callback)
+
+    def starmap_async(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
+                      chunksize: int | None = None, callback: Callable[[Any], Any] | None = None,
+                      error_callback: Callable[[BaseException], Any] | None = None) -> AsyncResult:
+        return self._async(self.starmap, (func, iterable, chunksize), callback, error_callback)
+
+    def apply_async(self, func: Callable[..., Any], args: tuple[Any, ...] = (),
+                    kwds: dict[str, Any] | None = None, callback: Callable[[Any], Any] | None = None,
+                    error_callback: Callable[[BaseException], Any] | None = None) -> AsyncResult:
+        return self._async(self.apply, (func, args, kwds), callback, error_callback)
+
+    def _async(self, method: Callable[..., Any], args: tuple[Any, ...],
+               callback: Callable[[Any], Any] | None,
+               error_callback: Callable[[BaseException], Any] | None) -> AsyncResult:
+        if self._closed:
+            raise ValueError("Pool not running")
+        result = AsyncResult(callback, error_callback)
+        thread = threading.Thread(target=result.run, args=(method, args), daemon=True,
+                                  name="poolparty-async")
+        self._async_threads.append(thread)
+        thread.start()
+        return result
+
+
+def _values(outcomes: Iterator[ChunkOutcome]) -> Iterator[Any]:
+    try:
+        for outcome in outcomes:
+            for offset, value in enumerate(outcome.values):
+                error = outcome.errors.get(outcome.first_index + offset)
+                if error is not None:
+                    raise error
+                yield value
+    finally:
+        outcomes.close()

@@ -1,0 +1,149 @@
+"""What every scheduler backend provides to the engine, and the command runner they share.
+
+A backend knows its scheduler's commands and output formats and nothing else: it never reads
+results. The engine owns the policy (when to poll, resubmit, give up); a backend reports what the
+scheduler says, normalised to :class:`TaskState`.
+"""
+from __future__ import annotations
+
+import enum
+import shutil
+import subprocess
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from poolparty_raster.errors import SchedulerError, SchedulerUnavailableError
+
+
+class TaskState(enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    FINISHED = "finished"   # ended, successfully or not: the work_dir says which
+    ERROR = "error"         # stuck in a state that cancelling and resubmitting fixes
+    FATAL = "fatal"         # stuck in a state no resubmission fixes: fail the map
+
+
+@dataclass(frozen=True)
+class TaskStatus:
+    state: TaskState
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class SubmitSpec:
+    """What a backend needs to submit a map's chunks."""
+
+    work_dir: str
+    script_path: str
+    python_path: str
+    job_name: str
+    scheduler_log: str
+    throttle: int | None = None
+    cwd: str = "."
+
+
+# A job record is the JSON-serialisable description of one submission that the backend returns
+# and the engine stores (jobs.json) so that a resumed driver can reattach. It always has
+# "job_id" and "chunks"; backends add what they need to map their listing back to chunks.
+JobRecord = dict[str, Any]
+# Poll results are keyed by (job_id, chunk): a resubmitted chunk has several jobs.
+PollResult = dict[tuple[str, int], TaskStatus]
+
+
+class Scheduler(ABC):
+    """A backend. Subclasses are small: submit, poll, cancel, and a check that it is there."""
+
+    name = "scheduler"
+    # Seconds a finished chunk's result may take to show on the driver's filesystem.
+    filesystem_lag = 3.0
+    # Shortest time between two polls, so a busy map does not flood a controller.
+    min_poll_interval = 1.0
+
+    @abstractmethod
+    def check_available(self) -> None:
+        """Raise :class:`SchedulerUnavailableError` naming what is missing."""
+
+    @abstractmethod
+    def submit(self, spec: SubmitSpec, chunks: Sequence[int]) -> list[JobRecord]:
+        """Submit ``chunks``; may split them across several jobs or arrays."""
+
+    @abstractmethod
+    def poll(self, spec: SubmitSpec, jobs: Sequence[JobRecord]) -> PollResult:
+        """The state of every job element the scheduler still lists. Missing = gone."""
+
+    @abstractmethod
+    def cancel(self, spec: SubmitSpec, jobs: Sequence[JobRecord],
+               chunks: Sequence[int] | None = None) -> None:
+        """Cancel ``chunks`` of ``jobs`` (all of the map's jobs when ``chunks`` is None)."""
+
+    def default_parallelism(self) -> int:
+        """How many chunks are worth running at once when the user did not say."""
+        return 16
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until the next tick; a backend that knows when a job ends may return early."""
+        time.sleep(timeout)
+
+    def describe(self, spec: SubmitSpec, job: JobRecord, chunk: int) -> str:
+        """Extra words on why a chunk is in an error state, for the log (optional)."""
+        return ""
+
+    def release(self, jobs: Sequence[JobRecord]) -> None:
+        """Forget what the backend remembers of a finished map's jobs (optional)."""
+
+
+@dataclass
+class CommandRunner:
+    """Runs scheduler commands with a timeout and retries with exponential backoff.
+
+    A command that times out is killed; one that exits non-zero is retried up to ``retries``
+    times; after that :class:`SchedulerError` quotes its stderr. ``calls`` counts invocations.
+    """
+
+    timeout: float = 60.0
+    retries: int = 4
+    backoff: float = 0.5
+    max_backoff: float = 30.0
+    calls: int = field(default=0, init=False)
+
+    def run(self, argv: Sequence[str], *, retry: bool = True, ok_codes: Sequence[int] = (0,),
+            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        attempts = self.retries + 1 if retry else 1
+        delay = self.backoff
+        for attempt in range(attempts):
+            result = self.run_once(argv, ok_codes=ok_codes, stdin=stdin)
+            if result is not None and result.returncode in ok_codes:
+                return result
+            if attempt + 1 < attempts:
+                time.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
+        what = "timed out" if result is None else f"exited {result.returncode}: {result.stderr.strip()[-2000:]}"
+        raise SchedulerError(f"`{' '.join(argv)}` {what} (after {attempts} attempt(s))")
+
+    def run_once(self, argv: Sequence[str], *, ok_codes: Sequence[int] = (0,),
+                 stdin: str | None = None) -> subprocess.CompletedProcess[str] | None:
+        """One invocation; None when it timed out. A missing program raises at once."""
+        self.calls += 1
+        try:
+            return subprocess.run(list(argv), capture_output=True, text=True, input=stdin,
+                                  timeout=self.timeout, check=False)
+        except subprocess.TimeoutExpired:
+            return None
+        except FileNotFoundError as exc:
+            raise SchedulerUnavailableError(f"`{argv[0]}` was not found: {exc}") from exc
+
+
+def require_commands(scheduler: str, paths: dict[str, str]) -> None:
+    """Raise a clear error naming every missing command of a scheduler."""
+    missing = [f"{option}={path!r}" for option, path in paths.items() if shutil.which(path) is None]
+    if missing:
+        raise SchedulerUnavailableError(
+            f"{scheduler}: command(s) not found: {', '.join(missing)}. Install the {scheduler} "
+            f"client tools, put them on PATH, or pass the paths to the pool.")
+
+
+def unparseable(command: str, line: str) -> SchedulerError:
+    return SchedulerError(f"could not parse a line of `{command}` output: {line!r}")

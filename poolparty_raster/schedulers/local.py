@@ -1,0 +1,114 @@
+"""The local backend: runs the worker script as subprocesses on this machine.
+
+It is a scheduler like the others (same work_dir protocol, same engine), with a queue held in
+memory: ``num_workers`` threads each start one worker process at a time and wait for it.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import signal
+import subprocess
+import threading
+from collections.abc import Sequence
+
+from poolparty_raster.schedulers.base import (JobRecord, PollResult, Scheduler, SubmitSpec,
+                                              TaskState, TaskStatus)
+
+
+class LocalScheduler(Scheduler):
+    name = "local"
+    filesystem_lag = 0.0
+    min_poll_interval = 0.0
+
+    def __init__(self, num_workers: int | None = None):
+        self.num_workers = num_workers or os.cpu_count() or 1
+        if self.num_workers < 1:
+            raise ValueError(f"num_workers must be at least 1, not {num_workers}")
+        self._queue: queue.SimpleQueue[tuple[str, int, SubmitSpec]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._states: dict[tuple[str, int], TaskStatus] = {}
+        self._processes: dict[tuple[str, int], subprocess.Popen[bytes]] = {}
+        self._cancelled: set[tuple[str, int]] = set()
+        self._threads = 0
+        self._ids = itertools.count(1)
+        self._changed = threading.Event()
+
+    def check_available(self) -> None:
+        """Always available: it needs nothing but this machine."""
+
+    def default_parallelism(self) -> int:
+        return self.num_workers
+
+    def submit(self, spec: SubmitSpec, chunks: Sequence[int]) -> list[JobRecord]:
+        job_id = f"local-{os.getpid()}-{next(self._ids)}"
+        workers = min(self.num_workers, spec.throttle or self.num_workers, len(chunks))
+        with self._lock:
+            for chunk in chunks:
+                self._states[(job_id, chunk)] = TaskStatus(TaskState.PENDING)
+                self._queue.put((job_id, chunk, spec))
+            for _ in range(max(0, workers - self._threads)):
+                self._threads += 1
+                threading.Thread(target=self._work, daemon=True, name="poolparty-local").start()
+        return [{"job_id": job_id, "chunks": list(chunks)}]
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                try:
+                    job_id, chunk, spec = self._queue.get_nowait()
+                except queue.Empty:
+                    self._threads -= 1
+                    return
+                key = (job_id, chunk)
+                if key in self._cancelled:
+                    continue
+                with open(spec.scheduler_log, "ab") as log:
+                    os.chmod(spec.scheduler_log, 0o600)
+                    process = subprocess.Popen(
+                        [spec.python_path, spec.script_path, str(chunk)], cwd=spec.cwd,
+                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                        start_new_session=True)
+                self._processes[key] = process
+                self._states[key] = TaskStatus(TaskState.RUNNING)
+            code = process.wait()
+            with self._lock:
+                del self._processes[key]
+                reason = "cancelled" if key in self._cancelled else f"exit code {code}"
+                self._states[key] = TaskStatus(TaskState.FINISHED, reason)
+            self._changed.set()
+
+    def poll(self, spec: SubmitSpec, jobs: Sequence[JobRecord]) -> PollResult:
+        wanted = {job["job_id"] for job in jobs}
+        with self._lock:
+            return {key: status for key, status in self._states.items() if key[0] in wanted}
+
+    def cancel(self, spec: SubmitSpec, jobs: Sequence[JobRecord],
+               chunks: Sequence[int] | None = None) -> None:
+        with self._lock:
+            for job in jobs:
+                for chunk in job["chunks"] if chunks is None else chunks:
+                    key = (job["job_id"], chunk)
+                    if key not in self._states:
+                        continue
+                    self._cancelled.add(key)
+                    process = self._processes.get(key)
+                    if process is not None:
+                        try:
+                            os.killpg(process.pid, signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
+                    elif self._states[key].state is TaskState.PENDING:
+                        self._states[key] = TaskStatus(TaskState.FINISHED, "cancelled")
+
+    def wait(self, timeout: float) -> None:
+        self._changed.wait(timeout)
+        self._changed.clear()
+
+    def release(self, jobs: Sequence[JobRecord]) -> None:
+        wanted = {job["job_id"] for job in jobs}
+        with self._lock:
+            for key in [k for k in self._states if k[0] in wanted]:
+                del self._states[key]
+                self._cancelled.discard(key)

@@ -1,0 +1,45 @@
+"""SerialPool: the pool contract, run in the calling process (so pdb can step into a task)."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from poolparty_raster.mapping import materialise
+from poolparty_raster.outcome import ChunkOutcome, add_note
+from poolparty_raster.pool import Pool, explain_options
+
+
+class _SerialHandle:
+    """Runs the tasks one by one when iterated; nothing is pickled and nothing is written."""
+
+    def __init__(self, func: Callable[[Any], Any], tasks: list[Any]):
+        self._func = func
+        self._tasks = tasks
+
+    def completed(self) -> Iterator[ChunkOutcome]:
+        for index, task in enumerate(self._tasks):
+            try:
+                yield ChunkOutcome(index, index, [self._func(task)], {})
+            except Exception as exc:
+                add_note(exc, f"poolparty_raster: raised by task {index}")
+                yield ChunkOutcome(index, index, [None], {index: exc})
+
+    ordered = completed
+
+
+class SerialPool(Pool):
+    """Runs every task in the calling process, in order, with the same semantics as the other
+    pools: results in order, a task's exception re-raised (the first by index) after all ran."""
+
+    @explain_options
+    def __init__(self, *, verbose: bool = False, progress: bool | None = None):
+        super().__init__(scheduler=None, verbose=verbose, progress=progress)  # type: ignore[arg-type]
+
+    def _start(self, func: Callable[[Any], Any], iterable: Iterable[Any],
+               chunksize: int | None) -> _SerialHandle | None:
+        if self._closed:
+            raise ValueError("Pool not running")
+        if chunksize is not None and chunksize < 1:
+            raise ValueError(f"chunksize must be at least 1, not {chunksize}")
+        tasks = list(materialise(iterable))
+        return _SerialHandle(func, tasks) if tasks else None

@@ -1,0 +1,353 @@
+"""The work_dir protocol: the only code that knows the work_dir's file names and formats.
+
+Layout (every file mode 0600, the directory 0700; see DESIGN.md)::
+
+    manifest.json         what map this is: digest of function and tasks, chunk boundaries
+    tasks.zip             function.pkl and one chunks/NNNNNN.pkl per chunk, written once
+    script.py             the worker-node program (carries the caller's environment)
+    log.jsonl             one JSON event per line
+    jobs.json             the scheduler's job records, read when a map is resumed
+    scheduler.log         what the scheduler itself printed for the jobs (before Python ran)
+    tasks.results.zip     reduced outputs, one entry per chunk; STORED, never deflated
+    tasks.exceptions.zip
+    tasks.stdout.zip
+    tasks.stderr.zip
+    chunk-NNNNNN.*        a worker's loose outputs, until the driver reduces them
+
+A worker writes ``.stdout``/``.stderr``/``.exception`` first and ``.result`` last, each under a
+temporary name renamed into place: a chunk is finished exactly when its result exists.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import socket
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import IO, Any
+
+import cloudpickle
+
+ARCHIVE_KINDS = ("result", "exception", "stdout", "stderr")
+_ARCHIVE_NAMES = {"result": "tasks.results.zip", "exception": "tasks.exceptions.zip",
+                  "stdout": "tasks.stdout.zip", "stderr": "tasks.stderr.zip"}
+_LIVE_SUFFIX = ".part"
+_CHUNK_PREFIX = "chunk-"
+
+
+def atomic_write(path: str, write: Callable[[IO[bytes]], Any] | bytes) -> None:
+    """Write ``path`` through a 0600 temporary file in the same directory, then rename it.
+
+    On any error (a full disk included) the temporary file is removed and nothing appears
+    under ``path``; an existing file there stays as it was.
+    """
+    directory, name = os.path.split(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if isinstance(write, (bytes, bytearray, memoryview)):
+                f.write(write)
+            else:
+                write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def chunk_key(chunk: int) -> str:
+    return f"{chunk:06d}"
+
+
+def loose_name(chunk: int, kind: str) -> str:
+    return f"{_CHUNK_PREFIX}{chunk_key(chunk)}.{kind}"
+
+
+def live_capture_name(chunk: int, stream: str) -> str:
+    """Name of the file a running attempt streams its stdout or stderr into."""
+    token = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
+    return f"{_CHUNK_PREFIX}{chunk_key(chunk)}.{stream}.{token}{_LIVE_SUFFIX}"
+
+
+def parse_loose_name(name: str) -> tuple[int, str, bool] | None:
+    """``chunk-000012.result`` -> (12, "result", False); a live capture -> (12, "stderr", True)."""
+    if not name.startswith(_CHUNK_PREFIX):
+        return None
+    parts = name[len(_CHUNK_PREFIX):].split(".")
+    if len(parts) < 2 or not parts[0].isdigit() or parts[1] not in ARCHIVE_KINDS:
+        return None
+    live = name.endswith(_LIVE_SUFFIX)
+    if not live and len(parts) != 2:
+        return None
+    return int(parts[0]), parts[1], live
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What map a work_dir holds. ``chunk_starts[i]`` is the input index of chunk i's first task."""
+
+    digest: str
+    num_tasks: int
+    chunk_starts: list[int]
+    job_name: str
+
+    @property
+    def num_chunks(self) -> int:
+        return len(self.chunk_starts)
+
+    def chunk_range(self, chunk: int) -> range:
+        end = self.chunk_starts[chunk + 1] if chunk + 1 < self.num_chunks else self.num_tasks
+        return range(self.chunk_starts[chunk], end)
+
+
+class TasksWriter:
+    """Streams the pickled function and task chunks into ``tasks.zip`` under a temporary name."""
+
+    def __init__(self, directory: str, func_bytes: bytes):
+        fd, self.tmp_path = tempfile.mkstemp(prefix=".tasks.", suffix=".tmp", dir=directory)
+        self._file = os.fdopen(fd, "wb")
+        self._zip = zipfile.ZipFile(self._file, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
+        self._hash = hashlib.sha256(func_bytes)
+        self._zip.writestr("function.pkl", func_bytes)
+        self.chunk_starts: list[int] = []
+        self.num_tasks = 0
+
+    def add_chunk(self, tasks: list[Any]) -> None:
+        data = cloudpickle.dumps(tasks)
+        self._hash.update(len(data).to_bytes(8, "little"))
+        self._hash.update(data)
+        self._zip.writestr(f"chunks/{chunk_key(len(self.chunk_starts))}.pkl", data)
+        self.chunk_starts.append(self.num_tasks)
+        self.num_tasks += len(tasks)
+
+    def finish(self) -> str:
+        """Close the archive and return the digest of function and tasks."""
+        self._zip.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        return self._hash.hexdigest()
+
+    def discard(self) -> None:
+        try:
+            self._zip.close()
+        except (OSError, ValueError):
+            pass
+        self._file.close()
+        try:
+            os.unlink(self.tmp_path)
+        except FileNotFoundError:
+            pass
+
+
+class WorkDir:
+    """One map's directory on the shared filesystem."""
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    @property
+    def tasks_path(self) -> str:
+        return self.file("tasks.zip")
+
+    @property
+    def script_path(self) -> str:
+        return self.file("script.py")
+
+    @property
+    def scheduler_log_path(self) -> str:
+        return self.file("scheduler.log")
+
+    def archive_path(self, kind: str) -> str:
+        return self.file(_ARCHIVE_NAMES[kind])
+
+    # -- creation ----------------------------------------------------------------------
+    def create(self) -> None:
+        """Create the directory 0700 (or tighten an existing one we own)."""
+        os.makedirs(self.path, mode=0o700, exist_ok=True)
+        os.chmod(self.path, 0o700)
+
+    def read_manifest(self) -> Manifest | None:
+        try:
+            with open(self.file("manifest.json"), encoding="utf-8") as f:
+                raw = json.load(f)
+        except FileNotFoundError:
+            return None
+        return Manifest(raw["digest"], raw["num_tasks"], raw["chunk_starts"], raw["job_name"])
+
+    def write_manifest(self, manifest: Manifest) -> None:
+        data = json.dumps({"format": 1, "digest": manifest.digest, "num_tasks": manifest.num_tasks,
+                           "chunk_starts": manifest.chunk_starts, "job_name": manifest.job_name})
+        atomic_write(self.file("manifest.json"), data.encode())
+
+    def is_empty(self) -> bool:
+        return not any(True for _ in os.scandir(self.path))
+
+    # -- the worker's side -------------------------------------------------------------
+    def load_chunk(self, chunk: int) -> tuple[Callable[[Any], Any], list[Any]]:
+        with zipfile.ZipFile(self.tasks_path) as z:
+            func = cloudpickle.loads(z.read("function.pkl"))
+            tasks = cloudpickle.loads(z.read(f"chunks/{chunk_key(chunk)}.pkl"))
+        return func, tasks
+
+    def write_loose(self, chunk: int, kind: str, data: bytes) -> None:
+        atomic_write(self.file(loose_name(chunk, kind)), data)
+
+    # -- the driver's side -------------------------------------------------------------
+    def scan(self) -> dict[int, dict[str, list[str]]]:
+        """Loose worker files by chunk: ``{chunk: {"final": [kinds], "live": [file names]}}``."""
+        found: dict[int, dict[str, list[str]]] = {}
+        with os.scandir(self.path) as entries:
+            for entry in entries:
+                parsed = parse_loose_name(entry.name)
+                if parsed is None:
+                    continue
+                chunk, kind, live = parsed
+                slot = found.setdefault(chunk, {"final": [], "live": []})
+                slot["live" if live else "final"].append(entry.name if live else kind)
+        return found
+
+    def archived_chunks(self) -> set[int]:
+        """Chunks whose result is already in ``tasks.results.zip``."""
+        try:
+            with zipfile.ZipFile(self.archive_path("result")) as z:
+                return {int(n) for n in z.namelist() if n.isdigit()}
+        except FileNotFoundError:
+            return set()
+
+    def read_output(self, chunk: int, kind: str) -> bytes | None:
+        """A chunk's output of one kind, loose or archived; None when there is none."""
+        try:
+            with open(self.file(loose_name(chunk, kind)), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            pass
+        try:
+            with zipfile.ZipFile(self.archive_path(kind)) as z:
+                return z.read(chunk_key(chunk))
+        except (FileNotFoundError, KeyError):
+            return None
+
+    def reduce(self, chunks: Iterable[int], lost_captures: dict[str, str] | None = None) -> int:
+        """Move finished chunks' loose files into the archives, then delete them.
+
+        Each archive is rewritten under a temporary name and renamed, so it is valid at every
+        instant; loose files are deleted only after every archive holding them is in place.
+        ``lost_captures`` maps live capture files of dead attempts to their archive entry name.
+        Returns the number of loose files removed.
+        """
+        chunks = sorted(set(chunks))
+        lost_captures = lost_captures or {}
+        additions: dict[str, dict[str, str]] = {k: {} for k in ARCHIVE_KINDS}
+        for chunk in chunks:
+            for kind in ARCHIVE_KINDS:
+                name = loose_name(chunk, kind)
+                if os.path.exists(self.file(name)):
+                    additions[kind][chunk_key(chunk)] = name
+        for capture, entry in lost_captures.items():
+            kind = parse_loose_name(capture)[1]
+            additions[kind][entry] = capture
+        for kind, entries in additions.items():
+            if entries:
+                self._extend_archive(kind, entries)
+        removed = 0
+        for entries in additions.values():
+            for name in entries.values():
+                try:
+                    os.unlink(self.file(name))
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+        return removed
+
+    def _extend_archive(self, kind: str, entries: dict[str, str]) -> None:
+        path = self.archive_path(kind)
+
+        def write(f: IO[bytes]) -> None:
+            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as out:
+                try:
+                    with zipfile.ZipFile(path) as old:
+                        for info in old.infolist():
+                            if info.filename not in entries:
+                                with old.open(info) as src, out.open(info, "w") as dst:
+                                    _copy(src, dst)
+                except FileNotFoundError:
+                    pass
+                for entry, name in entries.items():
+                    with open(self.file(name), "rb") as src, out.open(entry, "w", force_zip64=True) as dst:
+                        _copy(src, dst)
+
+        atomic_write(path, write)
+
+    # -- records -----------------------------------------------------------------------
+    def log(self, event: str, **fields: Any) -> None:
+        """Append one event to log.jsonl. A reader skips a torn last line."""
+        line = json.dumps({"time": time.time(), "event": event, **fields}, default=str) + "\n"
+        fd = os.open(self.file("log.jsonl"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+    def read_log(self) -> list[dict[str, Any]]:
+        events = []
+        try:
+            with open(self.file("log.jsonl"), encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        events.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        continue
+        except FileNotFoundError:
+            pass
+        return events
+
+    def read_jobs(self) -> list[dict[str, Any]]:
+        try:
+            with open(self.file("jobs.json"), encoding="utf-8") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return []
+
+    def write_jobs(self, jobs: list[dict[str, Any]]) -> None:
+        atomic_write(self.file("jobs.json"), json.dumps(jobs).encode())
+
+
+def _copy(src: IO[bytes], dst: IO[bytes], size: int = 1 << 20) -> None:
+    while block := src.read(size):
+        dst.write(block)
+
+
+def dump_results(values: list[bytes]) -> bytes:
+    """A chunk's result file: the list of each task's cloudpickled value."""
+    return pickle.dumps(values, protocol=5)
+
+
+def load_results(data: bytes) -> list[Any]:
+    return [None if v is None else cloudpickle.loads(v) for v in pickle.loads(data)]
+
+
+def dump_exceptions(records: list[dict[str, Any]]) -> bytes:
+    return pickle.dumps(records, protocol=5)
+
+
+def load_exceptions(data: bytes) -> list[dict[str, Any]]:
+    return pickle.loads(data)
+
+
+def tail_lines(data: bytes, count: int = 20) -> list[str]:
+    return data.decode("utf-8", "replace").splitlines()[-count:]
+
