@@ -1,14 +1,34 @@
 """Run multiprocessing.Pool-style maps, and RIOS-style raster processing, as jobs on SLURM,
-Grid Engine, PBS or AWS, through nothing but a shared directory."""
-from poolparty_raster.errors import (PoolPartyError, RemoteTaskError, RemoteTraceback,
-                                     SchedulerError, SchedulerUnavailableError, TaskLostError,
-                                     WorkDirBusyError, WorkDirMismatchError)
-from poolparty_raster.pools import LocalPool
-from poolparty_raster.serial import SerialPool
+Grid Engine, PBS or AWS, through nothing but a shared directory.
 
-__all__ = [
-    "LocalPool", "SerialPool",
-    "PoolPartyError", "RemoteTaskError", "RemoteTraceback", "SchedulerError",
-    "SchedulerUnavailableError", "TaskLostError", "WorkDirBusyError", "WorkDirMismatchError",
-]
+Names are imported on first use, so that a worker process, which needs only
+``poolparty_raster.worker``, starts without loading the driver's machinery.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "LocalPool": "pools", "SlurmArrayPool": "pools", "SlurmPool": "pools", "SgePool": "pools",
+    "PbsPool": "pools", "SerialPool": "serial", "applier": "applier",
+    "PoolPartyError": "errors", "RemoteTaskError": "errors", "RemoteTraceback": "errors",
+    "SchedulerError": "errors", "SchedulerUnavailableError": "errors", "TaskLostError": "errors",
+    "WorkDirBusyError": "errors", "WorkDirMismatchError": "errors",
+}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'poolparty_raster' has no attribute {name!r}")
+    imported = importlib.import_module(f"poolparty_raster.{module}")
+    value = imported if name == module else getattr(imported, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

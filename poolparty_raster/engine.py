@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from poolparty_raster.errors import PoolPartyError, SchedulerError, TaskLostError
 from poolparty_raster.progress import Progress
-from poolparty_raster.schedulers.base import JobRecord, Scheduler, SubmitSpec, TaskState
+from poolparty_raster.schedulers.base import (JobRecord, Scheduler, SubmitSpec, TaskState,
+                                              contiguous_runs)
 from poolparty_raster.workdir import Manifest, WorkDir, chunk_key, tail_lines
 
 FIRST_TICK = 0.02      # seconds; the adaptive interval starts here and backs off by BACKOFF
@@ -260,11 +261,4 @@ class MapRun:
 
 def _ranges(indices: list[int]) -> str:
     """[1, 2, 3, 7] -> '1-3, 7'."""
-    parts, start = [], None
-    for i, value in enumerate(indices):
-        if start is None:
-            start = value
-        if i + 1 == len(indices) or indices[i + 1] != value + 1:
-            parts.append(str(start) if start == value else f"{start}-{value}")
-            start = None
-    return ", ".join(parts)
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in contiguous_runs(indices))

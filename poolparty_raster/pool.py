@@ -73,6 +73,8 @@ class Pool:
       max_num_resubmissions: how often a chunk that died or stuck in an error state is resubmitted.
       num_simultaneously_running_tasks: cap on chunks running at once (the array throttle).
       python_path: the interpreter on the nodes (default: sys.executable).
+      filesystem_lag: seconds a finished chunk's result may take to appear on the driver's
+        filesystem before the chunk counts as lost (default: 0 locally, 3 s on clusters).
       verbose: print scheduler trouble as it happens. progress: a tqdm bar (default: on a terminal).
     """
 
@@ -82,7 +84,8 @@ class Pool:
     def __init__(self, scheduler: Scheduler, *, work_dir: str | None = None,
                  keep_work_dir: bool = False, polling_interval: float = 5.0,
                  max_num_resubmissions: int = 3, num_simultaneously_running_tasks: int | None = None,
-                 python_path: str | None = None, verbose: bool = False, progress: bool | None = None):
+                 python_path: str | None = None, filesystem_lag: float | None = None,
+                 verbose: bool = False, progress: bool | None = None):
         if polling_interval <= 0:
             raise ValueError(f"polling_interval must be positive, not {polling_interval}")
         if max_num_resubmissions < 0:
@@ -90,6 +93,8 @@ class Pool:
         if num_simultaneously_running_tasks is not None and num_simultaneously_running_tasks < 1:
             raise ValueError("num_simultaneously_running_tasks must be at least 1 (or None)")
         self._scheduler = scheduler
+        if filesystem_lag is not None:
+            scheduler.filesystem_lag = filesystem_lag
         self._settings = MapSettings(
             work_dir=work_dir, work_dir_root=default_work_dir_root(self._shared_filesystem),
             keep_work_dir=keep_work_dir, python_path=python_path or sys.executable,

@@ -1,44 +1,96 @@
 """Shared fixtures: the backends every contract test runs on.
 
-A backend joins the shared suite by adding a factory to BACKENDS (or, for backends that need a
-fixture such as a dummy queue, to ``pool_factory`` below).
+A backend joins the shared suite by adding a line to BACKENDS: the fixture that provides its
+scheduler (a dummy queue on PATH, or a check that a real one answers) and its pool constructor.
+Real-scheduler backends skip with the reason when absent, and fail instead when
+POOLPARTY_REQUIRE_REAL=1 (CI sets it).
 """
 from __future__ import annotations
 
+import functools
 import os
+import shutil
+import subprocess
 
 import pytest
 
 import poolparty_raster as pp
 
-BACKENDS = ["serial", "local"]
+BACKENDS = {
+    "serial": (None, lambda **o: pp.SerialPool()),
+    "local": (None, lambda **o: pp.LocalPool(2, **o)),
+    "dummy_slurm_array": ("dummy_slurm", lambda **o: pp.SlurmArrayPool(**o)),
+    "dummy_slurm_jobs": ("dummy_slurm", lambda **o: pp.SlurmPool(**o)),
+    "dummy_sge_array": ("dummy_sge", lambda **o: pp.SgePool(**o)),
+    "dummy_sge_jobs": ("dummy_sge", lambda **o: pp.SgePool(array=False, **o)),
+    "dummy_pbs": ("dummy_pbs", lambda **o: pp.PbsPool(**o)),
+    "real_slurm": ("real_slurm", lambda **o: pp.SlurmArrayPool(**o)),
+    "real_sge": ("real_sge", lambda **o: pp.SgePool(**o)),
+}
 
 
-@pytest.fixture(params=BACKENDS)
+@functools.lru_cache(maxsize=None)
+def probe_real(kind: str) -> str | None:
+    """None when a real scheduler of this kind answers, else why not."""
+    command = {"slurm": ["sinfo", "--noheader", "--format=%t"], "sge": ["qstat", "-xml"]}[kind]
+    if shutil.which(command[0]) is None:
+        return f"`{command[0]}` is not on PATH"
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=15)
+    except subprocess.TimeoutExpired:
+        return f"`{' '.join(command)}` timed out"
+    if done.returncode != 0:
+        return f"`{' '.join(command)}` exited {done.returncode}: {done.stderr.strip()[:200]}"
+    if kind == "slurm" and not ({"idle", "mix", "alloc"} & set(done.stdout.split())):
+        return f"no SLURM node is up (sinfo says {done.stdout.split()})"
+    return None
+
+
+def require_real(kind: str) -> None:
+    why = probe_real(kind)
+    if why is None:
+        return
+    if os.environ.get("POOLPARTY_REQUIRE_REAL") == "1":
+        pytest.fail(f"a real {kind} is required here (POOLPARTY_REQUIRE_REAL=1), but {why}. "
+                    f"Run `sudo bash ci/bringup-all.sh` first.")
+    pytest.skip(f"no real {kind}: {why} (run `sudo bash ci/bringup-all.sh` to start one)")
+
+
+@pytest.fixture
+def real_slurm():
+    require_real("slurm")
+
+
+@pytest.fixture
+def real_sge():
+    require_real("sge")
+
+
+@pytest.fixture(params=list(BACKENDS))
 def backend(request):
     return request.param
 
 
 @pytest.fixture
-def make_pool(backend, tmp_path, request):
+def make_pool(backend, tmp_path, request, monkeypatch):
     """``make_pool(**options)`` builds a pool of the parametrised backend with its work_dirs
-    under tmp_path; cluster backends get their dummy queue fixture."""
-    os.environ["POOLPARTY_RASTER_WORK_DIR_ROOT"] = str(tmp_path / "work")
+    under tmp_path (cluster backends get their dummy queue, or a real scheduler)."""
+    fixture, construct = BACKENDS[backend]
+    if fixture is not None:
+        request.getfixturevalue(fixture)
+    monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(tmp_path / "work"))
     pools = []
 
     def factory(**options):
-        options.setdefault("polling_interval", 0.5)
-        if backend == "serial":
-            pool = pp.SerialPool()
-        elif backend == "local":
-            pool = pp.LocalPool(2, **options)
-        else:
-            factory_fn = request.getfixturevalue(f"{backend}_factory")
-            pool = factory_fn(**options)
+        if backend != "serial":
+            options.setdefault("polling_interval", 0.5)
+            options.setdefault("progress", False)
+        if fixture is not None:
+            options.setdefault("filesystem_lag", 0.5)
+        pool = construct(**options)
         pools.append(pool)
         return pool
 
     yield factory
     for pool in pools:
         pool.terminate()
-    os.environ.pop("POOLPARTY_RASTER_WORK_DIR_ROOT", None)

@@ -145,5 +145,33 @@ def require_commands(scheduler: str, paths: dict[str, str]) -> None:
             f"client tools, put them on PATH, or pass the paths to the pool.")
 
 
+def split_by_span(chunks: Sequence[int], max_span: int) -> list[list[int]]:
+    """Sorted chunks -> groups whose largest minus smallest is below ``max_span``
+    (an array's indices run from 0 to its size limit - 1, counted from the group's first)."""
+    groups: list[list[int]] = []
+    for chunk in chunks:
+        if groups and chunk - groups[-1][0] < max_span:
+            groups[-1].append(chunk)
+        else:
+            groups.append([chunk])
+    return groups
+
+
+def contiguous_runs(indices: Sequence[int]) -> list[tuple[int, int]]:
+    """Sorted indices -> [(first, last), ...] of consecutive runs: [1, 2, 3, 7] -> [(1, 3), (7, 7)]."""
+    runs: list[tuple[int, int]] = []
+    for index in indices:
+        if runs and index == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], index)
+        else:
+            runs.append((index, index))
+    return runs
+
+
+def index_ranges(indices: Sequence[int]) -> str:
+    """[0, 1, 2, 7] -> '0-2,7' (SLURM's --array syntax)."""
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in contiguous_runs(indices))
+
+
 def unparseable(command: str, line: str) -> SchedulerError:
     return SchedulerError(f"could not parse a line of `{command}` output: {line!r}")

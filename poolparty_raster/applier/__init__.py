@@ -1,0 +1,23 @@
+"""A RIOS-compatible raster applier: ``apply(userFunction, infiles, outfiles, otherArgs,
+controls)`` runs a function over a raster block by block, in-process, on threads, or on any
+multiprocessing.Pool-like pool (``poolparty_raster``'s local and cluster pools included).
+
+Scripts written for ``rios.applier`` work after changing the import to
+``from poolparty_raster import applier``.
+"""
+from poolparty_raster.applier.apply import apply
+from poolparty_raster.applier.controls import (BOUNDS_FROM_REFERENCE, CW_AWSBATCH, CW_ECS,
+                                               CW_NONE, CW_PBS, CW_SGE, CW_SLURM, CW_SUBPROC,
+                                               CW_THREADS, INTERSECTION, UNION, ApplierControls,
+                                               ConcurrencyStyle)
+from poolparty_raster.applier.info import BlockInfo
+from poolparty_raster.applier.structures import (ApplierBlockDefn, ApplierReturn,
+                                                 BlockAssociations, FilenameAssociations,
+                                                 OtherInputs, Timers)
+
+__all__ = [
+    "apply", "ApplierControls", "ConcurrencyStyle", "FilenameAssociations", "BlockAssociations",
+    "OtherInputs", "ApplierBlockDefn", "ApplierReturn", "Timers", "BlockInfo",
+    "INTERSECTION", "UNION", "BOUNDS_FROM_REFERENCE",
+    "CW_NONE", "CW_THREADS", "CW_SUBPROC", "CW_SLURM", "CW_PBS", "CW_SGE", "CW_ECS", "CW_AWSBATCH",
+]

@@ -1,0 +1,96 @@
+"""Behaviour seen from a user's own script: functions from __main__ and from a module beside the
+script, and Ctrl-C cancelling the map's jobs."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+SCRIPT = textwrap.dedent("""
+    import sys
+    import poolparty_raster as pp
+    import helper
+
+    def double(x):
+        return 2 * x
+
+    if __name__ == "__main__":
+        with {pool} as pool:
+            print(pool.map(double, range(4)), pool.map(helper.triple, range(3)))
+""")
+
+SLEEPER = textwrap.dedent("""
+    import os, sys, time
+    import poolparty_raster as pp
+
+    def sleep_long(x):
+        open(os.path.join({pids!r}, str(os.getpid())), "w").close()
+        time.sleep(120)
+
+    if __name__ == "__main__":
+        pool = {pool}
+        pool.map(sleep_long, range(2), chunksize=1)
+""")
+
+
+def pool_expression(backend: str) -> str:
+    return {"local": "pp.LocalPool(2)", "dummy_slurm": "pp.SlurmArrayPool(polling_interval=0.5)"}[backend]
+
+
+@pytest.fixture(params=["local", "dummy_slurm"])
+def script_backend(request, tmp_path, monkeypatch):
+    if request.param != "local":
+        request.getfixturevalue(request.param)  # puts the dummy scheduler on PATH
+    monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(tmp_path / "work"))
+    return request.param
+
+
+def test_functions_from_main_and_from_a_module_beside_the_script(tmp_path, script_backend):
+    (tmp_path / "helper.py").write_text("def triple(x):\n    return 3 * x\n")
+    (tmp_path / "main.py").write_text(SCRIPT.format(pool=pool_expression(script_backend)))
+    done = subprocess.run([sys.executable, "main.py"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[0, 2, 4, 6] [0, 3, 6]"
+
+
+def test_ctrl_c_cancels_the_maps_jobs(tmp_path, script_backend):
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    (tmp_path / "sleeper.py").write_text(SLEEPER.format(pids=str(pids), pool=pool_expression(script_backend)))
+    driver = subprocess.Popen([sys.executable, "sleeper.py"], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(os.listdir(pids)) < 2:
+        assert time.monotonic() < deadline, "the tasks never started"
+        assert driver.poll() is None, driver.communicate()
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGINT)
+    _, stderr = driver.communicate(timeout=60)
+    assert "KeyboardInterrupt" in stderr
+    task_pids = [int(p) for p in os.listdir(pids)]
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in task_pids):
+        assert time.monotonic() < deadline, "tasks still run after Ctrl-C"
+        time.sleep(0.05)
+    (work_dir,) = (tmp_path / "work").iterdir()
+    events = [json.loads(line)["event"] for line in open(work_dir / "log.jsonl")]
+    assert "cancelled" in events
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purpose
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
