@@ -96,6 +96,7 @@ class MapRun:
             if len(self.finished) + len(self.lost_chunks) < self.manifest.num_chunks:
                 self.scheduler.wait(min(tick, max(0.0, next_poll - time.monotonic()) + FIRST_TICK))
         self._reduce(final=True)
+        self.work_dir.remove_claims()
         self.scheduler.release(self.jobs)
         self.work_dir.log("map_finished", chunks=self.manifest.num_chunks, lost=sorted(self.lost_chunks))
         if self.lost_chunks:

@@ -4,6 +4,7 @@ A :class:`MapHandle` is one map in flight; the pool's methods (map, imap, ...) a
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -27,6 +28,7 @@ from poolparty_raster.outcome import ChunkOutcome, rebuild_exception
 from poolparty_raster.progress import Progress
 from poolparty_raster.schedulers.base import Scheduler, SubmitSpec
 from poolparty_raster.worker import render_script
+from poolparty_raster.workers import WorkerScaling, WorkersRun
 
 WORK_DIR_ROOT_VARIABLE = "POOLPARTY_RASTER_WORK_DIR_ROOT"
 
@@ -43,6 +45,8 @@ class MapSettings:
     job_name_prefix: str
     run_options: RunOptions
     progress: bool | None
+    mode: str = "array"
+    scaling: WorkerScaling = WorkerScaling()
 
 
 def default_chunksize(num_tasks: int, parallelism: int) -> int:
@@ -74,8 +78,8 @@ class MapHandle:
     def __init__(self, scheduler: Scheduler, settings: MapSettings, func: Callable[[Any], Any],
                  tasks: Sequence[Any], chunksize: int | None, abort: threading.Event):
         func_bytes = cloudpickle.dumps(func)  # an unpicklable function fails before anything runs
-        chunksize = chunksize or default_chunksize(
-            len(tasks), settings.throttle or scheduler.default_parallelism())
+        parallelism = settings.throttle or scheduler.default_parallelism()
+        chunksize = chunksize or default_chunksize(len(tasks), parallelism)
         if chunksize < 1:
             raise ValueError(f"chunksize must be at least 1, not {chunksize}")
         path = settings.work_dir or new_work_dir_path(settings.work_dir_root)
@@ -103,8 +107,11 @@ class MapHandle:
         archived = self.work_dir.archived_chunks()
         progress = Progress(self.manifest.num_tasks, settings.progress, spec.job_name,
                             done=sum(len(self.manifest.chunk_range(c)) for c in archived))
-        self.run = MapRun(self.work_dir, self.manifest, scheduler, spec, settings.run_options,
-                          progress, abort)
+        run_args = (self.work_dir, self.manifest, scheduler, spec, settings.run_options, progress, abort)
+        if settings.mode == "workers":
+            self.run: MapRun = WorkersRun(*run_args, scaling=settings.scaling, parallelism=parallelism)
+        else:
+            self.run = MapRun(*run_args)
         self.wrote_stderr = False
         self.failed = False
 
@@ -126,11 +133,14 @@ class MapHandle:
                     f"work_dir {self.work_dir.path} holds a different map (another function, other "
                     f"tasks or another chunksize). Use a new work_dir, or delete this one if its "
                     f"results are not needed.")
-            self.work_dir.log("resumed")
+            self.work_dir.log("resumed", mode=settings.mode)
+            if existing.mode != settings.mode:  # results are the same whichever way chunks run
+                existing = dataclasses.replace(existing, mode=settings.mode)
+                self.work_dir.write_manifest(existing)
             return existing
         name_hash = hashlib.sha1(f"{self.work_dir.path}:{digest}".encode()).hexdigest()[:10]
         manifest = wd.Manifest(digest, writer.num_tasks, writer.chunk_starts,
-                               f"{settings.job_name_prefix}{name_hash}")
+                               f"{settings.job_name_prefix}{name_hash}", settings.mode)
         os.replace(writer.tmp_path, self.work_dir.tasks_path)
         script = render_script(self.work_dir.path, settings.python_path, os.environ, sys.path, os.getcwd())
         wd.atomic_write(self.work_dir.script_path, script.encode())

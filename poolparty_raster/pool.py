@@ -14,6 +14,7 @@ from poolparty_raster.engine import RunOptions
 from poolparty_raster.mapping import MapHandle, MapSettings, default_work_dir_root, materialise
 from poolparty_raster.outcome import ChunkOutcome
 from poolparty_raster.schedulers.base import Scheduler
+from poolparty_raster.workers import WorkerScaling
 
 
 class StarCall:
@@ -76,6 +77,9 @@ class Pool:
       filesystem_lag: seconds a finished chunk's result may take to appear on the driver's
         filesystem before the chunk counts as lost (default: 0 locally, 3 s on clusters).
       verbose: print scheduler trouble as it happens. progress: a tqdm bar (default: on a terminal).
+      mode: "array" (one job per chunk) or "workers" (a few long-lived jobs that claim chunks
+        until none is left), with min_workers, max_workers (default: the parallelism) and
+        min_seconds_between_submissions.
     """
 
     _shared_filesystem = True
@@ -85,13 +89,20 @@ class Pool:
                  keep_work_dir: bool = False, polling_interval: float = 5.0,
                  max_num_resubmissions: int = 3, num_simultaneously_running_tasks: int | None = None,
                  python_path: str | None = None, filesystem_lag: float | None = None,
-                 verbose: bool = False, progress: bool | None = None):
+                 verbose: bool = False, progress: bool | None = None, mode: str = "array",
+                 min_workers: int = 1, max_workers: int | None = None,
+                 min_seconds_between_submissions: float = 0.0):
         if polling_interval <= 0:
             raise ValueError(f"polling_interval must be positive, not {polling_interval}")
         if max_num_resubmissions < 0:
             raise ValueError(f"max_num_resubmissions must be >= 0, not {max_num_resubmissions}")
         if num_simultaneously_running_tasks is not None and num_simultaneously_running_tasks < 1:
             raise ValueError("num_simultaneously_running_tasks must be at least 1 (or None)")
+        if mode not in ("array", "workers"):
+            raise ValueError(f"mode must be 'array' or 'workers', not {mode!r}")
+        if min_workers < 0 or (max_workers is not None and max_workers < max(1, min_workers)):
+            raise ValueError(f"need 0 <= min_workers <= max_workers and max_workers >= 1, "
+                             f"not min_workers={min_workers}, max_workers={max_workers}")
         self._scheduler = scheduler
         if filesystem_lag is not None:
             scheduler.filesystem_lag = filesystem_lag
@@ -100,7 +111,8 @@ class Pool:
             keep_work_dir=keep_work_dir, python_path=python_path or sys.executable,
             throttle=num_simultaneously_running_tasks, job_name_prefix=self._job_name_prefix,
             run_options=RunOptions(max_num_resubmissions, polling_interval, verbose),
-            progress=progress)
+            progress=progress, mode=mode,
+            scaling=WorkerScaling(min_workers, max_workers, min_seconds_between_submissions))
         self._closed = False
         self._abort = threading.Event()
         self._async_threads: list[threading.Thread] = []

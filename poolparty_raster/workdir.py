@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import pickle
+import shutil
 import socket
 import tempfile
 import time
@@ -100,6 +101,7 @@ class Manifest:
     num_tasks: int
     chunk_starts: list[int]
     job_name: str
+    mode: str = "array"  # "array": one job per chunk; "workers": jobs claim chunks until none is left
 
     @property
     def num_chunks(self) -> int:
@@ -186,11 +188,13 @@ class WorkDir:
                 raw = json.load(f)
         except FileNotFoundError:
             return None
-        return Manifest(raw["digest"], raw["num_tasks"], raw["chunk_starts"], raw["job_name"])
+        return Manifest(raw["digest"], raw["num_tasks"], raw["chunk_starts"], raw["job_name"],
+                        raw.get("mode", "array"))
 
     def write_manifest(self, manifest: Manifest) -> None:
         data = json.dumps({"format": 1, "digest": manifest.digest, "num_tasks": manifest.num_tasks,
-                           "chunk_starts": manifest.chunk_starts, "job_name": manifest.job_name})
+                           "chunk_starts": manifest.chunk_starts, "job_name": manifest.job_name,
+                           "mode": manifest.mode})
         atomic_write(self.file("manifest.json"), data.encode())
 
     def is_empty(self) -> bool:
@@ -291,6 +295,62 @@ class WorkDir:
                         _copy(src, dst)
 
         atomic_write(path, write)
+
+    # -- claims (workers mode) ------------------------------------------------------------
+    @property
+    def claims_path(self) -> str:
+        return self.file("claims")
+
+    def claim_path(self, chunk: int) -> str:
+        return os.path.join(self.claims_path, chunk_key(chunk))
+
+    def claim_next(self, num_chunks: int, worker: str) -> int | None:
+        """Atomically claim the first chunk that has neither a claim nor a result.
+
+        O_CREAT|O_EXCL succeeds for exactly one process, also on NFS v3+; the claim holds the
+        claiming worker's name, and its mtime is the worker's heartbeat.
+        """
+        os.makedirs(self.claims_path, mode=0o700, exist_ok=True)
+        taken = set(os.listdir(self.claims_path))
+        done = self.archived_chunks() | {c for c, f in self.scan().items() if "result" in f["final"]}
+        for chunk in range(num_chunks):
+            if chunk_key(chunk) in taken or chunk in done:
+                continue
+            try:
+                fd = os.open(self.claim_path(chunk), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(worker)
+            return chunk
+        return None
+
+    def claims(self) -> dict[int, tuple[str, float]]:
+        """{chunk: (worker, heartbeat time)} of every claim present."""
+        found = {}
+        try:
+            names = os.listdir(self.claims_path)
+        except FileNotFoundError:
+            return {}
+        for name in names:
+            if not name.isdigit():
+                continue
+            try:
+                with open(os.path.join(self.claims_path, name)) as f:
+                    worker = f.read()
+                found[int(name)] = (worker, os.stat(os.path.join(self.claims_path, name)).st_mtime)
+            except FileNotFoundError:
+                continue
+        return found
+
+    def remove_claims(self) -> None:
+        shutil.rmtree(self.claims_path, ignore_errors=True)
+
+    def release_claim(self, chunk: int) -> None:
+        try:
+            os.unlink(self.claim_path(chunk))
+        except FileNotFoundError:
+            pass
 
     # -- records -----------------------------------------------------------------------
     def log(self, event: str, **fields: Any) -> None:

@@ -7,7 +7,9 @@ before anything else is imported (so ``OMP_NUM_THREADS`` and friends take effect
 from __future__ import annotations
 
 import os
+import socket
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 from typing import Any
@@ -127,11 +129,13 @@ def run_chunk(work_dir: Any, chunk: int) -> tuple[list[bytes | None], list[dict[
     return values, errors
 
 
-def main(work_dir_path: str, argv: Sequence[str]) -> int:
+HEARTBEAT_SECONDS = 5.0  # how often a worker in workers mode touches its claim
+
+
+def run_and_store(work_dir: Any, chunk: int) -> None:
+    """Run one chunk with its output captured, and store its outputs; the result goes last."""
     from poolparty_raster import workdir
 
-    work_dir = workdir.WorkDir(work_dir_path)
-    chunk = chunk_from_arguments(argv, os.environ)
     captures = _redirect_output(work_dir, chunk)
     values, errors = run_chunk(work_dir, chunk)
     sys.stdout.flush()
@@ -143,4 +147,37 @@ def main(work_dir_path: str, argv: Sequence[str]) -> int:
         os.replace(path, work_dir.file(workdir.loose_name(chunk, stream)))
     # The result goes last: its presence is what tells the driver the chunk is finished.
     work_dir.write_loose(chunk, "result", workdir.dump_results(values))
+
+
+def _heartbeat(path: str, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_SECONDS):
+        try:
+            os.utime(path)
+        except FileNotFoundError:  # the driver released the claim: it gave up on this worker
+            return
+
+
+def claim_and_run(work_dir: Any, worker: int) -> None:
+    """Workers mode: claim the next free chunk, run it, and again, until none is left."""
+    num_chunks = work_dir.read_manifest().num_chunks
+    name = f"{worker} {socket.gethostname()} {os.getpid()}"
+    while (chunk := work_dir.claim_next(num_chunks, name)) is not None:
+        stop = threading.Event()
+        beat = threading.Thread(target=_heartbeat, args=(work_dir.claim_path(chunk), stop), daemon=True)
+        beat.start()
+        try:
+            run_and_store(work_dir, chunk)
+        finally:
+            stop.set()
+
+
+def main(work_dir_path: str, argv: Sequence[str]) -> int:
+    from poolparty_raster import workdir
+
+    work_dir = workdir.WorkDir(work_dir_path)
+    index = chunk_from_arguments(argv, os.environ)
+    if work_dir.read_manifest().mode == "workers":
+        claim_and_run(work_dir, index)
+    else:
+        run_and_store(work_dir, index)
     return 0

@@ -19,13 +19,18 @@ import poolparty_raster as pp
 BACKENDS = {
     "serial": (None, lambda **o: pp.SerialPool()),
     "local": (None, lambda **o: pp.LocalPool(2, **o)),
+    "local_workers": (None, lambda **o: pp.LocalPool(2, mode="workers", **o)),
     "dummy_slurm_array": ("dummy_slurm", lambda **o: pp.SlurmArrayPool(**o)),
     "dummy_slurm_jobs": ("dummy_slurm", lambda **o: pp.SlurmPool(**o)),
+    "dummy_slurm_workers": ("dummy_slurm", lambda **o: pp.SlurmArrayPool(mode="workers", max_workers=3, **o)),
     "dummy_sge_array": ("dummy_sge", lambda **o: pp.SgePool(**o)),
     "dummy_sge_jobs": ("dummy_sge", lambda **o: pp.SgePool(array=False, **o)),
+    "dummy_sge_workers": ("dummy_sge", lambda **o: pp.SgePool(mode="workers", max_workers=3, **o)),
     "dummy_pbs": ("dummy_pbs", lambda **o: pp.PbsPool(**o)),
     "real_slurm": ("real_slurm", lambda **o: pp.SlurmArrayPool(**o)),
     "real_sge": ("real_sge", lambda **o: pp.SgePool(**o)),
+    "real_slurm_workers": ("real_slurm", lambda **o: pp.SlurmArrayPool(mode="workers", max_workers=3, **o)),
+    "real_sge_workers": ("real_sge", lambda **o: pp.SgePool(mode="workers", max_workers=3, **o)),
 }
 
 

@@ -174,7 +174,7 @@ def test_dead_task_is_resubmitted_and_succeeds(make_pool, tmp_path, backend):
     assert pool.map(die_once, [(x, str(markers)) for x in range(4)], chunksize=1) == [0, 1, 2, 3]
     (kept,) = kept_dirs(tmp_path)
     events = [json.loads(line)["event"] for line in open(kept / "log.jsonl")]
-    assert "lost" in events and events.count("submitted") == 2
+    assert events.count("lost") == 1  # one dead attempt, noticed and recovered
 
 
 def test_task_that_always_dies_raises_task_lost_error(make_pool, tmp_path, backend):

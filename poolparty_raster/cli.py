@@ -1,0 +1,82 @@
+"""``poolparty-raster``: look into a work_dir (status, report) and remove finished ones (clean).
+
+Resuming needs the function and tasks, so it is done by running the same map again with the
+same ``work_dir``; ``status`` tells how much of it is already stored.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import shutil
+import sys
+import time
+
+from poolparty_raster.workdir import WorkDir
+
+
+def _open(path: str) -> WorkDir:
+    work_dir = WorkDir(path)
+    if work_dir.read_manifest() is None:
+        raise SystemExit(f"poolparty-raster: {path} is not a poolparty_raster work_dir (no manifest.json)")
+    return work_dir
+
+
+def status(path: str) -> str:
+    work_dir = _open(path)
+    manifest = work_dir.read_manifest()
+    done = work_dir.archived_chunks() | {c for c, f in work_dir.scan().items() if "result" in f["final"]}
+    events = work_dir.read_log()
+    counts = collections.Counter(event["event"] for event in events)
+    last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(events[-1]["time"])) if events else "never"
+    return (f"{path}\n  map {manifest.job_name}: {manifest.num_tasks} tasks in {manifest.num_chunks} chunks\n"
+            f"  chunks with a stored result: {len(done)}/{manifest.num_chunks}\n"
+            f"  submissions: {counts['submitted']}, lost: {counts['lost']}, "
+            f"error states: {counts['error_state']}, failed polls: {counts['poll_failed']}\n"
+            f"  last event: {last} ({events[-1]['event'] if events else '-'})")
+
+
+def report(path: str) -> str:
+    work_dir = _open(path)
+    lines = []
+    for event in work_dir.read_log():
+        stamp = time.strftime("%H:%M:%S", time.localtime(event.pop("time")))
+        name = event.pop("event")
+        details = ", ".join(f"{k}={v}" for k, v in event.items())
+        lines.append(f"{stamp} {name:<14} {details}"[:200])
+    return "\n".join(lines)
+
+
+def clean(paths: list[str], force: bool) -> str:
+    removed = []
+    for path in paths:
+        work_dir = _open(path)
+        manifest = work_dir.read_manifest()
+        complete = len(work_dir.archived_chunks()) == manifest.num_chunks
+        if not complete and not force:
+            raise SystemExit(f"poolparty-raster: {path} holds an unfinished map; --force removes it anyway")
+        shutil.rmtree(work_dir.path)
+        removed.append(path)
+    return "\n".join(f"removed {p}" for p in removed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="poolparty-raster", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("status", help="how far a map has got").add_argument("work_dir")
+    commands.add_parser("report", help="the map's event log, one line per event").add_argument("work_dir")
+    cleaner = commands.add_parser("clean", help="remove finished work_dirs")
+    cleaner.add_argument("work_dirs", nargs="+")
+    cleaner.add_argument("--force", action="store_true", help="remove unfinished ones too")
+    args = parser.parse_args(argv)
+    if args.command == "status":
+        print(status(os.path.abspath(args.work_dir)))
+    elif args.command == "report":
+        print(report(os.path.abspath(args.work_dir)))
+    else:
+        print(clean([os.path.abspath(p) for p in args.work_dirs], args.force))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

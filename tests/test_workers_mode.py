@@ -1,0 +1,43 @@
+"""Workers mode: claims are exclusive under contention, and scaling follows its rules."""
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+import poolparty_raster as pp
+from poolparty_raster.workdir import Manifest, WorkDir
+
+
+def _claim_all(path: str, worker: int, num_chunks: int, out) -> None:
+    work_dir = WorkDir(path)
+    claimed = []
+    while (chunk := work_dir.claim_next(num_chunks, str(worker))) is not None:
+        claimed.append(chunk)
+        work_dir.write_loose(chunk, "result", b"")  # finished: nobody may claim it again
+    out.put(claimed)
+
+
+def test_each_chunk_is_claimed_exactly_once_under_contention(tmp_path):
+    work_dir = WorkDir(str(tmp_path / "w"))
+    work_dir.create()
+    work_dir.write_manifest(Manifest("x", 300, list(range(300)), "pp-test", "workers"))
+    out = multiprocessing.Queue()
+    workers = [multiprocessing.Process(target=_claim_all, args=(work_dir.path, w, 300, out)) for w in range(8)]
+    for process in workers:
+        process.start()
+    claimed = [chunk for _ in workers for chunk in out.get(timeout=120)]
+    for process in workers:
+        process.join(60)
+    assert sorted(claimed) == list(range(300))
+
+
+def pid_of_task(x):
+    return os.getpid()
+
+
+def test_few_long_lived_workers_run_many_chunks(tmp_path):
+    pool = pp.LocalPool(2, mode="workers", max_workers=2, progress=False,
+                        work_dir=str(tmp_path / "w"), keep_work_dir=True)
+    pids = pool.map(pid_of_task, range(40), chunksize=1)
+    assert len(set(pids)) <= 2  # 40 chunks, but no more than two worker processes
+    assert not os.path.exists(tmp_path / "w" / "claims")
