@@ -144,6 +144,8 @@ class MapHandle:
         os.replace(writer.tmp_path, self.work_dir.tasks_path)
         script = render_script(self.work_dir.path, settings.python_path, os.environ, sys.path, os.getcwd())
         wd.atomic_write(self.work_dir.script_path, script.encode())
+        # Schedulers append to this file; created here so that it is 0600 like the rest.
+        wd.atomic_write(self.work_dir.scheduler_log_path, b"")
         self.work_dir.write_manifest(manifest)  # last: a manifest means the work_dir is complete
         self.work_dir.log("prepared", tasks=manifest.num_tasks, chunks=manifest.num_chunks,
                           chunksize=chunksize, job_name=manifest.job_name)

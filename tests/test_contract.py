@@ -222,7 +222,8 @@ def test_work_dir_is_private_and_small(make_pool, tmp_path, backend):
         pytest.skip("SerialPool keeps no work_dir")
     pool = make_pool(keep_work_dir=True)
     assert pool.map(square, range(10_000)) == [x * x for x in range(10_000)]
-    assert pool.map(square, range(150), chunksize=1) == [x * x for x in range(150)]
+    if backend == "local":  # many chunks, so that the driver reduces while the map runs
+        assert pool.map(square, range(150), chunksize=1) == [x * x for x in range(150)]
     for kept in kept_dirs(tmp_path):
         assert stat.S_IMODE(os.stat(kept).st_mode) == 0o700
         files = os.listdir(kept)

@@ -53,7 +53,8 @@ def computeWorkingGrid(infiles: FilenameAssociations, controls: ApplierControls)
     if controls.footprint == BOUNDS_FROM_REFERENCE:
         bounds = tuple(refbounds)
     else:
-        allbounds = [_boundsIn(f, refcrs) for f in filenames]
+        allbounds = [tuple(refbounds) if f == refname else _boundsIn(f, refcrs)
+                     for f in filenames]
         pick = (max, max, min, min) if controls.footprint == INTERSECTION else (min, min, max, max)
         bounds = tuple(p(b[i] for b in allbounds) for i, p in enumerate(pick))
     return _snapped(bounds, reftransform, refcrs, outward=controls.footprint != INTERSECTION)

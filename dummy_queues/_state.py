@@ -1,0 +1,308 @@
+"""The shared state file of a dummy queue and the scheduling step.
+
+Every fake command and every job runner does one read-modify-write cycle of
+``queue_state.json`` under a :class:`filelock.FileLock`.  The file is always
+replaced atomically (temp file in the same directory, then ``os.replace``) so a
+reader that does not take the lock still never sees a half-written file.
+"""
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Iterator
+
+from filelock import FileLock
+
+STATE_NAME = "queue_state.json"
+LOCK_TIMEOUT = 60.0  # bounded: a stuck lock holder must not hang a test forever
+PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+ACTIVE = ("PENDING", "HELD", "ERROR", "RUNNING")
+FINISHED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "VANISHED")
+
+DEFAULT_CLUSTER: dict[str, Any] = {
+    "slots": 4,
+    "max_array_size": 1001,  # SLURM MaxArraySize; SGE max_aj_tasks; PBS max_array_size
+    "max_job_count": 10000,
+    "max_jobs_per_user": None,  # submitted (pending+running) per user; None = no cap
+    "min_job_age": 300.0,  # seconds finished jobs stay visible (squeue -t all, qstat -x)
+    "kill_wait": 1.0,  # SIGTERM -> SIGKILL grace (real SLURM KillWait is 5 s; kept short for tests)
+    "hostname": "vm",
+    "server": "pbsserver",
+}
+
+
+def new_state(scheduler: str, **cluster: Any) -> dict[str, Any]:
+    """A fresh, empty state dict."""
+    conf = dict(DEFAULT_CLUSTER)
+    conf.update({k: v for k, v in cluster.items() if v is not None})
+    return {
+        "format": 1,
+        "scheduler": scheduler,
+        "cluster": conf,
+        "next_id": 1,
+        "jobs": {},
+        "elements": {},
+        "faults": {"error_state": [], "vanish": [], "timeout": [], "commands": {}},
+        "hanging": [],
+        "calls": [],
+        "submissions": [],
+    }
+
+
+class Store:
+    """Locked, atomic access to one state file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        self.lock = FileLock(self.path + ".lock", timeout=LOCK_TIMEOUT)
+
+    def load(self) -> dict[str, Any]:
+        with open(self.path, encoding="utf-8") as fh:
+            return json.load(fh)
+
+    def save(self, state: dict[str, Any]) -> None:
+        # No fsync: atomicity against concurrent readers is what matters here,
+        # and an fsync per command would cost more than the whole command.
+        fd, tmp = tempfile.mkstemp(prefix=".queue_state.", suffix=".tmp",
+                                   dir=os.path.dirname(self.path))
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(state, fh, separators=(",", ":"))
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    @contextlib.contextmanager
+    def edit(self) -> Iterator[dict[str, Any]]:
+        """Yield the state under the lock; saved only if the block succeeds."""
+        with self.lock:
+            state = self.load()
+            yield state
+            self.save(state)
+
+    def read(self) -> dict[str, Any]:
+        # os.replace makes every version complete, so reading needs no lock.
+        return self.load()
+
+
+# ---------------------------------------------------------------- processes
+def proc_start_time(pid: int) -> int | None:
+    """Kernel start time of pid (guards against pid reuse), None if gone/zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            rest = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if rest[0] in ("Z", "X"):  # a zombie has finished; its parent just has not reaped it
+        return None
+    return int(rest[19])
+
+
+def is_alive(pid: int | None, start: int | None) -> bool:
+    return bool(pid) and proc_start_time(pid) == start
+
+
+def kill_group(pid: int | None, start: int | None, sig: int = signal.SIGTERM) -> None:
+    """Signal the process group led by a runner (runners are session leaders)."""
+    if is_alive(pid, start):
+        with contextlib.suppress(OSError):
+            os.killpg(pid, sig)
+
+
+# ---------------------------------------------------------------- faults
+def take_fault(state: dict[str, Any], kind: str, job: dict[str, Any],
+               elem: dict[str, Any]) -> dict[str, Any] | None:
+    """Return (and count down) the first fault of `kind` matching an element."""
+    for fault in state["faults"][kind]:
+        if fault["count"] <= 0:
+            continue
+        if fault.get("task") is not None and fault["task"] != elem["task"]:
+            continue
+        if fault.get("name") is not None and not fnmatch.fnmatchcase(job["name"], fault["name"]):
+            continue
+        fault["count"] -= 1
+        return fault
+    return None
+
+
+# ---------------------------------------------------------------- scheduling
+def adapter(scheduler: str) -> Any:
+    """The scheduler module that knows each job's environment and output paths."""
+    if scheduler == "slurm":
+        from . import slurm as mod
+    elif scheduler == "sge":
+        from . import sge as mod
+    else:
+        from . import pbs as mod
+    return mod
+
+
+def finish(elem: dict[str, Any], state_word: str, now: float, **extra: Any) -> None:
+    elem.update(state=state_word, end=now, pid=None, **extra)
+
+
+def schedule(state: dict[str, Any], path: str, now: float | None = None) -> None:
+    """Reap dead runners, purge old records, start what the caps allow."""
+    now = time.time() if now is None else now
+    conf = state["cluster"]
+    for elem in state["elements"].values():
+        if elem["state"] == "RUNNING" and not is_alive(elem["pid"], elem["pstart"]):
+            # The runner died without recording an end (killed from outside).
+            finish(elem, "FAILED", now, exit_code=0, signal=9, reason="JobLaunchFailure")
+    age = float(conf["min_job_age"])
+    for key in [k for k, e in state["elements"].items()
+                if e["state"] in FINISHED and now - (e["end"] or now) > age]:
+        del state["elements"][key]
+    live_jobs = {e["job"] for e in state["elements"].values()}
+    for jid in [j for j in state["jobs"] if int(j) not in live_jobs]:
+        for name in (state["jobs"][jid]["spool"], state["jobs"][jid].get("script")):
+            with contextlib.suppress(OSError, TypeError):
+                os.unlink(name)
+        del state["jobs"][jid]
+    _start_pending(state, path, now)
+
+
+def running_counts(state: dict[str, Any]) -> tuple[int, dict[int, int]]:
+    total, per_job = 0, {}
+    for elem in state["elements"].values():
+        if elem["state"] == "RUNNING":
+            total += 1
+            per_job[elem["job"]] = per_job.get(elem["job"], 0) + 1
+    return total, per_job
+
+
+def _start_pending(state: dict[str, Any], path: str, now: float) -> None:
+    total, per_job = running_counts(state)
+    free = int(state["cluster"]["slots"]) - total
+    mod = None
+    for key, elem in state["elements"].items():
+        if free <= 0:
+            break
+        if elem["state"] != "PENDING":
+            continue
+        job = state["jobs"][str(elem["job"])]
+        throttle = job.get("throttle")
+        if throttle and per_job.get(elem["job"], 0) >= throttle:
+            continue
+        fault = take_fault(state, "error_state", job, elem)
+        if fault is not None:
+            elem.update(state="ERROR", reason=fault.get("reason"), error_time=now)
+            continue
+        if take_fault(state, "vanish", job, elem) is not None:
+            finish(elem, "NODE_FAIL" if state["scheduler"] == "slurm" else "VANISHED",
+                   now, reason="NodeDown")
+            continue
+        mod = mod or adapter(state["scheduler"])
+        info = mod.launch_info(state, job, elem)
+        fault = take_fault(state, "timeout", job, elem)
+        if fault is not None:
+            limits = [x for x in (info.get("time_limit"), fault["seconds"]) if x is not None]
+            info["time_limit"] = min(limits)
+        info["spool"] = job["spool"]
+        info["kill_wait"] = state["cluster"]["kill_wait"]
+        pid = spawn_runner(path, key, info)
+        elem.update(state="RUNNING", reason=None, pid=pid, pstart=proc_start_time(pid),
+                    start=now, eid=info.get("eid", elem.get("eid")))
+        free -= 1
+        per_job[elem["job"]] = per_job.get(elem["job"], 0) + 1
+
+
+def spawn_runner(path: str, key: str, info: dict[str, Any]) -> int:
+    """Start a detached runner (own session, so its group can be killed)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = PKG_PARENT + os.pathsep + env.get("PYTHONPATH", "")
+    log = open(os.path.join(os.path.dirname(path), "runner.log"), "ab")
+    try:
+        # Detached: stdio must not be the caller's pipes, or a caller doing
+        # subprocess.run(capture_output=True) would wait for the whole job.
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dummy_queues._runner", path, key, json.dumps(info)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True,
+            start_new_session=True, env=env)
+    finally:
+        log.close()
+    # We never wait for it (init reaps it once we exit); mark it done so
+    # Popen.__del__ does not warn about a still-running child.
+    proc.returncode = 0
+    return proc.pid
+
+
+def allocate_id(state: dict[str, Any], count: int = 1) -> int:
+    jid = int(state["next_id"])
+    state["next_id"] = jid + count
+    return jid
+
+
+def record_call(state: dict[str, Any], command: str, argv: list[str]) -> None:
+    state["calls"].append({"time": time.time(), "command": command, "argv": argv})
+    del state["calls"][:-20000]  # bounded, so a long session does not slow every command
+
+
+def write_spool(path: str, jid: int, spec: dict[str, Any]) -> str:
+    """Per-job spec (argv, env, cwd) beside the state; keeps the state small."""
+    spool_dir = os.path.join(os.path.dirname(path), "spool")
+    os.makedirs(spool_dir, exist_ok=True)
+    spool = os.path.join(spool_dir, f"{jid}.json")
+    fd, tmp = tempfile.mkstemp(dir=spool_dir, suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(spec, fh)
+    os.replace(tmp, spool)
+    return spool
+
+
+def copy_script(path: str, jid: int, script: str) -> str:
+    """Snapshot a job script at submit time, as the real schedulers do."""
+    spool_dir = os.path.join(os.path.dirname(path), "spool")
+    os.makedirs(spool_dir, exist_ok=True)
+    dest = os.path.join(spool_dir, f"{jid}.script")
+    with open(script, "rb") as src, open(dest, "wb") as dst:
+        dst.write(src.read())
+    os.chmod(dest, 0o755)
+    return dest
+
+
+def script_argv(script: str, args: list[str], interpreter: str | None) -> list[str]:
+    """How a spooled script is run: -S interpreter, else its #! line, else /bin/sh."""
+    if interpreter:
+        return [interpreter, script, *args]
+    with open(script, "rb") as fh:
+        first = fh.readline(256)
+    if first.startswith(b"#!") and first[2:].strip():
+        return [*first[2:].decode(errors="replace").split(), script, *args]
+    return ["/bin/sh", script, *args]
+
+
+def add_job(state: dict[str, Any], jid: int, job: dict[str, Any],
+            tasks: list[int | None], hold: bool, now: float) -> None:
+    """Register a job and one element per task (None = not an array)."""
+    job.update(id=jid, submit_time=now)
+    state["jobs"][str(jid)] = job
+    for task in tasks:
+        key = str(jid) if task is None else f"{jid}_{task}"
+        state["elements"][key] = {
+            "job": jid, "task": task, "state": "HELD" if hold else "PENDING",
+            "reason": None, "eid": None, "pid": None, "pstart": None,
+            "start": None, "end": None, "exit_code": None, "signal": None}
+
+
+def active_count(state: dict[str, Any], user: str, per_job: bool = False) -> int:
+    """Submitted (not finished) elements of a user, or jobs if per_job."""
+    seen = set()
+    n = 0
+    for elem in state["elements"].values():
+        if elem["state"] in ACTIVE and state["jobs"][str(elem["job"])]["user"] == user:
+            if per_job:
+                seen.add(elem["job"])
+            else:
+                n += 1
+    return len(seen) if per_job else n

@@ -1,0 +1,131 @@
+"""Every way of running gives bit-identical outputs; failures leave no output behind."""
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+
+import numpy as np
+import pytest
+from rasterhelpers import readRaster, writeRaster
+
+import poolparty_raster
+from poolparty_raster import applier
+
+
+def _style(kind, **kwargs):
+    def configure(controls):
+        controls.setConcurrencyStyle(applier.ConcurrencyStyle(computeWorkerKind=kind, **kwargs))
+    return configure
+
+
+def _mpPool(controls):
+    pool = multiprocessing.get_context("spawn").Pool(2)
+    controls.setPool(pool)
+    return pool
+
+
+# name -> configure(controls); a configure that returns a pool gets it closed afterwards.
+RUNNERS = {
+    "none": lambda controls: None,
+    "threads": _style(applier.CW_THREADS, numComputeWorkers=2),
+    "threads-single-block": _style(applier.CW_THREADS, numComputeWorkers=3,
+                                   singleBlockComputeWorkers=True),
+    "mp-pool": _mpPool,
+}
+if hasattr(poolparty_raster, "LocalPool"):
+    RUNNERS["subproc"] = _style(applier.CW_SUBPROC, numComputeWorkers=2,
+                                computeWorkerExtraParams={"progress": False})
+
+
+@pytest.fixture(params=sorted(RUNNERS))
+def configure(request):
+    pools = []
+
+    def apply(controls):
+        pool = RUNNERS[request.param](controls)
+        if pool is not None:
+            pools.append(pool)
+    yield apply
+    for pool in pools:
+        pool.terminate()
+        pool.join()
+
+
+def mixed(info, inputs, outputs, otherArgs):
+    a, b = inputs.a.astype(np.float64), inputs.b.astype(np.float64)
+    o = info.getOverlapSize()
+    outputs.mean = ((a + b) / 2).astype(np.float32)
+    outputs.flags = np.stack([(a > b), (a < otherArgs.threshold)]).astype(np.uint8)[:, 0]
+    # A value that depends on the neighbours, so overlap handling shows up in the result.
+    smooth = a.copy()
+    smooth[:, o:-o, o:-o] = (a[:, :-2 * o, o:-o] + a[:, 2 * o:, o:-o]) / 2
+    outputs.smooth = smooth
+    otherArgs.blocks += 1
+
+
+def runMixed(tmp_path, configure, out):
+    rng = np.random.default_rng(11)
+    infiles = applier.FilenameAssociations()
+    infiles.a = writeRaster(tmp_path / "a.tif", rng.integers(0, 1000, (2, 77, 93), dtype=np.uint16))
+    infiles.b = writeRaster(tmp_path / "b.tif", rng.normal(500, 100, (2, 77, 93)).astype(np.float32))
+    outfiles = applier.FilenameAssociations()
+    for name in ("mean", "flags", "smooth"):
+        setattr(outfiles, name, str(out / f"{name}.tif"))
+    controls = applier.ApplierControls()
+    controls.setWindowXsize(16)
+    controls.setWindowYsize(16)
+    controls.setOverlap(1)
+    configure(controls)
+    otherArgs = applier.OtherInputs()
+    otherArgs.threshold = 400
+    otherArgs.blocks = 0
+    result = applier.apply(mixed, infiles, outfiles, otherArgs, controls)
+    assert sum(o.blocks for o in result.otherArgsList) == 6 * 5
+    return {name: readRaster(path) for name, _, path in outfiles}
+
+
+def test_runners_give_identical_outputs(tmp_path, configure):
+    reference = runMixed(tmp_path, RUNNERS["none"], _mkdir(tmp_path / "serial"))
+    results = runMixed(tmp_path, configure, _mkdir(tmp_path / "other"))
+    for name, array in reference.items():
+        assert results[name].dtype == array.dtype
+        assert results[name].tobytes() == array.tobytes(), name
+
+
+def failOnOneBlock(info, inputs, outputs):
+    if (info.blockDefn.top, info.blockDefn.left) == (32, 48):
+        raise ZeroDivisionError("synthetic failure")
+    outputs.out = inputs.img
+
+
+def test_failure_reports_block_and_leaves_no_output(tmp_path, configure):
+    infiles = applier.FilenameAssociations()
+    infiles.img = writeRaster(tmp_path / "img.tif", np.ones((1, 70, 90), np.uint8))
+    out = _mkdir(tmp_path / "out")
+    outfiles = applier.FilenameAssociations()
+    outfiles.new = str(out / "new.tif")
+    outfiles.old = str(out / "old.tif")
+    with open(outfiles.old, "wb") as f:
+        f.write(b"an earlier result")
+    before = hashlib.sha256(open(outfiles.old, "rb").read()).hexdigest()
+    controls = applier.ApplierControls()
+    controls.setWindowXsize(16)
+    controls.setWindowYsize(16)
+    configure(controls)
+
+    def both(info, inputs, outputs):
+        failOnOneBlock(info, inputs, outputs)
+        outputs.new = outputs.old = inputs.img
+
+    with pytest.raises(ZeroDivisionError) as caught:
+        applier.apply(both, infiles, outfiles, controls=controls)
+    notes = "\n".join(getattr(caught.value, "__notes__", []))
+    assert "top=32, left=48" in notes
+    assert os.listdir(out) == ["old.tif"]
+    assert hashlib.sha256(open(outfiles.old, "rb").read()).hexdigest() == before
+
+
+def _mkdir(path):
+    os.makedirs(path, exist_ok=True)
+    return path
