@@ -36,6 +36,10 @@ LIMIT_MESSAGES = ("QOSMaxSubmitJobPerUserLimit", "AssocMaxSubmitJobLimit", "job 
                   "MaxSubmitJobs", "Resource temporarily unavailable", "Slurm temporarily unable")
 
 
+class _LimitRefusal(Exception):
+    """sbatch refused a submission for a per-user limit."""
+
+
 def classify(state: str, reason: str) -> TaskStatus:
     """Normalise squeue's state word and reason."""
     if state in _PENDING:
@@ -136,10 +140,21 @@ class SlurmScheduler(Scheduler):
     def submit(self, spec: SubmitSpec, chunks: Sequence[int]) -> list[JobRecord]:
         if not self.array:
             return [self._submit_one(spec, [chunk], None) for chunk in chunks]
-        groups = split_by_span(sorted(chunks), self.max_array_size())
-        return [self._submit_one(spec, group, group[0]) for group in groups]
+        records: list[JobRecord] = []
+        for group in split_by_span(sorted(chunks), self.max_array_size()):
+            records += self._submit_array(spec, group)
+        return records
 
-    def _submit_one(self, spec: SubmitSpec, chunks: list[int], offset: int | None) -> JobRecord:
+    def _submit_array(self, spec: SubmitSpec, chunks: list[int]) -> list[JobRecord]:
+        """One array; halved while a per-user limit refuses it, which a smaller one may pass."""
+        try:
+            return [self._submit_one(spec, chunks, chunks[0], wait_on_limit=len(chunks) == 1)]
+        except _LimitRefusal:
+            half = len(chunks) // 2
+            return self._submit_array(spec, chunks[:half]) + self._submit_array(spec, chunks[half:])
+
+    def _submit_one(self, spec: SubmitSpec, chunks: list[int], offset: int | None,
+                    wait_on_limit: bool = True) -> JobRecord:
         if offset is None:
             worker_args = [str(chunks[0])]
             array_args: list[str] = []
@@ -151,17 +166,20 @@ class SlurmScheduler(Scheduler):
         argv = [self.paths["sbatch_path"], "--parsable", f"--job-name={spec.job_name}",
                 f"--output={spec.scheduler_log}", "--open-mode=append", *array_args,
                 *self.resource_args, f"--wrap={command}"]
-        job_id = self._sbatch(spec, argv)
+        job_id = self._sbatch(spec, argv, wait_on_limit)
         record: JobRecord = {"job_id": job_id, "chunks": list(chunks), "array": offset is not None}
         if offset is not None:
             record["offset"] = offset
         return record
 
-    def _sbatch(self, spec: SubmitSpec, argv: list[str]) -> str:
-        """Submit; wait out per-user limits; never let a timed-out call create a duplicate."""
+    def _sbatch(self, spec: SubmitSpec, argv: list[str], wait_on_limit: bool) -> str:
+        """Submit; wait out per-user limits (or raise _LimitRefusal at once, for the caller to
+        split the array); never let a timed-out call create a duplicate."""
         known = self._known.setdefault(spec.job_name, set())
         delay = 2.0
-        for _ in range(self.runner.retries + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             result = self.runner.run_once(argv)
             if result is not None and result.returncode == 0 and result.stdout.strip():
                 job_id = result.stdout.strip().split(";")[0]
@@ -175,12 +193,16 @@ class SlurmScheduler(Scheduler):
                 return job_id
             stderr = "" if result is None else result.stderr.strip()
             refused = result is not None and "submission failed" in stderr
-            if refused and not any(m in stderr for m in LIMIT_MESSAGES):
+            limited = any(m in stderr for m in LIMIT_MESSAGES)
+            if refused and not limited:
                 raise SchedulerError(f"sbatch refused the job: {stderr}")
-            time.sleep(delay)  # a per-user limit or an unreachable controller: wait it out
+            if limited and not wait_on_limit:
+                raise _LimitRefusal(stderr)
+            if not limited and attempt > self.runner.retries:
+                raise SchedulerError(f"sbatch did not accept the job after {attempt} attempts: "
+                                     f"{stderr or 'timed out'}")
+            time.sleep(delay)  # a per-user limit (waited out for ever) or an unreachable controller
             delay = min(delay * 2, 60.0)
-        raise SchedulerError(f"sbatch did not accept the job after {self.runner.retries + 1} "
-                             f"attempts: {stderr or 'timed out'}")
 
     def _listed_job_ids(self, spec: SubmitSpec) -> set[str]:
         """Ids of the (array) jobs the scheduler lists under this map's name."""

@@ -1,0 +1,179 @@
+"""The failures of real shared clusters, injected into the dummy schedulers: every map still
+returns the right results, or fails fast with a clear error, and never hangs."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import poolparty_raster as pp
+from poolparty_raster.errors import SchedulerError
+
+# (fixture, pool constructor, first array task id as the scheduler numbers it)
+CLUSTERS = {
+    "slurm_array": ("dummy_slurm", pp.SlurmArrayPool, 0),
+    "slurm_jobs": ("dummy_slurm", pp.SlurmPool, None),
+    "sge": ("dummy_sge", pp.SgePool, 1),
+    "pbs": ("dummy_pbs", pp.PbsPool, 0),
+}
+FAST = {"polling_interval": 0.3, "filesystem_lag": 0.3, "progress": False}
+
+
+def plus_one(x):
+    return x + 1
+
+
+def nap(x):
+    time.sleep(0.3)
+    return x
+
+
+@pytest.fixture(params=list(CLUSTERS))
+def cluster(request, tmp_path, monkeypatch):
+    fixture, pool_class, first_task = CLUSTERS[request.param]
+    queue = request.getfixturevalue(fixture)
+    monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(tmp_path / "work"))
+    return queue, pool_class, first_task
+
+
+def events_of(tmp_path):
+    (work_dir,) = (tmp_path / "work").iterdir()
+    return [json.loads(line) for line in open(work_dir / "log.jsonl")]
+
+
+def test_error_state_is_cancelled_and_resubmitted(cluster, tmp_path):
+    queue, pool_class, first_task = cluster
+    queue.inject_error_state(task=first_task, count=1)
+    pool = pool_class(keep_work_dir=True, **FAST)
+    assert pool.map(plus_one, range(8), chunksize=2) == list(range(1, 9))
+    assert [e["event"] for e in events_of(tmp_path)].count("error_state") == 1
+    assert queue.calls_to("scancel" if "slurm" in queue.scheduler else "qdel")
+
+
+def test_error_state_that_persists_ends_in_task_lost_error(cluster, tmp_path):
+    queue, pool_class, first_task = cluster
+    if queue.scheduler == "pbs":  # a lone resubmitted chunk is a plain PBS job, not element 0
+        first_task = None
+    queue.inject_error_state(task=first_task, count=100)
+    with pytest.raises(pp.TaskLostError) as info:
+        pool_class(max_num_resubmissions=1, **FAST).map(plus_one, range(4), chunksize=2)
+    # an array's first element, or (one job per chunk: no task ids) every job
+    assert info.value.task_indices == ([0, 1] if first_task is not None else [0, 1, 2, 3])
+
+
+def test_vanished_task_is_resubmitted(cluster, tmp_path):
+    queue, pool_class, first_task = cluster
+    queue.inject_vanish(task=first_task, count=1)
+    pool = pool_class(keep_work_dir=True, **FAST)
+    assert pool.map(plus_one, range(6), chunksize=2) == list(range(1, 7))
+    assert [e["event"] for e in events_of(tmp_path)].count("lost") == 1
+
+
+def long_nap(x):
+    time.sleep(2.5)  # long enough for the driver to poll the scheduler (after 1 s) at least twice
+    return x
+
+
+@pytest.mark.parametrize("mode", ["fail", "garble"])
+def test_failing_poll_command_costs_polls_not_the_map(cluster, tmp_path, mode):
+    queue, pool_class, _ = cluster
+    queue.inject_command_failure("squeue" if "slurm" in queue.scheduler else "qstat", times=1, mode=mode)
+    pool = pool_class(keep_work_dir=True, **FAST)
+    assert pool.map(long_nap, range(2), chunksize=1) == list(range(2))
+    failures = [e for e in events_of(tmp_path) if e["event"] == "poll_failed"]
+    assert failures, "the injected failures were never seen"
+    if mode == "garble":
+        assert "could not parse" in failures[0]["error"]
+
+
+def test_hanging_poll_command_times_out(dummy_slurm, tmp_path, monkeypatch):
+    monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(tmp_path / "work"))
+    dummy_slurm.inject_command_failure("squeue", times=1, mode="hang", seconds=30)
+    pool = pp.SlurmArrayPool(slurm_call_timeout=1.0, keep_work_dir=True, **FAST)
+    assert pool.map(long_nap, range(2), chunksize=1) == list(range(2))
+    assert any(e["event"] == "poll_failed" for e in events_of(tmp_path))
+
+
+def test_lost_submission_id_never_creates_a_duplicate(dummy_slurm, tmp_path, monkeypatch):
+    monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(tmp_path / "work"))
+    dummy_slurm.inject_command_failure("sbatch", times=1, mode="lose_id")
+    assert pp.SlurmArrayPool(**FAST).map(plus_one, range(4), chunksize=1) == [1, 2, 3, 4]
+    assert len(dummy_slurm.submissions) == 1
+
+
+def test_map_larger_than_max_array_size_is_split(dummy_slurm, tmp_path, monkeypatch):
+    monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(tmp_path / "work"))
+    dummy_slurm.set_limits(max_array_size=5)
+    assert pp.SlurmArrayPool(**FAST).map(plus_one, range(12), chunksize=1) == list(range(1, 13))
+    assert len(dummy_slurm.submissions) == 3
+
+
+def test_per_user_job_limit_is_waited_out(dummy_slurm, tmp_path, monkeypatch):
+    monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(tmp_path / "work"))
+    dummy_slurm.set_limits(max_jobs_per_user=3)
+    assert pp.SlurmArrayPool(**FAST).map(plus_one, range(8), chunksize=1) == list(range(1, 9))
+    assert all(len(s["tasks"]) <= 3 for s in dummy_slurm.submissions)
+
+
+def test_reason_no_resubmission_fixes_fails_the_map_at_once(dummy_slurm, tmp_path, monkeypatch):
+    monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(tmp_path / "work"))
+    dummy_slurm.inject_error_state(task=0, count=1, reason="InvalidAccount")
+    with pytest.raises(SchedulerError, match="InvalidAccount"):
+        pp.SlurmArrayPool(**FAST).map(plus_one, range(2), chunksize=1)
+    assert all(job["state"] not in ("PENDING", "RUNNING", "ERROR") for job in dummy_slurm.jobs())
+
+
+def test_timed_out_task_is_resubmitted(dummy_slurm, tmp_path, monkeypatch):
+    monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(tmp_path / "work"))
+    dummy_slurm.inject_timeout(0.2, task=1, count=1)
+    assert pp.SlurmArrayPool(**FAST).map(nap, range(3), chunksize=1) == [0, 1, 2]
+
+
+RESUMABLE = textwrap.dedent("""
+    import sys, time
+    import poolparty_raster as pp
+
+    def slow(x):
+        time.sleep(3)
+        return x * 10
+
+    if __name__ == "__main__":
+        pp.SlurmArrayPool(work_dir=sys.argv[1], polling_interval=0.3, progress=False).map(
+            slow, range(3), chunksize=1)
+""")
+
+
+def test_resumed_driver_reattaches_to_running_jobs(dummy_slurm, tmp_path):
+    script = tmp_path / "resumable.py"
+    script.write_text(RESUMABLE)
+    work_dir = tmp_path / "w"
+    driver = subprocess.Popen([sys.executable, str(script), str(work_dir)], cwd=tmp_path)
+    deadline = time.monotonic() + 60
+    while not (work_dir / "jobs.json").exists():
+        assert time.monotonic() < deadline and driver.poll() is None
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)  # no chance to cancel anything
+    driver.wait(30)
+    resumed = subprocess.run([sys.executable, str(script), str(work_dir)], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert not work_dir.exists()  # finished cleanly
+    assert len(dummy_slurm.submissions) == 1  # the killed driver's jobs finished the map
+
+
+def test_workers_mode_scales_within_its_bounds(dummy_slurm, tmp_path, monkeypatch):
+    monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(tmp_path / "work"))
+    pool = pp.SlurmArrayPool(mode="workers", min_workers=1, max_workers=2,
+                             min_seconds_between_submissions=0.5, **FAST)
+    assert pool.map(nap, range(12), chunksize=1) == list(range(12))
+    submissions = dummy_slurm.submissions
+    assert len(submissions[0]["tasks"]) == 2  # never more than max_workers at once
+    assert sum(len(s["tasks"]) for s in submissions) < 12  # workers ran several chunks each
+    gaps = [b["time"] - a["time"] for a, b in zip(submissions, submissions[1:])]
+    assert all(gap >= 0.5 for gap in gaps)
