@@ -266,9 +266,8 @@ def test_get_timeout_raises_multiprocessing_timeout(make_pool, backend):
         result.get(timeout=60)
 
 
-def test_misspelt_option_lists_valid_ones(backend):
-    cls = {"serial": pp.SerialPool, "local": pp.LocalPool}.get(backend)
-    if cls is None:
-        pytest.skip("option checking is covered per class in the backend's own tests")
-    with pytest.raises(TypeError, match="did you mean 'verbose'"):
+@pytest.mark.parametrize("cls", [pp.SerialPool, pp.LocalPool, pp.SlurmArrayPool, pp.SlurmPool,
+                                 pp.SgePool, pp.PbsPool])
+def test_misspelt_option_lists_valid_ones(cls):
+    with pytest.raises(TypeError, match="did you mean 'verbose'.*valid options: "):
         cls(verbos=True)

@@ -40,10 +40,12 @@ SLEEPER = textwrap.dedent("""
 
 
 def pool_expression(backend: str) -> str:
-    return {"local": "pp.LocalPool(2)", "dummy_slurm": "pp.SlurmArrayPool(polling_interval=0.5)"}[backend]
+    return {"local": "pp.LocalPool(2)", "dummy_slurm": "pp.SlurmArrayPool(polling_interval=0.5)",
+            "real_slurm": "pp.SlurmArrayPool(polling_interval=0.5)",
+            "real_sge": "pp.SgePool(polling_interval=0.5)"}[backend]
 
 
-@pytest.fixture(params=["local", "dummy_slurm"])
+@pytest.fixture(params=["local", "dummy_slurm", "real_slurm", "real_sge"])
 def script_backend(request, tmp_path, monkeypatch):
     if request.param != "local":
         request.getfixturevalue(request.param)  # puts the dummy scheduler on PATH

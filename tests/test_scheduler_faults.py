@@ -177,3 +177,14 @@ def test_workers_mode_scales_within_its_bounds(dummy_slurm, tmp_path, monkeypatc
     assert sum(len(s["tasks"]) for s in submissions) < 12  # workers ran several chunks each
     gaps = [b["time"] - a["time"] for a, b in zip(submissions, submissions[1:])]
     assert all(gap >= 0.5 for gap in gaps)
+
+
+def test_real_slurm_map_larger_than_max_array_size(real_slurm, tmp_path, monkeypatch):
+    monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(tmp_path / "work"))
+    limit = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True).stdout
+    max_array_size = int(limit.split("MaxArraySize")[1].split("=")[1].split()[0])
+    assert max_array_size < 130, "ci/slurm sets MaxArraySize=101 so that this test stays short"
+    pool = pp.SlurmArrayPool(keep_work_dir=True, **FAST)
+    assert pool.map(plus_one, range(130), chunksize=1) == list(range(1, 131))
+    submitted = [e for e in events_of(tmp_path) if e["event"] == "submitted"]
+    assert len(submitted[0]["jobs"]) == 2  # split into two arrays

@@ -33,17 +33,36 @@ RUNNERS = {
                                    singleBlockComputeWorkers=True),
     "mp-pool": _mpPool,
 }
-if hasattr(poolparty_raster, "LocalPool"):
-    RUNNERS["subproc"] = _style(applier.CW_SUBPROC, numComputeWorkers=2,
-                                computeWorkerExtraParams={"progress": False})
+RUNNERS["subproc"] = _style(applier.CW_SUBPROC, numComputeWorkers=2,
+                            computeWorkerExtraParams={"progress": False})
+RUNNERS["subproc-workers"] = _style(applier.CW_SUBPROC, numComputeWorkers=2,
+                                    computeWorkerExtraParams={"progress": False, "mode": "workers"})
+_CLUSTER = {"progress": False, "polling_interval": 0.5, "filesystem_lag": 0.5}
+# name -> (fixture providing the scheduler, configure)
+CLUSTER_RUNNERS = {
+    "dummy-slurm": ("dummy_slurm", _style(applier.CW_SLURM, numComputeWorkers=2,
+                                          computeWorkerExtraParams=_CLUSTER)),
+    "dummy-sge": ("dummy_sge", _style(applier.CW_SGE, numComputeWorkers=2,
+                                      computeWorkerExtraParams=_CLUSTER)),
+    "real-slurm": ("real_slurm", _style(applier.CW_SLURM, numComputeWorkers=2,
+                                        computeWorkerExtraParams=_CLUSTER)),
+    "real-sge": ("real_sge", _style(applier.CW_SGE, numComputeWorkers=2,
+                                    computeWorkerExtraParams=_CLUSTER)),
+}
 
 
-@pytest.fixture(params=sorted(RUNNERS))
-def configure(request):
+@pytest.fixture(params=sorted(RUNNERS) + sorted(CLUSTER_RUNNERS))
+def configure(request, tmp_path, monkeypatch):
+    if request.param in CLUSTER_RUNNERS:
+        fixture, runner = CLUSTER_RUNNERS[request.param]
+        request.getfixturevalue(fixture)
+        monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(tmp_path / "work"))
+    else:
+        runner = RUNNERS[request.param]
     pools = []
 
     def apply(controls):
-        pool = RUNNERS[request.param](controls)
+        pool = runner(controls)
         if pool is not None:
             pools.append(pool)
     yield apply
