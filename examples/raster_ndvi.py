@@ -1,8 +1,8 @@
 """NDVI of a synthetic 4-band image with poolparty_raster's RIOS-style applier.
 
 Makes its own input (red and near-infrared bands, 30 m UTM pixels, 0 = nodata) in a
-temporary directory, computes NDVI block by block on a LocalPool of two worker processes
-(serially in-process if LocalPool is not available), and checks the result against numpy.
+temporary directory, computes NDVI block by block on a LocalPool of two worker processes,
+and checks the result against numpy.
 
     python examples/raster_ndvi.py
 """
@@ -64,14 +64,10 @@ def main() -> None:
     controls.setStatsIgnore(NDVI_NODATA)
     controls.setWindowXsize(128)
     controls.setWindowYsize(128)
-    try:
-        from poolparty_raster import LocalPool  # noqa: F401  (only checking it exists)
-        controls.setConcurrencyStyle(applier.ConcurrencyStyle(
-            numComputeWorkers=2, computeWorkerKind=applier.CW_SUBPROC,
-            computeWorkerExtraParams={"work_dir": str(workdir / "work"), "progress": False}))
-        how = "LocalPool, 2 worker processes"
-    except ImportError:
-        how = "serially, in-process"
+    controls.setConcurrencyStyle(applier.ConcurrencyStyle(
+        numComputeWorkers=2, computeWorkerKind=applier.CW_SUBPROC,
+        computeWorkerExtraParams={"work_dir": str(workdir / "work"), "progress": False}))
+    how = "LocalPool, 2 worker processes"
 
     result = applier.apply(ndvi, infiles, outfiles, otherArgs, controls)
 

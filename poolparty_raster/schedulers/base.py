@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,6 +171,21 @@ def contiguous_runs(indices: Sequence[int]) -> list[tuple[int, int]]:
 def index_ranges(indices: Sequence[int]) -> str:
     """[0, 1, 2, 7] -> '0-2,7' (SLURM's --array syntax)."""
     return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in contiguous_runs(indices))
+
+
+def cancel_targets(jobs: Sequence[JobRecord], chunks: Sequence[int] | None,
+                   element_id: Callable[[JobRecord, int], str]) -> list[str]:
+    """What to cancel: every job when ``chunks`` is None; else the array elements
+    (``element_id(job, chunk)``) or the single jobs that hold those chunks."""
+    targets = []
+    for job in jobs:
+        if chunks is None:
+            targets.append(job["job_id"])
+        elif job.get("array"):
+            targets += [element_id(job, c) for c in chunks if c in job["chunks"]]
+        elif job["chunks"][0] in chunks:
+            targets.append(job["job_id"])
+    return targets
 
 
 def unparseable(command: str, line: str) -> SchedulerError:

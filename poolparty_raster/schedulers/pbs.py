@@ -14,7 +14,8 @@ import re
 from collections.abc import Sequence
 
 from poolparty_raster.schedulers.base import (CommandRunner, JobRecord, PollResult, Scheduler,
-                                              SubmitSpec, TaskState, TaskStatus, contiguous_runs,
+                                              SubmitSpec, TaskState, TaskStatus, cancel_targets,
+                                              contiguous_runs,
                                               require_commands, unparseable)
 
 _SUBJOB = re.compile(r"^(?P<base>[^\[]+)\[(?P<index>\d*)\](?P<server>.*)$")
@@ -113,15 +114,12 @@ class PbsScheduler(Scheduler):
 
     def cancel(self, spec: SubmitSpec, jobs: Sequence[JobRecord],
                chunks: Sequence[int] | None = None) -> None:
-        targets = []
-        for job in jobs:
-            if chunks is None:
-                targets.append(job["job_id"])
-            elif job.get("array"):
-                base, _, server = job["job_id"].partition("[]")
-                targets += [f"{base}[{c - job['offset']}]{server}" for c in chunks if c in job["chunks"]]
-            elif job["chunks"][0] in chunks:
-                targets.append(job["job_id"])
+        targets = cancel_targets(jobs, chunks, _subjob_id)
         if targets:
-            self.runner.run([self.paths["qdel_path"], *targets], ok_codes=(0, 1, 35, 153),
-                            retry=False)
+            self.runner.run([self.paths["qdel_path"], *targets], ok_codes=(0, 1, 35, 153), retry=False)
+
+
+def _subjob_id(job: JobRecord, chunk: int) -> str:
+    """``123[].server`` and chunk 7 at offset 5 -> ``123[2].server``."""
+    base, _, server = job["job_id"].partition("[]")
+    return f"{base}[{chunk - job['offset']}]{server}"

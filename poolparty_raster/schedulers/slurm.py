@@ -15,7 +15,8 @@ from collections.abc import Sequence
 
 from poolparty_raster.errors import SchedulerError
 from poolparty_raster.schedulers.base import (CommandRunner, JobRecord, PollResult, Scheduler,
-                                              SubmitSpec, TaskState, TaskStatus, index_ranges,
+                                              SubmitSpec, TaskState, TaskStatus, cancel_targets,
+                                              index_ranges,
                                               require_commands, split_by_span, unparseable)
 
 SQUEUE_FORMAT = "%i|%F|%K|%T|%r"
@@ -223,13 +224,6 @@ class SlurmScheduler(Scheduler):
 
     def cancel(self, spec: SubmitSpec, jobs: Sequence[JobRecord],
                chunks: Sequence[int] | None = None) -> None:
-        targets = []
-        for job in jobs:
-            if chunks is None:
-                targets.append(job["job_id"])
-            elif job.get("array"):
-                targets += [f"{job['job_id']}_{c - job['offset']}" for c in chunks if c in job["chunks"]]
-            elif job["chunks"][0] in chunks:
-                targets.append(job["job_id"])
+        targets = cancel_targets(jobs, chunks, lambda job, c: f"{job['job_id']}_{c - job['offset']}")
         if targets:
             self.runner.run([self.paths["scancel_path"], *targets])
