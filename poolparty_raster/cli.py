@@ -25,7 +25,7 @@ def _open(path: str) -> WorkDir:
 def status(path: str) -> str:
     work_dir = _open(path)
     manifest = work_dir.read_manifest()
-    done = work_dir.archived_chunks() | {c for c, f in work_dir.scan().items() if "result" in f["final"]}
+    done = work_dir.finished_chunks()
     events = work_dir.read_log()
     counts = collections.Counter(event["event"] for event in events)
     last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(events[-1]["time"])) if events else "never"

@@ -201,11 +201,13 @@ class WorkDir:
         return not any(True for _ in os.scandir(self.path))
 
     # -- the worker's side -------------------------------------------------------------
-    def load_chunk(self, chunk: int) -> tuple[Callable[[Any], Any], list[Any]]:
+    def load_function(self) -> Callable[[Any], Any]:
         with zipfile.ZipFile(self.tasks_path) as z:
-            func = cloudpickle.loads(z.read("function.pkl"))
-            tasks = cloudpickle.loads(z.read(f"chunks/{chunk_key(chunk)}.pkl"))
-        return func, tasks
+            return cloudpickle.loads(z.read("function.pkl"))
+
+    def load_tasks(self, chunk: int) -> list[Any]:
+        with zipfile.ZipFile(self.tasks_path) as z:
+            return cloudpickle.loads(z.read(f"chunks/{chunk_key(chunk)}.pkl"))
 
     def write_loose(self, chunk: int, kind: str, data: bytes) -> None:
         atomic_write(self.file(loose_name(chunk, kind)), data)
@@ -223,6 +225,10 @@ class WorkDir:
                 slot = found.setdefault(chunk, {"final": [], "live": []})
                 slot["live" if live else "final"].append(entry.name if live else kind)
         return found
+
+    def finished_chunks(self) -> set[int]:
+        """Chunks with a result, archived or loose."""
+        return self.archived_chunks() | {c for c, f in self.scan().items() if "result" in f["final"]}
 
     def archived_chunks(self) -> set[int]:
         """Chunks whose result is already in ``tasks.results.zip``."""
@@ -304,15 +310,15 @@ class WorkDir:
     def claim_path(self, chunk: int) -> str:
         return os.path.join(self.claims_path, chunk_key(chunk))
 
-    def claim_next(self, num_chunks: int, worker: str) -> int | None:
-        """Atomically claim the first chunk that has neither a claim nor a result.
+    def claim_next(self, num_chunks: int, worker: str, done: set[int]) -> int | None:
+        """Atomically claim the first chunk that is neither claimed nor in ``done``.
 
         O_CREAT|O_EXCL succeeds for exactly one process, also on NFS v3+; the claim holds the
-        claiming worker's name, and its mtime is the worker's heartbeat.
+        claiming worker's name, and its mtime is the worker's heartbeat. A chunk finished in
+        workers mode keeps its claim, so ``done`` only needs the chunks finished before.
         """
         os.makedirs(self.claims_path, mode=0o700, exist_ok=True)
         taken = set(os.listdir(self.claims_path))
-        done = self.archived_chunks() | {c for c, f in self.scan().items() if "result" in f["final"]}
         for chunk in range(num_chunks):
             if chunk_key(chunk) in taken or chunk in done:
                 continue

@@ -104,12 +104,13 @@ def _exception_record(index: int, exc: BaseException) -> dict[str, Any]:
             "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))}
 
 
-def run_chunk(work_dir: Any, chunk: int) -> tuple[list[bytes | None], list[dict[str, Any]]]:
+def run_chunk(work_dir: Any, manifest: Any, func: Any,
+              chunk: int) -> tuple[list[bytes | None], list[dict[str, Any]]]:
     """Run every task of a chunk; a raising task does not stop the others."""
     import cloudpickle
 
-    func, tasks = work_dir.load_chunk(chunk)
-    first = work_dir.read_manifest().chunk_starts[chunk]
+    tasks = work_dir.load_tasks(chunk)
+    first = manifest.chunk_starts[chunk]
     values: list[bytes | None] = []
     errors: list[dict[str, Any]] = []
     for offset, task in enumerate(tasks):
@@ -132,12 +133,12 @@ def run_chunk(work_dir: Any, chunk: int) -> tuple[list[bytes | None], list[dict[
 HEARTBEAT_SECONDS = 5.0  # how often a worker in workers mode touches its claim
 
 
-def run_and_store(work_dir: Any, chunk: int) -> None:
+def run_and_store(work_dir: Any, manifest: Any, func: Any, chunk: int) -> None:
     """Run one chunk with its output captured, and store its outputs; the result goes last."""
     from poolparty_raster import workdir
 
     captures = _redirect_output(work_dir, chunk)
-    values, errors = run_chunk(work_dir, chunk)
+    values, errors = run_chunk(work_dir, manifest, func, chunk)
     sys.stdout.flush()
     sys.stderr.flush()
     if errors:
@@ -157,16 +158,17 @@ def _heartbeat(path: str, stop: threading.Event) -> None:
             return
 
 
-def claim_and_run(work_dir: Any, worker: int) -> None:
+def claim_and_run(work_dir: Any, manifest: Any, func: Any, worker: int) -> None:
     """Workers mode: claim the next free chunk, run it, and again, until none is left."""
-    num_chunks = work_dir.read_manifest().num_chunks
+    num_chunks = manifest.num_chunks
     name = f"{worker} {socket.gethostname()} {os.getpid()}"
-    while (chunk := work_dir.claim_next(num_chunks, name)) is not None:
+    done = work_dir.finished_chunks()
+    while (chunk := work_dir.claim_next(num_chunks, name, done)) is not None:
         stop = threading.Event()
         beat = threading.Thread(target=_heartbeat, args=(work_dir.claim_path(chunk), stop), daemon=True)
         beat.start()
         try:
-            run_and_store(work_dir, chunk)
+            run_and_store(work_dir, manifest, func, chunk)
         finally:
             stop.set()
 
@@ -176,8 +178,13 @@ def main(work_dir_path: str, argv: Sequence[str]) -> int:
 
     work_dir = workdir.WorkDir(work_dir_path)
     index = chunk_from_arguments(argv, os.environ)
-    if work_dir.read_manifest().mode == "workers":
-        claim_and_run(work_dir, index)
+    manifest = work_dir.read_manifest()
+    # The function is loaded before output is captured: a function that cannot be loaded
+    # here (a module missing on this node) fails the job, and its traceback lands in
+    # scheduler.log, where the lost-task report points.
+    func = work_dir.load_function()
+    if manifest.mode == "workers":
+        claim_and_run(work_dir, manifest, func, index)
     else:
-        run_and_store(work_dir, index)
+        run_and_store(work_dir, manifest, func, index)
     return 0

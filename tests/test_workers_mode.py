@@ -11,9 +11,8 @@ from poolparty_raster.workdir import Manifest, WorkDir
 def _claim_all(path: str, worker: int, num_chunks: int, out) -> None:
     work_dir = WorkDir(path)
     claimed = []
-    while (chunk := work_dir.claim_next(num_chunks, str(worker))) is not None:
+    while (chunk := work_dir.claim_next(num_chunks, str(worker), set())) is not None:
         claimed.append(chunk)
-        work_dir.write_loose(chunk, "result", b"")  # finished: nobody may claim it again
     out.put(claimed)
 
 
