@@ -8,13 +8,15 @@ Install the fakes and put them first on PATH; the pools then need no options::
 or, in pytest, use the fixtures ``dummy_slurm``, ``dummy_sge``, ``dummy_pbs``
 (they yield a :class:`DummyQueue` and kill leftover jobs at teardown).
 
-Commands: SLURM ``sbatch squeue scancel scontrol``(show config) ``sinfo``;
-SGE and PBS ``qsub qstat qdel``.  Unknown flags are rejected (stderr, rc != 0).
+Commands: SLURM ``sbatch squeue scancel scontrol``(show config) ``sinfo``
+(``-N``, ``-p``, ``-o``); SGE ``qsub qstat``(plain, ``-xml``, ``-j``, ``-g c``) ``qdel qconf``
+(``-sconf``); PBS ``qsub qstat``(``-f -F json``) ``qdel``.  Unknown flags are rejected
+(stderr, rc != 0).
 State lives in one ``queue_state.json`` beside the scripts (or ``state_path``),
-changed only under a file lock and replaced atomically.  Jobs run as detached
-``python -m dummy_queues._runner`` processes that record their own end and
-start the next pending jobs, so nothing depends on how often commands are
-called.  Linux only (/proc is used to check runner liveness).
+changed only under a file lock and replaced atomically.  Jobs run under detached
+runner processes (forked from the command that started them) that record their
+own end and start the next pending jobs, so nothing depends on how often
+commands are called.  Linux only (/proc is used to check runner liveness).
 
 DummyQueue API:
   jobs(), state(), calls, calls_to(cmd), submissions, wait_idle(timeout)

@@ -11,7 +11,7 @@ from typing import Any
 from . import _state
 
 COMMANDS = {"slurm": ("sbatch", "squeue", "scancel", "scontrol", "sinfo"),
-            "sge": ("qsub", "qstat", "qdel"),
+            "sge": ("qsub", "qstat", "qdel", "qconf"),
             "pbs": ("qsub", "qstat", "qdel")}
 COMMAND_MODES = ("fail", "hang", "garble", "lose_id")
 

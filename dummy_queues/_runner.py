@@ -1,9 +1,11 @@
-"""Runs one job element detached from everything: ``python -m dummy_queues._runner``.
+"""Runs one job element detached from everything.
 
-argv: STATE_PATH ELEMENT_KEY INFO_JSON.  The runner is a session leader, and
-the job's command stays in its process group, so cancelling = killpg(runner).
-It records the end of the job under the lock and starts the next pending
-elements itself; that is what makes jobs progress with no command calls.
+A runner is forked from the command (or runner) that started it, or started as
+``python -m dummy_queues._runner STATE_PATH ELEMENT_KEY INFO_JSON``.  It is a
+session leader, and the job's command stays in its process group, so
+cancelling = killpg(runner).  It records the end of the job under the lock and
+starts the next pending elements itself; that is what makes jobs progress with
+no command calls.
 """
 from __future__ import annotations
 
@@ -48,7 +50,10 @@ def _open_outputs(info: dict[str, Any]) -> tuple[Any, Any]:
 
 
 def main() -> None:
-    path, key, info = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    run(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]))
+
+
+def run(path: str, key: str, info: dict[str, Any]) -> None:
     with open(info["spool"], encoding="utf-8") as fh:
         spec = json.load(fh)
     env = dict(spec["env"])

@@ -146,11 +146,15 @@ def detail(state: dict[str, Any], jid: str) -> list[str] | None:
 
 def qstat(argv: list[str], state: dict[str, Any], now: float) -> Result:
     opts, pos = _cmd.parse(argv, {"-xml": O("xml", False), "-u": O("user"), "-j": O("job"),
-                                  "-s": O("states"), "-r": O("full", False)}, "qstat",
-                           stop_at_positional=False,
+                                  "-s": O("states"), "-r": O("full", False), "-g": O("summary")},
+                           "qstat", stop_at_positional=False,
                            unknown=lambda a: f"error: ERROR! invalid option argument \"{a}\"")
     if pos:
         raise UsageError(f'error: ERROR! invalid option argument "{pos[0]}"')
+    if opts.get("summary") is not None:
+        if opts["summary"] != "c":
+            raise UsageError(f'error: ERROR! invalid option argument "-g {opts["summary"]}"')
+        return Result(out=cluster_queue_summary(state))
     if opts.get("job"):
         out: list[str] = []
         missing = []
@@ -168,3 +172,12 @@ def qstat(argv: list[str], state: dict[str, Any], now: float) -> Result:
     users = None if user == "*" else set((user or _cmd.user()).split(","))
     recs = records(state, users)
     return Result(out=xml(recs) if opts.get("xml") else plain(recs))
+
+
+def cluster_queue_summary(state: dict[str, Any]) -> list[str]:
+    """``qstat -g c``: one line for all.q with its used and total slots."""
+    total = int(state["cluster"]["slots"])
+    used = sum(1 for e in state["elements"].values() if e["state"] == "RUNNING")
+    return ["CLUSTER QUEUE                   CQLOAD   USED    RES  AVAIL  TOTAL aoACDS  cdsuE  ",
+            "-" * 80,
+            f"{'all.q':<30}{0.0:>8.2f}{used:>7}{0:>7}{total - used:>7}{total:>7}{0:>7}{0:>7} "]

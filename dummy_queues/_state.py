@@ -15,7 +15,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import traceback
 from typing import Any, Iterator
 
 from filelock import FileLock
@@ -218,7 +220,57 @@ def _start_pending(state: dict[str, Any], path: str, now: float) -> None:
 
 
 def spawn_runner(path: str, key: str, info: dict[str, Any]) -> int:
-    """Start a detached runner (own session, so its group can be killed)."""
+    """Start a detached runner (own session, so its group can be killed); returns its pid.
+
+    Commands and runners are single-threaded, so the runner is forked from them (no new
+    interpreter to start: that halves the cost of a job) and double-forked, so that init, not
+    a long-lived caller, reaps it. A threaded caller starts a fresh interpreter instead.
+    """
+    if threading.active_count() > 1:
+        return _popen_runner(path, key, info)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    read, write = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        try:
+            os.close(read)
+            runner = os.fork()
+            if runner == 0:
+                os.close(write)
+                _become_runner(path, key, info)
+            os.write(write, str(runner).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        pid = int(pipe.read())
+    os.waitpid(middle, 0)
+    return pid
+
+
+def _become_runner(path: str, key: str, info: dict[str, Any]) -> None:
+    """The forked runner: detach, keep nothing of the parent's open files (its state lock
+    above all), run the job, and exit without the parent's clean-up."""
+    code = 1
+    try:
+        os.setsid()
+        log = os.open(os.path.join(os.path.dirname(path), "runner.log"),
+                      os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.closerange(3, 65536)
+        from . import _runner
+        _runner.run(path, key, info)
+        code = 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def _popen_runner(path: str, key: str, info: dict[str, Any]) -> int:
     env = dict(os.environ)
     env["PYTHONPATH"] = PKG_PARENT + os.pathsep + env.get("PYTHONPATH", "")
     log = open(os.path.join(os.path.dirname(path), "runner.log"), "ab")

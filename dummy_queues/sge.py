@@ -24,6 +24,7 @@ MESSAGES = {
                          "(got syncron message receive timeout error).\nExiting.", 1)},
     "qstat": {"fail": (DOWN, 1)},
     "qdel": {"fail": (DOWN, 1)},
+    "qconf": {"fail": (DOWN, 1)},
 }
 QSUB_OPTS = {
     "-terse": O("terse", False), "-N": O("name"), "-S": O("shell"), "-o": O("output"),
@@ -92,7 +93,9 @@ def qsub(argv: list[str], state: dict[str, Any], now: float) -> Result:
     jid = _state.allocate_id(state)
     path = _cmd.CURRENT_PATH
     script = None
-    if binary:  # -b y: the argv is rejoined and split again by the shell, as real SGE does
+    if binary and (opts.get("use_shell") or "yes").lower().startswith("n"):
+        cmd = list(pos)  # -b y -shell no: executed as given
+    elif binary:  # -b y: the argv is rejoined and split again by the shell, as real SGE does
         cmd = [opts.get("shell") or "/bin/sh", "-c", " ".join(pos)]
     else:
         script = _state.copy_script(path, jid, pos[0])
@@ -231,8 +234,19 @@ def qstat(argv: list[str], state: dict[str, Any], now: float) -> Result:
     return impl(argv, state, now)
 
 
+def qconf(argv: list[str], state: dict[str, Any], now: float) -> Result:
+    """Only ``qconf -sconf``, the global configuration limits a pool reads."""
+    if argv not in (["-sconf"], ["-sconf", "global"]):
+        raise UsageError("error: dummy_queues supports only 'qconf -sconf [global]'", rc=1)
+    conf = state["cluster"]
+    return Result(out=["#global:", "max_aj_instances             2000",
+                       f"max_aj_tasks                 {conf['max_array_size']}",
+                       f"max_u_jobs                   {conf.get('max_jobs_per_user') or 0}",
+                       "max_jobs                     0"])
+
+
 def main() -> None:
-    funcs = {"qsub": qsub, "qstat": qstat, "qdel": qdel}
+    funcs = {"qsub": qsub, "qstat": qstat, "qdel": qdel, "qconf": qconf}
     _cmd.dispatch({n: (lambda n=n, f=f: _cmd.run(n, f, MESSAGES[n])) for n, f in funcs.items()})
 
 

@@ -279,9 +279,13 @@ def scontrol(argv: list[str], state: dict[str, Any], now: float) -> Result:
 def sinfo(argv: list[str], state: dict[str, Any], now: float) -> Result:
     opts, pos = _cmd.parse(argv, {"--noheader": O("noheader", False),
                                   "-h": O("noheader", False), "--format": O("format"),
-                                  "-o": O("format")}, "sinfo", stop_at_positional=False)
+                                  "-o": O("format"), "--Node": O("node", False),
+                                  "-N": O("node", False), "--partition": O("partition"),
+                                  "-p": O("partition")}, "sinfo", stop_at_positional=False)
     if pos:
         raise UsageError(f"sinfo: error: Unrecognized option: {pos[0]}")
+    if opts.get("partition") and "debug" not in opts["partition"].split(","):
+        return Result(out=[] if opts.get("noheader") else ["PARTITION AVAIL TIMELIMIT NODES STATE NODELIST"])
     slots = int(state["cluster"]["slots"])
     used, _ = _state.running_counts(state)
     used = min(used, slots)
