@@ -11,10 +11,12 @@ from typing import Any
 
 _EXPORTS = {
     "LocalPool": "pools", "SlurmArrayPool": "pools", "SlurmPool": "pools", "SgePool": "pools",
-    "PbsPool": "pools", "SerialPool": "serial", "applier": "applier",
+    "PbsPool": "pools", "EcsPool": "pools", "AwsBatchPool": "pools", "SerialPool": "serial",
+    "applier": "applier",
     "PoolPartyError": "errors", "RemoteTaskError": "errors", "RemoteTraceback": "errors",
-    "SchedulerError": "errors", "SchedulerUnavailableError": "errors", "TaskLostError": "errors",
-    "WorkDirBusyError": "errors", "WorkDirMismatchError": "errors",
+    "SchedulerError": "errors", "SchedulerUnavailableError": "errors",
+    "SchedulerOutputError": "errors", "SubmissionRefused": "errors", "TaskLostError": "errors",
+    "MapTerminated": "errors", "WorkDirBusyError": "errors", "WorkDirMismatchError": "errors",
 }
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

@@ -1,7 +1,8 @@
-"""``poolparty-raster``: look into a work_dir (status, report) and remove finished ones (clean).
+"""``poolparty-raster``: look into a work_dir (status, report, inspect) and remove finished ones
+(clean).
 
-Resuming needs the function and tasks, so it is done by running the same map again with the
-same ``work_dir``; ``status`` tells how much of it is already stored.
+Resuming is done by running the same map again with the same ``work_dir`` (the pool's options
+live in the user's script, not in the work_dir); ``status`` tells how much is already stored.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import shutil
 import sys
 import time
 
-from poolparty_raster.workdir import WorkDir
+from poolparty_raster.workdir import WorkDir, load_exceptions
 
 
 def _open(path: str) -> WorkDir:
@@ -47,6 +48,39 @@ def report(path: str) -> str:
     return "\n".join(lines)
 
 
+def inspect(path: str, task: int | None) -> str:
+    """A task's chunk: its exception's traceback and what it printed; without a task, the
+    chunks that raised or wrote to stderr, and the attempts that died."""
+    work_dir = _open(path)
+    manifest = work_dir.read_manifest()
+    if task is None:
+        lines = []
+        for chunk in range(manifest.num_chunks):
+            kinds = [k for k in ("exception", "stderr") if work_dir.read_output(chunk, k)]
+            if kinds:
+                tasks = manifest.chunk_range(chunk)
+                lines.append(f"chunk {chunk} (tasks {tasks.start}-{tasks.stop - 1}): {', '.join(kinds)}")
+        deaths = [e for e in work_dir.read_log() if e["event"] in ("lost", "error_state")]
+        lines += [f"chunk {e.get('chunk')}: {e['event']} ({e.get('reason', '')})" for e in deaths]
+        return "\n".join(lines) or "no task raised, wrote to stderr or died"
+    if not 0 <= task < manifest.num_tasks:
+        raise SystemExit(f"poolparty-raster: task {task} is not in 0..{manifest.num_tasks - 1}")
+    chunk = next(c for c in range(manifest.num_chunks) if task in manifest.chunk_range(c))
+    out = [f"task {task} is in chunk {chunk} (tasks {manifest.chunk_range(chunk).start}-"
+           f"{manifest.chunk_range(chunk).stop - 1})"]
+    raw = work_dir.read_output(chunk, "exception")
+    for record in load_exceptions(raw) if raw else []:
+        if record["index"] == task:
+            out.append(f"--- exception of task {task}\n{record['traceback'].rstrip()}")
+    for stream in ("stdout", "stderr"):
+        text = work_dir.read_output(chunk, stream)
+        if text:
+            out.append(f"--- {stream} of chunk {chunk}\n{text.decode('utf-8', 'replace').rstrip()}")
+    if work_dir.read_output(chunk, "result") is None:
+        out.append(f"--- chunk {chunk} has no result (yet)")
+    return "\n".join(out)
+
+
 def clean(paths: list[str], force: bool) -> str:
     removed = []
     for path in paths:
@@ -65,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("status", help="how far a map has got").add_argument("work_dir")
     commands.add_parser("report", help="the map's event log, one line per event").add_argument("work_dir")
+    inspector = commands.add_parser("inspect", help="a task's traceback and output, or the "
+                                    "chunks that raised, wrote to stderr or died")
+    inspector.add_argument("work_dir")
+    inspector.add_argument("--task", type=int, help="input index of the task")
     cleaner = commands.add_parser("clean", help="remove finished work_dirs")
     cleaner.add_argument("work_dirs", nargs="+")
     cleaner.add_argument("--force", action="store_true", help="remove unfinished ones too")
@@ -73,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         print(status(os.path.abspath(args.work_dir)))
     elif args.command == "report":
         print(report(os.path.abspath(args.work_dir)))
+    elif args.command == "inspect":
+        print(inspect(os.path.abspath(args.work_dir), args.task))
     else:
         print(clean([os.path.abspath(p) for p in args.work_dirs], args.force))
     return 0

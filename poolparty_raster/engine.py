@@ -5,24 +5,27 @@ its result file exists); the scheduler's states only say what to resubmit and wh
 """
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
-from poolparty_raster.errors import PoolPartyError, SchedulerError, TaskLostError
+from poolparty_raster.errors import (MapTerminated, SchedulerError, SchedulerOutputError,
+                                     TaskLostError)
 from poolparty_raster.progress import Progress
-from poolparty_raster.schedulers.base import (JobRecord, Scheduler, SubmitSpec, TaskState,
-                                              contiguous_runs)
+from poolparty_raster.schedulers.base import (JobRecord, PollResult, Scheduler, SubmitSpec,
+                                              TaskState, TaskStatus, contiguous_runs)
+from poolparty_raster.submissions import Submissions
 from poolparty_raster.workdir import Manifest, WorkDir, chunk_key, tail_lines
 
 FIRST_TICK = 0.02      # seconds; the adaptive interval starts here and backs off by BACKOFF
 BACKOFF = 1.5
 REDUCE_AT_LEAST = 64   # loose chunks before a reduction; then at least as many as are archived
-
-
-class MapTerminated(PoolPartyError):
-    """The pool was terminated while this map ran."""
+UNREADABLE_POLLS = 3   # polls in a row whose output cannot be read: the map fails, quoting it
+MAX_POLL_OUTAGE = 1800.0  # seconds of failing polls (results still arrive) before the map fails
 
 
 @dataclass
@@ -34,11 +37,31 @@ class RunOptions:
 
 @dataclass
 class _Chunk:
-    attempts: int = 0
-    job_id: str | None = None
+    attempts: int = 0            # submissions by this driver (a resumed map starts afresh)
+    job_id: str | None = None    # the job running it now; None while it waits to be submitted
     absent_polls: int = 0
     absent_since: float | None = None
-    stderr_tails: list[list[str]] = field(default_factory=list)
+    deaths: list[tuple[str, list[str]]] = field(default_factory=list)  # (reason, stderr tail)
+
+
+@contextmanager
+def sigterm_raises_exit() -> Iterator[None]:
+    """While a map runs in the main thread, SIGTERM (``kill``, a scheduler ending the driver's
+    own job) raises SystemExit, so that the map's jobs are cancelled before the driver exits.
+    A handler the program installed itself is left alone."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+
+    def exit_on_term(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, exit_on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class MapRun:
@@ -54,89 +77,126 @@ class MapRun:
         self.options = options
         self.progress = progress
         self.abort = abort
-        self.jobs: list[JobRecord] = work_dir.read_jobs()
+        self.submissions = Submissions(work_dir, scheduler, spec, progress, options.verbose)
         self.chunks = {c: _Chunk() for c in range(manifest.num_chunks)}
         self.archived = work_dir.archived_chunks()
         self.finished: set[int] = set(self.archived)
         self.unreduced: set[int] = set()
-        self.lost_chunks: set[int] = set()
+        self.lost_chunks: set[int] = set()   # disjoint from finished
         self._lost_captures: dict[str, str] = {}
         self._fresh: list[int] = []  # finished chunks not yet handed to the consumer
+        self._last_poll: PollResult = {}
+        self._poll_failures = 0
+        self._failing_since: float | None = None
+        self._reattached: bool | None = None  # None until started
+
+    @property
+    def jobs(self) -> list[JobRecord]:
+        return self.submissions.jobs
 
     # -- the loop ----------------------------------------------------------------------
     def __iter__(self) -> Iterator[int]:
         try:
-            yield from self.finished
-            yield from self._drive()
+            with sigterm_raises_exit():
+                yield from list(self.finished)
+                yield from self._drive()
         except BaseException as exc:  # Ctrl-C and GeneratorExit too: nothing may keep running
             self._cancel_all(reason=type(exc).__name__)
             raise
         finally:
             self.progress.close()
 
+    def _done(self) -> bool:
+        return len(self.finished) + len(self.lost_chunks) >= self.manifest.num_chunks
+
+    def start(self) -> None:
+        """Submit the map (called when it is created, as multiprocessing's imap does; what a
+        previous driver's jobs delivered since it died is never run again)."""
+        if self._reattached is not None:
+            return
+        try:
+            self._collect()
+            self._reattached = self._reattach_or_submit()
+        except BaseException as exc:
+            self._cancel_all(reason=type(exc).__name__)
+            raise
+
     def _drive(self) -> Iterator[int]:
-        self._reattach_or_submit()
+        self.start()
         tick = FIRST_TICK
         poll_interval = max(self.scheduler.min_poll_interval, FIRST_TICK)
-        next_poll = time.monotonic() + self.scheduler.min_poll_interval
-        while len(self.finished) + len(self.lost_chunks) < self.manifest.num_chunks:
+        # A reattached job may be long gone: the first poll starts counting its absence.
+        next_poll = time.monotonic() + (0.0 if self._reattached else self.scheduler.min_poll_interval)
+        while not self._done():
             if self.abort.is_set():
                 raise MapTerminated(f"the pool was terminated; the work_dir is kept: {self.work_dir.path}")
             changed = self._collect()
-            if time.monotonic() >= next_poll and self._outstanding():
+            if changed:
+                self._submit_waiting()  # a finished chunk may free the throttle
+            if time.monotonic() >= next_poll:
                 if self._poll_scheduler():
                     changed = True
                     poll_interval = max(self.scheduler.min_poll_interval, FIRST_TICK)
                 else:
                     poll_interval = min(poll_interval * BACKOFF, self.options.polling_interval)
+                self._submit_waiting()  # what a limit refused earlier
                 next_poll = time.monotonic() + poll_interval
-            yield from self._fresh
-            self._fresh = []
+            yield from self._take_fresh()
             tick = FIRST_TICK if changed else min(tick * BACKOFF, self.options.polling_interval)
-            if len(self.finished) + len(self.lost_chunks) < self.manifest.num_chunks:
+            if not self._done():
                 self.scheduler.wait(min(tick, max(0.0, next_poll - time.monotonic()) + FIRST_TICK))
         self._reduce(final=True)
+        self._cancel_leftovers()
         self.work_dir.remove_claims()
         self.scheduler.release(self.jobs)
         self.work_dir.log("map_finished", chunks=self.manifest.num_chunks, lost=sorted(self.lost_chunks))
         if self.lost_chunks:
             raise self._lost_error()
 
+    def _take_fresh(self) -> list[int]:
+        fresh, self._fresh = self._fresh, []
+        return fresh
+
     def _outstanding(self) -> list[int]:
         return [c for c in self.chunks if c not in self.finished and c not in self.lost_chunks]
 
+    def _in_flight(self) -> list[int]:
+        return [c for c in self._outstanding() if self.chunks[c].job_id is not None]
+
     # -- submission --------------------------------------------------------------------
-    def _reattach_or_submit(self) -> None:
-        """Submit what has no result, unless a previous driver's job for it is still queued."""
-        todo = self._outstanding()
-        if self.jobs and todo:
-            for job in self.jobs:
-                for chunk in job["chunks"]:
+    def _reattach_or_submit(self) -> bool:
+        """Chunks whose job a previous driver recorded are taken to be still in flight: the
+        polls tell whether they are, and resubmit them if not. The rest is submitted.
+        Returns whether anything was reattached."""
+        todo = set(self._outstanding())
+        for job in self.jobs:  # the previous driver's jobs do not count toward this one's budget
+            for chunk in job["chunks"]:
+                if chunk in todo:
                     self.chunks[chunk].job_id = job["job_id"]
-                    self.chunks[chunk].attempts = max(self.chunks[chunk].attempts, job.get("attempt", 1))
-            alive = {chunk for (job_id, chunk), status in (self._safe_poll() or {}).items()
-                     if status.state in (TaskState.PENDING, TaskState.RUNNING)
-                     and self.chunks.get(chunk) and self.chunks[chunk].job_id == job_id}
-            self.work_dir.log("reattached", chunks=sorted(alive))
-            todo = [c for c in todo if c not in alive]
-        if todo:
-            self._submit(todo)
+        reattached = sorted(c for c in todo if self.chunks[c].job_id is not None)
+        if reattached:
+            self.work_dir.log("reattached", chunks=reattached)
+        self._submit(sorted(todo.difference(reattached)))
+        return bool(reattached)
 
     def _submit(self, chunks: list[int]) -> None:
-        attempt = max(self.chunks[c].attempts for c in chunks) + 1
-        records = self.scheduler.submit(self.spec, chunks)
-        for record in records:
-            record["attempt"] = attempt
-            record["submitted"] = time.time()
-            for chunk in record["chunks"]:
-                state = self.chunks[chunk]
-                state.attempts += 1
-                state.job_id = record["job_id"]
-                state.absent_polls, state.absent_since = 0, None
-        self.jobs.extend(records)
-        self.work_dir.write_jobs(self.jobs)
-        self.work_dir.log("submitted", jobs=[{"job_id": r["job_id"], "chunks": r["chunks"]} for r in records],
-                          attempt=attempt)
+        if chunks:
+            self.submissions.add(chunks)
+            self._submit_waiting()
+
+    def _submit_waiting(self) -> None:
+        in_flight = self._in_flight()
+        room = None
+        if self.spec.throttle and not self.scheduler.throttles(self.spec):
+            room = max(0, self.spec.throttle - len(in_flight))
+        self.submissions.submit(self._accepted, room, nothing_queued=not in_flight)
+
+    def _accepted(self, record: JobRecord) -> None:
+        for chunk in record["chunks"]:
+            state = self.chunks[chunk]
+            state.attempts += 1
+            state.job_id = record["job_id"]
+            state.absent_polls, state.absent_since = 0, None
 
     # -- observation -------------------------------------------------------------------
     def _collect(self) -> bool:
@@ -146,87 +206,144 @@ class MapRun:
             if "result" in files["final"] and chunk not in self.finished and chunk in self.chunks:
                 self.finished.add(chunk)
                 self.unreduced.add(chunk)
+                self.lost_chunks.discard(chunk)  # its result arrived after all
                 new.append(chunk)
         if new:
+            self.submissions.drop(new)
             self.progress.advance(sum(len(self.manifest.chunk_range(c)) for c in new))
             if len(self.unreduced) >= max(REDUCE_AT_LEAST, len(self.archived)):
                 self._reduce()
         self._fresh.extend(new)
         return bool(new)
 
-    def _safe_poll(self) -> dict | None:
-        """One scheduler poll; a failing scheduler command costs a poll (None), not the map."""
+    def _safe_poll(self) -> PollResult | None:
+        """One scheduler poll; a failing command costs a poll (None), not the map, unless its
+        output stays unreadable or the scheduler stays silent for MAX_POLL_OUTAGE."""
         try:
-            return self.scheduler.poll(self.spec, self.jobs)
+            statuses = self.scheduler.poll(self.spec, self.jobs)
         except SchedulerError as exc:
-            if self.options.verbose:
-                self.progress.write(f"poolparty_raster: poll failed, will retry: {exc}")
-            self.work_dir.log("poll_failed", error=str(exc))
+            now = time.monotonic()
+            self._poll_failures += 1
+            self._failing_since = self._failing_since or now
+            if self._poll_failures & (self._poll_failures - 1) == 0:  # 1, 2, 4, ...: a short log
+                self.work_dir.log("poll_failed", error=str(exc), failures=self._poll_failures)
+                if self.options.verbose:
+                    self.progress.write(f"poolparty_raster: poll failed, will retry: {exc}")
+            kept = f"The work_dir is kept: {self.work_dir.path}"
+            if isinstance(exc, SchedulerOutputError) and self._poll_failures >= UNREADABLE_POLLS:
+                raise SchedulerError(f"{exc} ({self._poll_failures} polls in a row). {kept}") from exc
+            if now - self._failing_since > MAX_POLL_OUTAGE:
+                raise SchedulerError(f"the scheduler has not answered a poll for "
+                                     f"{now - self._failing_since:.0f} s: {exc}. {kept}") from exc
             return None
+        self._poll_failures, self._failing_since = 0, None
+        self._last_poll = statuses
+        return statuses
 
     def _poll_scheduler(self) -> bool:
         """Act on what the scheduler says. Returns whether anything changed."""
+        if not self._in_flight():
+            return False
         statuses = self._safe_poll()
         if statuses is None:
             return False
         self._collect()  # a result written just before the poll must not look lost
         now = time.monotonic()
-        changed, resubmit, lost = False, [], []
-        for chunk in self._outstanding():
+        changed = False
+        dead: list[tuple[int, str]] = []
+        errors: dict[str, list[tuple[int, TaskStatus]]] = {}
+        for chunk in self._in_flight():
             state = self.chunks[chunk]
             status = statuses.get((state.job_id, chunk))
             if status is not None and status.state is TaskState.FATAL:
                 raise SchedulerError(f"chunk {chunk} of map {self.spec.job_name} cannot run: "
                                      f"{status.reason}. The work_dir is kept: {self.work_dir.path}")
             if status is not None and status.state is TaskState.ERROR:
-                detail = self.scheduler.describe(self.spec, self._record(state.job_id), chunk)
-                self.work_dir.log("error_state", chunk=chunk, job_id=state.job_id,
-                                  reason=status.reason, detail=detail)
-                self.scheduler.cancel(self.spec, [self._record(state.job_id)], [chunk])
-                (resubmit if state.attempts <= self.options.max_num_resubmissions else lost).append(chunk)
-                changed = True
+                errors.setdefault(state.job_id, []).append((chunk, status))
             elif status is None or status.state is TaskState.FINISHED:
                 if state.absent_since is None:
-                    state.absent_since = now
-                    changed = True
+                    state.absent_since, changed = now, True
                 state.absent_polls += 1
                 lag = self.scheduler.filesystem_lag
                 if (lag == 0 or state.absent_polls >= 2) and now - state.absent_since >= lag:
-                    self.work_dir.log("lost", chunk=chunk, job_id=state.job_id,
-                                      reason=status.reason if status else "gone from the queue")
-                    (resubmit if state.attempts <= self.options.max_num_resubmissions else lost).append(chunk)
+                    reason = status.reason if status else "gone from the queue"
+                    self.work_dir.log("lost", chunk=chunk, job_id=state.job_id, reason=reason)
+                    dead.append((chunk, reason))
             else:
                 state.absent_polls, state.absent_since = 0, None
-        for chunk in resubmit + lost:
-            self._archive_dead_attempt(chunk)
+        dead += self._cancel_error_states(errors)
+        self._retry_or_lose(dead)
+        return changed or bool(dead)
+
+    def _cancel_error_states(self, errors: dict[str, list[tuple[int, TaskStatus]]]
+                             ) -> list[tuple[int, str]]:
+        """Cancel stuck elements, one call per job; one that cannot be cancelled now stays in
+        its error state and is tried again at the next poll."""
+        dead = []
+        for job_id, members in errors.items():
+            record = self.submissions.record(job_id)
+            chunks = [chunk for chunk, _ in members]
+            try:
+                detail = self.scheduler.describe(self.spec, record, chunks[0])
+                self.scheduler.cancel(self.spec, [record], chunks)
+            except SchedulerError as exc:
+                self.work_dir.log("cancel_failed", job_id=job_id, chunks=chunks, error=str(exc))
+                continue
+            for chunk, status in members:
+                self.work_dir.log("error_state", chunk=chunk, job_id=job_id,
+                                  reason=status.reason, detail=detail)
+                dead.append((chunk, f"stuck in {status.reason}" + (f": {detail}" if detail else "")))
+        return dead
+
+    def _retry_or_lose(self, dead: list[tuple[int, str]]) -> None:
+        """Resubmit the chunks whose attempt died, or give up on those out of attempts."""
+        if not dead:
+            return
+        live = {chunk: files["live"] for chunk, files in self.work_dir.scan().items()}
+        resubmit, lost = [], []
+        for chunk, reason in dead:
+            self._archive_dead_attempt(chunk, reason, live.get(chunk, []))
+            state = self.chunks[chunk]
+            state.job_id = None
+            (resubmit if state.attempts <= self.options.max_num_resubmissions else lost).append(chunk)
         self.lost_chunks.update(lost)
         if resubmit:
             self.progress.note_resubmitted(len(resubmit))
             self._submit(resubmit)
         if lost:
             self.progress.note_failed(sum(len(self.manifest.chunk_range(c)) for c in lost))
-        return changed or bool(resubmit or lost)
 
-    def _record(self, job_id: str | None) -> JobRecord:
-        return next(job for job in self.jobs if job["job_id"] == job_id)
-
-    def _archive_dead_attempt(self, chunk: int) -> None:
-        """Keep a dead attempt's stderr tail for the report and its captures for the archive."""
+    def _archive_dead_attempt(self, chunk: int, reason: str, captures: list[str]) -> None:
+        """Keep a dead attempt's reason and stderr tail for the report, its captures for the
+        archive."""
         state = self.chunks[chunk]
         tail: list[str] = []
-        for name in self.work_dir.scan().get(chunk, {}).get("live", []):
-            entry = f"{chunk_key(chunk)}.attempt-{state.attempts}.{'stderr' if '.stderr.' in name else 'stdout'}"
-            self._lost_captures[name] = entry
-            if ".stderr." in name:
+        for name in captures:
+            stream = "stderr" if ".stderr." in name else "stdout"
+            self._lost_captures[name] = f"{chunk_key(chunk)}.attempt-{len(state.deaths) + 1}.{stream}"
+            if stream == "stderr":
                 with open(self.work_dir.file(name), "rb") as f:
                     tail = tail_lines(f.read())
-        state.stderr_tails.append(tail)
+        state.deaths.append((reason, tail))
+
+    def requeue(self, chunk: int, reason: str) -> None:
+        """A finished chunk whose output cannot be read counts as not run: its loose outputs
+        are removed and it is resubmitted (or lost, when out of attempts)."""
+        self.finished.discard(chunk)
+        self.unreduced.discard(chunk)
+        self.archived.discard(chunk)
+        self.work_dir.discard_loose(chunk)
+        self.work_dir.log("unreadable_output", chunk=chunk, reason=reason)
+        self.progress.advance(-len(self.manifest.chunk_range(chunk)))
+        self._retry_or_lose([(chunk, f"its output could not be read: {reason}")])
 
     # -- endings -----------------------------------------------------------------------
     def _reduce(self, final: bool = False) -> None:
-        if final:  # captures of attempts cancelled or superseded: archive, do not lose them
+        if final:
             for chunk, files in self.work_dir.scan().items():
-                for name in files["live"]:
+                if chunk in self.archived and files["final"]:  # a late duplicate: first result won
+                    self.work_dir.discard_loose(chunk)
+                for name in files["live"]:  # captures of attempts cancelled or superseded
                     self._lost_captures.setdefault(name, f"{chunk_key(chunk)}.orphan.{name.split('.')[1]}")
         if not self.unreduced and not self._lost_captures:
             return
@@ -235,6 +352,26 @@ class MapRun:
         self.archived |= self.unreduced
         self.unreduced = set()
         self._lost_captures = {}
+
+    def _cancel_leftovers(self) -> None:
+        """Cancel the queued duplicates of chunks that finished anyway (a resubmission whose
+        earlier attempt still delivered): they would start against a removed work_dir."""
+        leftovers: dict[str, list[int]] = {}
+        for chunk, state in self.chunks.items():
+            status = self._last_poll.get((state.job_id, chunk))
+            if state.attempts > 1 and (status is None or status.state is TaskState.PENDING):
+                leftovers.setdefault(state.job_id, []).append(chunk)
+        self._cancel_elements(leftovers)
+
+    def _cancel_elements(self, elements: dict[str, list[int]]) -> None:
+        """Cancel ``{job_id: [chunk or worker, ...]}``; at the end of a map that succeeded, a
+        failing cancel is logged, not raised."""
+        for job_id, members in elements.items():
+            try:
+                self.scheduler.cancel(self.spec, [self.submissions.record(job_id)], members)
+                self.work_dir.log("cancelled_leftovers", job_id=job_id, elements=members)
+            except Exception as exc:
+                self.work_dir.log("cancel_failed", job_id=job_id, error=str(exc))
 
     def _cancel_all(self, reason: str) -> None:
         if not self.jobs:
@@ -246,16 +383,23 @@ class MapRun:
             self.work_dir.log("cancel_failed", reason=reason, error=str(exc))
 
     def _lost_error(self) -> TaskLostError:
-        tasks = sorted(i for c in self.lost_chunks for i in self.manifest.chunk_range(c))
-        attempts = {c: self.chunks[c].attempts for c in sorted(self.lost_chunks)}
-        tails = {c: [line for tail in self.chunks[c].stderr_tails for line in tail[-5:]]
-                 for c in sorted(self.lost_chunks)}
+        lost = sorted(self.lost_chunks)
+        tasks = sorted(i for c in lost for i in self.manifest.chunk_range(c))
+        attempts = {c: self.chunks[c].attempts for c in lost}
+        tails = {c: [line for _, tail in self.chunks[c].deaths for line in tail[-5:]] for c in lost}
         lines = [f"{len(tasks)} task(s) died without a result after "
                  f"{self.options.max_num_resubmissions} resubmission(s): task indices {_ranges(tasks)}."]
-        for chunk in sorted(self.lost_chunks)[:5]:
+        for chunk in lost[:5]:
             lines.append(f"  chunk {chunk} (tasks {_ranges(list(self.manifest.chunk_range(chunk)))}), "
-                         f"{attempts[chunk]} attempt(s); last stderr lines:")
-            lines.extend(f"    | {line}" for line in tails[chunk] or ["(nothing written)"])
+                         f"{attempts[chunk]} attempt(s):")
+            told: dict[tuple[str, tuple[str, ...]], list[int]] = {}  # the same death, told once
+            for number, (reason, tail) in enumerate(self.chunks[chunk].deaths, 1):
+                told.setdefault((reason, tuple(tail[-5:])), []).append(number)
+            for (reason, tail), numbers in told.items():
+                which = f"attempt {numbers[0]}" if len(numbers) == 1 else f"attempts {_ranges(numbers)}"
+                short = reason if len(reason) <= 300 else reason[:297] + "..."
+                lines.append(f"    {which}: {short}; last stderr lines:")
+                lines.extend(f"      | {line}" for line in tail or ("(nothing written)",))
         lines.append(f"The work_dir is kept: {self.work_dir.path} (see log.jsonl and scheduler.log)")
         return TaskLostError("\n".join(lines), tasks, attempts, tails, self.work_dir.path)
 

@@ -30,6 +30,26 @@ class SchedulerUnavailableError(SchedulerError):
     """The scheduler's commands are missing or its controller does not answer."""
 
 
+class SchedulerOutputError(SchedulerError):
+    """A scheduler command printed something this package cannot read (the line is quoted)."""
+
+
+class SubmissionRefused(SchedulerError):
+    """The scheduler refused a submission for now (a per-user or queue limit).
+
+    The engine keeps the refused chunks and submits them again later, backing off; after
+    ``give_up_after`` seconds of refusals while none of the map's jobs is queued it fails the map.
+    """
+
+    def __init__(self, message: str, give_up_after: float | None = None):
+        super().__init__(message)
+        self.give_up_after = give_up_after
+
+
+class MapTerminated(PoolPartyError):
+    """The pool was terminated while this map ran (its work_dir is kept)."""
+
+
 class WorkDirMismatchError(PoolPartyError):
     """The work_dir holds a different map than the one asked for."""
 

@@ -8,12 +8,14 @@ import dataclasses
 import hashlib
 import math
 import os
+import pickle
 import shutil
 import sys
 import tempfile
 import threading
 import time
 import uuid
+import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,9 +56,16 @@ def default_chunksize(num_tasks: int, parallelism: int) -> int:
     return max(1, math.ceil(num_tasks / (4 * max(1, parallelism))))
 
 
-def split(tasks: Sequence[Any], chunksize: int) -> Iterator[list[Any]]:
-    for start in range(0, len(tasks), chunksize):
-        yield list(tasks[start:start + chunksize])
+def chunk_boundaries(num_tasks: int, chunksize: int) -> list[int]:
+    """The input index of each chunk's first task."""
+    return list(range(0, num_tasks, chunksize))
+
+
+def _resumable_chunk_starts(path: str, num_tasks: int) -> list[int] | None:
+    """A resumed map keeps its chunks when the caller did not choose a chunksize: the default
+    follows the cluster's free CPUs, which change between the two runs."""
+    existing = wd.WorkDir(path).read_manifest() if os.path.isdir(path) else None
+    return existing.chunk_starts if existing and existing.num_tasks == num_tasks else None
 
 
 def new_work_dir_path(root: str) -> str:
@@ -65,11 +74,16 @@ def new_work_dir_path(root: str) -> str:
 
 
 def _check_reusable(path: str) -> None:
-    """Refuse a directory that is neither empty nor one of ours: we chmod and delete work_dirs."""
-    if os.path.isdir(path) and os.listdir(path) and not os.path.exists(os.path.join(path, "manifest.json")):
+    """Refuse a directory that is neither empty nor one of ours: we chmod and delete work_dirs.
+    One that a driver killed while it prepared the map left (its lock, log and temporary
+    files, no manifest yet) is ours."""
+    if not os.path.isdir(path) or os.path.exists(os.path.join(path, "manifest.json")):
+        return
+    foreign = [name for name in os.listdir(path) if not wd.is_preparation_leftover(name)]
+    if foreign:
         raise WorkDirMismatchError(
-            f"work_dir {path!r} exists, is not empty and holds no poolparty_raster map. "
-            f"Give a new or empty directory.")
+            f"work_dir {path!r} exists, is not empty and holds no poolparty_raster map "
+            f"(it has {', '.join(sorted(foreign)[:3])}). Give a new or empty directory.")
 
 
 class MapHandle:
@@ -78,12 +92,16 @@ class MapHandle:
     def __init__(self, scheduler: Scheduler, settings: MapSettings, func: Callable[[Any], Any],
                  tasks: Sequence[Any], chunksize: int | None, abort: threading.Event):
         func_bytes = cloudpickle.dumps(func)  # an unpicklable function fails before anything runs
-        parallelism = settings.throttle or scheduler.default_parallelism()
-        chunksize = chunksize or default_chunksize(len(tasks), parallelism)
-        if chunksize < 1:
+        if chunksize is not None and chunksize < 1:
             raise ValueError(f"chunksize must be at least 1, not {chunksize}")
         path = settings.work_dir or new_work_dir_path(settings.work_dir_root)
         _check_reusable(path)
+        def parallelism() -> int:  # asks the scheduler only when needed
+            return settings.throttle or scheduler.default_parallelism()
+
+        starts = _resumable_chunk_starts(path, len(tasks)) if chunksize is None else None
+        chunk_starts = starts or chunk_boundaries(
+            len(tasks), chunksize or default_chunksize(len(tasks), parallelism()))
         created = not os.path.exists(path)
         self.work_dir = wd.WorkDir(path)
         self.work_dir.create()
@@ -93,7 +111,7 @@ class MapHandle:
         except Timeout:
             raise WorkDirBusyError(f"another driver is running a map in {path}") from None
         try:
-            self.manifest = self._prepare(func_bytes, tasks, chunksize, settings)
+            self.manifest = self._prepare(func_bytes, tasks, chunk_starts, settings)
         except BaseException:  # e.g. an unpicklable task: nothing was submitted
             self._lock.release()
             if created:
@@ -109,18 +127,20 @@ class MapHandle:
                             done=sum(len(self.manifest.chunk_range(c)) for c in archived))
         run_args = (self.work_dir, self.manifest, scheduler, spec, settings.run_options, progress, abort)
         if settings.mode == "workers":
-            self.run: MapRun = WorkersRun(*run_args, scaling=settings.scaling, parallelism=parallelism)
+            self.run: MapRun = WorkersRun(
+                *run_args, scaling=settings.scaling,
+                parallelism=settings.scaling.max_workers or parallelism())
         else:
             self.run = MapRun(*run_args)
         self.wrote_stderr = False
         self.failed = False
 
-    def _prepare(self, func_bytes: bytes, tasks: Sequence[Any], chunksize: int,
+    def _prepare(self, func_bytes: bytes, tasks: Sequence[Any], chunk_starts: list[int],
                  settings: MapSettings) -> wd.Manifest:
         writer = wd.TasksWriter(self.work_dir.path, func_bytes)
         try:
-            for chunk in split(tasks, chunksize):
-                writer.add_chunk(chunk)
+            for start, end in zip(chunk_starts, [*chunk_starts[1:], len(tasks)]):
+                writer.add_chunk(list(tasks[start:end]))
             digest = writer.finish()
         except BaseException:
             writer.discard()
@@ -128,7 +148,7 @@ class MapHandle:
         existing = self.work_dir.read_manifest()
         if existing is not None:
             writer.discard()
-            if existing.digest != digest:
+            if existing.digest != digest and not self._same_map(existing, func_bytes, tasks):
                 raise WorkDirMismatchError(
                     f"work_dir {self.work_dir.path} holds a different map (another function, other "
                     f"tasks or another chunksize). Use a new work_dir, or delete this one if its "
@@ -140,7 +160,8 @@ class MapHandle:
             return existing
         name_hash = hashlib.sha1(f"{self.work_dir.path}:{digest}".encode()).hexdigest()[:10]
         manifest = wd.Manifest(digest, writer.num_tasks, writer.chunk_starts,
-                               f"{settings.job_name_prefix}{name_hash}", settings.mode)
+                               f"{settings.job_name_prefix}{name_hash}", settings.mode,
+                               wd.function_digest(func_bytes))
         os.replace(writer.tmp_path, self.work_dir.tasks_path)
         script = render_script(self.work_dir.path, settings.python_path, os.environ, sys.path, os.getcwd())
         wd.atomic_write(self.work_dir.script_path, script.encode())
@@ -148,8 +169,19 @@ class MapHandle:
         wd.atomic_write(self.work_dir.scheduler_log_path, b"")
         self.work_dir.write_manifest(manifest)  # last: a manifest means the work_dir is complete
         self.work_dir.log("prepared", tasks=manifest.num_tasks, chunks=manifest.num_chunks,
-                          chunksize=chunksize, job_name=manifest.job_name)
+                          job_name=manifest.job_name)
         return manifest
+
+    def _same_map(self, existing: wd.Manifest, func_bytes: bytes, tasks: Sequence[Any]) -> bool:
+        """Pickles of equal tasks can differ between processes (a set's order follows string
+        hashing, which is salted per process): compare the stored tasks by value."""
+        if existing.function_digest != wd.function_digest(func_bytes) or existing.num_tasks != len(tasks):
+            return False
+        try:
+            return all(self.work_dir.load_tasks(c) == list(tasks[r.start:r.stop])
+                       for c, r in enumerate(map(existing.chunk_range, range(existing.num_chunks))))
+        except Exception:
+            return False
 
     # -- reading outcomes --------------------------------------------------------------
     def outcome(self, chunk: int) -> ChunkOutcome:
@@ -165,12 +197,20 @@ class MapHandle:
         self.wrote_stderr = self.wrote_stderr or bool(stderr)
         return ChunkOutcome(chunk, first, values, errors)
 
-    def completed(self) -> Iterator[ChunkOutcome]:
-        """Outcomes in the order chunks finish; the map is closed when this ends."""
+    def _readable(self, chunk: int) -> ChunkOutcome | None:
+        """The chunk's outcome; None when its output cannot be read (a corrupt or truncated
+        file): the run then counts the chunk as not run and resubmits it."""
+        try:
+            return self.outcome(chunk)
+        except (pickle.UnpicklingError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+            self.run.requeue(chunk, f"{type(exc).__name__}: {exc}")
+            return None
+
+    def _finished_chunks(self) -> Iterator[int]:
+        """Chunk numbers in the order they finish; the map is closed when this ends."""
         chunks = iter(self.run)
         try:
-            for chunk in chunks:
-                yield self.outcome(chunk)
+            yield from chunks
         except BaseException:
             self.failed = True
             raise
@@ -178,30 +218,48 @@ class MapHandle:
             chunks.close()  # cancels the map's jobs if it did not run to its end
             self.close()
 
+    def completed(self) -> Iterator[ChunkOutcome]:
+        """Outcomes in the order chunks finish."""
+        for chunk in self._finished_chunks():
+            outcome = self._readable(chunk)
+            if outcome is not None:
+                yield outcome
+
     def ordered(self) -> Iterator[ChunkOutcome]:
         """Outcomes in input order; chunks that finish early wait on disk, not in memory."""
         ready: set[int] = set()
         next_chunk = 0
-        completed = self.completed()
-        try:
-            for outcome in completed:
-                if outcome.chunk != next_chunk:
-                    ready.add(outcome.chunk)
-                    continue
+        for chunk in self._finished_chunks():
+            ready.add(chunk)
+            while next_chunk in ready:
+                ready.discard(next_chunk)
+                outcome = self._readable(next_chunk)
+                if outcome is None:
+                    break  # it comes again when its resubmission finishes
                 yield outcome
                 next_chunk += 1
-                while next_chunk in ready:
-                    ready.discard(next_chunk)
-                    yield self.outcome(next_chunk)
-                    next_chunk += 1
-        finally:
-            completed.close()
+
+    def start(self) -> None:
+        try:
+            self.run.start()
+        except BaseException:
+            self.failed = True
+            self.close()
+            raise
+
+    def abandon(self) -> None:
+        """The caller dropped the results unfinished: cancel the map's jobs, keep its work_dir."""
+        if self._lock.is_locked:
+            self.run._cancel_all(reason="abandoned")
+            self.failed = True
+            self.close()
 
     def close(self) -> None:
         """Release the work_dir; remove it if the map finished cleanly and is not to be kept."""
         if self._lock.is_locked:
             self._lock.release()
-            clean = not (self.failed or self.wrote_stderr or self.run.lost_chunks)
+            dead_attempt_stderr = any(tail for c in self.run.chunks.values() for _, tail in c.deaths)
+            clean = not (self.failed or self.wrote_stderr or self.run.lost_chunks or dead_attempt_stderr)
             finished = len(self.run.finished) == self.manifest.num_chunks
             if clean and finished and not self.settings.keep_work_dir:
                 shutil.rmtree(self.work_dir.path, ignore_errors=True)

@@ -6,6 +6,7 @@ import functools
 import inspect
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -104,6 +105,9 @@ class Pool:
             raise ValueError(f"need 0 <= min_workers <= max_workers and max_workers >= 1, "
                              f"not min_workers={min_workers}, max_workers={max_workers}")
         self._scheduler = scheduler
+        self._abort = threading.Event()
+        if scheduler is not None:
+            scheduler.abort = self._abort  # terminate() cuts a backend's retry waits short
         if filesystem_lag is not None:
             scheduler.filesystem_lag = filesystem_lag
         self._settings = MapSettings(
@@ -114,8 +118,13 @@ class Pool:
             progress=progress, mode=mode,
             scaling=WorkerScaling(min_workers, max_workers, min_seconds_between_submissions))
         self._closed = False
-        self._abort = threading.Event()
         self._async_threads: list[threading.Thread] = []
+
+    @property
+    def parallelism(self) -> int:
+        """How many chunks this pool runs at once: the throttle, else the scheduler's own
+        figure (LocalPool's workers, the cluster's CPUs), which is what chunk sizes follow."""
+        return self._settings.throttle or self._scheduler.default_parallelism()
 
     # -- life cycle --------------------------------------------------------------------
     def close(self) -> None:
@@ -148,7 +157,9 @@ class Pool:
         tasks = materialise(iterable)
         if len(tasks) == 0:
             return None
-        return MapHandle(self._scheduler, self._settings, func, tasks, chunksize, self._abort)
+        handle = MapHandle(self._scheduler, self._settings, func, tasks, chunksize, self._abort)
+        handle.start()  # submitted now, whenever the caller starts reading results
+        return handle
 
     # -- the multiprocessing.Pool API --------------------------------------------------
     def map(self, func: Callable[[Any], Any], iterable: Iterable[Any],
@@ -178,12 +189,12 @@ class Pool:
         """Results in input order as they become available; a task's exception is raised at its
         place in the sequence (the map's remaining jobs are then cancelled)."""
         handle = self._start(func, iterable, chunksize)
-        return _values(handle.ordered()) if handle else iter(())
+        return ResultIterator(handle, handle.ordered()) if handle else iter(())
 
     def imap_unordered(self, func: Callable[[Any], Any], iterable: Iterable[Any],
                        chunksize: int = 1) -> Iterator[Any]:
         handle = self._start(func, iterable, chunksize)
-        return _values(handle.completed()) if handle else iter(())
+        return ResultIterator(handle, handle.completed()) if handle else iter(())
 
     def apply(self, func: Callable[..., Any], args: tuple[Any, ...] = (),
               kwds: dict[str, Any] | None = None) -> Any:
@@ -215,6 +226,25 @@ class Pool:
         self._async_threads.append(thread)
         thread.start()
         return result
+
+
+class ResultIterator:
+    """What imap and imap_unordered return: the map is already submitted. Dropped before its
+    end, it cancels the map's jobs (their work_dir is kept), so nothing runs on unread."""
+
+    def __init__(self, handle: MapHandle, outcomes: Iterator[ChunkOutcome]):
+        self._values = _values(outcomes)
+        self._finalizer = weakref.finalize(self, handle.abandon)
+
+    def __iter__(self) -> ResultIterator:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._values)
+
+    def close(self) -> None:
+        self._values.close()
+        self._finalizer()
 
 
 def _values(outcomes: Iterator[ChunkOutcome]) -> Iterator[Any]:

@@ -19,10 +19,13 @@ class _SerialHandle:
     def completed(self) -> Iterator[ChunkOutcome]:
         for index, task in enumerate(self._tasks):
             try:
-                yield ChunkOutcome(index, index, [self._func(task)], {})
-            except Exception as exc:
+                outcome = ChunkOutcome(index, index, [self._func(task)], {})
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # SystemExit too: a task's failure, as on a worker
                 add_note(exc, f"poolparty_raster: raised by task {index}")
-                yield ChunkOutcome(index, index, [None], {index: exc})
+                outcome = ChunkOutcome(index, index, [None], {index: exc})
+            yield outcome
 
     ordered = completed
 
@@ -34,6 +37,10 @@ class SerialPool(Pool):
     @explain_options
     def __init__(self, *, verbose: bool = False, progress: bool | None = None):
         super().__init__(scheduler=None, verbose=verbose, progress=progress)  # type: ignore[arg-type]
+
+    @property
+    def parallelism(self) -> int:
+        return 1
 
     def _start(self, func: Callable[[Any], Any], iterable: Iterable[Any],
                chunksize: int | None) -> _SerialHandle | None:

@@ -6,7 +6,7 @@ Layout (every file mode 0600, the directory 0700; see DESIGN.md)::
     tasks.zip             function.pkl and one chunks/NNNNNN.pkl per chunk, written once
     script.py             the worker-node program (carries the caller's environment)
     log.jsonl             one JSON event per line
-    jobs.json             the scheduler's job records, read when a map is resumed
+    jobs.jsonl            the scheduler's job records, one line each, read on resume
     scheduler.log         what the scheduler itself printed for the jobs (before Python ran)
     tasks.results.zip     reduced outputs, one entry per chunk; STORED, never deflated
     tasks.exceptions.zip
@@ -39,6 +39,8 @@ _ARCHIVE_NAMES = {"result": "tasks.results.zip", "exception": "tasks.exceptions.
                   "stdout": "tasks.stdout.zip", "stderr": "tasks.stderr.zip"}
 _LIVE_SUFFIX = ".part"
 _CHUNK_PREFIX = "chunk-"
+_REISSUE = ".reissue"    # in claims/: the driver lets a second worker run this chunk
+_DUPLICATE = ".dup"      # in claims/: that second worker's claim
 
 
 def atomic_write(path: str, write: Callable[[IO[bytes]], Any] | bytes) -> None:
@@ -64,6 +66,16 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], Any] | bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def function_digest(func_bytes: bytes) -> str:
+    return hashlib.sha256(func_bytes).hexdigest()
+
+
+def is_preparation_leftover(name: str) -> bool:
+    """What a driver killed while preparing a map leaves before manifest.json exists."""
+    return name in ("driver.lock", "log.jsonl", "scheduler.log", "script.py") or (
+        name.startswith(".") and name.endswith(".tmp"))
 
 
 def chunk_key(chunk: int) -> str:
@@ -102,6 +114,7 @@ class Manifest:
     chunk_starts: list[int]
     job_name: str
     mode: str = "array"  # "array": one job per chunk; "workers": jobs claim chunks until none is left
+    function_digest: str = ""
 
     @property
     def num_chunks(self) -> int:
@@ -189,16 +202,13 @@ class WorkDir:
         except FileNotFoundError:
             return None
         return Manifest(raw["digest"], raw["num_tasks"], raw["chunk_starts"], raw["job_name"],
-                        raw.get("mode", "array"))
+                        raw.get("mode", "array"), raw.get("function_digest", ""))
 
     def write_manifest(self, manifest: Manifest) -> None:
         data = json.dumps({"format": 1, "digest": manifest.digest, "num_tasks": manifest.num_tasks,
                            "chunk_starts": manifest.chunk_starts, "job_name": manifest.job_name,
-                           "mode": manifest.mode})
+                           "mode": manifest.mode, "function_digest": manifest.function_digest})
         atomic_write(self.file("manifest.json"), data.encode())
-
-    def is_empty(self) -> bool:
-        return not any(True for _ in os.scandir(self.path))
 
     # -- the worker's side -------------------------------------------------------------
     def load_function(self) -> Callable[[Any], Any]:
@@ -250,6 +260,14 @@ class WorkDir:
                 return z.read(chunk_key(chunk))
         except (FileNotFoundError, KeyError):
             return None
+
+    def discard_loose(self, chunk: int) -> None:
+        """Remove a chunk's loose outputs (unreadable ones, or a late duplicate's)."""
+        for kind in ARCHIVE_KINDS:
+            try:
+                os.unlink(self.file(loose_name(chunk, kind)))
+            except FileNotFoundError:
+                pass
 
     def reduce(self, chunks: Iterable[int], lost_captures: dict[str, str] | None = None) -> int:
         """Move finished chunks' loose files into the archives, then delete them.
@@ -310,26 +328,66 @@ class WorkDir:
     def claim_path(self, chunk: int) -> str:
         return os.path.join(self.claims_path, chunk_key(chunk))
 
-    def claim_next(self, num_chunks: int, worker: str, done: set[int]) -> int | None:
-        """Atomically claim the first chunk that is neither claimed nor in ``done``.
+    def create_claims(self) -> None:
+        """The driver's part: workers claim inside this directory and never create it, so a
+        worker that starts after the map ended (and its work_dir was removed) finds nothing."""
+        os.makedirs(self.claims_path, mode=0o700, exist_ok=True)
+
+    def claim_next(self, num_chunks: int, worker: str, done: set[int]) -> tuple[int, str] | None:
+        """Atomically claim the first chunk that is neither claimed nor in ``done``, else a
+        chunk the driver re-issued (a straggler's); returns (chunk, claim file), or None when
+        nothing is left or the map has ended (no claims directory).
 
         O_CREAT|O_EXCL succeeds for exactly one process, also on NFS v3+; the claim holds the
         claiming worker's name, and its mtime is the worker's heartbeat. A chunk finished in
         workers mode keeps its claim, so ``done`` only needs the chunks finished before.
         """
-        os.makedirs(self.claims_path, mode=0o700, exist_ok=True)
-        taken = set(os.listdir(self.claims_path))
-        for chunk in range(num_chunks):
-            if chunk_key(chunk) in taken or chunk in done:
-                continue
+        try:
+            taken = set(os.listdir(self.claims_path))
+        except FileNotFoundError:
+            return None
+        free = [c for c in range(num_chunks) if chunk_key(c) not in taken and c not in done]
+        reissued = sorted(int(n[:-len(_REISSUE)]) for n in taken if n.endswith(_REISSUE)
+                          and n[:-len(_REISSUE)] + _DUPLICATE not in taken)
+        for chunk, path in [(c, self.claim_path(c)) for c in free] + \
+                           [(c, self.claim_path(c) + _DUPLICATE) for c in reissued]:
             try:
-                fd = os.open(self.claim_path(chunk), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:
                 continue
+            except FileNotFoundError:  # the driver removed the claims: the map is over
+                return None
             with os.fdopen(fd, "w") as f:
                 f.write(worker)
-            return chunk
+            return chunk, path
         return None
+
+    def reissue(self, chunk: int) -> None:
+        """Let one more worker run a straggling chunk (it claims ``NNNNNN.dup``)."""
+        atomic_write(self.claim_path(chunk) + _REISSUE, b"")
+
+    def withdraw_reissue(self, chunk: int) -> None:
+        """The chunk finished: no worker should start its second run any more."""
+        try:
+            os.unlink(self.claim_path(chunk) + _REISSUE)
+        except FileNotFoundError:
+            pass
+
+    def duplicate_claims(self) -> dict[int, str]:
+        """{chunk: worker} of the second runs of re-issued chunks."""
+        found = {}
+        try:
+            names = os.listdir(self.claims_path)
+        except FileNotFoundError:
+            return {}
+        for name in names:
+            if name.endswith(_DUPLICATE):
+                try:
+                    with open(os.path.join(self.claims_path, name)) as f:
+                        found[int(name[:-len(_DUPLICATE)])] = f.read()
+                except (FileNotFoundError, ValueError):
+                    continue
+        return found
 
     def claims(self) -> dict[int, tuple[str, float]]:
         """{chunk: (worker, heartbeat time)} of every claim present."""
@@ -361,35 +419,45 @@ class WorkDir:
     # -- records -----------------------------------------------------------------------
     def log(self, event: str, **fields: Any) -> None:
         """Append one event to log.jsonl. A reader skips a torn last line."""
-        line = json.dumps({"time": time.time(), "event": event, **fields}, default=str) + "\n"
-        fd = os.open(self.file("log.jsonl"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, line.encode())
-        finally:
-            os.close(fd)
+        _append_line(self.file("log.jsonl"), {"time": time.time(), "event": event, **fields})
 
     def read_log(self) -> list[dict[str, Any]]:
-        events = []
-        try:
-            with open(self.file("log.jsonl"), encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        events.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        continue
-        except FileNotFoundError:
-            pass
-        return events
+        return list(_read_jsonl(self.file("log.jsonl")))
 
     def read_jobs(self) -> list[dict[str, Any]]:
-        try:
-            with open(self.file("jobs.json"), encoding="utf-8") as f:
-                return json.load(f)
-        except FileNotFoundError:
-            return []
+        """The job records in submission order; a later line for a job id updates it."""
+        jobs: dict[str, dict[str, Any]] = {}
+        for record in _read_jsonl(self.file("jobs.jsonl")):
+            jobs[record["job_id"]] = record
+        return list(jobs.values())
 
-    def write_jobs(self, jobs: list[dict[str, Any]]) -> None:
-        atomic_write(self.file("jobs.json"), json.dumps(jobs).encode())
+    def append_job(self, record: dict[str, Any]) -> None:
+        """Store a job record the moment the scheduler accepted it (append-only, like the log:
+        one rewrite per job would cost O(n^2) for a map of n single jobs)."""
+        _append_line(self.file("jobs.jsonl"), record)
+
+
+def _append_line(path: str, record: dict[str, Any]) -> None:
+    """One JSON line, appended with a single write: only the driver writes these files, and a
+    line torn by a crash is skipped by the reader."""
+    line = json.dumps(record, default=str) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def _read_jsonl(path: str) -> Iterable[dict[str, Any]]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+    except FileNotFoundError:
+        return
 
 
 def _copy(src: IO[bytes], dst: IO[bytes], size: int = 1 << 20) -> None:

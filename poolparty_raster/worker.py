@@ -6,24 +6,30 @@ before anything else is imported (so ``OMP_NUM_THREADS`` and friends take effect
 """
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import sys
 import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 # Variables that describe the node or the allocation the worker runs in: the caller's values
 # (from a login node, or another job) would be wrong there, so they never travel.
 NODE_VARIABLE_PREFIXES = ("SLURM_", "SLURMD_", "SGE_", "PBS_", "PMI_", "PMIX_", "OMPI_",
-                          "ECS_", "AWS_BATCH_", "AWS_CONTAINER_", "POOLPARTY_RASTER_CHUNK")
+                          "ECS_", "AWS_BATCH_", "AWS_CONTAINER_", "POOLPARTY_RASTER_CHUNK",
+                          "POOLPARTY_RASTER_WORKER")
 NODE_VARIABLES = frozenset({
-    "CUDA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL", "ROCR_VISIBLE_DEVICES", "TMPDIR", "TMP", "TEMP",
-    "HOSTNAME", "HOST", "JOB_ID", "JOB_NAME", "JOB_SCRIPT", "NSLOTS", "NHOSTS", "QUEUE",
-    "PE_HOSTFILE", "ENVIRONMENT", "REQUEST", "RESTARTED", "SHLVL", "PWD", "OLDPWD", "_",
-    "DISPLAY", "SSH_AUTH_SOCK", "SSH_CLIENT", "SSH_CONNECTION", "SSH_TTY", "TERM",
+    "CUDA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
+    "NVIDIA_VISIBLE_DEVICES", "ZE_AFFINITY_MASK", "TMPDIR", "TMP", "TEMP", "XDG_RUNTIME_DIR",
+    "KRB5CCNAME", "HOSTNAME", "HOST", "JOB_ID", "JOB_NAME", "JOB_SCRIPT", "NSLOTS", "NHOSTS",
+    "NCPUS", "QUEUE", "PE_HOSTFILE", "ENVIRONMENT", "REQUEST", "RESTARTED", "SHLVL", "PWD",
+    "OLDPWD", "_", "DISPLAY", "SSH_AUTH_SOCK", "SSH_CLIENT", "SSH_CONNECTION", "SSH_TTY", "TERM",
 })
+# Read by the dynamic loader when a process starts: set later, they would not reach the
+# libraries this interpreter loads, so the worker starts itself again once with them.
+LOADER_VARIABLES = ("LD_LIBRARY_PATH", "LD_PRELOAD")
 
 _SCRIPT_TEMPLATE = '''\
 #!{python}
@@ -33,8 +39,12 @@ import os
 import sys
 
 _ENVIRONMENT = {environment!r}
+_LOADER = [os.environ.get(_name) for _name in {loader!r}]
 for _name, _value in _ENVIRONMENT.items():
     os.environ[_name] = _value
+if _LOADER != [os.environ.get(_name) for _name in {loader!r}] and "POOLPARTY_RASTER_WORKER_REEXEC" not in os.environ:
+    os.environ["POOLPARTY_RASTER_WORKER_REEXEC"] = "1"
+    os.execv(sys.executable, [sys.executable, *sys.argv])
 sys.path[:0] = [_p for _p in {sys_path!r} if _p not in sys.path]
 try:
     os.chdir({cwd!r})
@@ -59,7 +69,7 @@ def render_script(work_dir: str, python_path: str, environ: dict[str, str],
     absolute = [os.path.abspath(os.path.join(cwd, p)) if p else cwd for p in sys_path]
     return _SCRIPT_TEMPLATE.format(python=python_path, work_dir=work_dir,
                                    environment=transferable_environment(dict(environ)),
-                                   sys_path=absolute, cwd=cwd)
+                                   loader=LOADER_VARIABLES, sys_path=absolute, cwd=cwd)
 
 
 def chunk_from_arguments(argv: Sequence[str], environ: os._Environ | dict[str, str]) -> int:
@@ -104,13 +114,23 @@ def _exception_record(index: int, exc: BaseException) -> dict[str, Any]:
             "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))}
 
 
-def run_chunk(work_dir: Any, manifest: Any, func: Any,
-              chunk: int) -> tuple[list[bytes | None], list[dict[str, Any]]]:
-    """Run every task of a chunk; a raising task does not stop the others."""
+def run_chunk(work_dir: Any, manifest: Any, load_function: Callable[[], Any],
+              chunk: int) -> tuple[list[bytes | None], list[dict[str, Any]], bool]:
+    """Run every task of a chunk: (pickled values, exception records, whether the function
+    and tasks loaded). A raising task does not stop the others. A function or tasks that
+    cannot be loaded on this node (a module missing here) fail every task of the chunk with
+    that exception, so the caller sees the real cause."""
     import cloudpickle
 
-    tasks = work_dir.load_tasks(chunk)
-    first = manifest.chunk_starts[chunk]
+    first, count = manifest.chunk_starts[chunk], len(manifest.chunk_range(chunk))
+    try:
+        func = load_function()
+        tasks = work_dir.load_tasks(chunk)
+    except BaseException as exc:
+        if hasattr(exc, "add_note"):
+            exc.add_note(f"poolparty_raster: raised while loading the function and tasks on "
+                         f"node {socket.gethostname()}")
+        return [None] * count, [_exception_record(first + i, exc) for i in range(count)], False
     values: list[bytes | None] = []
     errors: list[dict[str, Any]] = []
     for offset, task in enumerate(tasks):
@@ -127,18 +147,20 @@ def run_chunk(work_dir: Any, manifest: Any, func: Any,
             wrapped = TypeError(f"the result of task {first + offset} ({type(value).__qualname__}) "
                                 f"cannot be pickled: {exc}")
             errors.append(_exception_record(first + offset, wrapped))
-    return values, errors
+    return values, errors, True
 
 
 HEARTBEAT_SECONDS = 5.0  # how often a worker in workers mode touches its claim
 
 
-def run_and_store(work_dir: Any, manifest: Any, func: Any, chunk: int) -> None:
-    """Run one chunk with its output captured, and store its outputs; the result goes last."""
+def run_and_store(work_dir: Any, manifest: Any, load_function: Callable[[], Any],
+                  chunk: int) -> bool:
+    """Run one chunk with its output captured, and store its outputs; the result goes last.
+    Returns whether the function could be loaded."""
     from poolparty_raster import workdir
 
     captures = _redirect_output(work_dir, chunk)
-    values, errors = run_chunk(work_dir, manifest, func, chunk)
+    values, errors, loaded = run_chunk(work_dir, manifest, load_function, chunk)
     sys.stdout.flush()
     sys.stderr.flush()
     if errors:
@@ -148,6 +170,7 @@ def run_and_store(work_dir: Any, manifest: Any, func: Any, chunk: int) -> None:
         os.replace(path, work_dir.file(workdir.loose_name(chunk, stream)))
     # The result goes last: its presence is what tells the driver the chunk is finished.
     work_dir.write_loose(chunk, "result", workdir.dump_results(values))
+    return loaded
 
 
 def _heartbeat(path: str, stop: threading.Event) -> None:
@@ -158,17 +181,22 @@ def _heartbeat(path: str, stop: threading.Event) -> None:
             return
 
 
-def claim_and_run(work_dir: Any, manifest: Any, func: Any, worker: int) -> None:
-    """Workers mode: claim the next free chunk, run it, and again, until none is left."""
+def claim_and_run(work_dir: Any, manifest: Any, load_function: Callable[[], Any],
+                  worker: int) -> None:
+    """Workers mode: claim the next free chunk, run it, and again, until none is left. A
+    worker whose node cannot load the function fails the chunk it holds and stops, leaving
+    the rest to workers elsewhere."""
     num_chunks = manifest.num_chunks
     name = f"{worker} {socket.gethostname()} {os.getpid()}"
     done = work_dir.finished_chunks()
-    while (chunk := work_dir.claim_next(num_chunks, name, done)) is not None:
+    while (claimed := work_dir.claim_next(num_chunks, name, done)) is not None:
+        chunk, claim = claimed
         stop = threading.Event()
-        beat = threading.Thread(target=_heartbeat, args=(work_dir.claim_path(chunk), stop), daemon=True)
+        beat = threading.Thread(target=_heartbeat, args=(claim, stop), daemon=True)
         beat.start()
         try:
-            run_and_store(work_dir, manifest, func, chunk)
+            if not run_and_store(work_dir, manifest, load_function, chunk):
+                return
         finally:
             stop.set()
 
@@ -179,12 +207,13 @@ def main(work_dir_path: str, argv: Sequence[str]) -> int:
     work_dir = workdir.WorkDir(work_dir_path)
     index = chunk_from_arguments(argv, os.environ)
     manifest = work_dir.read_manifest()
-    # The function is loaded before output is captured: a function that cannot be loaded
-    # here (a module missing on this node) fails the job, and its traceback lands in
-    # scheduler.log, where the lost-task report points.
-    func = work_dir.load_function()
+    if manifest is None:  # a late or duplicate job: the map ended and its work_dir is gone
+        print(f"poolparty_raster worker: {work_dir_path} holds no map any more; nothing to do",
+              file=sys.stderr)
+        return 0
+    load_function = functools.cache(work_dir.load_function)  # once per process
     if manifest.mode == "workers":
-        claim_and_run(work_dir, manifest, func, index)
+        claim_and_run(work_dir, manifest, load_function, index)
     else:
-        run_and_store(work_dir, manifest, func, index)
+        run_and_store(work_dir, manifest, load_function, index)
     return 0

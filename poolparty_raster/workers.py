@@ -1,22 +1,33 @@
 """Workers mode: a few long-lived worker jobs claim chunks from the work_dir until none is left.
 
-The driver's part, in the spirit of a worker manager: keep between ``min_workers`` and
-``max_workers`` worker jobs while unclaimed chunks remain, never more pending workers than
-unclaimed chunks, never submitting faster than ``min_seconds_between_submissions``; release the
-claim of a worker that died (gone from the queue, or a stale heartbeat) so another worker takes
-the chunk, counting toward ``max_num_resubmissions`` for that chunk.
+The driver's part, in the spirit of a worker manager:
+- keep up to ``max_workers`` worker jobs while unclaimed chunks remain, never more pending
+  workers than unclaimed chunks (surplus pending ones are cancelled), never submitting faster
+  than ``min_seconds_between_submissions``;
+- a worker that died holding a claim (gone from the queue, or its heartbeat unchanged for
+  STALE_AFTER seconds of the driver's clock) has the claim released, so another worker takes the
+  chunk, counting toward ``max_num_resubmissions`` for that chunk; a hung one is cancelled;
+- workers that keep ending without claiming anything (a broken environment on the nodes) are
+  not resubmitted for ever: the map fails, quoting the scheduler's reason;
+- stragglers: when nothing is left to claim, a chunk running far longer than the others took
+  is issued once more; the first result wins and the other run is cancelled at the end.
 """
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass
 
 from poolparty_raster.engine import MapRun
 from poolparty_raster.errors import SchedulerError
-from poolparty_raster.schedulers.base import TaskState
+from poolparty_raster.schedulers.base import JobRecord, TaskState
 from poolparty_raster.worker import HEARTBEAT_SECONDS
+from poolparty_raster.workdir import tail_lines
 
 STALE_AFTER = 6 * HEARTBEAT_SECONDS  # a claim untouched this long belongs to a hung or dead worker
+STRAGGLER_FACTOR = 3.0      # a chunk running this many times the median chunk time,
+STRAGGLER_MIN_SECONDS = 60.0  # and at least this long, is issued once more,
+MIN_DURATIONS = 3           # once this many chunks have finished to compare it with
 
 
 @dataclass(frozen=True)
@@ -29,9 +40,16 @@ class WorkerScaling:
 @dataclass
 class _Worker:
     job_id: str
+    state: TaskState = TaskState.PENDING
+    reason: str = ""
     absent_polls: int = 0
     absent_since: float | None = None
-    state: TaskState = TaskState.PENDING
+
+
+def holder_id(holder: str) -> int | None:
+    """A claim holds ``"<worker> <host> <pid>"``."""
+    first = holder.split()[0] if holder.split() else ""
+    return int(first) if first.isdigit() else None
 
 
 class WorkersRun(MapRun):
@@ -44,100 +62,199 @@ class WorkersRun(MapRun):
         self.min_gap = scaling.min_seconds_between_submissions
         self.workers: dict[int, _Worker] = {}
         self.releases: dict[int, int] = {}
-        self.worker_errors = 0
+        self.failed_starts = 0   # workers in a row that ended without claiming a chunk
         self._last_submission = float("-inf")
+        self._claim_seen: dict[int, float] = {}            # chunk -> when the driver first saw its claim
+        self._beats: dict[int, tuple[float, float]] = {}   # chunk -> (claim mtime, when it last changed)
+        self._durations: list[float] = []
+        self._reissued: set[int] = set()
 
-    def _reattach_or_submit(self) -> None:
-        for job in self.jobs:  # a resumed map: the previous driver's workers may still run
+    # -- submission --------------------------------------------------------------------
+    def _reattach_or_submit(self) -> bool:
+        self.work_dir.create_claims()
+        for job in self.jobs:  # a resumed map: taken to be alive until the polls say otherwise
             for worker in job["chunks"]:
                 self.workers[worker] = _Worker(job["job_id"])
         if self.workers:
-            statuses = self._safe_poll() or {}
-            for worker_id, worker in self.workers.items():
-                status = statuses.get((worker.job_id, worker_id))
-                worker.state = status.state if status else TaskState.FINISHED
+            self.work_dir.log("reattached", workers=sorted(self.workers))
         self._scale()
+        return bool(self.workers)
+
+    def _accepted(self, record: JobRecord) -> None:
+        for worker in record["chunks"]:
+            self.workers[worker] = _Worker(record["job_id"])
+
+    def _submit_waiting(self) -> None:
+        self.submissions.submit(self._accepted, nothing_queued=not self._alive())
 
     def _alive(self) -> dict[int, _Worker]:
         return {w: s for w, s in self.workers.items() if s.state in (TaskState.PENDING, TaskState.RUNNING)}
 
-    def _scale(self) -> None:
+    def _unclaimed(self) -> list[int]:
         claims = self.work_dir.claims()
-        unclaimed = [c for c in self._outstanding() if c not in claims]
-        if not unclaimed or time.monotonic() - self._last_submission < self.min_gap:
+        free = [c for c in self._outstanding() if c not in claims]
+        duplicated = self.work_dir.duplicate_claims()
+        return free + [c for c in self._reissued if c not in duplicated and c in self._outstanding()]
+
+    def _scale(self) -> None:
+        unclaimed = self._unclaimed()
+        if (not unclaimed or self.submissions.waiting
+                or time.monotonic() - self._last_submission < self.min_gap):
             return
         alive = self._alive()
         pending = sum(1 for w in alive.values() if w.state is TaskState.PENDING)
-        wanted = max(self.min_workers - len(alive), min(self.max_workers - len(alive), len(unclaimed) - pending))
+        wanted = min(self.max_workers - len(alive), len(unclaimed) - pending)
         if wanted <= 0:
             return
         first = max(self.workers, default=-1) + 1
-        new = list(range(first, first + wanted))
-        records = self.scheduler.submit(self.spec, new)
-        for record in records:
-            record["submitted"] = time.time()
-            for worker in record["chunks"]:
-                self.workers[worker] = _Worker(record["job_id"])
-        self.jobs.extend(records)
-        self.work_dir.write_jobs(self.jobs)
-        self.work_dir.log("workers_submitted", workers=new, unclaimed=len(unclaimed))
+        self.submissions.add(list(range(first, first + wanted)))
+        self.work_dir.log("workers_wanted", workers=wanted, unclaimed=len(unclaimed))
         self._last_submission = time.monotonic()
+        self._submit_waiting()
+
+    def _trim_pending(self) -> None:
+        """Never more pending workers than unclaimed chunks: cancel the newest surplus."""
+        pending = sorted(w for w, s in self._alive().items() if s.state is TaskState.PENDING)
+        surplus = pending[len(self._unclaimed()):] if len(pending) > len(self._unclaimed()) else []
+        by_job: dict[str, list[int]] = {}
+        for worker in surplus:
+            by_job.setdefault(self.workers[worker].job_id, []).append(worker)
+            self.workers[worker].state, self.workers[worker].reason = TaskState.FINISHED, "surplus"
+        self._cancel_elements(by_job)
+
+    # -- observation -------------------------------------------------------------------
+    def _collect(self) -> bool:
+        before = len(self._fresh)
+        changed = super()._collect()
+        now = time.monotonic()
+        for chunk in self._fresh[before:]:
+            seen = self._claim_seen.pop(chunk, None)
+            if seen is not None:
+                self._durations.append(now - seen)
+            if chunk in self._reissued:
+                self.work_dir.withdraw_reissue(chunk)
+        return changed
 
     def _poll_scheduler(self) -> bool:
-        statuses = self._safe_poll()
+        alive = self._alive()
+        statuses = self._safe_poll() if alive else {}
         if statuses is None:
             return False
         self._collect()
         now = time.monotonic()
         changed = False
-        for worker_id, worker in self._alive().items():
+        ended = []
+        for worker_id, worker in alive.items():
             status = statuses.get((worker.job_id, worker_id))
             if status is not None and status.state is TaskState.FATAL:
                 raise SchedulerError(f"worker {worker_id} of map {self.spec.job_name} cannot run: "
                                      f"{status.reason}. The work_dir is kept: {self.work_dir.path}")
             if status is not None and status.state is TaskState.ERROR:
                 self.work_dir.log("error_state", worker=worker_id, job_id=worker.job_id, reason=status.reason)
-                self.scheduler.cancel(self.spec, [self._record(worker.job_id)], [worker_id])
-                worker.state, changed = TaskState.FINISHED, True
-                self.worker_errors += 1
-                if self.worker_errors > self.options.max_num_resubmissions + self.max_workers:
-                    raise SchedulerError(f"{self.worker_errors} worker jobs landed in error states "
-                                         f"(last: {status.reason}); giving up. Work_dir: {self.work_dir.path}")
+                self._cancel_elements({worker.job_id: [worker_id]})
+                ended.append((worker_id, f"stuck in {status.reason}"))
             elif status is None or status.state is TaskState.FINISHED:
                 worker.absent_since = worker.absent_since or now
                 worker.absent_polls += 1
                 lag = self.scheduler.filesystem_lag
                 if (lag == 0 or worker.absent_polls >= 2) and now - worker.absent_since >= lag:
-                    worker.state, changed = TaskState.FINISHED, True
+                    ended.append((worker_id, status.reason if status else "gone from the queue"))
             else:
                 worker.state, worker.absent_polls, worker.absent_since = status.state, 0, None
+        for worker_id, reason in ended:
+            self.workers[worker_id].state, self.workers[worker_id].reason = TaskState.FINISHED, reason
+            self.work_dir.log("worker_ended", worker=worker_id, reason=reason)
+        changed = bool(ended)
+        self._count_failed_starts([w for w, _ in ended])
         changed |= self._release_dead_claims()
+        self._reissue_stragglers()
+        self._trim_pending()
         self._scale()
         return changed
+
+    def _count_failed_starts(self, ended: list[int]) -> None:
+        """Workers that end without ever holding a claim, while chunks wait, failed to start."""
+        if not ended or not self._unclaimed():
+            return
+        holders = {holder_id(h) for h, _ in self.work_dir.claims().values()}
+        holders |= {holder_id(h) for h in self.work_dir.duplicate_claims().values()}
+        for worker in ended:
+            self.failed_starts = 0 if worker in holders else self.failed_starts + 1
+        if self.failed_starts > self.max_workers + self.options.max_num_resubmissions:
+            reason = (f"{self.failed_starts} worker jobs in a row ended without running a chunk "
+                      f"(last: {self.workers[ended[-1]].reason})")
+            with open(self.work_dir.scheduler_log_path, "rb") as f:
+                tail = tail_lines(f.read()[-20_000:])
+            for chunk in self._outstanding():
+                self.chunks[chunk].deaths.append((reason, tail))
+            self.lost_chunks.update(self._outstanding())
 
     def _release_dead_claims(self) -> bool:
         """Free the chunks held by workers that are gone or silent; give up on hopeless ones."""
         alive = self._alive()
-        released = []
-        for chunk, (holder, heartbeat) in self.work_dir.claims().items():
+        now = time.monotonic()
+        released = False
+        for chunk, (holder, mtime) in self.work_dir.claims().items():
             if chunk in self.finished or chunk in self.lost_chunks:
                 continue
-            worker = int(holder.split()[0]) if holder.split() and holder.split()[0].isdigit() else None
-            stale = time.time() - heartbeat > STALE_AFTER + self.scheduler.filesystem_lag
-            if (worker is not None and worker not in alive) or stale:
-                released.append(chunk)
-        for chunk in released:
+            self._claim_seen.setdefault(chunk, now)
+            if self._beats.get(chunk, (None,))[0] != mtime:
+                self._beats[chunk] = (mtime, now)
+            worker = holder_id(holder)
+            gone = worker is not None and worker not in alive
+            silent = now - self._beats[chunk][1] > STALE_AFTER + self.scheduler.filesystem_lag
+            if not (gone or silent):
+                continue
             self._collect()
             if chunk in self.finished:
                 continue
-            self.releases[chunk] = self.releases.get(chunk, 0) + 1
-            self.chunks[chunk].attempts = self.releases[chunk]
-            self._archive_dead_attempt(chunk)
-            self.work_dir.log("lost", chunk=chunk, holder=self.work_dir.claims().get(chunk, ("?",))[0])
-            if self.releases[chunk] > self.options.max_num_resubmissions:
-                self.lost_chunks.add(chunk)  # its claim stays, so no worker takes it again
-                self.progress.note_failed(len(self.manifest.chunk_range(chunk)))
-            else:
-                self.work_dir.release_claim(chunk)
-                self.progress.note_resubmitted(1)
-        return bool(released)
+            if silent and not gone and worker in self.workers:  # hung: free its allocation
+                self._cancel_elements({self.workers[worker].job_id: [worker]})
+            reason = (self.workers[worker].reason if gone and worker in self.workers else
+                      f"no heartbeat for {now - self._beats[chunk][1]:.0f} s")
+            self._release(chunk, holder, reason or "its worker is gone")
+            released = True
+        return released
+
+    def _release(self, chunk: int, holder: str, reason: str) -> None:
+        self.releases[chunk] = self.releases.get(chunk, 0) + 1
+        self.chunks[chunk].attempts = self.releases[chunk]
+        captures = self.work_dir.scan().get(chunk, {}).get("live", [])
+        self._archive_dead_attempt(chunk, reason, captures)
+        self.work_dir.log("lost", chunk=chunk, holder=holder, reason=reason)
+        self._claim_seen.pop(chunk, None)
+        self._beats.pop(chunk, None)
+        if self.releases[chunk] > self.options.max_num_resubmissions:
+            self.lost_chunks.add(chunk)  # its claim stays, so no worker takes it again
+            self.progress.note_failed(len(self.manifest.chunk_range(chunk)))
+        else:
+            self.work_dir.release_claim(chunk)
+            self.progress.note_resubmitted(1)
+
+    def _reissue_stragglers(self) -> None:
+        if len(self._durations) < MIN_DURATIONS or self._unclaimed():
+            return
+        limit = max(STRAGGLER_FACTOR * statistics.median(self._durations), STRAGGLER_MIN_SECONDS)
+        now = time.monotonic()
+        for chunk in self._outstanding():
+            running = now - self._claim_seen.get(chunk, now)
+            if chunk not in self._reissued and running > limit:
+                self.work_dir.reissue(chunk)
+                self._reissued.add(chunk)
+                self.work_dir.log("reissued", chunk=chunk, running=round(running, 1),
+                                  median=round(statistics.median(self._durations), 1))
+
+    # -- endings -----------------------------------------------------------------------
+    def _cancel_leftovers(self) -> None:
+        """Cancel workers still queued (nothing is left for them) and the slower run of each
+        re-issued chunk; running workers find nothing to claim and exit by themselves."""
+        doomed = {w for w, s in self.workers.items() if s.state is TaskState.PENDING}
+        claims, duplicates = self.work_dir.claims(), self.work_dir.duplicate_claims()
+        for chunk in self._reissued:
+            runs = [claims.get(chunk, ("",))[0], duplicates.get(chunk, "")]
+            doomed |= {w for w in map(holder_id, runs) if w is not None}
+        alive = self._alive()
+        by_job: dict[str, list[int]] = {}
+        for worker in sorted(w for w in doomed if w in alive):
+            by_job.setdefault(self.workers[worker].job_id, []).append(worker)
+        self._cancel_elements(by_job)

@@ -9,13 +9,15 @@ from __future__ import annotations
 import enum
 import shutil
 import subprocess
+import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from poolparty_raster.errors import SchedulerError, SchedulerUnavailableError
+from poolparty_raster.errors import (MapTerminated, SchedulerError, SchedulerOutputError,
+                                     SchedulerUnavailableError, SubmissionRefused)
 
 
 class TaskState(enum.Enum):
@@ -45,8 +47,8 @@ class SubmitSpec:
     cwd: str = "."
 
 
-# A job record is the JSON-serialisable description of one submission that the backend returns
-# and the engine stores (jobs.json) so that a resumed driver can reattach. It always has
+# A job record is the JSON-serialisable description of one submission that the backend yields
+# and the engine stores (jobs.jsonl) so that a resumed driver can reattach. It always has
 # "job_id" and "chunks"; backends add what they need to map their listing back to chunks.
 JobRecord = dict[str, Any]
 # Poll results are keyed by (job_id, chunk): a resubmitted chunk has several jobs.
@@ -61,14 +63,24 @@ class Scheduler(ABC):
     filesystem_lag = 3.0
     # Shortest time between two polls, so a busy map does not flood a controller.
     min_poll_interval = 1.0
+    # Set by the pool: a terminated pool interrupts waits inside backend calls.
+    abort: threading.Event | None = None
 
     @abstractmethod
     def check_available(self) -> None:
         """Raise :class:`SchedulerUnavailableError` naming what is missing."""
 
     @abstractmethod
-    def submit(self, spec: SubmitSpec, chunks: Sequence[int]) -> list[JobRecord]:
-        """Submit ``chunks``; may split them across several jobs or arrays."""
+    def submit(self, spec: SubmitSpec, chunks: Sequence[int]) -> Iterator[JobRecord]:
+        """Submit ``chunks`` (in one or several jobs or arrays), yielding each job's record as
+        soon as the scheduler has accepted it: the engine stores it at once, so that a job is
+        never forgotten when a later submission fails. Raise :class:`SubmissionRefused` when
+        a limit refuses the rest for now; the engine submits those chunks again later."""
+
+    def throttles(self, spec: SubmitSpec) -> bool:
+        """Whether the scheduler itself keeps at most ``spec.throttle`` chunks running (an
+        array throttle); if not, the engine submits no more than that many at a time."""
+        return False
 
     @abstractmethod
     def poll(self, spec: SubmitSpec, jobs: Sequence[JobRecord]) -> PollResult:
@@ -86,6 +98,13 @@ class Scheduler(ABC):
     def wait(self, timeout: float) -> None:
         """Sleep until the next tick; a backend that knows when a job ends may return early."""
         time.sleep(timeout)
+
+    def pause(self, seconds: float) -> None:
+        """Sleep inside a backend call (a retry's backoff); a terminated pool cuts it short."""
+        if self.abort is None:
+            time.sleep(seconds)
+        elif self.abort.wait(seconds):
+            raise MapTerminated("the pool was terminated while a scheduler call was retried")
 
     def describe(self, spec: SubmitSpec, job: JobRecord, chunk: int) -> str:
         """Extra words on why a chunk is in an error state, for the log (optional)."""
@@ -107,6 +126,7 @@ class CommandRunner:
     retries: int = 4
     backoff: float = 0.5
     max_backoff: float = 30.0
+    pause: Callable[[float], None] = time.sleep
     calls: int = field(default=0, init=False)
 
     def run(self, argv: Sequence[str], *, retry: bool = True, ok_codes: Sequence[int] = (0,),
@@ -118,7 +138,7 @@ class CommandRunner:
             if result is not None and result.returncode in ok_codes:
                 return result
             if attempt + 1 < attempts:
-                time.sleep(delay)
+                self.pause(delay)
                 delay = min(delay * 2, self.max_backoff)
         what = "timed out" if result is None else f"exited {result.returncode}: {result.stderr.strip()[-2000:]}"
         raise SchedulerError(f"`{' '.join(argv)}` {what} (after {attempts} attempt(s))")
@@ -188,5 +208,71 @@ def cancel_targets(jobs: Sequence[JobRecord], chunks: Sequence[int] | None,
     return targets
 
 
-def unparseable(command: str, line: str) -> SchedulerError:
-    return SchedulerError(f"could not parse a line of `{command}` output: {line!r}")
+def unparseable(command: str, line: str) -> SchedulerOutputError:
+    return SchedulerOutputError(f"could not parse a line of `{command}` output: {line!r}")
+
+
+@dataclass
+class Submitter:
+    """Runs a submission command so that a lost answer never creates a duplicate job.
+
+    When the command times out, fails, or prints no id, the scheduler's listing of the map's
+    jobs (by name) is asked whether a job got in anyway; only when that listing answers, and
+    shows no new job, is the command run again. ``refusal(stderr)`` sorts a failure into
+    "permanent" (raise :class:`SchedulerError`), "transient" (retry with backoff) or one of
+    the ``limits`` (raise :class:`SubmissionRefused`, with that limit's give-up time).
+    """
+
+    scheduler: Scheduler
+    runner: CommandRunner
+    parse_id: Callable[[str], str | None]
+    listed_ids: Callable[[SubmitSpec], set[str] | None]
+    refusal: Callable[[str], str]
+    limits: dict[str, float | None] = field(default_factory=lambda: {"limit": None})
+    known: dict[str, set[str]] = field(default_factory=dict)  # job ids per map name
+
+    def submit(self, spec: SubmitSpec, argv: Sequence[str]) -> str:
+        known = self.known.setdefault(spec.job_name, set())
+        delay = self.runner.backoff
+        for attempt in range(1, self.runner.retries + 2):
+            result = self.runner.run_once(argv)
+            job_id = self.parse_id(result.stdout) if result is not None and result.returncode == 0 else None
+            if job_id:
+                known.add(job_id)
+                return job_id
+            adopted = self._adopt(spec, known)
+            if adopted:
+                return adopted
+            stderr = "" if result is None else (result.stderr.strip() or result.stdout.strip())
+            kind = "transient" if result is None or result.returncode == 0 else self.refusal(stderr)
+            if kind in self.limits:
+                raise SubmissionRefused(f"{argv[0]} refused for now: {stderr}", self.limits[kind])
+            if kind == "permanent":
+                raise SchedulerError(f"{argv[0]} refused the job: {stderr}")
+            if attempt <= self.runner.retries:
+                self.scheduler.pause(delay)
+                delay = min(delay * 2, self.runner.max_backoff)
+        what = "timed out" if result is None else (stderr or f"printed {result.stdout.strip()!r}")
+        raise SchedulerError(f"{argv[0]} did not accept the job after {attempt} attempts: {what}")
+
+    def _adopt(self, spec: SubmitSpec, known: set[str]) -> str | None:
+        """The id of a job of this map that got in although its submission seemed to fail;
+        the listing is asked until it answers (a failed listing proves nothing)."""
+        delay = self.runner.backoff
+        for _ in range(self.runner.retries + 1):
+            listed = self.listed_ids(spec)
+            if listed is not None:
+                created = listed - known
+                if not created:
+                    return None
+                job_id = max(created, key=lambda j: (len(j), j))
+                known.add(job_id)
+                return job_id
+            self.scheduler.pause(delay)
+            delay = min(delay * 2, self.runner.max_backoff)
+        raise SchedulerError(f"could not tell whether a submission of {spec.job_name} went in: "
+                             f"neither the submission nor the listing answered")
+
+    def note(self, spec: SubmitSpec, jobs: Sequence[JobRecord]) -> None:
+        """Jobs known from elsewhere (a resumed map's records) are not new."""
+        self.known.setdefault(spec.job_name, set()).update(job["job_id"] for job in jobs)

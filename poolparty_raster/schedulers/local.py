@@ -11,7 +11,7 @@ import queue
 import signal
 import subprocess
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from poolparty_raster.schedulers.base import (JobRecord, PollResult, Scheduler, SubmitSpec,
                                               TaskState, TaskStatus)
@@ -41,17 +41,22 @@ class LocalScheduler(Scheduler):
     def default_parallelism(self) -> int:
         return self.num_workers
 
-    def submit(self, spec: SubmitSpec, chunks: Sequence[int]) -> list[JobRecord]:
+    def throttles(self, spec: SubmitSpec) -> bool:
+        return True  # at most min(num_workers, throttle) chunks run at once
+
+    def submit(self, spec: SubmitSpec, chunks: Sequence[int]) -> Iterator[JobRecord]:
         job_id = f"local-{os.getpid()}-{next(self._ids)}"
-        workers = min(self.num_workers, spec.throttle or self.num_workers, len(chunks))
+        cap = min(self.num_workers, spec.throttle or self.num_workers)
         with self._lock:
             for chunk in chunks:
                 self._states[(job_id, chunk)] = TaskStatus(TaskState.PENDING)
                 self._queue.put((job_id, chunk, spec))
-            for _ in range(max(0, workers - self._threads)):
+            # Threads busy with running chunks take nothing from the queue until they finish.
+            wanted = min(cap, len(self._processes) + self._queue.qsize())
+            for _ in range(max(0, wanted - self._threads)):
                 self._threads += 1
                 threading.Thread(target=self._work, daemon=True, name="poolparty-local").start()
-        return [{"job_id": job_id, "chunks": list(chunks)}]
+        yield {"job_id": job_id, "chunks": list(chunks)}
 
     def _work(self) -> None:
         while True:
@@ -64,12 +69,17 @@ class LocalScheduler(Scheduler):
                 key = (job_id, chunk)
                 if key in self._cancelled:
                     continue
-                with open(spec.scheduler_log, "ab") as log:
-                    os.chmod(spec.scheduler_log, 0o600)
-                    process = subprocess.Popen(
-                        [spec.python_path, spec.script_path, str(chunk)], cwd=spec.cwd,
-                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                        start_new_session=True)
+                try:
+                    with open(spec.scheduler_log, "ab") as log:
+                        os.chmod(spec.scheduler_log, 0o600)
+                        process = subprocess.Popen(
+                            [spec.python_path, spec.script_path, str(chunk)], cwd=spec.cwd,
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+                except OSError as exc:  # the work_dir was removed, or no such interpreter
+                    self._states[key] = TaskStatus(TaskState.FINISHED, f"could not start: {exc}")
+                    self._changed.set()
+                    continue
                 self._processes[key] = process
                 self._states[key] = TaskStatus(TaskState.RUNNING)
             code = process.wait()

@@ -9,14 +9,37 @@ bundled dummy follows the same documentation):
 """
 from __future__ import annotations
 
+import getpass
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from poolparty_raster.schedulers.base import (CommandRunner, JobRecord, PollResult, Scheduler,
-                                              SubmitSpec, TaskState, TaskStatus, cancel_targets,
-                                              contiguous_runs,
-                                              require_commands, unparseable)
+                                              Submitter, SubmitSpec, TaskState, TaskStatus,
+                                              cancel_targets, contiguous_runs, require_commands,
+                                              split_by_span, unparseable)
+
+_JOB_ID = re.compile(r"^\d+(\[\])?(\.\S+)?$")
+MAX_ARRAY_SIZE = 10_000  # PBS Pro's default max_array_size
+# qsub refusals that pass once some of the user's jobs have ended (queue and server limits)
+LIMIT_MESSAGES = ("Maximum number of jobs already in queue", "would exceed",
+                  "max_queued", "max_run")
+TRANSIENT_MESSAGES = ("cannot connect to server", "End of File", "Connection refused",
+                      "timed out", "Server is busy")
+
+
+def classify_refusal(stderr: str) -> str:
+    if any(m in stderr for m in LIMIT_MESSAGES):
+        return "limit"
+    if any(m in stderr for m in TRANSIENT_MESSAGES):
+        return "transient"
+    return "permanent"
+
+
+def parse_job_id(stdout: str) -> str | None:
+    """``qsub`` prints ``123.server`` for a job and ``123[].server`` for an array."""
+    job_id = stdout.strip()
+    return job_id if _JOB_ID.match(job_id) else None
 
 _SUBJOB = re.compile(r"^(?P<base>[^\[]+)\[(?P<index>\d*)\](?P<server>.*)$")
 _STATES = {"Q": TaskState.PENDING, "W": TaskState.PENDING, "T": TaskState.PENDING,
@@ -71,21 +94,26 @@ class PbsScheduler(Scheduler):
             args += ["-A", account]
         self.resource_args = args + list(qsub_args)
         self.paths = {"qsub_path": qsub_path, "qstat_path": qstat_path, "qdel_path": qdel_path}
-        self.runner = CommandRunner(timeout=pbs_call_timeout)
+        self.runner = CommandRunner(timeout=pbs_call_timeout, pause=self.pause)
+        self.user = getpass.getuser()
+        self.submitter = Submitter(self, self.runner, parse_job_id, self._listed_job_ids,
+                                   classify_refusal)
 
     def check_available(self) -> None:
         require_commands("PBS", self.paths)
 
-    def submit(self, spec: SubmitSpec, chunks: Sequence[int]) -> list[JobRecord]:
+    def throttles(self, spec: SubmitSpec) -> bool:
+        return self.array
+
+    def submit(self, spec: SubmitSpec, chunks: Sequence[int]) -> Iterator[JobRecord]:
         if not self.array:
-            return [self._qsub(spec, [c], None) for c in chunks]
-        records = []
+            for chunk in chunks:
+                yield self._qsub(spec, [chunk], None)
+            return
         for first, last in contiguous_runs(sorted(chunks)):
-            if first == last:  # PBS arrays need at least two elements
-                records.append(self._qsub(spec, [first], None))
-            else:
-                records.append(self._qsub(spec, list(range(first, last + 1)), first))
-        return records
+            for group in split_by_span(list(range(first, last + 1)), MAX_ARRAY_SIZE):
+                # PBS arrays need at least two elements
+                yield self._qsub(spec, group, group[0] if len(group) > 1 else None)
 
     def _qsub(self, spec: SubmitSpec, chunks: list[int], offset: int | None) -> JobRecord:
         argv = [self.paths["qsub_path"], "-N", spec.job_name, "-o", spec.scheduler_log, "-j", "oe"]
@@ -96,15 +124,27 @@ class PbsScheduler(Scheduler):
             argv += ["-J", f"0-{len(chunks) - 1}{throttle}"]
             worker_args = ["--env", "PBS_ARRAY_INDEX", "--offset", str(offset)]
         argv += [*self.resource_args, "--", spec.python_path, spec.script_path, *worker_args]
-        job_id = self.runner.run(argv, retry=False).stdout.strip()
-        if not job_id or " " in job_id:
-            raise unparseable("qsub", job_id)
-        record: JobRecord = {"job_id": job_id, "chunks": chunks, "array": offset is not None}
+        record: JobRecord = {"job_id": self.submitter.submit(spec, argv), "chunks": chunks,
+                             "array": offset is not None}
         if offset is not None:
             record["offset"] = offset
         return record
 
+    def _listed_job_ids(self, spec: SubmitSpec) -> set[str] | None:
+        """Ids of this user's jobs and arrays named like the map (finished ones too)."""
+        argv = [self.paths["qstat_path"], "-f", "-F", "json", "-x", "-u", self.user]
+        result = self.runner.run_once(argv)
+        if result is None or result.returncode != 0:
+            return None
+        try:
+            listing = json.loads(result.stdout).get("Jobs", {}) if result.stdout.strip() else {}
+        except (json.JSONDecodeError, AttributeError):
+            return None
+        return {name for name, fields in listing.items()
+                if fields.get("Job_Name") == spec.job_name and "[" not in name.replace("[]", "")}
+
     def poll(self, spec: SubmitSpec, jobs: Sequence[JobRecord]) -> PollResult:
+        self.submitter.note(spec, jobs)
         if not jobs:
             return {}
         argv = [self.paths["qstat_path"], "-t", "-f", "-F", "json", "-x", *(j["job_id"] for j in jobs)]

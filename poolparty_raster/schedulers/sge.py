@@ -6,18 +6,52 @@ Facts this module is built on (Son of Grid Engine 8.1.9, see shared/notes/real-s
 - plain ``qstat`` cuts names to 10 characters and lists only the caller's jobs: use
   ``qstat -xml -u USER``; running tasks sit under <queue_info>, the rest under <job_info>, and
   pending tasks collapse into ranges (``3-10:1``) or lists (``9,10``);
-- jobs do not inherit PATH, so the interpreter is named by absolute path (``-S``);
+- jobs do not inherit PATH, so the interpreter is named by absolute path, and run as a binary
+  job without a shell (``-b y -shell no``): arguments arrive unsplit, and no copy of script.py
+  lands in the execd's world-readable spool;
 - ``Eqw`` does not resolve by itself: delete the task and submit it again.
 """
 from __future__ import annotations
 
 import getpass
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
+from poolparty_raster.errors import SchedulerError, SchedulerUnavailableError
 from poolparty_raster.schedulers.base import (CommandRunner, JobRecord, PollResult, Scheduler,
-                                              SubmitSpec, TaskState, TaskStatus, contiguous_runs,
-                                              require_commands, unparseable)
+                                              Submitter, SubmitSpec, TaskState, TaskStatus,
+                                              contiguous_runs, require_commands, split_by_span,
+                                              unparseable)
+
+# qsub refusals that pass once some of the user's jobs have ended (max_u_jobs, max_jobs)
+LIMIT_MESSAGES = ("jobs are allowed per user", "jobs are allowed per cluster")
+# qsub failures that say nothing about the job: qmaster is busy, restarting or unreachable
+TRANSIENT_MESSAGES = ("unable to send message", "commlib error", "failed receiving gdi request",
+                      "unable to contact qmaster", "timeout")
+DEFAULT_MAX_ARRAY_TASKS = 75_000  # Grid Engine's max_aj_tasks default
+
+
+def classify_refusal(stderr: str) -> str:
+    if any(m in stderr for m in LIMIT_MESSAGES):
+        return "limit"
+    if any(m in stderr for m in TRANSIENT_MESSAGES):
+        return "transient"
+    return "permanent"
+
+
+def parse_job_id(stdout: str) -> str | None:
+    """``qsub -terse`` prints ``4`` for a job and ``18.1-10:1`` for an array."""
+    job_id = stdout.strip().split(".")[0]
+    return job_id if job_id.isdigit() else None
+
+
+def parse_config_value(text: str, key: str) -> int | None:
+    """``max_aj_tasks 75000`` from ``qconf -sconf``."""
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) == 2 and fields[0] == key and fields[1].isdigit():
+            return int(fields[1])
+    return None
 
 
 def classify(state: str) -> TaskStatus:
@@ -43,19 +77,24 @@ def expand_tasks(text: str) -> list[int]:
     return ids
 
 
-def parse_qstat_xml(text: str, job_name: str, jobs: Sequence[JobRecord]) -> PollResult:
-    by_id = {job["job_id"]: job for job in jobs}
+def qstat_entries(text: str) -> Iterator[tuple[str, str | None, str, ElementTree.Element]]:
+    """(job id, name, state letters, element) of every <job_list> of ``qstat -xml``."""
     try:
         root = ElementTree.fromstring(text)
     except ElementTree.ParseError as exc:
         raise unparseable("qstat -xml", text[:300]) from exc
-    result: PollResult = {}
     for entry in root.iter("job_list"):
         job_id = (entry.findtext("JB_job_number") or "").strip()
-        name = entry.findtext("JB_name")
         state_text = (entry.findtext("state") or "").strip()
         if not job_id.isdigit() or not state_text:
             raise unparseable("qstat -xml", ElementTree.tostring(entry, encoding="unicode")[:300])
+        yield job_id, entry.findtext("JB_name"), state_text, entry
+
+
+def parse_qstat_xml(text: str, job_name: str, jobs: Sequence[JobRecord]) -> PollResult:
+    by_id = {job["job_id"]: job for job in jobs}
+    result: PollResult = {}
+    for job_id, name, state_text, entry in qstat_entries(text):
         job = by_id.get(job_id)
         if name != job_name or job is None:
             continue
@@ -79,7 +118,7 @@ class SgeScheduler(Scheduler):
                  resources: Sequence[str] = (), parallel_environment: tuple[str, int] | None = None,
                  project: str | None = None, qsub_args: Sequence[str] = (),
                  sge_call_timeout: float = 60.0, qsub_path: str = "qsub",
-                 qstat_path: str = "qstat", qdel_path: str = "qdel"):
+                 qstat_path: str = "qstat", qdel_path: str = "qdel", qconf_path: str = "qconf"):
         self.array = array
         args: list[str] = []
         if queue_name:
@@ -92,21 +131,55 @@ class SgeScheduler(Scheduler):
             args += ["-P", project]
         self.resource_args = args + list(qsub_args)
         self.paths = {"qsub_path": qsub_path, "qstat_path": qstat_path, "qdel_path": qdel_path}
-        self.runner = CommandRunner(timeout=sge_call_timeout)
+        self.qconf_path = qconf_path
+        self.runner = CommandRunner(timeout=sge_call_timeout, pause=self.pause)
         self.user = getpass.getuser()
+        self.submitter = Submitter(self, self.runner, parse_job_id, self._listed_job_ids,
+                                   classify_refusal)
+        self._max_array_tasks: int | None = None
+        self._parallelism: int | None = None
 
     def check_available(self) -> None:
         require_commands("Grid Engine", self.paths)
 
-    def submit(self, spec: SubmitSpec, chunks: Sequence[int]) -> list[JobRecord]:
+    def throttles(self, spec: SubmitSpec) -> bool:
+        return self.array
+
+    def default_parallelism(self) -> int:
+        """The slots of the cluster's queues (``qstat -g c``, column TOTAL), else 16."""
+        if self._parallelism is None:
+            result = self.runner.run_once([self.paths["qstat_path"], "-g", "c"])
+            lines = result.stdout.splitlines()[2:] if result and result.returncode == 0 else []
+            totals = [line.split()[5] for line in lines if len(line.split()) > 5]
+            self._parallelism = sum(int(t) for t in totals if t.isdigit()) or 16
+        return self._parallelism
+
+    def max_array_tasks(self) -> int:
+        """The site's ``max_aj_tasks`` (``qconf -sconf``), read once per pool."""
+        if self._max_array_tasks is None:
+            try:
+                result = self.runner.run_once([self.qconf_path, "-sconf"])
+            except SchedulerUnavailableError:  # qconf is not installed everywhere qsub is
+                result = None
+            size = parse_config_value(result.stdout, "max_aj_tasks") if result and result.returncode == 0 else None
+            self._max_array_tasks = size or DEFAULT_MAX_ARRAY_TASKS
+        return self._max_array_tasks
+
+    def submit(self, spec: SubmitSpec, chunks: Sequence[int]) -> Iterator[JobRecord]:
         if not self.array:
-            return [self._qsub(spec, [c], None) for c in chunks]
-        return [self._qsub(spec, list(range(first, last + 1)), first)
-                for first, last in contiguous_runs(sorted(chunks))]
+            for chunk in chunks:
+                yield self._qsub(spec, [chunk], None)
+            return
+        for first, last in contiguous_runs(sorted(chunks)):
+            for group in split_by_span(list(range(first, last + 1)), self.max_array_tasks()):
+                yield self._qsub(spec, group, group[0])
 
     def _qsub(self, spec: SubmitSpec, chunks: list[int], offset: int | None) -> JobRecord:
-        argv = [self.paths["qsub_path"], "-terse", "-N", spec.job_name, "-S", spec.python_path,
-                "-o", spec.scheduler_log, "-j", "y", "-wd", spec.cwd]
+        # A binary job run without a shell: Grid Engine copies a job *script* into its spool
+        # with mode 0755, and script.py carries the caller's environment. The work_dir exists
+        # on every node (the driver's cwd may not); script.py then moves to the driver's cwd.
+        argv = [self.paths["qsub_path"], "-terse", "-N", spec.job_name, "-b", "y", "-shell", "no",
+                "-o", spec.scheduler_log, "-j", "y", "-wd", spec.work_dir]
         if offset is None:
             worker_args = [str(chunks[0])]
         else:
@@ -114,39 +187,56 @@ class SgeScheduler(Scheduler):
             if spec.throttle:
                 argv += ["-tc", str(spec.throttle)]
             worker_args = ["--env", "SGE_TASK_ID", "--offset", str(offset - 1)]
-        argv += [*self.resource_args, spec.script_path, *worker_args]
-        # qsub has no idempotency key: a retried timeout could submit twice, so no retries
-        # here; a duplicate array would only compute the same results again.
-        output = self.runner.run(argv, retry=False).stdout.strip()
-        job_id = output.split(".")[0]
-        if not job_id.isdigit():
-            raise unparseable("qsub -terse", output)
-        record: JobRecord = {"job_id": job_id, "chunks": chunks, "array": offset is not None}
+        argv += [*self.resource_args, spec.python_path, spec.script_path, *worker_args]
+        record: JobRecord = {"job_id": self.submitter.submit(spec, argv), "chunks": chunks,
+                             "array": offset is not None}
         if offset is not None:
             record["offset"] = offset
         return record
 
+    def _qstat(self) -> list[str]:
+        return [self.paths["qstat_path"], "-xml", "-u", self.user]
+
+    def _listed_job_ids(self, spec: SubmitSpec) -> set[str] | None:
+        result = self.runner.run_once(self._qstat())
+        if result is None or result.returncode != 0:
+            return None
+        return {job_id for job_id, name, _, _ in qstat_entries(result.stdout) if name == spec.job_name}
+
     def poll(self, spec: SubmitSpec, jobs: Sequence[JobRecord]) -> PollResult:
-        result = self.runner.run([self.paths["qstat_path"], "-xml", "-u", self.user], retry=False)
+        self.submitter.note(spec, jobs)
+        result = self.runner.run(self._qstat(), retry=False)
         return parse_qstat_xml(result.stdout, spec.job_name, jobs)
 
     def cancel(self, spec: SubmitSpec, jobs: Sequence[JobRecord],
                chunks: Sequence[int] | None = None) -> None:
-        qdel = self.paths["qdel_path"]
-        if chunks is None:
-            # qdel exits 1 when any id is already gone: that is the expected case, not an error
-            self.runner.run([qdel, *(job["job_id"] for job in jobs)], ok_codes=(0, 1), retry=False)
+        if chunks is None:  # by name too: catches a job whose submission seemed to fail
+            self._qdel([spec.job_name, *(job["job_id"] for job in jobs)])
             return
         for job in jobs:
-            for chunk in chunks:
-                if chunk not in job["chunks"]:
-                    continue
-                target = ["-t", str(chunk - job["offset"] + 1)] if job.get("array") else []
-                self.runner.run([qdel, job["job_id"], *target], ok_codes=(0, 1), retry=False)
+            tasks = [chunk - job["offset"] + 1 for chunk in chunks if chunk in job["chunks"]] \
+                if job.get("array") else []
+            if job.get("array") and tasks:
+                for first, last in contiguous_runs(sorted(tasks)):
+                    self._qdel([job["job_id"], "-t", f"{first}-{last}"])
+            elif not job.get("array") and job["chunks"][0] in chunks:
+                self._qdel([job["job_id"]])
+
+    def _qdel(self, args: list[str]) -> None:
+        """qdel exits 1 when an id is already gone: that is the expected case; anything else
+        that it refuses (another user's job, a qmaster that does not answer) is an error."""
+        result = self.runner.run([self.paths["qdel_path"], *args], ok_codes=(0, 1))
+        refused = [line for line in result.stderr.splitlines()
+                   if line.strip() and "does not exist" not in line]
+        if result.returncode == 1 and refused:
+            raise SchedulerError(f"`qdel {' '.join(args)}` failed: {' | '.join(refused)[:500]}")
 
     def describe(self, spec: SubmitSpec, job: JobRecord, chunk: int) -> str:
-        """The ``error reason`` lines of ``qstat -j`` (why a task sits in Eqw)."""
+        """The ``error reason`` line of ``qstat -j`` for this task (why it sits in Eqw)."""
         result = self.runner.run_once([self.paths["qstat_path"], "-j", job["job_id"]])
         if result is None:
             return ""
-        return " | ".join(line.strip() for line in result.stdout.splitlines() if "error reason" in line)
+        task = str(chunk - job["offset"] + 1) if job.get("array") else None
+        reasons = [line.strip() for line in result.stdout.splitlines() if "error reason" in line]
+        mine = [r for r in reasons if task is None or r.split(":")[0].split()[-1] == task]
+        return " | ".join(mine or reasons)

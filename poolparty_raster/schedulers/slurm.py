@@ -9,36 +9,43 @@ Facts this module is built on (SLURM 22.05, see shared/notes/real-slurm.md):
 from __future__ import annotations
 
 import getpass
+import math
+import os
 import shlex
-import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
-from poolparty_raster.errors import SchedulerError
+from poolparty_raster.errors import SubmissionRefused
 from poolparty_raster.schedulers.base import (CommandRunner, JobRecord, PollResult, Scheduler,
-                                              SubmitSpec, TaskState, TaskStatus, cancel_targets,
-                                              index_ranges,
-                                              require_commands, split_by_span, unparseable)
+                                              Submitter, SubmitSpec, TaskState, TaskStatus,
+                                              cancel_targets, index_ranges, require_commands,
+                                              split_by_span, unparseable)
 
 SQUEUE_FORMAT = "%i|%F|%K|%T|%r"
 
 _RUNNING = {"RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "STOPPED", "RESIZING",
             "SIGNALING", "STAGE_OUT"}
 _PENDING = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD"}
+_HELD = {"RESV_DEL_HOLD"}  # held because its reservation was deleted: nothing releases it
 _FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
              "PREEMPTED", "BOOT_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT"}
 # Pending reasons that will not resolve by themselves, but that a new submission fixes.
 ERROR_REASONS = ("launch failed requeued held", "JobHeldAdmin", "requeued in held state")
 # Pending reasons that no resubmission fixes: the map fails at once, naming the reason.
+# (QOSJobLimit, PartitionDown and PartitionInactive pass by themselves: they stay pending.)
 FATAL_REASONS = ("InvalidAccount", "InvalidQOS", "BadConstraints", "PartitionConfig",
                  "PartitionNodeLimit", "PartitionTimeLimit", "DependencyNeverSatisfied",
-                 "QOSJobLimit", "AccountNotAllowed", "PartitionDown", "PartitionInactive")
-# sbatch refusals that pass once some of the user's jobs have ended.
-LIMIT_MESSAGES = ("QOSMaxSubmitJobPerUserLimit", "AssocMaxSubmitJobLimit", "job submit limit",
-                  "MaxSubmitJobs", "Resource temporarily unavailable", "Slurm temporarily unable")
-
-
-class _LimitRefusal(Exception):
-    """sbatch refused a submission for a per-user limit."""
+                 "AccountNotAllowed")
+# sbatch refusals that pass once some of the user's jobs have ended: wait for ever.
+LIMIT_MESSAGES = ("MaxSubmitJob", "QOSMaxSubmitJobPerUserLimit", "AssocMaxSubmitJobLimit")
+# SLURM prints this both for a submit limit and for a job larger than a policy allows:
+# it is waited out, but not for ever while none of the map's jobs is queued.
+POLICY_MESSAGE = "Job violates accounting/QOS policy"
+POLICY_GIVE_UP_AFTER = 600.0
+# sbatch failures that say nothing about the job: the controller is busy, restarting or far.
+TRANSIENT_MESSAGES = ("Unable to contact slurm controller", "Socket timed out",
+                      "temporarily unable", "Resource temporarily unavailable",
+                      "Zero Bytes were transmitted", "Communication connection failure",
+                      "Transport endpoint is not connected", "Connection refused")
 
 
 def classify(state: str, reason: str) -> TaskStatus:
@@ -49,11 +56,30 @@ def classify(state: str, reason: str) -> TaskStatus:
         if any(r in reason for r in ERROR_REASONS):
             return TaskStatus(TaskState.ERROR, reason)
         return TaskStatus(TaskState.PENDING, reason)
+    if state in _HELD:
+        return TaskStatus(TaskState.ERROR, f"{state} {reason}".strip())
     if state in _RUNNING:
         return TaskStatus(TaskState.RUNNING, reason)
     if state in _FINISHED:
         return TaskStatus(TaskState.FINISHED, f"{state} {reason}".strip())
     raise ValueError(state)
+
+
+def classify_refusal(stderr: str) -> str:
+    """What an sbatch failure means: "limit", "policy", "transient" or "permanent"."""
+    if any(m in stderr for m in LIMIT_MESSAGES):
+        return "limit"
+    if POLICY_MESSAGE in stderr:
+        return "policy"
+    if any(m in stderr for m in TRANSIENT_MESSAGES) or "submission failed" not in stderr:
+        return "transient"
+    return "permanent"
+
+
+def parse_job_id(stdout: str) -> str | None:
+    """``sbatch --parsable`` prints ``123`` or ``123;cluster``; anything else is no id."""
+    job_id = stdout.strip().split(";")[0]
+    return job_id if job_id.isdigit() else None
 
 
 def parse_squeue(text: str, jobs: Sequence[JobRecord]) -> PollResult:
@@ -93,6 +119,12 @@ def parse_config_value(text: str, key: str) -> int | None:
     return None
 
 
+def sibling(path: str, command: str) -> str:
+    """``scontrol`` beside a given ``/opt/slurm/bin/sbatch``, or on PATH when none was given."""
+    directory = os.path.dirname(path)
+    return os.path.join(directory, command) if directory else command
+
+
 class SlurmScheduler(Scheduler):
     name = "slurm"
 
@@ -102,24 +134,30 @@ class SlurmScheduler(Scheduler):
                  account: str | None = None, qos: str | None = None,
                  sbatch_args: Sequence[str] = (), slurm_call_timeout: float = 60.0,
                  sbatch_path: str = "sbatch", squeue_path: str = "squeue",
-                 scancel_path: str = "scancel", scontrol_path: str = "scontrol",
-                 sinfo_path: str = "sinfo"):
+                 scancel_path: str = "scancel", scontrol_path: str | None = None,
+                 sinfo_path: str | None = None):
         self.array = array
+        self.partition = partition
         options = {"partition": partition, "time": time, "mem": mem, "cpus-per-task": cpus_per_task,
                    "gres": gres, "account": account, "qos": qos}
         self.resource_args = [f"--{k}={v}" for k, v in options.items() if v is not None]
         self.resource_args += list(sbatch_args)
         self.paths = {"sbatch_path": sbatch_path, "squeue_path": squeue_path,
                       "scancel_path": scancel_path}
-        self.scontrol_path, self.sinfo_path = scontrol_path, sinfo_path
-        self.runner = CommandRunner(timeout=slurm_call_timeout)
+        self.scontrol_path = scontrol_path or sibling(sbatch_path, "scontrol")
+        self.sinfo_path = sinfo_path or sibling(sbatch_path, "sinfo")
+        self.runner = CommandRunner(timeout=slurm_call_timeout, pause=self.pause)
         self.user = getpass.getuser()
+        self.submitter = Submitter(self, self.runner, parse_job_id, self._listed_job_ids,
+                                   classify_refusal, {"limit": None, "policy": POLICY_GIVE_UP_AFTER})
         self._max_array_size: int | None = None
         self._parallelism: int | None = None
-        self._known: dict[str, set[str]] = {}  # job ids submitted per map name
 
     def check_available(self) -> None:
         require_commands("SLURM", self.paths)
+
+    def throttles(self, spec: SubmitSpec) -> bool:
+        return self.array
 
     # -- site facts, read once per pool --------------------------------------------------
     def max_array_size(self) -> int:
@@ -130,86 +168,72 @@ class SlurmScheduler(Scheduler):
         return self._max_array_size
 
     def default_parallelism(self) -> int:
-        """The cluster's CPU count from ``sinfo %C`` (allocated/idle/other/total), else 16."""
+        """The CPU count of the pool's partition (or all), from ``sinfo`` per node, else 16."""
         if self._parallelism is None:
-            result = self.runner.run_once([self.sinfo_path, "--noheader", "--format=%C"])
-            totals = [line.split("/")[-1] for line in (result.stdout.split() if result else [])]
-            self._parallelism = sum(int(t) for t in totals if t.isdigit()) or 16
+            argv = [self.sinfo_path, "--noheader", "--Node", "--format=%N %C"]
+            if self.partition:
+                argv.append(f"--partition={self.partition}")
+            result = self.runner.run_once(argv)
+            totals: dict[str, int] = {}  # a node in several partitions is listed once per partition
+            for line in result.stdout.splitlines() if result and result.returncode == 0 else []:
+                node, _, cpus = line.partition(" ")
+                total = cpus.strip().split("/")[-1]
+                if total.isdigit():
+                    totals[node] = int(total)
+            self._parallelism = sum(totals.values()) or 16
         return self._parallelism
 
     # -- submit ------------------------------------------------------------------------
-    def submit(self, spec: SubmitSpec, chunks: Sequence[int]) -> list[JobRecord]:
+    def submit(self, spec: SubmitSpec, chunks: Sequence[int]) -> Iterator[JobRecord]:
         if not self.array:
-            return [self._submit_one(spec, [chunk], None) for chunk in chunks]
-        records: list[JobRecord] = []
-        for group in split_by_span(sorted(chunks), self.max_array_size()):
-            records += self._submit_array(spec, group)
-        return records
+            for chunk in chunks:
+                yield self._submit_one(spec, [chunk], None, None)
+            return
+        groups = split_by_span(sorted(chunks), self.max_array_size())
+        # Several arrays share the map's throttle, so that together they keep to it.
+        throttle = math.ceil(spec.throttle / len(groups)) if spec.throttle else None
+        for group in groups:
+            yield from self._submit_array(spec, group, throttle)
 
-    def _submit_array(self, spec: SubmitSpec, chunks: list[int]) -> list[JobRecord]:
+    def _submit_array(self, spec: SubmitSpec, chunks: list[int],
+                      throttle: int | None) -> Iterator[JobRecord]:
         """One array; halved while a per-user limit refuses it, which a smaller one may pass."""
         try:
-            return [self._submit_one(spec, chunks, chunks[0], wait_on_limit=len(chunks) == 1)]
-        except _LimitRefusal:
+            record = self._submit_one(spec, chunks, chunks[0], throttle)
+        except SubmissionRefused:
+            if len(chunks) == 1:
+                raise
             half = len(chunks) // 2
-            return self._submit_array(spec, chunks[:half]) + self._submit_array(spec, chunks[half:])
+            yield from self._submit_array(spec, chunks[:half], throttle)
+            yield from self._submit_array(spec, chunks[half:], throttle)
+            return
+        yield record
 
     def _submit_one(self, spec: SubmitSpec, chunks: list[int], offset: int | None,
-                    wait_on_limit: bool = True) -> JobRecord:
+                    throttle: int | None) -> JobRecord:
         if offset is None:
             worker_args = [str(chunks[0])]
             array_args: list[str] = []
         else:
             worker_args = ["--env", "SLURM_ARRAY_TASK_ID", "--offset", str(offset)]
-            throttle = f"%{spec.throttle}" if spec.throttle else ""
-            array_args = [f"--array={index_ranges([c - offset for c in chunks])}{throttle}"]
+            limit = f"%{throttle}" if throttle else ""
+            array_args = [f"--array={index_ranges([c - offset for c in chunks])}{limit}"]
         command = shlex.join(["exec", spec.python_path, spec.script_path, *worker_args])
         argv = [self.paths["sbatch_path"], "--parsable", f"--job-name={spec.job_name}",
                 f"--output={spec.scheduler_log}", "--open-mode=append", *array_args,
                 *self.resource_args, f"--wrap={command}"]
-        job_id = self._sbatch(spec, argv, wait_on_limit)
+        job_id = self.submitter.submit(spec, argv)
         record: JobRecord = {"job_id": job_id, "chunks": list(chunks), "array": offset is not None}
         if offset is not None:
             record["offset"] = offset
         return record
 
-    def _sbatch(self, spec: SubmitSpec, argv: list[str], wait_on_limit: bool) -> str:
-        """Submit; wait out per-user limits (or raise _LimitRefusal at once, for the caller to
-        split the array); never let a timed-out call create a duplicate."""
-        known = self._known.setdefault(spec.job_name, set())
-        delay = 2.0
-        attempt = 0
-        while True:
-            attempt += 1
-            result = self.runner.run_once(argv)
-            if result is not None and result.returncode == 0 and result.stdout.strip():
-                job_id = result.stdout.strip().split(";")[0]
-                known.add(job_id)
-                return job_id
-            # Timed out, failed, or answered without an id: did the job get in anyway?
-            created = self._listed_job_ids(spec) - known
-            if created:
-                job_id = max(created, key=int)
-                known.add(job_id)
-                return job_id
-            stderr = "" if result is None else result.stderr.strip()
-            refused = result is not None and "submission failed" in stderr
-            limited = any(m in stderr for m in LIMIT_MESSAGES)
-            if refused and not limited:
-                raise SchedulerError(f"sbatch refused the job: {stderr}")
-            if limited and not wait_on_limit:
-                raise _LimitRefusal(stderr)
-            if not limited and attempt > self.runner.retries:
-                raise SchedulerError(f"sbatch did not accept the job after {attempt} attempts: "
-                                     f"{stderr or 'timed out'}")
-            time.sleep(delay)  # a per-user limit (waited out for ever) or an unreachable controller
-            delay = min(delay * 2, 60.0)
-
-    def _listed_job_ids(self, spec: SubmitSpec) -> set[str]:
-        """Ids of the (array) jobs the scheduler lists under this map's name."""
+    def _listed_job_ids(self, spec: SubmitSpec) -> set[str] | None:
+        """Ids of the (array) jobs the scheduler lists under this map's name; None when squeue
+        did not answer."""
         result = self.runner.run_once(self._squeue_argv(spec, "%F"))
         if result is None or result.returncode != 0:
-            return set()
+            return None
         return {line.strip() for line in result.stdout.splitlines() if line.strip().isdigit()}
 
     # -- poll and cancel ---------------------------------------------------------------
@@ -218,12 +242,16 @@ class SlurmScheduler(Scheduler):
                 f"--user={self.user}", f"--name={spec.job_name}", f"--format={fmt}"]
 
     def poll(self, spec: SubmitSpec, jobs: Sequence[JobRecord]) -> PollResult:
-        self._known.setdefault(spec.job_name, set()).update(job["job_id"] for job in jobs)
+        self.submitter.note(spec, jobs)
         result = self.runner.run(self._squeue_argv(spec, SQUEUE_FORMAT), retry=False)
         return parse_squeue(result.stdout, jobs)
 
     def cancel(self, spec: SubmitSpec, jobs: Sequence[JobRecord],
                chunks: Sequence[int] | None = None) -> None:
+        if chunks is None:  # by name: also catches a job whose submission seemed to fail
+            self.runner.run([self.paths["scancel_path"], f"--user={self.user}",
+                             f"--name={spec.job_name}"])
+            return
         targets = cancel_targets(jobs, chunks, lambda job, c: f"{job['job_id']}_{c - job['offset']}")
         if targets:
             self.runner.run([self.paths["scancel_path"], *targets])

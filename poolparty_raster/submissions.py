@@ -1,0 +1,85 @@
+"""A map's submissions: the jobs the scheduler accepted, and the members waiting to be submitted.
+
+Members are chunks (array mode) or worker numbers (workers mode). Every accepted job is stored
+in the work_dir the moment the scheduler yields it, so a driver that dies, or a submission that
+fails half-way, never forgets a job it started. Members wait when a scheduler limit refuses them
+for now (they are tried again, backing off) or when the engine's own throttle holds them back.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from poolparty_raster.errors import SchedulerError, SubmissionRefused
+from poolparty_raster.progress import Progress
+from poolparty_raster.schedulers.base import JobRecord, Scheduler, SubmitSpec
+from poolparty_raster.workdir import WorkDir
+
+FIRST_RETRY = 2.0    # seconds before a refused submission is tried again; doubles to MAX_RETRY
+MAX_RETRY = 60.0
+
+
+class Submissions:
+    def __init__(self, work_dir: WorkDir, scheduler: Scheduler, spec: SubmitSpec,
+                 progress: Progress, verbose: bool):
+        self.work_dir, self.scheduler, self.spec = work_dir, scheduler, spec
+        self.progress, self.verbose = progress, verbose
+        self.jobs: list[JobRecord] = work_dir.read_jobs()
+        self.waiting: list[int] = []
+        self._retry_at = 0.0
+        self._delay = FIRST_RETRY
+        self._refused: tuple[str, float] | None = None  # (reason, since when)
+
+    def record(self, job_id: str | None) -> JobRecord:
+        return next(job for job in self.jobs if job["job_id"] == job_id)
+
+    def add(self, members: Sequence[int]) -> None:
+        self.waiting.extend(m for m in members if m not in self.waiting)
+
+    def drop(self, members: Sequence[int]) -> None:
+        self.waiting = [m for m in self.waiting if m not in members]
+
+    def submit(self, accepted: Callable[[JobRecord], None], room: int | None = None,
+               nothing_queued: bool = False) -> bool:
+        """Submit what waits, at most ``room`` members; ``accepted(record)`` is called for each
+        job as the scheduler accepts it. Returns whether anything was submitted.
+
+        ``nothing_queued`` says that none of the map's jobs is queued or running: a refusal
+        that lasts longer than its give-up time then fails the map, since nothing of ours will
+        end and free the limit."""
+        if not self.waiting or time.monotonic() < self._retry_at:
+            return False
+        batch = sorted(self.waiting)[:room] if room is not None else sorted(self.waiting)
+        if not batch:
+            return False
+        submitted = False
+        try:
+            for record in self.scheduler.submit(self.spec, batch):
+                record["submitted"] = time.time()
+                self.jobs.append(record)
+                self.work_dir.append_job(record)
+                self.drop(record["chunks"])
+                self.work_dir.log("submitted", job_id=record["job_id"], members=record["chunks"])
+                accepted(record)
+                submitted = True
+        except SubmissionRefused as exc:
+            self._defer(exc, nothing_queued and not submitted)
+            return submitted
+        self._delay, self._refused = FIRST_RETRY, None
+        return submitted
+
+    def _defer(self, exc: SubmissionRefused, nothing_queued: bool) -> None:
+        now = time.monotonic()
+        reason = str(exc)
+        if self._refused is None or self._refused[0] != reason:
+            self._refused = (reason, now)
+            self.work_dir.log("submit_deferred", reason=reason, waiting=len(self.waiting))
+            if self.verbose:
+                self.progress.write(f"poolparty_raster: {reason}; {len(self.waiting)} waiting, "
+                                    f"trying again with backoff")
+        waited = now - self._refused[1]
+        if nothing_queued and exc.give_up_after is not None and waited > exc.give_up_after:
+            raise SchedulerError(f"{reason} (refused for {waited:.0f} s while none of the map's "
+                                 f"jobs was queued). The work_dir is kept: {self.work_dir.path}")
+        self._retry_at = now + self._delay
+        self._delay = min(self._delay * 2, MAX_RETRY)
