@@ -4,6 +4,11 @@ A backend joins the shared suite by adding a line to BACKENDS: the fixture that 
 scheduler (a dummy queue on PATH, or a check that a real one answers) and its pool constructor.
 Real-scheduler backends skip with the reason when absent, and fail instead when
 POOLPARTY_REQUIRE_REAL=1 (CI sets it).
+
+Tests of the whole chain (submission, polling, deaths, resubmission, resume, the work_dir) run
+on every backend. Tests marked ``front`` check the multiprocessing-compatible front (pool.py,
+the worker's pickling), which is the same code whatever runs the chunks: they run on
+FRONT_BACKENDS, one of each kind (in-process, local, dummy, both real schedulers).
 """
 from __future__ import annotations
 
@@ -27,6 +32,10 @@ BACKENDS = {
     "dummy_sge_jobs": ("dummy_sge", lambda **o: pp.SgePool(array=False, **o)),
     "dummy_sge_workers": ("dummy_sge", lambda **o: pp.SgePool(mode="workers", max_workers=3, **o)),
     "dummy_pbs": ("dummy_pbs", lambda **o: pp.PbsPool(**o)),
+    "dummy_ecs": ("dummy_ecs", lambda **o: pp.EcsPool(**__import__("dummy_queues.aws").aws.pool_options("ecs"), **o)),
+    "dummy_batch": ("dummy_batch", lambda **o: pp.AwsBatchPool(**__import__("dummy_queues.aws").aws.pool_options("batch"), **o)),
+    "dummy_ecs_workers": ("dummy_ecs", lambda **o: pp.EcsPool(**__import__("dummy_queues.aws").aws.pool_options("ecs"), mode="workers", max_workers=3, **o)),
+    "dummy_batch_workers": ("dummy_batch", lambda **o: pp.AwsBatchPool(**__import__("dummy_queues.aws").aws.pool_options("batch"), mode="workers", max_workers=3, **o)),
     "real_slurm": ("real_slurm", lambda **o: pp.SlurmArrayPool(**o)),
     "real_sge": ("real_sge", lambda **o: pp.SgePool(**o)),
     "real_slurm_workers": ("real_slurm", lambda **o: pp.SlurmArrayPool(mode="workers", max_workers=3, **o)),
@@ -71,9 +80,18 @@ def real_sge():
     require_real("sge")
 
 
-@pytest.fixture(params=list(BACKENDS))
-def backend(request):
-    return request.param
+FRONT_BACKENDS = ["serial", "local", "local_workers", "dummy_slurm_array", "dummy_sge_array",
+                  "real_slurm", "real_sge"]
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" in metafunc.fixturenames:
+        front = metafunc.definition.get_closest_marker("front") is not None
+        metafunc.parametrize("backend", FRONT_BACKENDS if front else list(BACKENDS))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "front: a test of the pool's front, run on FRONT_BACKENDS")
 
 
 @pytest.fixture

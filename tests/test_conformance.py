@@ -44,9 +44,9 @@ def slurm_run(tmp_path: Path) -> dict[int, tuple[str, str]]:
     spec = _spec(tmp_path, f"ppconf{uuid.uuid4().hex[:6]}")
     exits = " ".join(str(e) for e in EXITS)
     # The element's exit code comes from its index, so one array gives COMPLETED and FAILED.
-    job_id = scheduler._sbatch(spec, ["sbatch", "--parsable", f"--job-name={spec.job_name}",
-                                      f"--output={spec.scheduler_log}", "--array=0-2",
-                                      f"--wrap=set -- {exits}; shift $SLURM_ARRAY_TASK_ID; exit $1"], True)
+    job_id = scheduler.submitter.submit(spec, [
+        "sbatch", "--parsable", f"--job-name={spec.job_name}", f"--output={spec.scheduler_log}",
+        "--array=0-2", f"--wrap=set -- {exits}; shift $SLURM_ARRAY_TASK_ID; exit $1"])
     jobs = [{"job_id": job_id, "chunks": [0, 1, 2], "array": True, "offset": 0}]
     statuses = _settled(lambda: scheduler.poll(spec, jobs), time.monotonic() + 60)
     return {chunk: (s.state.value, s.reason.split()[0]) for (_, chunk), s in statuses.items()}
@@ -56,7 +56,7 @@ def sge_run(tmp_path: Path) -> dict[int, tuple[str, str]]:
     """Grid Engine drops finished tasks: compare what a held array looks like instead."""
     scheduler = SgeScheduler(qsub_args=["-h"])
     spec = _spec(tmp_path, f"ppconf{uuid.uuid4().hex[:6]}")
-    records = scheduler.submit(spec, [0, 1, 2])
+    records = list(scheduler.submit(spec, [0, 1, 2]))
     try:
         statuses = scheduler.poll(spec, records)
     finally:

@@ -70,6 +70,7 @@ def test_map_equals_builtin_map_in_order(make_pool):
     assert pool.map(square, range(23)) == list(map(square, range(23)))
 
 
+@pytest.mark.front
 def test_generators_and_chunksizes(make_pool):
     pool = make_pool()
     assert pool.map(square, (x for x in range(10)), chunksize=3) == [x * x for x in range(10)]
@@ -77,6 +78,7 @@ def test_generators_and_chunksizes(make_pool):
     assert sorted(pool.imap_unordered(square, range(7), chunksize=2)) == sorted(x * x for x in range(7))
 
 
+@pytest.mark.front
 def test_empty_iterable_submits_nothing(make_pool, tmp_path):
     pool = make_pool()
     assert pool.map(square, []) == []
@@ -84,6 +86,7 @@ def test_empty_iterable_submits_nothing(make_pool, tmp_path):
     assert kept_dirs(tmp_path) == []
 
 
+@pytest.mark.front
 def test_lambdas_closures_and_bound_methods(make_pool):
     pool = make_pool()
     offset = 10
@@ -109,6 +112,7 @@ def test_task_exception_is_reraised_with_remote_traceback(make_pool, tmp_path, b
         assert str(kept) in notes
 
 
+@pytest.mark.front
 def test_imap_raises_at_the_failing_position(make_pool):
     pool = make_pool()
     seen = []
@@ -118,6 +122,7 @@ def test_imap_raises_at_the_failing_position(make_pool):
     assert seen == [0, 1, 2]
 
 
+@pytest.mark.front
 def test_async_results_and_callbacks(make_pool):
     pool = make_pool()
     got, errors = [], []
@@ -134,6 +139,7 @@ def test_async_results_and_callbacks(make_pool):
     assert pool.starmap_async(pow, [(2, 2)]).get(60) == [4]
 
 
+@pytest.mark.front
 def test_closed_pool_refuses_new_work(make_pool):
     pool = make_pool()
     pool.close()
@@ -144,6 +150,7 @@ def test_closed_pool_refuses_new_work(make_pool):
     pool.join()
 
 
+@pytest.mark.front
 def test_unpicklable_function_fails_before_submission(make_pool, tmp_path, backend):
     if backend == "serial":
         pytest.skip("SerialPool pickles nothing: every function works in-process")
@@ -157,6 +164,7 @@ def test_unpicklable_function_fails_before_submission(make_pool, tmp_path, backe
     assert kept_dirs(tmp_path) == []
 
 
+@pytest.mark.front
 def test_unpicklable_result_fails_that_task(make_pool, backend):
     if backend == "serial":
         pytest.skip("SerialPool returns results without pickling them")
@@ -221,9 +229,14 @@ def test_work_dir_is_private_and_small(make_pool, tmp_path, backend):
     if backend == "serial":
         pytest.skip("SerialPool keeps no work_dir")
     pool = make_pool(keep_work_dir=True)
-    assert pool.map(square, range(10_000)) == [x * x for x in range(10_000)]
-    if backend == "local":  # many chunks, so that the driver reduces while the map runs
-        assert pool.map(square, range(150), chunksize=1) == [x * x for x in range(150)]
+    # Default chunks on local (8); on clusters 20 chunks of 500 say the same for less time.
+    chunksize = None if backend.startswith("local") else 500
+    assert pool.map(square, range(10_000), chunksize) == [x * x for x in range(10_000)]
+    if backend == "local":  # more chunks than REDUCE_AT_LEAST: the driver reduces mid-map
+        assert pool.map(square, range(100), chunksize=1) == [x * x for x in range(100)]
+        reductions = [[json.loads(line)["event"] for line in open(kept / "log.jsonl")].count("reduced")
+                      for kept in kept_dirs(tmp_path)]
+        assert sorted(reductions) == [1, 2]  # the 100-chunk map reduced once while it ran
     for kept in kept_dirs(tmp_path):
         assert stat.S_IMODE(os.stat(kept).st_mode) == 0o700
         files = os.listdir(kept)
@@ -242,6 +255,7 @@ def test_work_dir_removed_when_clean_kept_when_stderr(make_pool, tmp_path, backe
     assert len(kept_dirs(tmp_path)) == 1
 
 
+@pytest.mark.front
 def test_refuses_a_directory_that_is_not_a_work_dir(make_pool, tmp_path, backend):
     if backend == "serial":
         pytest.skip("SerialPool keeps no work_dir")
@@ -253,6 +267,7 @@ def test_refuses_a_directory_that_is_not_a_work_dir(make_pool, tmp_path, backend
     assert (precious / "thesis.tex").read_text() == "years of work"
 
 
+@pytest.mark.front
 def test_get_timeout_raises_multiprocessing_timeout(make_pool, backend):
     if backend == "serial":
         pytest.skip("SerialPool's async results run in a thread too, but the task is instant")

@@ -1,5 +1,6 @@
 """Behaviour seen from a user's own script: functions from __main__ and from a module beside the
-script, and Ctrl-C cancelling the map's jobs."""
+script, and Ctrl-C (or SIGTERM, as a scheduler ends the driver's own job) cancelling the map's
+jobs."""
 from __future__ import annotations
 
 import json
@@ -62,7 +63,11 @@ def test_functions_from_main_and_from_a_module_beside_the_script(tmp_path, scrip
     assert done.stdout.strip() == "[0, 2, 4, 6] [0, 3, 6]"
 
 
-def test_ctrl_c_cancels_the_maps_jobs(tmp_path, script_backend):
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_cancels_the_maps_jobs(tmp_path, script_backend, how):
+    if how == "SIGTERM" and script_backend.startswith("real"):
+        pytest.skip("the driver's signal handling is the same whatever the scheduler; "
+                    "SIGINT covers the real schedulers' cancel commands")
     pids = tmp_path / "pids"
     pids.mkdir()
     (tmp_path / "sleeper.py").write_text(SLEEPER.format(pids=str(pids), pool=pool_expression(script_backend)))
@@ -73,9 +78,12 @@ def test_ctrl_c_cancels_the_maps_jobs(tmp_path, script_backend):
         assert time.monotonic() < deadline, "the tasks never started"
         assert driver.poll() is None, driver.communicate()
         time.sleep(0.05)
-    driver.send_signal(signal.SIGINT)
+    driver.send_signal(getattr(signal, how))
     _, stderr = driver.communicate(timeout=60)
-    assert "KeyboardInterrupt" in stderr
+    if how == "SIGINT":
+        assert "KeyboardInterrupt" in stderr
+    else:
+        assert driver.returncode == 128 + signal.SIGTERM, stderr
     task_pids = [int(p) for p in os.listdir(pids)]
     deadline = time.monotonic() + 30
     while any(_alive(pid) for pid in task_pids):

@@ -95,16 +95,67 @@ def test_failing_poll_command_costs_polls_not_the_map(cluster, tmp_path, mode):
 def test_hanging_poll_command_times_out(dummy_slurm, tmp_path, monkeypatch):
     monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(tmp_path / "work"))
     dummy_slurm.inject_command_failure("squeue", times=1, mode="hang", seconds=30)
-    pool = pp.SlurmArrayPool(slurm_call_timeout=1.0, keep_work_dir=True, **FAST)
-    assert pool.map(long_nap, range(2), chunksize=1) == list(range(2))
-    assert any(e["event"] == "poll_failed" for e in events_of(tmp_path))
+    pool = pp.SlurmArrayPool(slurm_call_timeout=2.0, keep_work_dir=True, **FAST)
+    assert pool.map(long_nap, range(2), chunksize=1) == list(range(2))  # well before 30 s
+    assert dummy_slurm.calls_to("squeue"), "the hanging command was never called"
 
 
-def test_lost_submission_id_never_creates_a_duplicate(dummy_slurm, tmp_path, monkeypatch):
-    monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(tmp_path / "work"))
-    dummy_slurm.inject_command_failure("sbatch", times=1, mode="lose_id")
-    assert pp.SlurmArrayPool(**FAST).map(plus_one, range(4), chunksize=1) == [1, 2, 3, 4]
-    assert len(dummy_slurm.submissions) == 1
+SUBMIT = {"slurm": "sbatch", "sge": "qsub", "pbs": "qsub"}
+POLL = {"slurm": "squeue", "sge": "qstat", "pbs": "qstat"}
+
+
+def settle(x):
+    time.sleep(1.5)  # Grid Engine lists a job only until it ends: long enough to be found
+    return x + 1
+
+
+@pytest.mark.parametrize("mode", ["lose_id", "fail", "garble"])
+def test_failed_or_lost_submission_is_retried_and_never_duplicated(cluster, mode):
+    queue, pool_class, _ = cluster
+    queue.inject_command_failure(SUBMIT[queue.scheduler], times=1, mode=mode)
+    assert pool_class(**FAST).map(settle, range(4), chunksize=2) == [1, 2, 3, 4]
+    expected = 2 if pool_class is pp.SlurmPool else 1  # one array, or one job per chunk
+    assert len(queue.submissions) == expected
+
+
+def sleep_long(x):
+    time.sleep(120)  # cancelled when the map fails
+    return x
+
+
+def test_unreadable_poll_output_fails_the_map_quoting_it(cluster):
+    queue, pool_class, _ = cluster
+    queue.inject_command_failure(POLL[queue.scheduler], times=100, mode="garble")
+    with pytest.raises(SchedulerError, match="could not parse.*polls in a row"):
+        pool_class(**FAST).map(sleep_long, range(2), chunksize=1)
+    assert queue.wait_idle(30)  # and its jobs were cancelled
+
+
+def running_at_once(queue) -> int:
+    """The most elements the queue ever ran at the same time."""
+    edges = sorted([(j["start"], 1) for j in queue.jobs() if j["start"]] +
+                   [(j["end"], -1) for j in queue.jobs() if j["end"] and j["start"]])
+    most = current = 0
+    for _, step in edges:
+        current += step
+        most = max(most, current)
+    return most
+
+
+def test_throttle_caps_the_chunks_running_at_once(cluster):
+    queue, pool_class, _ = cluster
+    pool = pool_class(num_simultaneously_running_tasks=2, **FAST)
+    assert pool.map(nap, range(6), chunksize=1) == list(range(6))
+    assert running_at_once(queue) == 2
+
+
+def test_workers_mode_leaves_no_job_behind(cluster):
+    queue, pool_class, _ = cluster
+    queue.set_limits(slots=1)  # the first worker claims every chunk while the others wait
+    pool = pool_class(mode="workers", max_workers=3, **FAST)
+    assert pool.map(nap, range(4), chunksize=1) == list(range(4))
+    assert queue.wait_idle(30)
+    assert not [j for j in queue.jobs() if j["state"] in ("PENDING", "RUNNING", "ERROR")]
 
 
 def test_map_larger_than_max_array_size_is_split(dummy_slurm, tmp_path, monkeypatch):
@@ -155,7 +206,7 @@ def test_resumed_driver_reattaches_to_running_jobs(dummy_slurm, tmp_path):
     work_dir = tmp_path / "w"
     driver = subprocess.Popen([sys.executable, str(script), str(work_dir)], cwd=tmp_path)
     deadline = time.monotonic() + 60
-    while not (work_dir / "jobs.json").exists():
+    while not (work_dir / "jobs.jsonl").exists():
         assert time.monotonic() < deadline and driver.poll() is None
         time.sleep(0.05)
     driver.send_signal(signal.SIGKILL)  # no chance to cancel anything
@@ -187,4 +238,5 @@ def test_real_slurm_map_larger_than_max_array_size(real_slurm, tmp_path, monkeyp
     pool = pp.SlurmArrayPool(keep_work_dir=True, **FAST)
     assert pool.map(plus_one, range(130), chunksize=1) == list(range(1, 131))
     submitted = [e for e in events_of(tmp_path) if e["event"] == "submitted"]
-    assert len(submitted[0]["jobs"]) == 2  # split into two arrays
+    assert len(submitted) == 2  # split into two arrays
+    assert sorted(c for e in submitted for c in e["members"]) == list(range(130))

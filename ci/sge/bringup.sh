@@ -40,12 +40,14 @@ fi
 
 # Configuration, before execd starts (execd reads the global configuration only at start-up).
 tmp=$(mktemp -d)
+qconf -sconf global > "$tmp/before"
 qconf -sconf global | sed \
   -e 's/^min_uid .*/min_uid                      0/' \
   -e 's/^min_gid .*/min_gid                      0/' \
   -e 's/^load_report_time .*/load_report_time             00:00:05/' \
   -e 's/^administrator_mail .*/administrator_mail           none/' > "$tmp/global"
 qconf -Mconf "$tmp/global" >/dev/null
+qconf -sconf global | cmp -s - "$tmp/before" || conf_changed=1
 qconf -ssconf | sed \
   -e 's/^schedule_interval .*/schedule_interval                 0:0:1/' \
   -e 's/^flush_submit_sec .*/flush_submit_sec                  1/' \
@@ -68,8 +70,20 @@ else
 fi
 rm -rf "$tmp"
 
+if [ "${conf_changed:-0}" = 1 ]; then  # a running execd would keep the old configuration
+  /etc/init.d/gridengine-exec stop >/dev/null 2>&1 || true
+fi
 /etc/init.d/gridengine-exec start >/dev/null
 qmod -c "all.q@$H" >/dev/null 2>&1 || true   # clear an E state left by an earlier run
-# Smoke test: blocks until a job has run, which proves that execd registered.
-timeout 120 qsub -sync y -b y -o /dev/null -e /dev/null /bin/true >/dev/null
+# Ready when execd reports its load: the queue instance loses its "a" (alarm, unknown) state.
+# (A test job would need a free slot, which jobs of an earlier run may hold.)
+deadline=$((SECONDS + 90))
+until qstat -f -q "all.q@$H" 2>/dev/null | awk -v q="all.q@$H" '$1 == q && (NF == 5 || $6 !~ /[auE]/) {ok=1} END {exit !ok}'; do
+  if [ $SECONDS -ge $deadline ]; then
+    echo "ci/sge/bringup.sh: execd did not register; see /var/spool/gridengine/*/messages" >&2
+    qstat -f >&2 || true
+    exit 1
+  fi
+  sleep 0.5
+done
 echo "Grid Engine up on $H with $SLOTS slots in $((SECONDS - start)) s"

@@ -20,6 +20,13 @@ fi
 extra=""
 [ "$CPUS" -gt "$(nproc)" ] && extra="SlurmdParameters=config_overrides"
 mkdir -p /etc/slurm
+# Never replace a site's own configuration: only one this script wrote (it carries the marker).
+marker="Written by ci/slurm/bringup.sh"
+if [ -s /etc/slurm/slurm.conf ] && ! grep -q "$marker" /etc/slurm/slurm.conf && [ "${SLURM_CI_FORCE:-0}" != 1 ]; then
+  echo "ci/slurm/bringup.sh: /etc/slurm/slurm.conf was not written by this script; leaving it alone" \
+       "(SLURM_CI_FORCE=1 replaces it)" >&2
+  exit 1
+fi
 new=$(mktemp)
 sed -e "s/@NODE@/$NODE/g" -e "s/@CPUS@/$CPUS/g" -e "s/@EXTRA@/$extra/" "$here/slurm.conf.in" > "$new"
 changed=1
@@ -53,9 +60,10 @@ install -d /var/lib/slurm/slurmd
 pidalive /run/slurmctld.pid || /usr/sbin/slurmctld
 pidalive /run/slurmd.pid || /usr/sbin/slurmd
 
+# Up means the node accepts jobs: idle, or busy with jobs of an earlier run (mix, alloc, comp).
+up() { case "$(timeout 10 sinfo -h -n "$NODE" -o %t 2>/dev/null)" in idle|mix|alloc|comp) return 0 ;; esac; return 1; }
 deadline=$((SECONDS + 60))
-until [ "$(timeout 10 sinfo -h -n "$NODE" -o %t 2>/dev/null)" = idle ] || \
-      [ "$(timeout 10 sinfo -h -n "$NODE" -o %t 2>/dev/null)" = mix ]; do
+until up; do
   if [ $SECONDS -ge $deadline ]; then
     echo "ci/slurm/bringup.sh: SLURM did not come up; see /var/log/slurm/*.log" >&2
     tail -20 /var/log/slurm/slurmctld.log /var/log/slurm/slurmd.log >&2 || true

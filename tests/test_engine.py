@@ -1,0 +1,180 @@
+"""The engine's promises that no backend changes: a function that cannot load on a node, an
+unreadable result, a resume from another process and pool, straggling and never-starting
+workers, a work_dir left by a driver killed while it prepared the map. On LocalPool."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import zipfile
+
+import pytest
+
+import poolparty_raster as pp
+from poolparty_raster import workers
+
+FAST = {"progress": False, "polling_interval": 0.2}
+
+
+def events(work_dir):
+    return [json.loads(line) for line in open(os.path.join(work_dir, "log.jsonl"))]
+
+
+def test_function_that_cannot_be_imported_on_the_node_raises_its_own_error(tmp_path, monkeypatch):
+    (tmp_path / "vanishing.py").write_text("def double(x):\n    return 2 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import vanishing  # pickled by reference: the worker imports it again
+    (tmp_path / "vanishing.py").unlink()
+    with pytest.raises(ModuleNotFoundError, match="vanishing") as info:
+        pp.LocalPool(2, **FAST).map(vanishing.double, range(3))
+    notes = " ".join(info.value.__notes__)
+    assert "while loading the function" in notes and "task 0" in notes
+
+
+def dies_while_flagged(args):
+    x, flag = args
+    if x == 3 and os.path.exists(flag):
+        os._exit(3)
+    return x * 10
+
+
+def test_unreadable_result_is_computed_again(tmp_path):
+    flag, work_dir = tmp_path / "flag", str(tmp_path / "w")
+    flag.touch()
+    tasks = [(x, str(flag)) for x in range(6)]
+    with pytest.raises(pp.TaskLostError):
+        pp.LocalPool(2, work_dir=work_dir, max_num_resubmissions=0, **FAST).map(dies_while_flagged, tasks, 2)
+    archive = os.path.join(work_dir, "tasks.results.zip")
+    with zipfile.ZipFile(archive) as z:
+        entries = {name: z.read(name) for name in z.namelist()}
+    entries["000000"] = b"\x80\x05truncated"  # what a disk fault leaves
+    with zipfile.ZipFile(archive, "w") as z:
+        for name, data in entries.items():
+            z.writestr(name, data)
+    flag.unlink()
+    assert pp.LocalPool(2, work_dir=work_dir, keep_work_dir=True, **FAST).map(
+        dies_while_flagged, tasks, 2) == [x * 10 for x in range(6)]
+    assert [e["chunk"] for e in events(work_dir) if e["event"] == "unreadable_output"] == [0]
+
+
+RESUMER = textwrap.dedent("""
+    import os, sys
+    import poolparty_raster as pp
+
+    def record(args):
+        x, words, records, flag = args
+        open(os.path.join(records, str(x)), "w").close()
+        if x == 3 and os.path.exists(flag):
+            os._exit(5)
+        return sorted(words)
+
+    if __name__ == "__main__":
+        work_dir, records, flag, workers = sys.argv[1:]
+        tasks = [(x, frozenset({f"w{x}", "a", "b", "c"}), records, flag) for x in range(6)]
+        pool = pp.LocalPool(int(workers), work_dir=work_dir, max_num_resubmissions=0, progress=False)
+        print(pool.map(record, tasks))
+""")
+
+
+def test_resume_from_another_process_with_other_workers(tmp_path):
+    """Pickles of sets follow the per-process hash seed, and the default chunks follow the
+    pool's parallelism: neither may stop a resume."""
+    script, records, flag = tmp_path / "resumer.py", tmp_path / "records", tmp_path / "flag"
+    script.write_text(RESUMER)
+    records.mkdir()
+    flag.touch()
+    work_dir = str(tmp_path / "w")
+
+    def run(seed: str, workers: str) -> subprocess.CompletedProcess:
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        return subprocess.run([sys.executable, str(script), work_dir, str(records), str(flag), workers],
+                              capture_output=True, text=True, timeout=120, env=env)
+
+    first = run("1", "2")
+    assert first.returncode != 0 and "TaskLostError" in first.stderr
+    flag.unlink()
+    for name in os.listdir(records):
+        os.unlink(records / name)
+    second = run("2", "1")
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.strip() == str([sorted({f"w{x}", "a", "b", "c"}) for x in range(6)])
+    assert sorted(os.listdir(records)) == ["3"]  # only the chunk that had no result ran again
+
+
+def straggles_once(args):
+    x, marker = args
+    if x == 5 and not os.path.exists(marker):
+        open(marker, "w").close()
+        time.sleep(120)
+    time.sleep(0.1)
+    return x
+
+
+def test_straggling_chunk_is_issued_once_more_and_the_first_result_wins(tmp_path, monkeypatch):
+    monkeypatch.setattr(workers, "STRAGGLER_MIN_SECONDS", 1.0)
+    work_dir = str(tmp_path / "w")
+    pool = pp.LocalPool(2, mode="workers", work_dir=work_dir, keep_work_dir=True, **FAST)
+    tasks = [(x, str(tmp_path / "marker")) for x in range(8)]
+    assert pool.map(straggles_once, tasks, chunksize=1) == list(range(8))
+    assert [e["chunk"] for e in events(work_dir) if e["event"] == "reissued"] == [5]
+
+
+def test_workers_that_never_start_fail_the_map_instead_of_being_resubmitted_for_ever(tmp_path):
+    pool = pp.LocalPool(2, mode="workers", python_path="/bin/false", max_num_resubmissions=1, **FAST)
+    with pytest.raises(pp.TaskLostError, match="ended without running a chunk"):
+        pool.map(abs, range(4), chunksize=1)
+
+
+def test_work_dir_of_a_driver_killed_while_preparing_is_reused(tmp_path):
+    work_dir = tmp_path / "w"
+    work_dir.mkdir()
+    (work_dir / "driver.lock").touch()
+    (work_dir / ".tasks.x1y2.tmp").write_bytes(b"PK\x03\x04half")
+    assert pp.LocalPool(2, work_dir=str(work_dir), **FAST).map(abs, [-1, -2]) == [1, 2]
+
+
+def exits(x):
+    if x == 1:
+        sys.exit(3)
+    return x
+
+
+def test_serial_pool_treats_system_exit_as_the_tasks_failure():
+    with pytest.raises(SystemExit) as info:
+        pp.SerialPool().map(exits, range(3))
+    assert "task 1" in " ".join(info.value.__notes__)
+
+
+def sleep_and_tell(args):
+    x, pids = args
+    open(os.path.join(pids, str(os.getpid())), "w").close()
+    time.sleep(120)
+    return x
+
+
+def test_imap_starts_at_once_and_an_abandoned_one_cancels_its_jobs(tmp_path):
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    pool = pp.LocalPool(2, work_dir=str(tmp_path / "w"), **FAST)
+    results = pool.imap(sleep_and_tell, [(x, str(pids)) for x in range(2)])
+    deadline = time.monotonic() + 60
+    while len(os.listdir(pids)) < 2:  # running although nobody asked for a result yet
+        assert time.monotonic() < deadline, "imap did not submit its tasks"
+        time.sleep(0.05)
+    del results
+    deadline = time.monotonic() + 30
+    while any(_alive(int(pid)) for pid in os.listdir(pids)):
+        assert time.monotonic() < deadline, "the abandoned map's tasks still run"
+        time.sleep(0.05)
+    assert "cancelled" in [e["event"] for e in events(tmp_path / "w")]  # and the work_dir is kept
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
