@@ -145,7 +145,6 @@ class MapRun:
             tick = FIRST_TICK if changed else min(tick * BACKOFF, self.options.polling_interval)
             if not self._done():
                 self.scheduler.wait(min(tick, max(0.0, next_poll - time.monotonic()) + FIRST_TICK))
-        self._reduce(final=True)
         self._cancel_leftovers()
         self.work_dir.remove_claims()
         self.scheduler.release(self.jobs)
@@ -338,6 +337,10 @@ class MapRun:
         self._retry_or_lose([(chunk, f"its output could not be read: {reason}")])
 
     # -- endings -----------------------------------------------------------------------
+    def archive(self) -> None:
+        """Move every loose file into the archives: what a kept work_dir holds at the end."""
+        self._reduce(final=True)
+
     def _reduce(self, final: bool = False) -> None:
         if final:
             for chunk, files in self.work_dir.scan().items():

@@ -166,7 +166,7 @@ class MapHandle:
         script = render_script(self.work_dir.path, settings.python_path, os.environ, sys.path, os.getcwd())
         wd.atomic_write(self.work_dir.script_path, script.encode())
         # Schedulers append to this file; created here so that it is 0600 like the rest.
-        wd.atomic_write(self.work_dir.scheduler_log_path, b"")
+        os.close(os.open(self.work_dir.scheduler_log_path, os.O_WRONLY | os.O_CREAT, 0o600))
         self.work_dir.write_manifest(manifest)  # last: a manifest means the work_dir is complete
         self.work_dir.log("prepared", tasks=manifest.num_tasks, chunks=manifest.num_chunks,
                           job_name=manifest.job_name)
@@ -255,14 +255,24 @@ class MapHandle:
             self.close()
 
     def close(self) -> None:
-        """Release the work_dir; remove it if the map finished cleanly and is not to be kept."""
-        if self._lock.is_locked:
-            self._lock.release()
+        """Remove the work_dir if the map finished cleanly and is not to be kept; else move its
+        loose files into the archives (a work_dir that is removed needs none of that). Then
+        release it."""
+        if not self._lock.is_locked:
+            return
+        try:
             dead_attempt_stderr = any(tail for c in self.run.chunks.values() for _, tail in c.deaths)
             clean = not (self.failed or self.wrote_stderr or self.run.lost_chunks or dead_attempt_stderr)
             finished = len(self.run.finished) == self.manifest.num_chunks
             if clean and finished and not self.settings.keep_work_dir:
                 shutil.rmtree(self.work_dir.path, ignore_errors=True)
+                return
+            try:
+                self.run.archive()
+            except OSError as exc:  # a full disk: the loose files are as good, just more of them
+                self.work_dir.log("archive_failed", error=str(exc))
+        finally:
+            self._lock.release()
 
 
 def default_work_dir_root(shared: bool) -> str:

@@ -166,8 +166,10 @@ def run_and_store(work_dir: Any, manifest: Any, load_function: Callable[[], Any]
     if errors:
         work_dir.write_loose(chunk, "exception", workdir.dump_exceptions(errors))
     for stream, path in captures.items():
-        os.fsync(1 if stream == "stdout" else 2)
-        os.replace(path, work_dir.file(workdir.loose_name(chunk, stream)))
+        if os.fstat(1 if stream == "stdout" else 2).st_size:
+            os.replace(path, work_dir.file(workdir.loose_name(chunk, stream)))
+        else:  # the common case: nothing to keep, one file fewer for the driver to remove
+            os.unlink(path)
     # The result goes last: its presence is what tells the driver the chunk is finished.
     work_dir.write_loose(chunk, "result", workdir.dump_results(values))
     return loaded

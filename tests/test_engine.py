@@ -178,3 +178,24 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def square_and_pid(x):
+    return x * x, os.getpid()
+
+
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
+def test_local_pool_gives_each_chunk_a_process_of_its_own(start_method):
+    with pp.LocalPool(2, start_method=start_method, **FAST) as pool:
+        results = pool.map(square_and_pid, range(6), chunksize=1)
+    assert [value for value, _ in results] == [x * x for x in range(6)]
+    assert len({pid for _, pid in results}) == 6 and os.getpid() not in {p for _, p in results}
+
+
+def test_local_pool_goes_on_when_its_fork_server_dies():
+    with pp.LocalPool(2, **FAST) as pool:
+        assert pool.map(abs, [-1, -2]) == [1, 2]
+        (server,) = pool._scheduler._servers.values()
+        server._process.kill()
+        server._process.wait()
+        assert pool.map(square_and_pid, range(4), chunksize=1)[3][0] == 9  # started afresh

@@ -1,7 +1,10 @@
 """The local backend: runs the worker script as subprocesses on this machine.
 
 It is a scheduler like the others (same work_dir protocol, same engine), with a queue held in
-memory: ``num_workers`` threads each start one worker process at a time and wait for it.
+memory: ``num_workers`` threads each start one worker process at a time and wait for it. On
+Linux the processes are forked by a fork server (forkserver.py), which saves each chunk the
+interpreter start and the import of numpy and rasterio; elsewhere, or should the server fail,
+each chunk starts ``python script.py chunk`` afresh.
 """
 from __future__ import annotations
 
@@ -10,11 +13,14 @@ import os
 import queue
 import signal
 import subprocess
+import sys
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 
 from poolparty_raster.schedulers.base import (JobRecord, PollResult, Scheduler, SubmitSpec,
                                               TaskState, TaskStatus)
+from poolparty_raster.schedulers.forkserver import PRELOADABLE, ForkServer, Launch
 
 
 class LocalScheduler(Scheduler):
@@ -22,16 +28,22 @@ class LocalScheduler(Scheduler):
     filesystem_lag = 0.0
     min_poll_interval = 0.0
 
-    def __init__(self, num_workers: int | None = None):
+    def __init__(self, num_workers: int | None = None, start_method: str | None = None):
         self.num_workers = num_workers or os.cpu_count() or 1
         if self.num_workers < 1:
             raise ValueError(f"num_workers must be at least 1, not {num_workers}")
+        start_method = start_method or ("forkserver" if sys.platform.startswith("linux") else "spawn")
+        if start_method not in ("forkserver", "spawn"):
+            raise ValueError(f"start_method must be 'forkserver' or 'spawn', not {start_method!r}")
+        self.fork = start_method == "forkserver"
+        self._servers: dict[str, ForkServer] = {}  # per interpreter
         self._queue: queue.SimpleQueue[tuple[str, int, SubmitSpec]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._states: dict[tuple[str, int], TaskStatus] = {}
-        self._processes: dict[tuple[str, int], subprocess.Popen[bytes]] = {}
+        self._processes: dict[tuple[str, int], subprocess.Popen[bytes] | Launch] = {}
         self._cancelled: set[tuple[str, int]] = set()
         self._threads = 0
+        self._busy = 0  # threads running a chunk
         self._ids = itertools.count(1)
         self._changed = threading.Event()
 
@@ -52,7 +64,7 @@ class LocalScheduler(Scheduler):
                 self._states[(job_id, chunk)] = TaskStatus(TaskState.PENDING)
                 self._queue.put((job_id, chunk, spec))
             # Threads busy with running chunks take nothing from the queue until they finish.
-            wanted = min(cap, len(self._processes) + self._queue.qsize())
+            wanted = min(cap, self._busy + self._queue.qsize())
             for _ in range(max(0, wanted - self._threads)):
                 self._threads += 1
                 threading.Thread(target=self._work, daemon=True, name="poolparty-local").start()
@@ -69,25 +81,50 @@ class LocalScheduler(Scheduler):
                 key = (job_id, chunk)
                 if key in self._cancelled:
                     continue
-                try:
-                    with open(spec.scheduler_log, "ab") as log:
-                        os.chmod(spec.scheduler_log, 0o600)
-                        process = subprocess.Popen(
-                            [spec.python_path, spec.script_path, str(chunk)], cwd=spec.cwd,
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-                except OSError as exc:  # the work_dir was removed, or no such interpreter
-                    self._states[key] = TaskStatus(TaskState.FINISHED, f"could not start: {exc}")
-                    self._changed.set()
-                    continue
-                self._processes[key] = process
+                self._busy += 1
                 self._states[key] = TaskStatus(TaskState.RUNNING)
+            try:
+                process = self._start(spec, chunk)  # unlocked: polls need not wait for a start
+            except OSError as exc:  # the work_dir was removed, or no such interpreter
+                with self._lock:
+                    self._busy -= 1
+                    self._states[key] = TaskStatus(TaskState.FINISHED, f"could not start: {exc}")
+                self._changed.set()
+                continue
+            with self._lock:
+                self._processes[key] = process
+                if key in self._cancelled:  # cancelled while it started
+                    _kill_group(process.pid)
             code = process.wait()
             with self._lock:
+                self._busy -= 1
                 del self._processes[key]
                 reason = "cancelled" if key in self._cancelled else f"exit code {code}"
                 self._states[key] = TaskStatus(TaskState.FINISHED, reason)
             self._changed.set()
+
+    def _start(self, spec: SubmitSpec, chunk: int) -> subprocess.Popen[bytes] | Launch:
+        server = self._server(spec.python_path) if self.fork else None
+        if server is not None:
+            try:
+                return server.launch([spec.script_path, str(chunk)], spec.cwd, spec.scheduler_log)
+            except OSError:
+                pass  # it died: start this chunk, and the next ones, the slow way
+        with open(spec.scheduler_log, "ab") as log:
+            os.chmod(spec.scheduler_log, 0o600)
+            return subprocess.Popen([spec.python_path, spec.script_path, str(chunk)], cwd=spec.cwd,
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+
+    def _server(self, python: str) -> ForkServer | None:
+        server = self._servers.get(python)
+        if server is None or not server.alive:
+            if server is not None:  # one that died is not started again
+                return None
+            preload = [name for name in PRELOADABLE if name in sys.modules]
+            server = self._servers[python] = ForkServer(python, preload)
+            weakref.finalize(self, server.close)
+        return server
 
     def poll(self, spec: SubmitSpec, jobs: Sequence[JobRecord]) -> PollResult:
         wanted = {job["job_id"] for job in jobs}
@@ -105,10 +142,7 @@ class LocalScheduler(Scheduler):
                     self._cancelled.add(key)
                     process = self._processes.get(key)
                     if process is not None:
-                        try:
-                            os.killpg(process.pid, signal.SIGKILL)
-                        except ProcessLookupError:
-                            pass
+                        _kill_group(process.pid)
                     elif self._states[key].state is TaskState.PENDING:
                         self._states[key] = TaskStatus(TaskState.FINISHED, "cancelled")
 
@@ -122,3 +156,11 @@ class LocalScheduler(Scheduler):
             for key in [k for k in self._states if k[0] in wanted]:
                 del self._states[key]
                 self._cancelled.discard(key)
+
+
+def _kill_group(pid: int) -> None:
+    """A chunk's process leads a session of its own: kill it with all it started."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
