@@ -28,6 +28,8 @@ DummyQueue API:
       never runs, writes nothing; SLURM shows NODE_FAIL/NodeDown in --states=all.
   inject_timeout(seconds, task=None, name=None, count=1)
       killed after `seconds` (SLURM TIMEOUT/TimeLimit; SGE gone; PBS Exit_status -29).
+  inject_slow(seconds, task=None, name=None, count=1)
+      runs `seconds` longer than its command takes (a slow node, a straggler).
   inject_command_failure(command, times=1, mode="fail"|"hang"|"garble"|"lose_id", seconds=60)
   set_limits(max_array_size, max_jobs_per_user, max_job_count, min_job_age, slots, kill_wait)
   clear_faults(), kill_all()

@@ -104,6 +104,12 @@ class DummyQueue:
         """Matching elements are killed `seconds` after they start (SLURM TIMEOUT)."""
         self._add_fault("timeout", task=task, name=name, count=count, seconds=float(seconds))
 
+    def inject_slow(self, seconds: float, task: int | None = None, name: str | None = None,
+                    count: int = 1) -> None:
+        """Matching elements run `seconds` longer than their command takes (a slow node: they
+        show as running, and start the command late)."""
+        self._add_fault("slow", task=task, name=name, count=count, seconds=float(seconds))
+
     def inject_command_failure(self, command: str, times: int = 1, mode: str = "fail",
                                seconds: float = 60.0) -> None:
         """The next `times` calls of `command` misbehave.
@@ -123,7 +129,7 @@ class DummyQueue:
 
     def clear_faults(self) -> None:
         with self._store.edit() as st:
-            st["faults"] = {"error_state": [], "vanish": [], "timeout": [], "commands": {}}
+            st["faults"] = {"error_state": [], "vanish": [], "timeout": [], "slow": [], "commands": {}}
 
     def set_limits(self, max_array_size: int | None = None,
                    max_jobs_per_user: int | None = None, max_job_count: int | None = None,

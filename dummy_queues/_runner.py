@@ -76,6 +76,7 @@ def run(path: str, key: str, info: dict[str, Any]) -> None:
                     reason="JobLaunchFailure")
         return
     kill_wait = float(info.get("kill_wait", 1.0))
+    time.sleep(float(info.get("delay", 0.0)))  # a slow node: running, but late to start
     try:
         child = subprocess.Popen(spec["argv"], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                  stdout=out, stderr=err, close_fds=True)

@@ -52,7 +52,7 @@ def new_state(scheduler: str, **cluster: Any) -> dict[str, Any]:
         "next_id": 1,
         "jobs": {},
         "elements": {},
-        "faults": {"error_state": [], "vanish": [], "timeout": [], "commands": {}},
+        "faults": {"error_state": [], "vanish": [], "timeout": [], "slow": [], "commands": {}},
         "hanging": [],
         "calls": [],
         "submissions": [],
@@ -125,7 +125,7 @@ def kill_group(pid: int | None, start: int | None, sig: int = signal.SIGTERM) ->
 def take_fault(state: dict[str, Any], kind: str, job: dict[str, Any],
                elem: dict[str, Any]) -> dict[str, Any] | None:
     """Return (and count down) the first fault of `kind` matching an element."""
-    for fault in state["faults"][kind]:
+    for fault in state["faults"].get(kind, []):
         if fault["count"] <= 0:
             continue
         if fault.get("task") is not None and fault["task"] != elem["task"]:
@@ -210,6 +210,9 @@ def _start_pending(state: dict[str, Any], path: str, now: float) -> None:
         if fault is not None:
             limits = [x for x in (info.get("time_limit"), fault["seconds"]) if x is not None]
             info["time_limit"] = min(limits)
+        fault = take_fault(state, "slow", job, elem)
+        if fault is not None:
+            info["delay"] = fault["seconds"]
         info["spool"] = job["spool"]
         info["kill_wait"] = state["cluster"]["kill_wait"]
         pid = spawn_runner(path, key, info)
@@ -303,7 +306,7 @@ def record_call(state: dict[str, Any], command: str, argv: list[str]) -> None:
 def write_spool(path: str, jid: int, spec: dict[str, Any]) -> str:
     """Per-job spec (argv, env, cwd) beside the state; keeps the state small."""
     spool_dir = os.path.join(os.path.dirname(path), "spool")
-    os.makedirs(spool_dir, exist_ok=True)
+    os.makedirs(spool_dir, mode=0o700, exist_ok=True)
     spool = os.path.join(spool_dir, f"{jid}.json")
     fd, tmp = tempfile.mkstemp(dir=spool_dir, suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -315,11 +318,11 @@ def write_spool(path: str, jid: int, spec: dict[str, Any]) -> str:
 def copy_script(path: str, jid: int, script: str) -> str:
     """Snapshot a job script at submit time, as the real schedulers do."""
     spool_dir = os.path.join(os.path.dirname(path), "spool")
-    os.makedirs(spool_dir, exist_ok=True)
+    os.makedirs(spool_dir, mode=0o700, exist_ok=True)
     dest = os.path.join(spool_dir, f"{jid}.script")
     with open(script, "rb") as src, open(dest, "wb") as dst:
         dst.write(src.read())
-    os.chmod(dest, 0o755)
+    os.chmod(dest, 0o700)  # it may carry the submitter's environment, as script.py does
     return dest
 
 

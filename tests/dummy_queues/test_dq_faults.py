@@ -66,6 +66,15 @@ def test_timeout_kills_job(dummy_slurm, tmp_path):
     assert "DUE TO TIME LIMIT" in file_text(tmp_path / "0")
 
 
+def test_slow_element_runs_longer_than_its_command(dummy_slurm, tmp_path):
+    dummy_slurm.inject_slow(1.0, task=0, count=1)
+    jid = sbatch("--job-name=s", f"--output={tmp_path}/%a", "--array=0-1", "--wrap=echo ok")
+    assert dummy_slurm.wait_idle(20)
+    took = {j["task"]: j["end"] - j["start"] for j in dummy_slurm.jobs() if j["job_id"] == jid}
+    assert took[0] >= 1.0 > took[1]
+    assert file_text(tmp_path / "0") == "ok\n"  # slow, but it ran
+
+
 def test_sge_timeout_and_vanish_just_disappear(dummy_sge, tmp_path):
     dummy_sge.inject_vanish(task=2)
     dummy_sge.inject_timeout(0.2, task=1)
