@@ -37,12 +37,13 @@ class Option:
 
 
 def parse(argv: list[str], options: dict[str, Option], prog: str,
-          stop_at_positional: bool = True, unknown: Callable[[str], str] | None = None
-          ) -> tuple[dict[str, Any], list[str]]:
-    """Parse `--name=value`, `--name value`, `-x value` and `-xvalue` forms.
+          stop_at_positional: bool = True, unknown: Callable[[str], str] | None = None,
+          unknown_rc: int = 1, joined: bool = True) -> tuple[dict[str, Any], list[str]]:
+    """Parse `--name=value`, `--name value`, `-x value` and (``joined``) `-xvalue` forms.
 
     Positional arguments stop option parsing (the script and its arguments
-    follow), as for sbatch/qsub.  Unknown options raise UsageError.
+    follow), as for sbatch/qsub.  Unknown options raise UsageError with
+    ``unknown(arg)`` and exit code ``unknown_rc``, as the real tool prints them.
     """
     opts: dict[str, Any] = {}
     pos: list[str] = []
@@ -63,12 +64,13 @@ def parse(argv: list[str], options: dict[str, Option], prog: str,
         if arg.startswith("--") and "=" in arg:
             name, value = arg.split("=", 1)
         opt = options.get(name)
-        if opt is None and not arg.startswith("--") and len(arg) > 2 and arg[:2] in options:
+        if opt is None and joined and not arg.startswith("--") and len(arg) > 2 and arg[:2] in options:
             opt, name, value = options[arg[:2]], arg[:2], arg[2:]  # -Jname
             if not opt.takes_value:
                 opt = None
         if opt is None:
-            raise UsageError(unknown(arg) if unknown else f"{prog}: unrecognized option '{arg}'")
+            raise UsageError(unknown(arg) if unknown else f"{prog}: unrecognized option '{arg}'",
+                             rc=unknown_rc)
         if opt.takes_value and value is None:
             if i + 1 >= len(argv):
                 raise UsageError(f"{prog}: option '{name}' requires an argument")

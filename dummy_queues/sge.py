@@ -39,7 +39,7 @@ QSUB_OPTS = {
 
 
 def _unknown(arg: str) -> str:
-    return f"qsub: Unknown option {arg}"  # MSG_ANSWER_UNKOWNOPTIONX_S: "Unknown option %s"
+    return f'qsub: invalid option argument "{arg}"'  # as Son of Grid Engine 8.1.9 prints it
 
 
 def parse_tasks(spec: str) -> tuple[int, int, int]:
@@ -68,7 +68,7 @@ def qsub(argv: list[str], state: dict[str, Any], now: float) -> Result:
     if "-pe" in args:  # the only two-valued option we accept: -pe NAME N
         i = args.index("-pe")
         args[i + 1:i + 3] = [" ".join(args[i + 1:i + 3])]
-    opts, pos = _cmd.parse(args, QSUB_OPTS, "qsub", unknown=_unknown)
+    opts, pos = _cmd.parse(args, QSUB_OPTS, "qsub", unknown=_unknown, unknown_rc=2, joined=False)
     if not pos:
         raise UsageError("qsub: no script given (dummy_queues does not read scripts from stdin)")
     conf = state["cluster"]

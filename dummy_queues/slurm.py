@@ -100,8 +100,15 @@ def _export_env(spec: str | None) -> dict[str, str]:
     return env
 
 
+def _sbatch_unknown(arg: str) -> str:
+    """SLURM 22.05's getopt messages."""
+    first = f"sbatch: unrecognized option '{arg}'" if arg.startswith("--") else \
+        f"sbatch: invalid option -- '{arg[1:2]}'"
+    return first + '\nTry "sbatch --help" for more information'
+
+
 def sbatch(argv: list[str], state: dict[str, Any], now: float) -> Result:
-    opts, pos = _cmd.parse(argv, SBATCH_OPTS, "sbatch")
+    opts, pos = _cmd.parse(argv, SBATCH_OPTS, "sbatch", unknown=_sbatch_unknown, unknown_rc=255)
     conf = state["cluster"]
     if opts.get("wrap") is not None:
         cmd = ["/bin/sh", "-c", opts["wrap"]]

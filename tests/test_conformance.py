@@ -6,6 +6,8 @@ Plus golden samples captured from the real tools (tests/golden/), parsed offline
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -104,3 +106,39 @@ def test_golden_qstat_xml_sample_parses():
     assert statuses[0].state is TaskState.RUNNING and statuses[1].state is TaskState.RUNNING
     assert all(statuses[c].state is TaskState.PENDING for c in range(2, 6))
     assert statuses[6] == TaskStatus(TaskState.PENDING, "hqw")
+
+
+SHAPES = {
+    "slurm": ([["sbatch", "--bogus"], ["sbatch", "-Z"],
+               ["sbatch", "--parsable", "--hold", "--job-name={name}", "--wrap=true"],
+               ["sbatch", "--parsable", "--hold", "--job-name={name}", "--array=0-2", "--wrap=true"]],
+              ["scancel", "--name={name}"]),
+    "sge": ([["qsub", "-bogus"], ["qsub", "-terse", "-h", "-N", "{name}", "-b", "y", "/bin/true"],
+             ["qsub", "-terse", "-h", "-N", "{name}", "-t", "1-3", "-b", "y", "/bin/true"]],
+            ["qdel", "{name}"]),
+}
+
+
+def answers(scheduler: str) -> list[tuple[int, str, str]]:
+    """(exit code, stdout, stderr) of each command, numbers replaced by N."""
+    commands, clean_up = SHAPES[scheduler]
+    name = f"ppshape{uuid.uuid4().hex[:6]}"
+    out = []
+    try:
+        for argv in commands:
+            done = subprocess.run([a.format(name=name) for a in argv], capture_output=True,
+                                  text=True, timeout=60)
+            out.append((done.returncode, re.sub(r"\d+", "N", done.stdout), done.stderr))
+    finally:
+        subprocess.run([a.format(name=name) for a in clean_up], capture_output=True, timeout=60)
+    return out
+
+
+@pytest.mark.parametrize("scheduler", ["slurm", "sge"])
+def test_dummy_and_real_scheduler_answer_submissions_alike(scheduler, request):
+    """Ids as sbatch --parsable and qsub -terse print them (4, 18.1-10:1), and the messages
+    and exit codes of flags the tool does not know."""
+    request.getfixturevalue(f"real_{scheduler}")
+    real = answers(scheduler)
+    request.getfixturevalue(f"dummy_{scheduler}")
+    assert answers(scheduler) == real
