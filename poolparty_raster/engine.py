@@ -26,6 +26,9 @@ BACKOFF = 1.5
 REDUCE_AT_LEAST = 64   # loose chunks before a reduction; then at least as many as are archived
 UNREADABLE_POLLS = 3   # polls in a row whose output cannot be read: the map fails, quoting it
 MAX_POLL_OUTAGE = 1800.0  # seconds of failing polls (results still arrive) before the map fails
+# A job the scheduler saw end well has written its result; NFS may list the directory from a
+# cache for up to its acdirmax (60 s by default) before the driver sees the file.
+SUCCEEDED_GRACE = 60.0
 
 
 @dataclass
@@ -264,6 +267,8 @@ class MapRun:
                     state.absent_since, changed = now, True
                 state.absent_polls += 1
                 lag = self.scheduler.filesystem_lag
+                if status is not None and status.succeeded and lag > 0:
+                    lag = max(lag, SUCCEEDED_GRACE)
                 if (lag == 0 or state.absent_polls >= 2) and now - state.absent_since >= lag:
                     reason = status.reason if status else "gone from the queue"
                     self.work_dir.log("lost", chunk=chunk, job_id=state.job_id, reason=reason)

@@ -122,3 +122,14 @@ def test_pbs_job_states(letter, expected):
                                              ("qsub: End of File", None)])
 def test_pbs_qsub_ids(stdout, job_id):
     assert pbs.parse_job_id(stdout) == job_id
+
+
+def test_a_clean_end_is_told_apart_from_a_failed_one():
+    """The engine gives a job that ended well longer for its result to show (NFS caches)."""
+    statuses = slurm.parse_squeue("11_1|11|1|COMPLETED|None\n11_2|11|2|FAILED|NonZeroExitCode\n", ARRAY)
+    assert statuses[("11", 1)].succeeded and not statuses[("11", 2)].succeeded
+    text = ('{"Jobs": {"12[1].s": {"job_state": "X", "Exit_status": 0},'
+            ' "12[2].s": {"job_state": "X", "Exit_status": 3}}}')
+    jobs = [{"job_id": "12[].s", "chunks": [0, 1, 2], "array": True, "offset": 0}]
+    statuses = pbs.parse_qstat_json(text, jobs)
+    assert statuses[("12[].s", 1)].succeeded and not statuses[("12[].s", 2)].succeeded

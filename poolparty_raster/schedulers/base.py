@@ -32,6 +32,9 @@ class TaskState(enum.Enum):
 class TaskStatus:
     state: TaskState
     reason: str = ""
+    # The scheduler says the job ended well (exit code 0): its result exists, and a driver
+    # that does not see it yet is looking at a shared filesystem's stale directory cache.
+    succeeded: bool = False
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,8 @@ def parse_qstat_json(text: str, jobs: Sequence[JobRecord]) -> PollResult:
         if letter not in _STATES:
             raise unparseable("qstat -f -F json", f"{name}: job_state {letter!r}")
         reason = " ".join(str(fields[k]) for k in ("comment", "Exit_status") if k in fields)
-        status = TaskStatus(_STATES[letter], f"{letter} {reason}".strip())
+        succeeded = _STATES[letter] is TaskState.FINISHED and fields.get("Exit_status") == 0
+        status = TaskStatus(_STATES[letter], f"{letter} {reason}".strip(), succeeded)
         match = _SUBJOB.match(name)
         if match and match["index"]:
             parent = f"{match['base']}[]{match['server']}"

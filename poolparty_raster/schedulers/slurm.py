@@ -61,7 +61,7 @@ def classify(state: str, reason: str) -> TaskStatus:
     if state in _RUNNING:
         return TaskStatus(TaskState.RUNNING, reason)
     if state in _FINISHED:
-        return TaskStatus(TaskState.FINISHED, f"{state} {reason}".strip())
+        return TaskStatus(TaskState.FINISHED, f"{state} {reason}".strip(), state == "COMPLETED")
     raise ValueError(state)
 
 
