@@ -362,12 +362,13 @@ class MapRun:
         self._lost_captures = {}
 
     def _cancel_leftovers(self) -> None:
-        """Cancel the queued duplicates of chunks that finished anyway (a resubmission whose
-        earlier attempt still delivered): they would start against a removed work_dir."""
+        """Cancel the duplicates of chunks that finished anyway (a resubmission whose earlier
+        attempt still delivered): queued, they would start against a removed work_dir;
+        running, they hold an allocation for a result that is not needed."""
         leftovers: dict[str, list[int]] = {}
         for chunk, state in self.chunks.items():
             status = self._last_poll.get((state.job_id, chunk))
-            if state.attempts > 1 and (status is None or status.state is TaskState.PENDING):
+            if state.attempts > 1 and state.job_id and (status is None or status.state is not TaskState.FINISHED):
                 leftovers.setdefault(state.job_id, []).append(chunk)
         self._cancel_elements(leftovers)
 
