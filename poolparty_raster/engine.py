@@ -84,6 +84,7 @@ class MapRun:
         self.chunks = {c: _Chunk() for c in range(manifest.num_chunks)}
         self.archived = work_dir.archived_chunks()
         self.finished: set[int] = set(self.archived)
+        self._resumed = sorted(self.archived)
         self.unreduced: set[int] = set()
         self.lost_chunks: set[int] = set()   # disjoint from finished
         self._lost_captures: dict[str, str] = {}
@@ -101,7 +102,7 @@ class MapRun:
     def __iter__(self) -> Iterator[int]:
         try:
             with sigterm_raises_exit():
-                yield from list(self.finished)
+                yield from self._resumed  # archived by an earlier driver; loose ones come fresh
                 yield from self._drive()
         except BaseException as exc:  # Ctrl-C and GeneratorExit too: nothing may keep running
             self._cancel_all(reason=type(exc).__name__)
@@ -126,6 +127,7 @@ class MapRun:
 
     def _drive(self) -> Iterator[int]:
         self.start()
+        yield from self._take_fresh()  # what start() found already done
         tick = FIRST_TICK
         poll_interval = max(self.scheduler.min_poll_interval, FIRST_TICK)
         # A reattached job may be long gone: the first poll starts counting its absence.

@@ -199,3 +199,46 @@ def test_local_pool_goes_on_when_its_fork_server_dies():
         server._process.kill()
         server._process.wait()
         assert pool.map(square_and_pid, range(4), chunksize=1)[3][0] == 9  # started afresh
+
+
+HOLDER = textwrap.dedent("""
+    import os, time
+
+    def hold_three(args):
+        x, flag = args
+        while x == 3 and os.path.exists(flag):  # the last chunk waits while the flag is there
+            time.sleep(0.05)
+        return x * 10
+""")
+KILLED = textwrap.dedent("""
+    import sys
+    import poolparty_raster as pp
+    from holder import hold_three
+
+    if __name__ == "__main__":
+        work_dir, flag = sys.argv[1:]
+        pp.LocalPool(2, work_dir=work_dir, progress=False).map(
+            hold_three, [(x, flag) for x in range(4)], chunksize=1)
+""")
+
+
+def test_a_resumed_map_hands_out_each_result_once(tmp_path, monkeypatch):
+    """Results a killed driver never archived are loose files: counted once, not twice."""
+    (tmp_path / "holder.py").write_text(HOLDER)
+    (tmp_path / "killed.py").write_text(KILLED)
+    flag, work_dir = tmp_path / "flag", tmp_path / "w"
+    flag.touch()
+    driver = subprocess.Popen([sys.executable, "killed.py", str(work_dir), str(flag)], cwd=tmp_path)
+    deadline = time.monotonic() + 60
+    while len(list(work_dir.glob("chunk-*.result"))) < 3:
+        assert time.monotonic() < deadline and driver.poll() is None, "the first chunks never finished"
+        time.sleep(0.05)
+    driver.kill()
+    driver.wait()
+    flag.unlink()  # lets the killed driver's last chunk end, and the resumed one run at once
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    from holder import hold_three
+    resumed = pp.LocalPool(2, work_dir=str(work_dir), **FAST).imap_unordered(
+        hold_three, [(x, str(flag)) for x in range(4)], chunksize=1)
+    assert sorted(resumed) == [0, 10, 20, 30]
