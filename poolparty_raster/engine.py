@@ -9,7 +9,6 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,24 +46,39 @@ class _Chunk:
     deaths: list[tuple[str, list[str]]] = field(default_factory=list)  # (reason, stderr tail)
 
 
-@contextmanager
-def sigterm_raises_exit() -> Iterator[None]:
-    """While a map runs in the main thread, SIGTERM (``kill``, a scheduler ending the driver's
-    own job) raises SystemExit, so that the map's jobs are cancelled before the driver exits.
-    A handler the program installed itself is left alone."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
-        yield
-        return
+class SigtermGuard:
+    """While maps run in the main thread, SIGTERM (``kill``, a scheduler ending the driver's
+    own job) raises SystemExit, so that the maps' jobs are cancelled before the driver exits.
+    The first map to start installs it, the last to end restores the default; a handler the
+    program installed itself is left alone."""
 
-    def exit_on_term(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
+    def __init__(self) -> None:
+        self._maps = 0
+        self._lock = threading.Lock()
 
-    signal.signal(signal.SIGTERM, exit_on_term)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    def hold(self) -> bool:
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        with self._lock:
+            if self._maps == 0:
+                if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+                    return False
+                signal.signal(signal.SIGTERM, _exit_on_term)
+            self._maps += 1
+        return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._maps -= 1
+            if self._maps == 0 and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _exit_on_term(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+SIGTERM_GUARD = SigtermGuard()
 
 
 class MapRun:
@@ -101,9 +115,8 @@ class MapRun:
     # -- the loop ----------------------------------------------------------------------
     def __iter__(self) -> Iterator[int]:
         try:
-            with sigterm_raises_exit():
-                yield from self._resumed  # archived by an earlier driver; loose ones come fresh
-                yield from self._drive()
+            yield from self._resumed  # archived by an earlier driver; loose ones come fresh
+            yield from self._drive()
         except BaseException as exc:  # Ctrl-C and GeneratorExit too: nothing may keep running
             self._cancel_all(reason=type(exc).__name__)
             raise
@@ -385,8 +398,8 @@ class MapRun:
                 self.work_dir.log("cancel_failed", job_id=job_id, error=str(exc))
 
     def _cancel_all(self, reason: str) -> None:
-        if not self.jobs:
-            return
+        """Cancel everything of the map, also when no job was recorded (a scheduler may hold
+        more: a job whose submission seemed to fail, an ECS task definition)."""
         try:
             self.scheduler.cancel(self.spec, self.jobs)
             self.work_dir.log("cancelled", reason=reason)

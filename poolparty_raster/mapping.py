@@ -24,7 +24,7 @@ import cloudpickle
 from filelock import FileLock, Timeout
 
 from poolparty_raster import workdir as wd
-from poolparty_raster.engine import MapRun, RunOptions
+from poolparty_raster.engine import SIGTERM_GUARD, MapRun, RunOptions
 from poolparty_raster.errors import WorkDirBusyError, WorkDirMismatchError
 from poolparty_raster.outcome import ChunkOutcome, rebuild_exception
 from poolparty_raster.progress import Progress
@@ -134,6 +134,7 @@ class MapHandle:
             self.run = MapRun(*run_args)
         self.wrote_stderr = False
         self.failed = False
+        self._holds_sigterm = False
 
     def _prepare(self, func_bytes: bytes, tasks: Sequence[Any], chunk_starts: list[int],
                  settings: MapSettings) -> wd.Manifest:
@@ -240,6 +241,7 @@ class MapHandle:
                 next_chunk += 1
 
     def start(self) -> None:
+        self._holds_sigterm = SIGTERM_GUARD.hold()  # until close(): jobs run from now on
         try:
             self.run.start()
         except BaseException:
@@ -260,6 +262,9 @@ class MapHandle:
         release it."""
         if not self._lock.is_locked:
             return
+        if self._holds_sigterm:
+            self._holds_sigterm = False
+            SIGTERM_GUARD.release()
         try:
             dead_attempt_stderr = any(tail for c in self.run.chunks.values() for _, tail in c.deaths)
             clean = not (self.failed or self.wrote_stderr or self.run.lost_chunks or dead_attempt_stderr)

@@ -171,11 +171,15 @@ class Pool:
             return []
         results: list[Any] = []
         first_error: tuple[int, BaseException] | None = None
-        for outcome in handle.ordered():
-            results.extend(outcome.values)
-            for index, exc in outcome.errors.items():
-                if first_error is None or index < first_error[0]:
-                    first_error = (index, exc)
+        try:
+            for outcome in handle.ordered():
+                results.extend(outcome.values)
+                for index, exc in outcome.errors.items():
+                    if first_error is None or index < first_error[0]:
+                        first_error = (index, exc)
+        except BaseException:  # also a Ctrl-C before the first result was asked for
+            handle.abandon()
+            raise
         if first_error is not None:
             raise first_error[1]
         return results

@@ -29,6 +29,9 @@ class _SerialHandle:
 
     ordered = completed
 
+    def abandon(self) -> None:
+        """Nothing runs unless it is asked for: nothing to cancel."""
+
 
 class SerialPool(Pool):
     """Runs every task in the calling process, in order, with the same semantics as the other

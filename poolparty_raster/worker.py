@@ -30,6 +30,10 @@ NODE_VARIABLES = frozenset({
 # Read by the dynamic loader when a process starts: set later, they would not reach the
 # libraries this interpreter loads, so the worker starts itself again once with them.
 LOADER_VARIABLES = ("LD_LIBRARY_PATH", "LD_PRELOAD")
+REEXEC_VARIABLE = "POOLPARTY_RASTER_WORKER_REEXEC"  # set: do not start again
+# Names (comma-separated) whose value where the worker runs wins over the driver's: a
+# container keeps its own PATH and credentials (the AWS pools set it).
+KEEP_VARIABLE = "POOLPARTY_RASTER_WORKER_KEEP"
 
 _SCRIPT_TEMPLATE = '''\
 #!{python}
@@ -40,10 +44,12 @@ import sys
 
 _ENVIRONMENT = {environment!r}
 _LOADER = [os.environ.get(_name) for _name in {loader!r}]
+_KEEP = set(os.environ.get({keep!r}, "").split(","))
 for _name, _value in _ENVIRONMENT.items():
-    os.environ[_name] = _value
-if _LOADER != [os.environ.get(_name) for _name in {loader!r}] and "POOLPARTY_RASTER_WORKER_REEXEC" not in os.environ:
-    os.environ["POOLPARTY_RASTER_WORKER_REEXEC"] = "1"
+    if _name not in _KEEP:
+        os.environ[_name] = _value
+if _LOADER != [os.environ.get(_name) for _name in {loader!r}] and {reexec!r} not in os.environ:
+    os.environ[{reexec!r}] = "1"
     os.execv(sys.executable, [sys.executable, *sys.argv])
 sys.path[:0] = [_p for _p in {sys_path!r} if _p not in sys.path]
 try:
@@ -69,7 +75,8 @@ def render_script(work_dir: str, python_path: str, environ: dict[str, str],
     absolute = [os.path.abspath(os.path.join(cwd, p)) if p else cwd for p in sys_path]
     return _SCRIPT_TEMPLATE.format(python=python_path, work_dir=work_dir,
                                    environment=transferable_environment(dict(environ)),
-                                   loader=LOADER_VARIABLES, sys_path=absolute, cwd=cwd)
+                                   loader=LOADER_VARIABLES, keep=KEEP_VARIABLE,
+                                   reexec=REEXEC_VARIABLE, sys_path=absolute, cwd=cwd)
 
 
 def chunk_from_arguments(argv: Sequence[str], environ: os._Environ | dict[str, str]) -> int:

@@ -10,9 +10,13 @@ import os
 import stat
 import sys
 
+import cloudpickle
 import pytest
 
 import poolparty_raster as pp
+
+# Tasks defined here travel by value: a worker need not import this module (and pytest).
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def square(x):

@@ -11,10 +11,14 @@ import textwrap
 import time
 import zipfile
 
+import cloudpickle
 import pytest
 
 import poolparty_raster as pp
 from poolparty_raster import workers
+
+# Tasks defined here travel by value: a worker need not import this module (and pytest).
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 FAST = {"progress": False, "polling_interval": 0.2}
 

@@ -10,10 +10,14 @@ import sys
 import textwrap
 import time
 
+import cloudpickle
 import pytest
 
 import poolparty_raster as pp
 from poolparty_raster.errors import SchedulerError
+
+# Tasks defined here travel by value: a worker need not import this module (and pytest).
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 # (fixture, pool constructor, first array task id as the scheduler numbers it)
 CLUSTERS = {

@@ -3,9 +3,15 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
+
+import cloudpickle
 
 import poolparty_raster as pp
 from poolparty_raster.workdir import Manifest, WorkDir
+
+# Tasks defined here travel by value: a worker need not import this module (and pytest).
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def _claim_all(path: str, worker: int, num_chunks: int, out) -> None:
