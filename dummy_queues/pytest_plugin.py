@@ -7,7 +7,7 @@ process group and hanging command that is still alive.
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -44,3 +44,30 @@ def dummy_pbs(tmp_path_factory: pytest.TempPathFactory,
               monkeypatch: pytest.MonkeyPatch) -> Iterator[DummyQueue]:
     """A fake PBS Pro (qsub qstat qdel) first on PATH."""
     yield from _fixture("pbs", tmp_path_factory, monkeypatch)
+
+
+def _aws_fixture(kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from . import aws  # botocore is needed only by the AWS dummies
+
+    dummy = (aws.DummyEcs if kind == "ecs" else aws.DummyBatch)(
+        str(tmp_path_factory.mktemp(f"dummy_{kind}")))
+    aws.ACTIVE[kind] = dummy
+    try:
+        yield dummy
+    finally:
+        aws.ACTIVE.pop(kind, None)
+        dummy.close()
+
+
+@pytest.fixture
+def dummy_ecs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A dummy ECS client (dummy_queues.aws.DummyEcs); EcsPool(**aws.pool_options("ecs")) uses it."""
+    pytest.importorskip("botocore")
+    yield from _aws_fixture("ecs", tmp_path_factory)
+
+
+@pytest.fixture
+def dummy_batch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A dummy AWS Batch client (dummy_queues.aws.DummyBatch), for AwsBatchPool."""
+    pytest.importorskip("botocore")
+    yield from _aws_fixture("batch", tmp_path_factory)

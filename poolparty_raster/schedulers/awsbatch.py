@@ -4,29 +4,43 @@
 Facts this module is built on (the AWS Batch API reference, botocore's service model):
 - an array job needs 2 <= size <= 10,000; its children are ``<jobId>:<index>`` and read their
   index from ``AWS_BATCH_JOB_ARRAY_INDEX``; a lone chunk is therefore a plain job;
+- ``submit_job`` has no idempotency token: a request whose answer was lost may have created
+  the job. Every submission has a name of its own, and before one is repeated,
+  ``list_jobs(filters=JOB_NAME)`` is asked whether it got in (botocore's own retries, which
+  repeat such a request blindly, are off for the client this module makes);
 - ``describe_jobs`` takes at most 100 ids, describes children by their ``<jobId>:<index>`` id
-  and leaves unknown ids out; finished jobs stay visible for at least 24 hours;
+  and leaves unknown ids out (children of a just-submitted array may not be listed yet);
+  finished jobs stay visible for at least 24 hours;
 - ``terminate_job`` cancels jobs not yet STARTING and kills running ones; on a parent it acts
   on every child;
 - a job RUNNABLE for ever with a ``MISCONFIGURATION:`` status reason fits no compute
-  environment: no resubmission fixes that.
-Batch's own retries are switched off (``attempts: 1``): resubmission is this package's policy.
+  environment, and one that failed to pull its image or mount its volumes fails every
+  resubmission the same way: no resubmission fixes either.
+Batch's own retries are switched off (``attempts: 1``): resubmission is this package's policy;
+so is the throttle (Batch has none per array: the engine submits at most that many chunks).
 """
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from poolparty_raster.errors import SchedulerError
+from poolparty_raster.errors import SchedulerError, SchedulerOutputError, SubmissionRefused
+from poolparty_raster.schedulers.awscommon import (AwsRequestError, aws_tags, call_with_retries,
+                                                   check_tags, checked_mapping, container_command,
+                                                   describe_error,
+                                                   error_code, error_kind, make_client,
+                                                   safe_name, spot_or_host_loss)
 from poolparty_raster.schedulers.base import (JobRecord, PollResult, Scheduler, SubmitSpec,
                                               TaskState, TaskStatus, contiguous_runs,
                                               split_by_span)
-from poolparty_raster.schedulers.ecs import (aws_tags, call_with_retries, container_command,
-                                             make_client)
 
 ARRAY_VARIABLE = "AWS_BATCH_JOB_ARRAY_INDEX"
 MAX_ARRAY_SIZE = 10_000
+CANCEL_REASON = "poolparty_raster: cancelled by the driver"
+# Batch not answering submissions: waited out this long while none of the map's jobs is queued.
+SUBMIT_GIVE_UP_AFTER = 600.0
+FATAL_START_ERRORS = ("CannotPullContainerError", "ResourceInitializationError")
 _STATES = {"SUBMITTED": TaskState.PENDING, "PENDING": TaskState.PENDING,
            "RUNNABLE": TaskState.PENDING, "STARTING": TaskState.PENDING,
            "RUNNING": TaskState.RUNNING, "SUCCEEDED": TaskState.FINISHED,
@@ -34,10 +48,11 @@ _STATES = {"SUBMITTED": TaskState.PENDING, "PENDING": TaskState.PENDING,
 
 
 def classify_job(job: dict[str, Any]) -> TaskStatus:
-    """describe_jobs' job detail -> a status whose reason names the exit code and OOM kills."""
+    """describe_jobs' job detail -> a status whose reason names the exit code, OOM kills and
+    lost instances; an unknown status is quoted, never guessed."""
     status = job.get("status", "")
     if status not in _STATES:
-        raise SchedulerError(f"batch describe_jobs: unknown status {status!r} of {job.get('jobId')}")
+        raise SchedulerOutputError(f"batch describe_jobs: unknown status {status!r} of {job.get('jobId')}")
     reason = job.get("statusReason", "")
     if status == "RUNNABLE" and reason.startswith("MISCONFIGURATION"):
         return TaskStatus(TaskState.FATAL, reason)
@@ -47,16 +62,20 @@ def classify_job(job: dict[str, Any]) -> TaskStatus:
         if job.get("attempts"):
             container.update({k: v for k, v in job["attempts"][-1].get("container", {}).items()
                               if v is not None})
-        code = container.get("exitCode")
-        if code is not None:
-            words.append(f"exit code {code}")
-        if container.get("reason"):
-            words.append(container["reason"])
-        if code == 137 or "OutOfMemory" in str(container.get("reason", "")):
-            words.insert(0, "out of memory (container killed, exit 137):")
-        if "spot" in reason.lower() or "Host EC2" in reason:
-            words.insert(0, "instance reclaimed (spot interruption?):")
-    return TaskStatus(_STATES[status], " ".join(w for w in words if w))
+        code, why = container.get("exitCode"), str(container.get("reason", ""))
+        words += [f"exit code {code}" if code is not None else "", why]
+        if status == "FAILED" and any(why.startswith(e) or reason.startswith(e) for e in FATAL_START_ERRORS):
+            return TaskStatus(TaskState.FATAL, " ".join(w for w in words if w))
+        if "OutOfMemory" in why and reason != CANCEL_REASON:  # 137 alone is any SIGKILL
+            words.insert(0, f"out of memory (container killed{', exit 137' if code == 137 else ''}):")
+        if loss := spot_or_host_loss(reason):
+            words.insert(0, loss)
+    # SUCCEEDED: the worker exited 0, after writing its result (see ecs.classify_task).
+    return TaskStatus(_STATES[status], " ".join(w for w in words if w), succeeded=status == "SUCCEEDED")
+
+
+def child_id(job: JobRecord, chunk: int) -> str:
+    return f"{job['job_id']}:{chunk - job['offset']}" if job.get("array") else job["job_id"]
 
 
 class AwsBatchScheduler(Scheduler):
@@ -68,29 +87,47 @@ class AwsBatchScheduler(Scheduler):
                  memory: int | None = None, tags: dict[str, str] | None = None,
                  region: str | None = None, container_python: str | None = None,
                  path_mapping: dict[str, str] | None = None, boto3_session: Any = None,
-                 batch_client: Any = None):
+                 batch_client: Any = None, retry_backoff: float = 0.5):
         if not job_queue or not job_definition:
             raise ValueError("AwsBatchPool needs job_queue and job_definition")
+        for name, value in (("vcpus", vcpus), ("memory", memory)):
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive, not {value!r}")
         self.job_queue, self.job_definition = job_queue, job_definition
         self.overrides = dict(container_overrides or {})
+        if "command" in self.overrides:
+            raise ValueError("container_overrides may not set command: it runs the worker")
         requirements = list(self.overrides.pop("resourceRequirements", []))
         # resourceRequirements, not the deprecated vcpus/memory fields (refused on Fargate)
         for kind, value in (("VCPU", vcpus), ("MEMORY", memory)):
             if value is not None:
                 requirements = [r for r in requirements if r.get("type") != kind]
-                requirements.append({"type": kind, "value": f"{value:g}" if isinstance(value, float) else str(value)})
+                text = f"{value:g}" if isinstance(value, float) else str(value)
+                requirements.append({"type": kind, "value": text})
         if requirements:
             self.overrides["resourceRequirements"] = requirements
+        check_tags(dict(tags or {}))
         self.tags, self.region = dict(tags or {}), region
-        self.container_python, self.path_mapping = container_python, dict(path_mapping or {})
+        self.container_python, self.path_mapping = container_python, checked_mapping(path_mapping)
+        self.backoff, self.retries = retry_backoff, 4
         self._session, self._client = boto3_session, batch_client
+        self._submit_client = batch_client
         self._final: dict[str, TaskStatus] = {}  # finished children need no more describe calls
+        self._unsure: dict[tuple[str, int, int], str] = {}  # job names that may have got in
 
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = make_client("batch", None, self._session, self.region)
+            self._client = make_client("batch", self._session, self.region)
         return self._client
+
+    @property
+    def submit_client(self) -> Any:
+        """The client for submit_job: botocore's retries off, since only we know how to
+        repeat a submission safely (an injected client is used as it is)."""
+        if self._submit_client is None:
+            self._submit_client = make_client("batch", self._session, self.region, retries=False)
+        return self._submit_client
 
     def check_available(self) -> None:
         self.client  # noqa: B018 -- raises a clear error when boto3 is missing
@@ -99,77 +136,145 @@ class AwsBatchScheduler(Scheduler):
         return 32
 
     # -- submit ------------------------------------------------------------------------
-    def submit(self, spec: SubmitSpec, chunks: Sequence[int]) -> list[JobRecord]:
-        records = []
+    def submit(self, spec: SubmitSpec, chunks: Sequence[int]) -> Iterator[JobRecord]:
         for group in split_by_span(sorted(chunks), MAX_ARRAY_SIZE):
             for first, last in contiguous_runs(group):
-                records.append(self._submit(spec, list(range(first, last + 1))))
-        return records
+                yield self._submit(spec, list(range(first, last + 1)))
 
-    def _submit(self, spec: SubmitSpec, chunks: list[int]) -> JobRecord:
+    def submit_params(self, spec: SubmitSpec, chunks: list[int], name: str | None = None) -> dict[str, Any]:
         array = len(chunks) > 1
         worker_args = (["--env", ARRAY_VARIABLE, "--offset", str(chunks[0])] if array
                        else [str(chunks[0])])
         overrides = dict(self.overrides)
         overrides["command"] = container_command(spec, self.container_python, self.path_mapping,
                                                  worker_args)
-        name = re.sub(r"[^A-Za-z0-9_-]", "_", f"{spec.job_name}-{chunks[0]}")[:128]
+        # A name of its own: the listing that checks for a lost submission finds only it.
+        name = name or f"{safe_name(spec.job_name, 80)}-{chunks[0]}-{uuid.uuid4().hex[:12]}"
         params: dict[str, Any] = {
             "jobName": name, "jobQueue": self.job_queue, "jobDefinition": self.job_definition,
             "containerOverrides": overrides, "retryStrategy": {"attempts": 1},
-            "propagateTags": True, "tags": {t["key"]: t["value"] for t in aws_tags(self.tags, spec.job_name)}}
+            "propagateTags": True, "tags": aws_tags(self.tags, spec.job_name)}
         if array:
             params["arrayProperties"] = {"size": len(chunks)}
-        answer = call_with_retries(self.client.submit_job, "batch submit_job", **params)
-        record: JobRecord = {"job_id": answer["jobId"], "chunks": chunks, "array": array}
-        if array:
+        return params
+
+    def _submit(self, spec: SubmitSpec, chunks: list[int]) -> JobRecord:
+        key = (spec.job_name, chunks[0], len(chunks))
+        params = self.submit_params(spec, chunks, self._unsure.get(key))
+        job_id = self._submit_once(key, params)
+        record: JobRecord = {"job_id": job_id, "chunks": chunks, "array": len(chunks) > 1,
+                             "job_name": params["jobName"]}
+        if record["array"]:
             record["offset"] = chunks[0]
         return record
+
+    def _submit_once(self, key: tuple[str, int, int], params: dict[str, Any]) -> str:
+        """submit_job, never repeated blindly: after an answer that may have been lost, the
+        job is looked up by its name first (also when the engine tries the same chunks again
+        later), so that one submission is one job."""
+        delay, name = self.backoff, params["jobName"]
+        for attempt in range(self.retries + 1):
+            if key in self._unsure and (found := self._find(name)):
+                del self._unsure[key]
+                return found
+            try:
+                job_id = self.submit_client.submit_job(**params)["jobId"]
+                self._unsure.pop(key, None)
+                return job_id
+            except Exception as exc:
+                kind = error_kind(exc)
+                if kind == "foreign":
+                    raise
+                if kind == "throttle":
+                    raise SubmissionRefused(f"batch submit_job throttled: {error_code(exc)}") from exc
+                if kind == "permanent":
+                    raise AwsRequestError(describe_error("batch submit_job", exc)) from exc
+                if kind == "maybe_sent":
+                    self._unsure[key] = name
+                failure = exc
+            if attempt < self.retries:
+                self.pause(delay)  # also gives a job that got in the time to be listed
+                delay = min(delay * 2, 20.0)
+        raise SubmissionRefused(f"{describe_error('batch submit_job', failure)} "
+                                f"(after {self.retries + 1} attempts)", SUBMIT_GIVE_UP_AFTER)
+
+    def _find(self, name: str) -> str | None:
+        """The id of the job named ``name``, if a submission got in; a second one (a lagging
+        listing let a repeat through) is terminated."""
+        try:
+            answer = call_with_retries(self.client.list_jobs, "batch list_jobs", self.pause,
+                                       jobQueue=self.job_queue,
+                                       filters=[{"name": "JOB_NAME", "values": [name]}])
+        except AwsRequestError:
+            raise
+        except SchedulerError as exc:  # no answer proves nothing: try again later
+            raise SubmissionRefused(f"could not tell whether job {name} got in: {exc}",
+                                    SUBMIT_GIVE_UP_AFTER) from exc
+        found = [j["jobId"] for j in answer.get("jobSummaryList", []) if j.get("jobName") == name]
+        for extra in found[1:]:  # newest first: keep the oldest
+            call_with_retries(self.client.terminate_job, "batch terminate_job", self.pause,
+                              jobId=extra, reason="poolparty_raster: duplicate submission")
+        return found[-1] if found else None
 
     # -- poll and cancel ---------------------------------------------------------------
     def poll(self, spec: SubmitSpec, jobs: Sequence[JobRecord]) -> PollResult:
         result: PollResult = {}
         ask: dict[str, tuple[str, int]] = {}
+        parents: dict[str, list[str]] = {}  # array id -> its children we ask about
         for job in jobs:
             for chunk in job["chunks"]:
-                child = f"{job['job_id']}:{chunk - job['offset']}" if job.get("array") else job["job_id"]
-                key = (job["job_id"], chunk)
+                child, key = child_id(job, chunk), (job["job_id"], chunk)
                 if child in self._final:
                     result[key] = self._final[child]
                 else:
                     ask[child] = key
-        ids = list(ask)
+                    if job.get("array"):
+                        parents.setdefault(job["job_id"], []).append(child)
+        ids = list(ask) + list(parents)
+        seen: dict[str, dict[str, Any]] = {}
         for start in range(0, len(ids), 100):
             answer = call_with_retries(self.client.describe_jobs, "batch describe_jobs",
-                                       jobs=ids[start:start + 100])
-            for detail in answer.get("jobs", []):
-                key = ask.get(detail.get("jobId", ""))
-                if key is None:
-                    continue
-                status = classify_job(detail)
-                result[key] = status
+                                       self.pause, jobs=ids[start:start + 100])
+            seen.update({d.get("jobId", ""): d for d in answer.get("jobs", [])})
+        for child, key in ask.items():
+            if child in seen:
+                status = result[key] = classify_job(seen[child])
                 if status.state is TaskState.FINISHED:
-                    self._final[detail["jobId"]] = status
+                    self._final[child] = status
+        for parent, children in parents.items():  # children not listed yet: as their parent
+            detail = seen.get(parent)
+            if detail and detail.get("status") in ("SUBMITTED", "PENDING", "RUNNABLE"):
+                for child in children:
+                    result.setdefault(ask[child], TaskStatus(TaskState.PENDING,
+                                                             f"array {detail['status']}"))
         return result
 
     def cancel(self, spec: SubmitSpec, jobs: Sequence[JobRecord],
                chunks: Sequence[int] | None = None) -> None:
+        """Terminate every target, whatever fails on the way; raise what was left behind."""
         targets = []
         for job in jobs:
             if chunks is None:
-                if not all(f"{job['job_id']}:{c - job.get('offset', 0)}" in self._final
-                           or job["job_id"] in self._final for c in job["chunks"]):
-                    targets.append(job["job_id"])
-            elif job.get("array"):
-                targets += [f"{job['job_id']}:{c - job['offset']}" for c in chunks if c in job["chunks"]]
-            elif job["chunks"][0] in chunks:
-                targets.append(job["job_id"])
-        for target in targets:
-            call_with_retries(self.client.terminate_job, "batch terminate_job", jobId=target,
-                              reason="poolparty_raster: cancelled by the driver")
+                if not all(child_id(job, c) in self._final for c in job["chunks"]):
+                    targets.append(job["job_id"])  # a parent: all its children at once
+            else:
+                targets += [child_id(job, c) for c in job["chunks"]
+                            if c in chunks and child_id(job, c) not in self._final]
+        left = []
+        for target in dict.fromkeys(targets):
+            try:
+                call_with_retries(self.client.terminate_job, "batch terminate_job", self.pause,
+                                  jobId=target, reason=CANCEL_REASON)
+            except AwsRequestError as exc:
+                if "not found" not in str(exc).lower():  # gone already: nothing to terminate
+                    left.append(f"job {target}: {exc}")
+            except SchedulerError as exc:
+                left.append(f"job {target}: {exc}")
+        if left:
+            raise SchedulerError(f"batch: {len(left)} job(s) of map {spec.job_name} may still run "
+                                 f"(tagged poolparty_raster:map={spec.job_name}): " + "; ".join(left))
 
     def release(self, jobs: Sequence[JobRecord]) -> None:
         for job in jobs:
             for chunk in job["chunks"]:
-                self._final.pop(f"{job['job_id']}:{chunk - job.get('offset', 0)}", None)
-            self._final.pop(job["job_id"], None)
+                self._final.pop(child_id(job, chunk), None)

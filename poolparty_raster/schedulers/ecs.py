@@ -1,124 +1,106 @@
 """Amazon ECS: one ``run_task`` per chunk (Fargate or EC2), ``describe_tasks``, ``stop_task``.
 
 Facts this module is built on (the ECS API reference, botocore's service model):
-- ``run_task`` starts at most 10 tasks per call, all with the *same* overrides; our chunk index
-  travels in an environment override, so each call starts one task (count=1). A call can
-  succeed with a ``failures`` list (RESOURCE:CPU, AGENT, capacity...): retryable, with backoff;
+- ``run_task`` starts up to 10 tasks per call (``count``), all with the *same* overrides. The
+  chunk index (array mode) and the worker number (workers mode: the worker's identity in its
+  claims, which the driver maps back to the task to tell a dead worker's claim) travel in an
+  environment override, so every call starts one task;
+- a call can succeed and start nothing, listing ``failures`` (RESOURCE:CPU, capacity, quota):
+  the engine is told (SubmissionRefused) and tries again later; ``clientToken`` makes a
+  repeated call idempotent, so an answer lost in transit is asked for again, never guessed;
 - ``describe_tasks`` takes at most 100 ids; unknown ids come back as ``MISSING`` failures;
   stopped tasks stay visible about an hour; ``stop_task`` of a stopped task is harmless;
-- container overrides are limited to 8 KB: they carry only the command (work_dir path) and the
-  chunk index, never the payload, which stays in the work_dir on the shared (EFS) filesystem.
-boto3 is imported only when a client is first needed (``pip install poolparty_raster[aws]``).
+- container overrides are limited to 8 KB: they carry the command (paths) and the index only;
+- a task stopped ``TaskFailedToStart`` by CannotPullContainerError or
+  ResourceInitializationError (image, registry auth, secrets, EFS mount) fails every
+  resubmission the same way: the map fails at once, naming it.
 """
 from __future__ import annotations
 
 import json
-import time
+import re
 import uuid
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from poolparty_raster.errors import SchedulerError, SchedulerUnavailableError
+from poolparty_raster.errors import SchedulerError, SchedulerOutputError, SubmissionRefused
+from poolparty_raster.schedulers.awscommon import (AwsRequestError, absolute, aws_tags,
+                                                   call_with_retries, check_tags, checked_mapping,
+                                                   container_command, describe_error, error_code,
+                                                   error_kind, make_client, map_path, safe_name,
+                                                   spot_or_host_loss)
 from poolparty_raster.schedulers.base import (JobRecord, PollResult, Scheduler, SubmitSpec,
                                               TaskState, TaskStatus)
 
 CHUNK_VARIABLE = "POOLPARTY_RASTER_CHUNK"
-RETRYABLE_ERRORS = ("ThrottlingException", "TooManyRequestsException", "ServerException",
-                    "ServiceUnavailableException", "RequestLimitExceeded", "Throttling",
-                    "InternalError", "LimitExceededException")
+OVERRIDES_LIMIT = 8192
+# A placement refusal (no instance or Fargate capacity fits) passes when capacity frees up;
+# while none of the map's tasks runs, it is waited out this long before the map fails.
+PLACEMENT_GIVE_UP_AFTER = 600.0
 _PENDING = {"PROVISIONING", "PENDING", "ACTIVATING"}
 _RUNNING = {"RUNNING", "DEACTIVATING", "STOPPING", "DEPROVISIONING"}
-# Runs a mapped script: its text names the driver's paths, which the mapping rewrites.
-_BOOTSTRAP = ("import json,sys\nm=json.loads(sys.argv[1]);p=sys.argv[2];s=open(p).read()\n"
-              "for a,b in m:s=s.replace(a,b)\nsys.argv=sys.argv[2:]\n"
-              "exec(compile(s,p,'exec'),{'__name__':'__main__','__file__':p})")
+_ENDED = {"STOPPED", "DELETED"}
+FATAL_START_ERRORS = ("CannotPullContainerError", "ResourceInitializationError")
+_RATE_LIMITED = re.compile(r"toomanyrequests|too many requests|rate limit", re.I)  # Docker Hub's
+# Fargate's cpu units -> the memory sizes (MiB) it allows with them.
+FARGATE_MEMORY = {256: (512, 1024, 2048), 512: tuple(range(1024, 4097, 1024)),
+                  1024: tuple(range(2048, 8193, 1024)), 2048: tuple(range(4096, 16385, 1024)),
+                  4096: tuple(range(8192, 30721, 1024)), 8192: tuple(range(16384, 61441, 4096)),
+                  16384: tuple(range(32768, 122881, 8192))}
+FARGATE_DEFAULT = (512, 1024)  # 0.5 vCPU, 1 GB: the defaults of extra_params_fargate
 
 
-def make_client(service: str, client: Any, session: Any, region: str | None) -> Any:
-    """The injected client, else one from the injected session, else from a new boto3 session."""
-    if client is not None:
-        return client
-    if session is None:
-        try:
-            import boto3  # optional: only the AWS pools need it
-        except ImportError as exc:
-            raise SchedulerUnavailableError(
-                f"the AWS pools need boto3: pip install 'poolparty_raster[aws]' ({exc})") from exc
-        session = boto3.Session(region_name=region)
-    return session.client(service, region_name=region) if region else session.client(service)
+def size(value: str | int | None, unit: str) -> int | None:
+    """CPU units or MiB: ``1024``, ``"1024"``, or 1024 per ``unit``: ``"1 vCPU"``, ``"2GB"``."""
+    if value is None:
+        return None
+    match = re.fullmatch(rf"\s*([\d.]+)\s*({unit})?\s*", str(value), re.I)
+    if not match:
+        raise ValueError(f"{value!r}: give a number (CPU units, MiB) or '<n> {unit}'")
+    return round(float(match[1]) * 1024) if match[2] else int(float(match[1]))
 
 
-def error_code(exc: BaseException) -> str | None:
-    """The AWS error code of a botocore ClientError (duck-typed: botocore may be absent)."""
-    response = getattr(exc, "response", None)
-    return response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+def _container(task: dict[str, Any], name: str | None) -> dict[str, Any]:
+    containers = task.get("containers") or [{}]
+    return next((c for c in containers if c.get("name") == name), containers[0])
 
 
-def is_retryable(exc: BaseException) -> bool:
-    code = error_code(exc) or ""
-    return code in RETRYABLE_ERRORS or "Throttl" in code or type(exc).__name__ in (
-        "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError")
-
-
-def call_with_retries(func: Any, what: str, retries: int = 5, backoff: float = 0.5,
-                      **params: Any) -> Any:
-    """One API call; throttling and 5xx errors are retried with exponential backoff."""
-    delay = backoff
-    for attempt in range(retries + 1):
-        try:
-            return func(**params)
-        except Exception as exc:
-            if error_code(exc) is None and not is_retryable(exc):
-                raise
-            if not is_retryable(exc) or attempt == retries:
-                raise SchedulerError(f"{what} failed: {exc}") from exc
-            time.sleep(delay)
-            delay = min(delay * 2, 20.0)
-    raise AssertionError("unreachable")
-
-
-def map_path(path: str, mapping: dict[str, str] | None) -> str:
-    """A driver path as the container sees it (the longest matching prefix wins)."""
-    for driver, container in sorted((mapping or {}).items(), key=lambda kv: -len(kv[0])):
-        driver = driver.rstrip("/")
-        if path == driver or path.startswith(driver + "/"):
-            return container.rstrip("/") + path[len(driver):]
-    return path
-
-
-def container_command(spec: SubmitSpec, python: str | None, mapping: dict[str, str] | None,
-                      worker_args: Sequence[str]) -> list[str]:
-    """``[python, script.py, *worker_args]``; with a path mapping, a bootstrap that rewrites the
-    driver's paths in script.py (work_dir, sys.path, cwd) before running it."""
-    python = python or spec.python_path
-    if not mapping:
-        return [python, spec.script_path, *worker_args]
-    pairs = [(d.rstrip("/") + "/", c.rstrip("/") + "/") for d, c in mapping.items()]
-    pairs += [(repr(d.rstrip("/")), repr(c.rstrip("/"))) for d, c in mapping.items()]
-    return [python, "-c", _BOOTSTRAP, json.dumps(pairs), map_path(spec.script_path, mapping),
-            *worker_args]
-
-
-def aws_tags(tags: dict[str, str], job_name: str, key: str = "key", value: str = "value"
-             ) -> list[dict[str, str]]:
-    merged = {"poolparty_raster:map": job_name, **tags}
-    return [{key: k, value: v} for k, v in merged.items()]
-
-
-def describe_stopped(task: dict[str, Any]) -> str:
-    """Why a task stopped, in words, naming out-of-memory kills and spot interruptions."""
-    container = (task.get("containers") or [{}])[0]
+def describe_stopped(task: dict[str, Any], container_name: str | None = None) -> str:
+    """Why a task stopped, in words that name OOM kills and spot interruptions."""
+    container = _container(task, container_name)
     code, why = container.get("exitCode"), container.get("reason", "")
-    words = [task.get("stopCode", ""), task.get("stoppedReason", "")]
-    if code is not None:
-        words.append(f"exit code {code}")
-    if why:
-        words.append(why)
-    if "OutOfMemory" in why or (code == 137 and task.get("stopCode") == "EssentialContainerExited"):
-        words.insert(0, "out of memory (container killed, exit 137):")
-    if task.get("stopCode") in ("SpotInterruption", "TerminationNotice"):
+    stop_code, stopped = task.get("stopCode", ""), task.get("stoppedReason", "")
+    words = [stop_code, stopped, f"exit code {code}" if code is not None else "", why]
+    if "OutOfMemory" in why:  # exit 137 alone is any SIGKILL, a stop_task's too
+        words.insert(0, f"out of memory (container killed{', exit 137' if code == 137 else ''}):")
+    if stop_code == "SpotInterruption":
         words.insert(0, "spot interruption:")
+    elif stop_code == "TerminationNotice":
+        words.insert(0, "retired by AWS (termination notice):")
+    elif loss := spot_or_host_loss(stopped):
+        words.insert(0, loss)
     return " ".join(w for w in words if w)
+
+
+def classify_task(task: dict[str, Any], container_name: str | None = None) -> TaskStatus:
+    """describe_tasks' task -> a status; an unknown lastStatus is quoted, never guessed."""
+    last = task.get("lastStatus", "")
+    if last in _PENDING:
+        return TaskStatus(TaskState.PENDING, last)
+    if last in _RUNNING:
+        return TaskStatus(TaskState.RUNNING, last)
+    if last not in _ENDED:
+        raise SchedulerOutputError(f"ecs describe_tasks: unknown lastStatus {last!r} of "
+                                   f"{task.get('taskArn')}: {json.dumps(task, default=str)[:500]}")
+    reason = describe_stopped(task, container_name)
+    if (task.get("stopCode") == "TaskFailedToStart" and not _RATE_LIMITED.search(reason)
+            and any(e in reason for e in FATAL_START_ERRORS)):
+        return TaskStatus(TaskState.FATAL, reason)
+    # The worker exits 0 only after its result is written: the engine then allows the shared
+    # filesystem's directory cache time to show it before the chunk counts as lost.
+    succeeded = _container(task, container_name).get("exitCode") == 0
+    return TaskStatus(TaskState.FINISHED, reason, succeeded=succeeded)
 
 
 class EcsScheduler(Scheduler):
@@ -136,35 +118,72 @@ class EcsScheduler(Scheduler):
                  path_mapping: dict[str, str] | None = None, efs_file_system_id: str | None = None,
                  efs_root_directory: str = "/", efs_container_path: str | None = None,
                  efs_access_point_id: str | None = None, log_group: str | None = None,
-                 boto3_session: Any = None, ecs_client: Any = None, retry_delay: float = 2.0):
-        if task_definition is None and container_image is None:
-            raise ValueError("EcsPool needs task_definition, or container_image to register one")
-        if launch_type not in ("FARGATE", "EC2", "EXTERNAL"):
+                 boto3_session: Any = None, ecs_client: Any = None, retry_backoff: float = 0.5):
+        if (task_definition is None) == (container_image is None):
+            raise ValueError("EcsPool needs task_definition, or container_image to register one "
+                             "(not both)")
+        if launch_type not in ("FARGATE", "EC2"):
             raise ValueError(f"launch_type must be FARGATE or EC2, not {launch_type!r}")
+        fargate = launch_type == "FARGATE"
+        if fargate and not subnets:
+            raise ValueError("launch_type FARGATE needs subnets: every Fargate task gets its own "
+                             "network interface (networkMode awsvpc) in one of them")
+        if (security_groups or assign_public_ip) and not subnets:
+            raise ValueError("security_groups and assign_public_ip need subnets (awsvpc)")
+        if assign_public_ip and not fargate:
+            raise ValueError("assign_public_ip works on Fargate only; on EC2 use a NAT gateway")
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", container_name):
+            raise ValueError(f"container_name {container_name!r}: letters, digits, '-', '_' only")
+        for role, arn in (("execution_role_arn", execution_role_arn), ("task_role_arn", task_role_arn)):
+            if arn is not None and not arn.startswith("arn:"):
+                raise ValueError(f"{role} must be a role ARN (arn:aws:iam::...:role/...), not {arn!r}")
+        self.cpu, self.memory = size(cpu, "vCPU"), size(memory, "GB")
+        if container_image is not None:
+            if fargate:  # Fargate needs both at task level; EC2 needs memory somewhere
+                self.cpu, self.memory = self.cpu or FARGATE_DEFAULT[0], self.memory or FARGATE_DEFAULT[1]
+                if not execution_role_arn and (log_group or ".dkr.ecr." in container_image):
+                    raise ValueError("Fargate needs execution_role_arn to pull from ECR or write "
+                                     "to CloudWatch logs")
+            else:
+                self.memory = self.memory or 1024
+        if fargate and self.cpu and self.memory and self.memory not in FARGATE_MEMORY.get(self.cpu, ()):
+            raise ValueError(f"Fargate does not offer cpu={self.cpu} with memory={self.memory} MiB; "
+                             f"valid cpu units: {sorted(FARGATE_MEMORY)} (see the ECS docs' table)")
+        if efs_file_system_id and task_definition is not None:
+            raise ValueError("efs_* options describe the task definition the pool registers: "
+                             "with task_definition, mount EFS in that definition")
+        if efs_file_system_id and not efs_container_path:
+            raise ValueError("efs_file_system_id needs efs_container_path: where the container "
+                             "mounts the file system (the driver's EFS mount point as the "
+                             "container sees it, e.g. /mnt/efs); the work_dir must be below it")
+        if efs_access_point_id and not efs_file_system_id:
+            raise ValueError("efs_access_point_id needs efs_file_system_id")
+        check_tags(dict(tags or {}))
         self.cluster, self.task_definition = cluster, task_definition
         self.container_image, self.container_name = container_image, container_name
         self.roles = {"executionRoleArn": execution_role_arn, "taskRoleArn": task_role_arn}
-        self.launch_type, self.capacity = launch_type, capacity_provider_strategy
+        self.launch_type, self.capacity = launch_type, list(capacity_provider_strategy or [])
         self.subnets, self.security_groups = list(subnets), list(security_groups)
         self.assign_public_ip = assign_public_ip
-        self.cpu, self.memory = (str(cpu) if cpu else None), (str(memory) if memory else None)
         self.tags, self.region = dict(tags or {}), region
-        self.container_python, self.path_mapping = container_python, dict(path_mapping or {})
+        self.container_python = container_python
+        self.path_mapping = checked_mapping(path_mapping)
         self.efs = {"fileSystemId": efs_file_system_id, "rootDirectory": efs_root_directory,
-                    "containerPath": efs_container_path, "accessPointId": efs_access_point_id}
-        self.log_group, self.retry_delay = log_group, retry_delay
+                    "containerPath": efs_container_path and absolute(efs_container_path, "efs_container_path"),
+                    "accessPointId": efs_access_point_id}
+        self.log_group, self.backoff = log_group, retry_backoff
+        self.retries = 4
         self._session, self._client = boto3_session, ecs_client
-        self._registered: dict[str, str] = {}  # job_name -> task definition ARN we registered
-        self._arns: dict[str, str] = {}  # our job id -> task ARN
-        self._backlog: list[tuple[SubmitSpec, JobRecord]] = []  # throttled or refused for now
-        self._backlog_status: dict[str, TaskStatus] = {}
-        self._stopped: dict[str, TaskStatus] = {}  # final states need no more describe calls
-        self._next_try, self._delay = 0.0, retry_delay
+        self._registered: dict[str, str] = {}  # map name -> task definition ARN we registered
+        self._deregistered: set[str] = set()
+        self._started: set[str] = set()        # maps that started a task in this driver
+        self._tokens: dict[tuple[str, int], str] = {}  # run_task tokens whose answer was lost
+        self._final: dict[str, TaskStatus] = {}  # stopped tasks need no more describe calls
 
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = make_client("ecs", None, self._session, self.region)
+            self._client = make_client("ecs", self._session, self.region)
         return self._client
 
     def check_available(self) -> None:
@@ -173,182 +192,205 @@ class EcsScheduler(Scheduler):
     def default_parallelism(self) -> int:
         return 32
 
+    def _where(self) -> dict[str, str]:
+        return {"cluster": self.cluster} if self.cluster else {}
+
     # -- task definition -----------------------------------------------------------------
     def _task_definition(self, spec: SubmitSpec) -> str:
         if self.task_definition is not None:
             return self.task_definition
         if spec.job_name not in self._registered:
-            container: dict[str, Any] = {"name": self.container_name, "image": self.container_image,
-                                         "essential": True}
-            params: dict[str, Any] = {"family": f"poolparty-{spec.job_name}",
-                                      "containerDefinitions": [container],
-                                      "requiresCompatibilities": [self.launch_type],
-                                      "networkMode": "awsvpc",
-                                      "tags": aws_tags(self.tags, spec.job_name)}
-            params.update({k: v for k, v in self.roles.items() if v})
-            params.update({k: v for k, v in (("cpu", self.cpu), ("memory", self.memory)) if v})
-            if self.efs["fileSystemId"]:
-                volume = {"fileSystemId": self.efs["fileSystemId"],
-                          "rootDirectory": self.efs["rootDirectory"], "transitEncryption": "ENABLED"}
-                if self.efs["accessPointId"]:
-                    volume["rootDirectory"] = "/"  # the access point sets the root
-                    volume["authorizationConfig"] = {"accessPointId": self.efs["accessPointId"],
-                                                     "iam": "ENABLED"}
-                params["volumes"] = [{"name": "work", "efsVolumeConfiguration": volume}]
-                container["mountPoints"] = [{"sourceVolume": "work", "readOnly": False,
-                                             "containerPath": self.efs["containerPath"]
-                                             or map_path(spec.work_dir, self.path_mapping)}]
-            if self.log_group:
-                container["logConfiguration"] = {"logDriver": "awslogs", "options": {
-                    "awslogs-group": self.log_group, "awslogs-stream-prefix": spec.job_name,
-                    "awslogs-region": self.region or self.client.meta.region_name}}
             answer = call_with_retries(self.client.register_task_definition,
-                                       "ecs register_task_definition", **params)
+                                       "ecs register_task_definition", self.pause,
+                                       **self.task_definition_params(spec))
             self._registered[spec.job_name] = answer["taskDefinition"]["taskDefinitionArn"]
         return self._registered[spec.job_name]
 
-    def _deregister(self, job_name: str | None = None) -> None:
-        for name in [job_name] if job_name else list(self._registered):
-            arn = self._registered.pop(name, None)
-            if arn:  # running tasks keep running on an INACTIVE definition
+    def task_definition_params(self, spec: SubmitSpec) -> dict[str, Any]:
+        """What register_task_definition gets, checked against what ECS would refuse."""
+        container: dict[str, Any] = {"name": self.container_name, "image": self.container_image,
+                                     "essential": True}
+        awsvpc = self.launch_type == "FARGATE" or bool(self.subnets)
+        params: dict[str, Any] = {
+            "family": safe_name(f"poolparty-{spec.job_name}", 255), "containerDefinitions": [container],
+            "requiresCompatibilities": [self.launch_type], "networkMode": "awsvpc" if awsvpc else "bridge",
+            "tags": [{"key": k, "value": v} for k, v in aws_tags(self.tags, spec.job_name).items()]}
+        params.update({k: v for k, v in self.roles.items() if v})
+        params.update({k: str(v) for k, v in (("cpu", self.cpu), ("memory", self.memory)) if v})
+        if self.efs["fileSystemId"]:
+            mount = self.efs["containerPath"]
+            seen = map_path(spec.work_dir, self.path_mapping)
+            if not (seen == mount or seen.startswith(mount.rstrip("/") + "/")):
+                raise SchedulerError(
+                    f"the work_dir is {seen} in the container, not below efs_container_path "
+                    f"{mount}: put the work_dir on the EFS mount (POOLPARTY_RASTER_WORK_DIR_ROOT), "
+                    f"or give path_mapping={{driver mount: container mount}}")
+            volume: dict[str, Any] = {"fileSystemId": self.efs["fileSystemId"],
+                                      "rootDirectory": self.efs["rootDirectory"],
+                                      "transitEncryption": "ENABLED"}
+            if self.efs["accessPointId"]:
+                volume["rootDirectory"] = "/"  # the access point sets the root
+                volume["authorizationConfig"] = {
+                    "accessPointId": self.efs["accessPointId"],
+                    "iam": "ENABLED" if self.roles["taskRoleArn"] else "DISABLED"}
+            params["volumes"] = [{"name": "work", "efsVolumeConfiguration": volume}]
+            container["mountPoints"] = [{"sourceVolume": "work", "containerPath": mount,
+                                         "readOnly": False}]
+        if self.log_group:
+            container["logConfiguration"] = {"logDriver": "awslogs", "options": {
+                "awslogs-group": self.log_group, "awslogs-stream-prefix": safe_name(spec.job_name, 100),
+                "awslogs-region": self.region or self.client.meta.region_name}}
+        return params
+
+    def _deregister(self, arns: set[str]) -> list[str]:
+        """Deregister what this pool registered; running tasks keep running on an INACTIVE
+        definition. Returns what could not be deregistered."""
+        failed = []
+        for arn in sorted(arns - self._deregistered):
+            try:
                 call_with_retries(self.client.deregister_task_definition,
-                                  "ecs deregister_task_definition", taskDefinition=arn)
+                                  "ecs deregister_task_definition", self.pause, taskDefinition=arn)
+                self._deregistered.add(arn)
+            except SchedulerError as exc:
+                failed.append(f"task definition {arn}: {exc}")
+            self._registered = {n: a for n, a in self._registered.items() if a != arn}
+        return failed
 
     # -- submit ------------------------------------------------------------------------
-    def submit(self, spec: SubmitSpec, chunks: Sequence[int]) -> list[JobRecord]:
-        records = []
-        for chunk in chunks:
-            job_id = f"{spec.job_name}-c{chunk}-{uuid.uuid4().hex[:12]}"  # also the clientToken
-            record: JobRecord = {"job_id": job_id, "chunks": [chunk]}
-            self._backlog.append((spec, record))
-            self._backlog_status[job_id] = TaskStatus(TaskState.PENDING, "not started yet")
-            records.append(record)
-        self._start_backlog(spec)
-        return records
+    def submit(self, spec: SubmitSpec, chunks: Sequence[int]) -> Iterator[JobRecord]:
+        try:
+            definition = self._task_definition(spec)
+            for chunk in chunks:
+                params = self.run_task_params(spec, definition, chunk)
+                answer = self._run_task(spec, chunk, params)
+                if not answer.get("tasks"):
+                    reasons = sorted({" ".join(filter(None, (f.get("reason"), f.get("detail"))))
+                                      for f in answer.get("failures", [])}) or ["no task started"]
+                    quota = any("limit" in r.lower() for r in reasons)  # the account's, shared
+                    raise SubmissionRefused(f"ecs run_task could not start a task: {'; '.join(reasons)}",
+                                            None if quota else PLACEMENT_GIVE_UP_AFTER)
+                arn = answer["tasks"][0]["taskArn"]
+                self._started.add(spec.job_name)
+                record: JobRecord = {"job_id": arn.rsplit("/", 1)[-1], "chunks": [chunk],
+                                     "task_arn": arn}
+                if spec.job_name in self._registered:
+                    record["registered_definition"] = definition
+                yield record
+        except SubmissionRefused:
+            raise
+        except SchedulerError:
+            if spec.job_name not in self._started and spec.job_name in self._registered:
+                self._deregister({self._registered[spec.job_name]})  # the engine has no job to cancel
+            raise
 
-    def _running_count(self) -> int:
-        return sum(1 for job_id in self._arns if job_id not in self._stopped)
-
-    def _start_backlog(self, spec: SubmitSpec) -> None:
-        """Start what the throttle allows; capacity refusals wait (backoff), they do not fail."""
-        if time.monotonic() < self._next_try:
-            return
-        while self._backlog:
-            if spec.throttle and self._running_count() >= spec.throttle:
-                return
-            task_spec, record = self._backlog[0]
+    def _run_task(self, spec: SubmitSpec, chunk: int, params: dict[str, Any]) -> dict[str, Any]:
+        """run_task, repeated with the same clientToken when its answer was lost: the service
+        starts a task for a token once. A throttle is the engine's to wait out."""
+        delay = self.backoff
+        for attempt in range(self.retries + 1):
             try:
-                answer = self.client.run_task(**self._run_task_params(task_spec, record))
+                answer = self.client.run_task(**params)
             except Exception as exc:
-                if error_code(exc) is None and not is_retryable(exc):
+                kind = error_kind(exc)
+                if kind == "foreign":
                     raise
-                if not is_retryable(exc):  # a bad request: no retry will help
-                    status = TaskStatus(TaskState.FATAL, f"ecs run_task refused: {exc}")
-                    self._backlog_status[record["job_id"]] = status
-                    self._backlog.pop(0)
-                    self._stopped[record["job_id"]] = status
-                    return
-                return self._refused(record, f"ecs run_task throttled: {exc}")
-            if not answer.get("tasks"):
-                failures = "; ".join(f"{f.get('reason')} {f.get('detail', '')}".strip()
-                                     for f in answer.get("failures", [])) or "no task started"
-                return self._refused(record, f"ecs run_task could not place the task: {failures}")
-            self._backlog.pop(0)
-            self._backlog_status.pop(record["job_id"], None)
-            record["task_arn"] = self._arns[record["job_id"]] = answer["tasks"][0]["taskArn"]
-            self._delay = self.retry_delay
+                if kind == "throttle":
+                    raise SubmissionRefused(f"ecs run_task throttled: {error_code(exc)}") from exc
+                if kind == "permanent":
+                    raise AwsRequestError(describe_error("ecs run_task", exc)) from exc
+                if attempt == self.retries:  # keep the token: the next try asks for the same task
+                    raise SubmissionRefused(f"ecs run_task did not answer: {type(exc).__name__}",
+                                            PLACEMENT_GIVE_UP_AFTER) from exc
+                self.pause(delay)
+                delay = min(delay * 2, 20.0)
+                continue
+            self._tokens.pop((spec.job_name, chunk), None)  # answered: a new try is a new request
+            return answer
+        raise AssertionError("unreachable")
 
-    def _refused(self, record: JobRecord, reason: str) -> None:
-        self._backlog_status[record["job_id"]] = TaskStatus(TaskState.PENDING, reason)
-        self._next_try = time.monotonic() + self._delay
-        self._delay = min(self._delay * 2, 60.0)
-
-    def _run_task_params(self, spec: SubmitSpec, record: JobRecord) -> dict[str, Any]:
+    def run_task_params(self, spec: SubmitSpec, definition: str, chunk: int) -> dict[str, Any]:
         command = container_command(spec, self.container_python, self.path_mapping,
                                     ["--env", CHUNK_VARIABLE])
-        override: dict[str, Any] = {"name": self.container_name, "command": command,
-                                    "environment": [{"name": CHUNK_VARIABLE,
-                                                     "value": str(record["chunks"][0])}]}
+        override = {"name": self.container_name, "command": command,
+                    "environment": [{"name": CHUNK_VARIABLE, "value": str(chunk)}]}
+        if len(json.dumps([override])) > OVERRIDES_LIMIT:
+            raise SchedulerError(f"the container command is longer than ECS's {OVERRIDES_LIMIT} "
+                                 f"bytes of overrides (a long path_mapping or paths?): {command}")
+        token = self._tokens.setdefault((spec.job_name, chunk), f"{chunk}-{uuid.uuid4().hex}")
         params: dict[str, Any] = {
-            "taskDefinition": self._task_definition(spec), "count": 1,
-            "startedBy": record["job_id"][:128], "clientToken": record["job_id"][-64:],
-            "overrides": {"containerOverrides": [override]},
-            "tags": aws_tags(self.tags, spec.job_name)}
-        if self.cluster:
-            params["cluster"] = self.cluster
+            "taskDefinition": definition, "count": 1, "clientToken": token,
+            "startedBy": safe_name(spec.job_name, 128), "overrides": {"containerOverrides": [override]},
+            "tags": [{"key": k, "value": v} for k, v in aws_tags(self.tags, spec.job_name).items()],
+            **self._where()}
         if self.capacity:
-            params["capacityProviderStrategy"] = list(self.capacity)
+            params["capacityProviderStrategy"] = self.capacity
         else:
             params["launchType"] = self.launch_type
         if self.subnets:
             params["networkConfiguration"] = {"awsvpcConfiguration": {
                 "subnets": self.subnets, "securityGroups": self.security_groups,
                 "assignPublicIp": "ENABLED" if self.assign_public_ip else "DISABLED"}}
-        if self.task_definition is not None:  # a registered one already has cpu and memory
-            params["overrides"].update({k: v for k, v in (("cpu", self.cpu), ("memory", self.memory)) if v})
+        if self.task_definition is not None:  # a registered one has them already
+            sizes = (("cpu", self.cpu), ("memory", self.memory))
+            params["overrides"].update({k: str(v) for k, v in sizes if v})
         return params
 
     # -- poll and cancel ---------------------------------------------------------------
     def poll(self, spec: SubmitSpec, jobs: Sequence[JobRecord]) -> PollResult:
-        for job in jobs:  # a resumed driver knows the ARNs from the stored job records
-            if job.get("task_arn") and job["job_id"] not in self._arns:
-                self._arns[job["job_id"]] = job["task_arn"]
-        self._start_backlog(spec)
         result: PollResult = {}
-        ask = {}
+        ask: dict[str, tuple[str, int]] = {}
         for job in jobs:
-            job_id = job["job_id"]
-            key = (job_id, job["chunks"][0])
-            if job_id in self._stopped:
-                result[key] = self._stopped[job_id]
-            elif job_id in self._backlog_status:
-                result[key] = self._backlog_status[job_id]
-            elif job_id in self._arns:
-                ask[self._arns[job_id]] = key
+            key = (job["job_id"], job["chunks"][0])
+            if job["job_id"] in self._final:
+                result[key] = self._final[job["job_id"]]
+            elif job.get("task_arn"):
+                ask[job["task_arn"]] = key
         arns = list(ask)
         for start in range(0, len(arns), 100):
-            params: dict[str, Any] = {"tasks": arns[start:start + 100]}
-            if self.cluster:
-                params["cluster"] = self.cluster
-            answer = call_with_retries(self.client.describe_tasks, "ecs describe_tasks", **params)
+            answer = call_with_retries(self.client.describe_tasks, "ecs describe_tasks", self.pause,
+                                       tasks=arns[start:start + 100], **self._where())
             for task in answer.get("tasks", []):
-                key = ask.get(task["taskArn"])
-                if key is None:
-                    continue
-                last = task.get("lastStatus", "")
-                if last == "STOPPED":
-                    result[key] = self._stopped[key[0]] = TaskStatus(
-                        TaskState.FINISHED, describe_stopped(task))
-                elif last in _PENDING:
-                    result[key] = TaskStatus(TaskState.PENDING, last)
-                elif last in _RUNNING:
-                    result[key] = TaskStatus(TaskState.RUNNING, last)
-                else:
-                    raise SchedulerError(f"ecs describe_tasks: unknown lastStatus {last!r} "
-                                         f"of {task['taskArn']}")
+                key = ask.get(task.get("taskArn", ""))
+                if key is not None:
+                    status = result[key] = classify_task(task, self.container_name)
+                    if status.state in (TaskState.FINISHED, TaskState.FATAL):
+                        self._final[key[0]] = status
         return result
 
     def cancel(self, spec: SubmitSpec, jobs: Sequence[JobRecord],
                chunks: Sequence[int] | None = None) -> None:
-        targets = {job["job_id"] for job in jobs if chunks is None or job["chunks"][0] in chunks}
-        self._backlog = [(s, r) for s, r in self._backlog if r["job_id"] not in targets]
-        for job_id in targets:
-            self._backlog_status.pop(job_id, None)
-            arn = self._arns.get(job_id) or next(
-                (j.get("task_arn") for j in jobs if j["job_id"] == job_id), None)
-            if arn and job_id not in self._stopped:
-                params = {"task": arn, "reason": "poolparty_raster: cancelled by the driver"}
-                if self.cluster:
-                    params["cluster"] = self.cluster
-                call_with_retries(self.client.stop_task, "ecs stop_task", **params)
+        """Stop every target, whatever fails on the way; with ``chunks`` None, deregister the
+        task definitions the map registered too. Raise what was left behind, naming it."""
+        left = []
+        for job in jobs:
+            if (chunks is not None and job["chunks"][0] not in chunks) or job["job_id"] in self._final:
+                continue
+            if not job.get("task_arn"):
+                continue
+            try:
+                call_with_retries(self.client.stop_task, "ecs stop_task", self.pause,
+                                  task=job["task_arn"], reason="poolparty_raster: cancelled by the driver",
+                                  **self._where())
+            except AwsRequestError as exc:
+                if "not found" not in str(exc).lower():  # gone already: nothing to stop
+                    left.append(f"task {job['task_arn']}: {exc}")
+            except SchedulerError as exc:
+                left.append(f"task {job['task_arn']}: {exc}")
         if chunks is None:
-            self._deregister(spec.job_name)
+            left += self._deregister(self._definitions(spec.job_name, jobs))
+        if left:
+            raise SchedulerError(f"ecs: {len(left)} thing(s) of map {spec.job_name} were left "
+                                 f"behind (tagged poolparty_raster:map={spec.job_name}): " + "; ".join(left))
+
+    def _definitions(self, job_name: str | None, jobs: Sequence[JobRecord]) -> set[str]:
+        """The task definitions a map registered: this driver's, and a killed driver's."""
+        ours = {job["registered_definition"] for job in jobs if job.get("registered_definition")}
+        return ours | ({self._registered[job_name]} if job_name in self._registered else set())
 
     def release(self, jobs: Sequence[JobRecord]) -> None:
+        """The map ended: forget its tasks, deregister its task definitions (a killed
+        driver's too); what cannot be deregistered is a warning, not a failed map."""
         for job in jobs:
-            self._arns.pop(job["job_id"], None)
-            self._stopped.pop(job["job_id"], None)
-            self._backlog_status.pop(job["job_id"], None)
-        names = {job["job_id"].rsplit("-", 2)[0] for job in jobs}
-        for name in names & set(self._registered):
-            self._deregister(name)
+            self._final.pop(job["job_id"], None)
+        if failed := self._deregister(self._definitions(None, jobs)):
+            warnings.warn("poolparty_raster: left behind: " + "; ".join(failed), stacklevel=2)

@@ -1,0 +1,207 @@
+"""What the ECS and AWS Batch backends share: clients, error sorting, names, tags, the command.
+
+boto3 is imported only when a client is first made (``pip install poolparty_raster[aws]``);
+nothing here imports botocore, so the pools can be built and checked without it.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from poolparty_raster.errors import SchedulerError, SchedulerOutputError, SchedulerUnavailableError
+from poolparty_raster.schedulers.base import SubmitSpec
+from poolparty_raster.worker import KEEP_VARIABLE, REEXEC_VARIABLE
+
+# Error codes that pass by themselves: the request was not acted upon.
+THROTTLE_CODES = frozenset({"ThrottlingException", "TooManyRequestsException", "Throttling",
+                            "RequestLimitExceeded", "ThrottledException", "SlowDown"})
+# 5xx: the service may or may not have acted (a submission is checked before it is repeated).
+SERVER_CODES = frozenset({"ServerException", "ServiceUnavailableException", "InternalError",
+                          "InternalFailure", "ServiceUnavailable", "InternalServerError"})
+# botocore's transport errors, by class name (botocore may be absent where this is imported).
+# Never sent: repeating the call is safe. Maybe sent: the service may have acted.
+NOT_SENT = frozenset({"EndpointConnectionError", "ConnectTimeoutError"})
+MAYBE_SENT = frozenset({"ReadTimeoutError", "ConnectionClosedError"})
+# Throttling that ECS reports under another code (a dependency's rate limit, seen as
+# "InvalidParameterException: Error retrieving security group information: Request limit
+# exceeded"; "ClientException: Too many concurrent attempts to create a new revision").
+THROTTLE_MESSAGE = re.compile(r"rate exceeded|request limit exceeded|too many concurrent attempts", re.I)
+
+# The driver's variables that must not replace the container's own: its identity (the task
+# role's credentials come from AWS_CONTAINER_CREDENTIALS_RELATIVE_URI, which the driver's keys
+# or profile would override), and the paths of the driver's machine. Configuration such as
+# AWS_REGION, AWS_NO_SIGN_REQUEST or GDAL's AWS_S3_ENDPOINT still travels.
+CONTAINER_OWN_VARIABLES = (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+    "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN", "AWS_ROLE_SESSION_NAME",
+    "AWS_CREDENTIAL_EXPIRATION", "PATH", "LD_LIBRARY_PATH", "LD_PRELOAD", "PYTHONHOME", "HOME")
+
+# Runs script.py in the container: rewrites the driver's paths (path_mapping), tells the
+# script to leave the variables above as the container has them (KEEP_VARIABLE), and forbids
+# the script's re-exec, which would start script.py again without this mapping.
+BOOTSTRAP = f"""import json,os,sys
+m,d=json.loads(sys.argv[1]);p=sys.argv[2];s=open(p).read()
+for a,b in m:s=s.replace(a,b)
+os.environ['{KEEP_VARIABLE}']=','.join(d);os.environ['{REEXEC_VARIABLE}']='1';sys.argv=sys.argv[2:]
+exec(compile(s,p,'exec'),{{'__name__':'__main__','__file__':p}})"""
+
+# Batch's rule for job names, which also fits ECS families and startedBy.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+MAX_PREFIX = 24  # the map name (prefix + 10 hex digits) stays within startedBy's old 36
+_TAG_PATTERN = re.compile(r"[\w .:/=+\-@]*")
+
+
+class AwsRequestError(SchedulerOutputError):
+    """AWS refused a request for good (access denied, no such cluster, an invalid parameter).
+
+    A SchedulerOutputError, so that polls failing with it end the map after a few tries
+    instead of being waited out like an outage; the message names the code and the request."""
+
+
+def make_client(service: str, session: Any, region: str | None, retries: bool = True) -> Any:
+    """A client from the injected session, else from a new boto3 session. ``retries=False``
+    switches botocore's own retries off: it repeats a request whose answer timed out, which
+    for a call without an idempotency token (Batch's SubmitJob) can start a second job."""
+    if session is None:
+        try:
+            import boto3  # optional: only the AWS pools need it
+        except ImportError as exc:
+            raise SchedulerUnavailableError(
+                f"the AWS pools need boto3: pip install 'poolparty_raster[aws]' ({exc})") from exc
+        session = boto3.Session(region_name=region)
+    options: dict[str, Any] = {"region_name": region} if region else {}
+    if not retries:
+        from botocore.config import Config
+        options["config"] = Config(retries={"total_max_attempts": 1})
+    try:
+        client = session.client(service, **options)
+    except Exception as exc:
+        if type(exc).__name__ == "NoRegionError":
+            raise SchedulerUnavailableError(f"{service}: no AWS region: give region= or set "
+                                            f"AWS_DEFAULT_REGION") from exc
+        raise
+    if session.get_credentials() is None:  # say so now, not at the first call of a map
+        raise SchedulerUnavailableError(f"{service}: no AWS credentials found (environment, "
+                                        f"~/.aws, SSO or an instance role)")
+    return client
+
+
+def error_code(exc: BaseException) -> str | None:
+    """The AWS error code of a botocore ClientError (duck-typed: botocore may be absent)."""
+    response = getattr(exc, "response", None)
+    return response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+
+
+def error_kind(exc: BaseException) -> str:
+    """"throttle", "not_sent" or "maybe_sent" (worth repeating), "permanent", or "foreign"
+    (not an AWS error at all: a bug, raised as it is)."""
+    code, name = error_code(exc), type(exc).__name__
+    if code is not None:
+        if code in THROTTLE_CODES or "Throttl" in code or THROTTLE_MESSAGE.search(str(exc)):
+            return "throttle"
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)  # type: ignore[attr-defined]
+        return "maybe_sent" if code in SERVER_CODES or status >= 500 else "permanent"
+    if name in NOT_SENT:
+        return "not_sent"
+    if name in MAYBE_SENT:
+        return "maybe_sent"
+    return "foreign"
+
+
+def describe_error(what: str, exc: BaseException) -> str:
+    return f"{what} failed: {error_code(exc) or type(exc).__name__}: {exc}"
+
+
+def call_with_retries(func: Callable[..., Any], what: str, pause: Callable[[float], None],
+                      retries: int = 4, backoff: float = 0.5, **params: Any) -> Any:
+    """One idempotent API call (describe, stop, terminate, list, deregister): throttling,
+    5xx and transport errors are repeated with exponential backoff, then raise
+    SchedulerError; a permanent refusal raises AwsRequestError at once."""
+    delay = backoff
+    for attempt in range(retries + 1):
+        try:
+            return func(**params)
+        except Exception as exc:
+            kind = error_kind(exc)
+            if kind == "foreign":
+                raise
+            if kind == "permanent":
+                raise AwsRequestError(describe_error(what, exc)) from exc
+            if attempt == retries:
+                raise SchedulerError(f"{describe_error(what, exc)} (after {attempt + 1} attempts)") from exc
+            pause(delay)
+            delay = min(delay * 2, 20.0)
+    raise AssertionError("unreachable")
+
+
+def check_name_prefix(job_name: str) -> None:
+    """Map names become Batch job names, ECS families and startedBy: refuse what they refuse."""
+    if not NAME_PATTERN.fullmatch(job_name) or len(job_name) > MAX_PREFIX:
+        raise ValueError(f"job_name {job_name!r} must be 1 to {MAX_PREFIX} letters, digits, '-' or "
+                         f"'_', starting with a letter or digit (AWS names allow nothing else)")
+
+
+def safe_name(name: str, limit: int) -> str:
+    """A name AWS accepts (defensive: map names are checked at construction already)."""
+    cleaned = re.sub(r"[^A-Za-z0-9_-]", "_", name)
+    return (cleaned if cleaned[:1].isalnum() else "p" + cleaned)[:limit]
+
+
+def check_tags(tags: dict[str, str]) -> None:
+    for key, value in tags.items():
+        if not (isinstance(key, str) and isinstance(value, str)) or not 1 <= len(key) <= 128 \
+                or len(value) > 256 or not _TAG_PATTERN.fullmatch(key + value):
+            raise ValueError(f"tag {key!r}: {value!r}: AWS tags are strings, keys of 1-128 and "
+                             f"values of up to 256 letters, digits, spaces and + - = . _ : / @")
+        if key.lower().startswith("aws:"):
+            raise ValueError(f"tag {key!r}: the aws: prefix is reserved for AWS")
+
+
+def aws_tags(tags: dict[str, str], job_name: str) -> dict[str, str]:
+    """Everything a map creates carries its name, so that leftovers can be found and removed."""
+    return {"poolparty_raster:map": job_name, **tags}
+
+
+def absolute(path: str, what: str) -> str:
+    if not path.startswith("/"):
+        raise ValueError(f"{what} must be an absolute path, not {path!r}")
+    return path.rstrip("/") or "/"
+
+
+def checked_mapping(mapping: dict[str, str] | None) -> dict[str, str]:
+    """path_mapping={driver prefix: container prefix}, both absolute."""
+    return {absolute(d, "path_mapping keys"): absolute(c, "path_mapping values")
+            for d, c in (mapping or {}).items()}
+
+
+def map_path(path: str, mapping: dict[str, str] | None) -> str:
+    """A driver path as the container sees it (the longest matching prefix wins)."""
+    for driver, container in sorted((mapping or {}).items(), key=lambda kv: -len(kv[0])):
+        driver = driver.rstrip("/")
+        if path == driver or path.startswith(driver + "/"):
+            return container.rstrip("/") + path[len(driver):]
+    return path
+
+
+def container_command(spec: SubmitSpec, python: str | None, mapping: dict[str, str] | None,
+                      worker_args: Sequence[str]) -> list[str]:
+    """``[python, "-c", BOOTSTRAP, <mapping and dropped variables>, script.py, *worker_args]``.
+    Only paths and an index travel (container overrides are limited to 8 KB): the payload
+    stays in the work_dir."""
+    pairs = [(d.rstrip("/") + "/", c.rstrip("/") + "/") for d, c in (mapping or {}).items()]
+    pairs += [(repr(d.rstrip("/")), repr(c.rstrip("/"))) for d, c in (mapping or {}).items()]
+    return [python or spec.python_path, "-c", BOOTSTRAP,
+            json.dumps([pairs, list(CONTAINER_OWN_VARIABLES)], separators=(",", ":")),
+            map_path(spec.script_path, mapping), *worker_args]
+
+
+def spot_or_host_loss(reason: str) -> str:
+    """Words naming an instance taken away under the task, for the log and TaskLostError."""
+    if "spot" in reason.lower():
+        return "spot interruption:"
+    if reason.startswith("Host EC2"):
+        return "instance lost (host EC2 terminated: spot interruption or scale-in):"
+    return ""
