@@ -86,7 +86,7 @@ def qsub(argv: list[str], state: dict[str, Any], now: float) -> Result:
         raise UsageError("qsub: Maximum number of jobs already in queue for user", rc=1)
     direct = "--" in argv[:len(argv) - len(pos)]  # "-- command args": run directly, no script
     if not direct and not os.path.isfile(pos[0]):
-        raise UsageError(f"qsub: script file:: No such file or directory", rc=2)  # sic, PBS
+        raise UsageError("qsub: script file:: No such file or directory", rc=2)  # sic, PBS
     jid = _state.allocate_id(state)
     path = _cmd.CURRENT_PATH
     script = None

@@ -5,12 +5,10 @@ its result file exists); the scheduler's states only say what to resubmit and wh
 """
 from __future__ import annotations
 
-import signal
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from poolparty_raster.errors import (MapTerminated, SchedulerError, SchedulerOutputError,
                                      TaskLostError)
@@ -44,41 +42,6 @@ class _Chunk:
     absent_polls: int = 0
     absent_since: float | None = None
     deaths: list[tuple[str, list[str]]] = field(default_factory=list)  # (reason, stderr tail)
-
-
-class SigtermGuard:
-    """While maps run in the main thread, SIGTERM (``kill``, a scheduler ending the driver's
-    own job) raises SystemExit, so that the maps' jobs are cancelled before the driver exits.
-    The first map to start installs it, the last to end restores the default; a handler the
-    program installed itself is left alone."""
-
-    def __init__(self) -> None:
-        self._maps = 0
-        self._lock = threading.Lock()
-
-    def hold(self) -> bool:
-        if threading.current_thread() is not threading.main_thread():
-            return False
-        with self._lock:
-            if self._maps == 0:
-                if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-                    return False
-                signal.signal(signal.SIGTERM, _exit_on_term)
-            self._maps += 1
-        return True
-
-    def release(self) -> None:
-        with self._lock:
-            self._maps -= 1
-            if self._maps == 0 and threading.current_thread() is threading.main_thread():
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def _exit_on_term(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)
-
-
-SIGTERM_GUARD = SigtermGuard()
 
 
 class MapRun:
@@ -164,7 +127,7 @@ class MapRun:
             if not self._done():
                 self.scheduler.wait(min(tick, max(0.0, next_poll - time.monotonic()) + FIRST_TICK))
         self._cancel_leftovers()
-        self.work_dir.remove_claims()
+        self.work_dir.claims.remove()
         self.scheduler.release(self.jobs)
         self.work_dir.log("map_finished", chunks=self.manifest.num_chunks, lost=sorted(self.lost_chunks))
         if self.lost_chunks:

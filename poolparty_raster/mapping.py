@@ -24,10 +24,11 @@ import cloudpickle
 from filelock import FileLock, Timeout
 
 from poolparty_raster import workdir as wd
-from poolparty_raster.engine import SIGTERM_GUARD, MapRun, RunOptions
+from poolparty_raster.engine import MapRun, RunOptions
 from poolparty_raster.errors import WorkDirBusyError, WorkDirMismatchError
 from poolparty_raster.outcome import ChunkOutcome, rebuild_exception
 from poolparty_raster.progress import Progress
+from poolparty_raster.sigterm import SIGTERM_GUARD
 from poolparty_raster.schedulers.base import Scheduler, SubmitSpec
 from poolparty_raster.worker import render_script
 from poolparty_raster.workers import WorkerScaling, WorkersRun

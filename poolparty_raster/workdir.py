@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import pickle
-import shutil
 import socket
 import tempfile
 import time
@@ -34,13 +33,13 @@ from typing import IO, Any
 
 import cloudpickle
 
+from poolparty_raster.claims import Claims
+
 ARCHIVE_KINDS = ("result", "exception", "stdout", "stderr")
 _ARCHIVE_NAMES = {"result": "tasks.results.zip", "exception": "tasks.exceptions.zip",
                   "stdout": "tasks.stdout.zip", "stderr": "tasks.stderr.zip"}
 _LIVE_SUFFIX = ".part"
 _CHUNK_PREFIX = "chunk-"
-_REISSUE = ".reissue"    # in claims/: the driver lets a second worker run this chunk
-_DUPLICATE = ".dup"      # in claims/: that second worker's claim
 
 
 def atomic_write(path: str, write: Callable[[IO[bytes]], Any] | bytes) -> None:
@@ -189,6 +188,11 @@ class WorkDir:
     def archive_path(self, kind: str) -> str:
         return self.file(_ARCHIVE_NAMES[kind])
 
+    @property
+    def claims(self) -> Claims:
+        """The chunks workers have claimed (workers mode), in ``claims/``."""
+        return Claims(self.file("claims"))
+
     # -- creation ----------------------------------------------------------------------
     def create(self) -> None:
         """Create the directory 0700 (or tighten an existing one we own)."""
@@ -319,102 +323,6 @@ class WorkDir:
                         _copy(src, dst)
 
         atomic_write(path, write)
-
-    # -- claims (workers mode) ------------------------------------------------------------
-    @property
-    def claims_path(self) -> str:
-        return self.file("claims")
-
-    def claim_path(self, chunk: int) -> str:
-        return os.path.join(self.claims_path, chunk_key(chunk))
-
-    def create_claims(self) -> None:
-        """The driver's part: workers claim inside this directory and never create it, so a
-        worker that starts after the map ended (and its work_dir was removed) finds nothing."""
-        os.makedirs(self.claims_path, mode=0o700, exist_ok=True)
-
-    def claim_next(self, num_chunks: int, worker: str, done: set[int]) -> tuple[int, str] | None:
-        """Atomically claim the first chunk that is neither claimed nor in ``done``, else a
-        chunk the driver re-issued (a straggler's); returns (chunk, claim file), or None when
-        nothing is left or the map has ended (no claims directory).
-
-        O_CREAT|O_EXCL succeeds for exactly one process, also on NFS v3+; the claim holds the
-        claiming worker's name, and its mtime is the worker's heartbeat. A chunk finished in
-        workers mode keeps its claim, so ``done`` only needs the chunks finished before.
-        """
-        try:
-            taken = set(os.listdir(self.claims_path))
-        except FileNotFoundError:
-            return None
-        free = [c for c in range(num_chunks) if chunk_key(c) not in taken and c not in done]
-        reissued = sorted(int(n[:-len(_REISSUE)]) for n in taken if n.endswith(_REISSUE)
-                          and n[:-len(_REISSUE)] + _DUPLICATE not in taken)
-        for chunk, path in [(c, self.claim_path(c)) for c in free] + \
-                           [(c, self.claim_path(c) + _DUPLICATE) for c in reissued]:
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                continue
-            except FileNotFoundError:  # the driver removed the claims: the map is over
-                return None
-            with os.fdopen(fd, "w") as f:
-                f.write(worker)
-            return chunk, path
-        return None
-
-    def reissue(self, chunk: int) -> None:
-        """Let one more worker run a straggling chunk (it claims ``NNNNNN.dup``)."""
-        atomic_write(self.claim_path(chunk) + _REISSUE, b"")
-
-    def withdraw_reissue(self, chunk: int) -> None:
-        """The chunk finished: no worker should start its second run any more."""
-        try:
-            os.unlink(self.claim_path(chunk) + _REISSUE)
-        except FileNotFoundError:
-            pass
-
-    def duplicate_claims(self) -> dict[int, str]:
-        """{chunk: worker} of the second runs of re-issued chunks."""
-        found = {}
-        try:
-            names = os.listdir(self.claims_path)
-        except FileNotFoundError:
-            return {}
-        for name in names:
-            if name.endswith(_DUPLICATE):
-                try:
-                    with open(os.path.join(self.claims_path, name)) as f:
-                        found[int(name[:-len(_DUPLICATE)])] = f.read()
-                except (FileNotFoundError, ValueError):
-                    continue
-        return found
-
-    def claims(self) -> dict[int, tuple[str, float]]:
-        """{chunk: (worker, heartbeat time)} of every claim present."""
-        found = {}
-        try:
-            names = os.listdir(self.claims_path)
-        except FileNotFoundError:
-            return {}
-        for name in names:
-            if not name.isdigit():
-                continue
-            try:
-                with open(os.path.join(self.claims_path, name)) as f:
-                    worker = f.read()
-                found[int(name)] = (worker, os.stat(os.path.join(self.claims_path, name)).st_mtime)
-            except FileNotFoundError:
-                continue
-        return found
-
-    def remove_claims(self) -> None:
-        shutil.rmtree(self.claims_path, ignore_errors=True)
-
-    def release_claim(self, chunk: int) -> None:
-        try:
-            os.unlink(self.claim_path(chunk))
-        except FileNotFoundError:
-            pass
 
     # -- records -----------------------------------------------------------------------
     def log(self, event: str, **fields: Any) -> None:

@@ -198,7 +198,7 @@ def claim_and_run(work_dir: Any, manifest: Any, load_function: Callable[[], Any]
     num_chunks = manifest.num_chunks
     name = f"{worker} {socket.gethostname()} {os.getpid()}"
     done = work_dir.finished_chunks()
-    while (claimed := work_dir.claim_next(num_chunks, name, done)) is not None:
+    while (claimed := work_dir.claims.claim_next(num_chunks, name, done)) is not None:
         chunk, claim = claimed
         stop = threading.Event()
         beat = threading.Thread(target=_heartbeat, args=(claim, stop), daemon=True)

@@ -71,7 +71,7 @@ class WorkersRun(MapRun):
 
     # -- submission --------------------------------------------------------------------
     def _reattach_or_submit(self) -> bool:
-        self.work_dir.create_claims()
+        self.work_dir.claims.create()
         for job in self.jobs:  # a resumed map: taken to be alive until the polls say otherwise
             for worker in job["chunks"]:
                 self.workers[worker] = _Worker(job["job_id"])
@@ -91,9 +91,9 @@ class WorkersRun(MapRun):
         return {w: s for w, s in self.workers.items() if s.state in (TaskState.PENDING, TaskState.RUNNING)}
 
     def _unclaimed(self) -> list[int]:
-        claims = self.work_dir.claims()
+        claims = self.work_dir.claims.held()
         free = [c for c in self._outstanding() if c not in claims]
-        duplicated = self.work_dir.duplicate_claims()
+        duplicated = self.work_dir.claims.duplicates()
         return free + [c for c in self._reissued if c not in duplicated and c in self._outstanding()]
 
     def _scale(self) -> None:
@@ -132,7 +132,7 @@ class WorkersRun(MapRun):
             if seen is not None:
                 self._durations.append(now - seen)
             if chunk in self._reissued:
-                self.work_dir.withdraw_reissue(chunk)
+                self.work_dir.claims.withdraw_reissue(chunk)
         return changed
 
     def _poll_scheduler(self) -> bool:
@@ -176,8 +176,8 @@ class WorkersRun(MapRun):
         """Workers that end without ever holding a claim, while chunks wait, failed to start."""
         if not ended or not self._unclaimed():
             return
-        holders = {holder_id(h) for h, _ in self.work_dir.claims().values()}
-        holders |= {holder_id(h) for h in self.work_dir.duplicate_claims().values()}
+        holders = {holder_id(h) for h, _ in self.work_dir.claims.held().values()}
+        holders |= {holder_id(h) for h in self.work_dir.claims.duplicates().values()}
         for worker in ended:
             self.failed_starts = 0 if worker in holders else self.failed_starts + 1
         if self.failed_starts > self.max_workers + self.options.max_num_resubmissions:
@@ -194,7 +194,7 @@ class WorkersRun(MapRun):
         alive = self._alive()
         now = time.monotonic()
         released = False
-        for chunk, (holder, mtime) in self.work_dir.claims().items():
+        for chunk, (holder, mtime) in self.work_dir.claims.held().items():
             if chunk in self.finished or chunk in self.lost_chunks:
                 continue
             self._claim_seen.setdefault(chunk, now)
@@ -228,7 +228,7 @@ class WorkersRun(MapRun):
             self.lost_chunks.add(chunk)  # its claim stays, so no worker takes it again
             self.progress.note_failed(len(self.manifest.chunk_range(chunk)))
         else:
-            self.work_dir.release_claim(chunk)
+            self.work_dir.claims.release(chunk)
             self.progress.note_resubmitted(1)
 
     def _reissue_stragglers(self) -> None:
@@ -239,7 +239,7 @@ class WorkersRun(MapRun):
         for chunk in self._outstanding():
             running = now - self._claim_seen.get(chunk, now)
             if chunk not in self._reissued and running > limit:
-                self.work_dir.reissue(chunk)
+                self.work_dir.claims.reissue(chunk)
                 self._reissued.add(chunk)
                 self.work_dir.log("reissued", chunk=chunk, running=round(running, 1),
                                   median=round(statistics.median(self._durations), 1))
@@ -249,7 +249,7 @@ class WorkersRun(MapRun):
         """Cancel workers still queued (nothing is left for them) and the slower run of each
         re-issued chunk; running workers find nothing to claim and exit by themselves."""
         doomed = {w for w, s in self.workers.items() if s.state is TaskState.PENDING}
-        claims, duplicates = self.work_dir.claims(), self.work_dir.duplicate_claims()
+        claims, duplicates = self.work_dir.claims.held(), self.work_dir.claims.duplicates()
         for chunk in self._reissued:
             runs = [claims.get(chunk, ("",))[0], duplicates.get(chunk, "")]
             doomed |= {w for w in map(holder_id, runs) if w is not None}

@@ -3,7 +3,6 @@ returns the right results, or fails fast with a clear error, and never hangs."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

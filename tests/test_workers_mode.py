@@ -17,7 +17,7 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 def _claim_all(path: str, worker: int, num_chunks: int, out) -> None:
     work_dir = WorkDir(path)
     claimed = []
-    while (claim := work_dir.claim_next(num_chunks, str(worker), set())) is not None:
+    while (claim := work_dir.claims.claim_next(num_chunks, str(worker), set())) is not None:
         claimed.append(claim[0])
     out.put(claimed)
 
@@ -26,7 +26,7 @@ def test_each_chunk_is_claimed_exactly_once_under_contention(tmp_path):
     work_dir = WorkDir(str(tmp_path / "w"))
     work_dir.create()
     work_dir.write_manifest(Manifest("x", 300, list(range(300)), "pp-test", "workers"))
-    work_dir.create_claims()
+    work_dir.claims.create()
     out = multiprocessing.Queue()
     workers = [multiprocessing.Process(target=_claim_all, args=(work_dir.path, w, 300, out)) for w in range(8)]
     for process in workers:

@@ -16,6 +16,7 @@ the subprocesses of a killed driver would.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import select
@@ -109,14 +110,11 @@ class Launch:
 
 # -- the server ---------------------------------------------------------------------------
 def serve(preload: Sequence[str]) -> None:
-    for name in preload:
-        try:
-            __import__(name)
+    for name in ("cloudpickle", "poolparty_raster.worker", "poolparty_raster.workdir", *preload):
+        try:  # what every chunk needs, and what the driver uses, loaded once
+            importlib.import_module(name)
         except Exception:  # noqa: BLE001 -- a chunk imports it itself then
             pass
-    import cloudpickle  # noqa: F401 -- what every chunk needs, loaded once
-    import poolparty_raster.worker  # noqa: F401
-    import poolparty_raster.workdir  # noqa: F401
 
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)

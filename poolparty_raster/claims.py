@@ -1,0 +1,118 @@
+"""Workers mode's claims: which worker runs which chunk, in the work_dir's ``claims/``.
+
+    claims/NNNNNN          chunk NNNNNN is taken; holds "<worker> <host> <pid>"; its mtime is
+                           the worker's heartbeat. A finished chunk keeps its claim.
+    claims/NNNNNN.reissue  the driver lets a second worker run this straggling chunk
+    claims/NNNNNN.dup      that second worker's claim
+
+A claim is an ``O_CREAT | O_EXCL`` file, which exactly one process can create, also on NFS v3+.
+The driver creates the directory and removes it when the map ends; a worker never creates it,
+so one that starts after the map ended (its work_dir removed) finds nothing to do.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+_REISSUE = ".reissue"
+_DUPLICATE = ".dup"
+
+
+def _key(chunk: int) -> str:
+    return f"{chunk:06d}"
+
+
+class Claims:
+    def __init__(self, path: str):
+        self.path = path
+
+    def path_of(self, chunk: int) -> str:
+        return os.path.join(self.path, _key(chunk))
+
+    # -- the driver's side ------------------------------------------------------------
+    def create(self) -> None:
+        os.makedirs(self.path, mode=0o700, exist_ok=True)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def held(self) -> dict[int, tuple[str, float]]:
+        """{chunk: (holder, heartbeat mtime)} of every first-run claim present."""
+        found = {}
+        for name in self._names():
+            if not name.isdigit():
+                continue
+            try:
+                with open(os.path.join(self.path, name)) as f:
+                    holder = f.read()
+                found[int(name)] = (holder, os.stat(os.path.join(self.path, name)).st_mtime)
+            except FileNotFoundError:
+                continue
+        return found
+
+    def duplicates(self) -> dict[int, str]:
+        """{chunk: holder} of the second runs of re-issued chunks."""
+        found = {}
+        for name in self._names():
+            if name.endswith(_DUPLICATE):
+                try:
+                    with open(os.path.join(self.path, name)) as f:
+                        found[int(name[:-len(_DUPLICATE)])] = f.read()
+                except (FileNotFoundError, ValueError):
+                    continue
+        return found
+
+    def release(self, chunk: int) -> None:
+        """Free a dead worker's chunk for another worker to claim."""
+        self._unlink(self.path_of(chunk))
+
+    def reissue(self, chunk: int) -> None:
+        """Let one more worker run a straggling chunk."""
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".reissue.")
+        os.close(fd)
+        os.replace(tmp, self.path_of(chunk) + _REISSUE)
+
+    def withdraw_reissue(self, chunk: int) -> None:
+        """The chunk finished: no worker should start its second run any more."""
+        self._unlink(self.path_of(chunk) + _REISSUE)
+
+    # -- the worker's side ------------------------------------------------------------
+    def claim_next(self, num_chunks: int, worker: str, done: set[int]) -> tuple[int, str] | None:
+        """Claim the first chunk that is neither claimed nor in ``done``, else one the driver
+        re-issued; returns (chunk, claim file), or None when nothing is left or the map has
+        ended. ``done`` holds the chunks finished before this worker started (finished ones
+        keep their claims)."""
+        try:
+            taken = set(os.listdir(self.path))
+        except FileNotFoundError:
+            return None
+        free = [c for c in range(num_chunks) if _key(c) not in taken and c not in done]
+        reissued = sorted(int(n[:-len(_REISSUE)]) for n in taken if n.endswith(_REISSUE)
+                          and n[:-len(_REISSUE)] + _DUPLICATE not in taken)
+        candidates = [(c, self.path_of(c)) for c in free]
+        candidates += [(c, self.path_of(c) + _DUPLICATE) for c in reissued if c not in done]
+        for chunk, path in candidates:
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                continue
+            except FileNotFoundError:  # the driver removed the claims: the map is over
+                return None
+            with os.fdopen(fd, "w") as f:
+                f.write(worker)
+            return chunk, path
+        return None
+
+    def _names(self) -> list[str]:
+        try:
+            return os.listdir(self.path)
+        except FileNotFoundError:
+            return []
+
+    @staticmethod
+    def _unlink(path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
