@@ -68,6 +68,7 @@ class MapRun:
         self._fresh: list[int] = []  # finished chunks not yet handed to the consumer
         self._last_poll: PollResult = {}
         self._poll_failures = 0
+        self._unreadable = 0  # polls in a row whose output could not be read
         self._failing_since: float | None = None
         self._reattached: bool | None = None  # None until started
 
@@ -205,18 +206,19 @@ class MapRun:
             now = time.monotonic()
             self._poll_failures += 1
             self._failing_since = self._failing_since or now
+            self._unreadable = self._unreadable + 1 if isinstance(exc, SchedulerOutputError) else 0
             if self._poll_failures & (self._poll_failures - 1) == 0:  # 1, 2, 4, ...: a short log
                 self.work_dir.log("poll_failed", error=str(exc), failures=self._poll_failures)
                 if self.options.verbose:
                     self.progress.write(f"poolparty_raster: poll failed, will retry: {exc}")
             kept = f"The work_dir is kept: {self.work_dir.path}"
-            if isinstance(exc, SchedulerOutputError) and self._poll_failures >= UNREADABLE_POLLS:
-                raise SchedulerError(f"{exc} ({self._poll_failures} polls in a row). {kept}") from exc
+            if self._unreadable >= UNREADABLE_POLLS:
+                raise SchedulerError(f"{exc} ({self._unreadable} polls in a row). {kept}") from exc
             if now - self._failing_since > MAX_POLL_OUTAGE:
                 raise SchedulerError(f"the scheduler has not answered a poll for "
                                      f"{now - self._failing_since:.0f} s: {exc}. {kept}") from exc
             return None
-        self._poll_failures, self._failing_since = 0, None
+        self._poll_failures, self._failing_since, self._unreadable = 0, None, 0
         self._last_poll = statuses
         return statuses
 

@@ -36,6 +36,11 @@ BACKENDS = {
     "dummy_batch": ("dummy_batch", lambda **o: pp.AwsBatchPool(**__import__("dummy_queues.aws").aws.pool_options("batch"), **o)),
     "dummy_ecs_workers": ("dummy_ecs", lambda **o: pp.EcsPool(**__import__("dummy_queues.aws").aws.pool_options("ecs"), mode="workers", max_workers=3, **o)),
     "dummy_batch_workers": ("dummy_batch", lambda **o: pp.AwsBatchPool(**__import__("dummy_queues.aws").aws.pool_options("batch"), mode="workers", max_workers=3, **o)),
+    # The same fakes with their commands misbehaving at the start of every test: the chain
+    # must absorb it without a visible difference.
+    "faulty_slurm_array": ("faulty_slurm", lambda **o: pp.SlurmArrayPool(**o)),
+    "faulty_sge_array": ("faulty_sge", lambda **o: pp.SgePool(**o)),
+    "faulty_pbs": ("faulty_pbs", lambda **o: pp.PbsPool(**o)),
     "real_slurm": ("real_slurm", lambda **o: pp.SlurmArrayPool(**o)),
     "real_sge": ("real_sge", lambda **o: pp.SgePool(**o)),
     "real_slurm_workers": ("real_slurm", lambda **o: pp.SlurmArrayPool(mode="workers", max_workers=3, **o)),
@@ -68,6 +73,32 @@ def require_real(kind: str) -> None:
         pytest.fail(f"a real {kind} is required here (POOLPARTY_REQUIRE_REAL=1), but {why}. "
                     f"Run `sudo bash ci/bringup-all.sh` first.")
     pytest.skip(f"no real {kind}: {why} (run `sudo bash ci/bringup-all.sh` to start one)")
+
+
+COMMAND_FAULTS = {  # scheduler: (submission command, poll command)
+    "slurm": ("sbatch", "squeue"), "sge": ("qsub", "qstat"), "pbs": ("qsub", "qstat")}
+
+
+def _faulty(queue):
+    submit, poll = COMMAND_FAULTS[queue.scheduler]
+    queue.inject_command_failure(submit, times=1, mode="lose_id")
+    queue.inject_command_failure(poll, times=2, mode="fail")
+    return queue
+
+
+@pytest.fixture
+def faulty_slurm(dummy_slurm):
+    return _faulty(dummy_slurm)
+
+
+@pytest.fixture
+def faulty_sge(dummy_sge):
+    return _faulty(dummy_sge)
+
+
+@pytest.fixture
+def faulty_pbs(dummy_pbs):
+    return _faulty(dummy_pbs)
 
 
 @pytest.fixture

@@ -47,7 +47,7 @@ def test_squeue_skips_collapsed_ranges_and_quotes_what_it_cannot_read():
 
 @pytest.mark.parametrize("stderr, kind", [
     ("sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)", "transient"),
-    ("sbatch: error: Batch job submission failed: Socket timed out on send/recv operation", "transient"),
+    ("sbatch: error: Batch job submission failed: Socket timed out on send/recv operation", "answer_lost"),
     ("sbatch: error: Slurm temporarily unable to accept job, sleeping and retrying", "transient"),
     ("sbatch: error: QOSMaxSubmitJobPerUserLimit", "limit"),
     ("sbatch: error: AssocMaxSubmitJobLimit", "limit"),
@@ -93,7 +93,7 @@ def test_qstat_xml_expands_task_ranges_and_lists():
 
 @pytest.mark.parametrize("stderr, kind", [
     ('Unable to run job: unable to send message to qmaster using port 6444 on host "vm": got send error', "transient"),
-    ("Unable to run job: failed receiving gdi request response for mid=1 (got syncron message receive timeout error).", "transient"),
+    ("Unable to run job: failed receiving gdi request response for mid=1 (got syncron message receive timeout error).", "answer_lost"),
     ("Unable to run job: job rejected: Only 10 jobs are allowed per user (current job count: 10)", "limit"),
     ("Unable to run job: Job was rejected because job requests unknown queue \"nosuch\".", "permanent"),
 ])

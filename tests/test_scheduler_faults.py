@@ -126,6 +126,16 @@ def sleep_long(x):
     return x
 
 
+def test_lost_answer_of_a_job_that_ended_before_the_check_is_not_repeated(dummy_sge, tmp_path, monkeypatch):
+    """Grid Engine lists a job only until it ends: a job whose qsub answer was lost and that
+    ended before the listing could show it stays unconfirmed, and is not submitted again."""
+    monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(tmp_path / "work"))
+    dummy_sge.inject_command_failure("qsub", times=1, mode="lose_id")
+    dummy_sge.inject_command_failure("qstat", times=2, mode="fail")  # the listing answers late
+    assert pp.SgePool(**FAST).map(plus_one, range(4), chunksize=1) == [1, 2, 3, 4]
+    assert len(dummy_sge.submissions) == 1
+
+
 def test_unreadable_poll_output_fails_the_map_quoting_it(cluster):
     queue, pool_class, _ = cluster
     queue.inject_command_failure(POLL[queue.scheduler], times=100, mode="garble")

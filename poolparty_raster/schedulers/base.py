@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import threading
 import time
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -222,8 +223,15 @@ class Submitter:
     When the command times out, fails, or prints no id, the scheduler's listing of the map's
     jobs (by name) is asked whether a job got in anyway; only when that listing answers, and
     shows no new job, is the command run again. ``refusal(stderr)`` sorts a failure into
-    "permanent" (raise :class:`SchedulerError`), "transient" (retry with backoff) or one of
-    the ``limits`` (raise :class:`SubmissionRefused`, with that limit's give-up time).
+    "permanent" (raise :class:`SchedulerError`), "transient" (the request did not arrive:
+    retry with backoff), "answer_lost" (it may have arrived), or one of the ``limits`` (raise
+    :class:`SubmissionRefused`, with that limit's give-up time).
+
+    A scheduler whose listing drops jobs as they end (Grid Engine: ``lists_finished=False``)
+    cannot tell a job that never got in from one that already ended: a possibly accepted
+    submission then returns an ``unconfirmed-`` id, which no poll will show, so the engine
+    resubmits the chunks that have no result after the usual grace, and never runs a
+    duplicate of a job that did get in.
     """
 
     scheduler: Scheduler
@@ -232,6 +240,7 @@ class Submitter:
     listed_ids: Callable[[SubmitSpec], set[str] | None]
     refusal: Callable[[str], str]
     limits: dict[str, float | None] = field(default_factory=lambda: {"limit": None})
+    lists_finished: bool = True
     known: dict[str, set[str]] = field(default_factory=dict)  # job ids per map name
 
     def submit(self, spec: SubmitSpec, argv: Sequence[str]) -> str:
@@ -247,7 +256,9 @@ class Submitter:
             if adopted:
                 return adopted
             stderr = "" if result is None else (result.stderr.strip() or result.stdout.strip())
-            kind = "transient" if result is None or result.returncode == 0 else self.refusal(stderr)
+            kind = "answer_lost" if result is None or result.returncode == 0 else self.refusal(stderr)
+            if kind == "answer_lost" and not self.lists_finished:
+                return f"unconfirmed-{uuid.uuid4().hex[:12]}"
             if kind in self.limits:
                 raise SubmissionRefused(f"{argv[0]} refused for now: {stderr}", self.limits[kind])
             if kind == "permanent":

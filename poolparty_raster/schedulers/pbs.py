@@ -24,13 +24,15 @@ MAX_ARRAY_SIZE = 10_000  # PBS Pro's default max_array_size
 # qsub refusals that pass once some of the user's jobs have ended (queue and server limits)
 LIMIT_MESSAGES = ("Maximum number of jobs already in queue", "would exceed",
                   "max_queued", "max_run")
-TRANSIENT_MESSAGES = ("cannot connect to server", "End of File", "Connection refused",
-                      "timed out", "Server is busy")
+TRANSIENT_MESSAGES = ("cannot connect to server", "Connection refused", "Server is busy")
+ANSWER_LOST_MESSAGES = ("End of File", "timed out")  # sent; qstat -x will tell
 
 
 def classify_refusal(stderr: str) -> str:
     if any(m in stderr for m in LIMIT_MESSAGES):
         return "limit"
+    if any(m in stderr for m in ANSWER_LOST_MESSAGES):
+        return "answer_lost"
     if any(m in stderr for m in TRANSIENT_MESSAGES):
         return "transient"
     return "permanent"

@@ -25,15 +25,18 @@ from poolparty_raster.schedulers.base import (CommandRunner, JobRecord, PollResu
 
 # qsub refusals that pass once some of the user's jobs have ended (max_u_jobs, max_jobs)
 LIMIT_MESSAGES = ("jobs are allowed per user", "jobs are allowed per cluster")
-# qsub failures that say nothing about the job: qmaster is busy, restarting or unreachable
-TRANSIENT_MESSAGES = ("unable to send message", "commlib error", "failed receiving gdi request",
-                      "unable to contact qmaster", "timeout")
+# qsub failures before the request reached qmaster: busy, restarting or unreachable
+TRANSIENT_MESSAGES = ("unable to send message", "commlib error", "unable to contact qmaster")
+# ... and after: the request was sent, its answer lost; the job may be in
+ANSWER_LOST_MESSAGES = ("failed receiving gdi request", "timeout")
 DEFAULT_MAX_ARRAY_TASKS = 75_000  # Grid Engine's max_aj_tasks default
 
 
 def classify_refusal(stderr: str) -> str:
     if any(m in stderr for m in LIMIT_MESSAGES):
         return "limit"
+    if any(m in stderr for m in ANSWER_LOST_MESSAGES):
+        return "answer_lost"
     if any(m in stderr for m in TRANSIENT_MESSAGES):
         return "transient"
     return "permanent"
@@ -134,8 +137,9 @@ class SgeScheduler(Scheduler):
         self.qconf_path = qconf_path
         self.runner = CommandRunner(timeout=sge_call_timeout, pause=self.pause)
         self.user = getpass.getuser()
+        # qstat lists a job only until it ends: a lost answer stays unconfirmed (see Submitter)
         self.submitter = Submitter(self, self.runner, parse_job_id, self._listed_job_ids,
-                                   classify_refusal)
+                                   classify_refusal, lists_finished=False)
         self._max_array_tasks: int | None = None
         self._parallelism: int | None = None
 

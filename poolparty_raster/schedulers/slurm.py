@@ -42,10 +42,11 @@ LIMIT_MESSAGES = ("MaxSubmitJob", "QOSMaxSubmitJobPerUserLimit", "AssocMaxSubmit
 POLICY_MESSAGE = "Job violates accounting/QOS policy"
 POLICY_GIVE_UP_AFTER = 600.0
 # sbatch failures that say nothing about the job: the controller is busy, restarting or far.
-TRANSIENT_MESSAGES = ("Unable to contact slurm controller", "Socket timed out",
-                      "temporarily unable", "Resource temporarily unavailable",
-                      "Zero Bytes were transmitted", "Communication connection failure",
+TRANSIENT_MESSAGES = ("Unable to contact slurm controller", "temporarily unable",
+                      "Resource temporarily unavailable", "Communication connection failure",
                       "Transport endpoint is not connected", "Connection refused")
+# ... and after the request was sent: the job may be in (squeue --states=all will tell)
+ANSWER_LOST_MESSAGES = ("Socket timed out", "Zero Bytes were transmitted")
 
 
 def classify(state: str, reason: str) -> TaskStatus:
@@ -66,11 +67,14 @@ def classify(state: str, reason: str) -> TaskStatus:
 
 
 def classify_refusal(stderr: str) -> str:
-    """What an sbatch failure means: "limit", "policy", "transient" or "permanent"."""
+    """What an sbatch failure means: "limit", "policy", "answer_lost", "transient" or
+    "permanent"."""
     if any(m in stderr for m in LIMIT_MESSAGES):
         return "limit"
     if POLICY_MESSAGE in stderr:
         return "policy"
+    if any(m in stderr for m in ANSWER_LOST_MESSAGES):
+        return "answer_lost"
     if any(m in stderr for m in TRANSIENT_MESSAGES) or "submission failed" not in stderr:
         return "transient"
     return "permanent"
