@@ -119,15 +119,16 @@ SHAPES = {
 }
 
 
-def answers(scheduler: str) -> list[tuple[int, str, str]]:
-    """(exit code, stdout, stderr) of each command, numbers replaced by N."""
+def answers(scheduler: str, cwd: Path) -> list[tuple[int, str, str]]:
+    """(exit code, stdout, stderr) of each command, numbers replaced by N (held jobs: should
+    one run anyway, its default output file lands in ``cwd``)."""
     commands, clean_up = SHAPES[scheduler]
     name = f"ppshape{uuid.uuid4().hex[:6]}"
     out = []
     try:
         for argv in commands:
             done = subprocess.run([a.format(name=name) for a in argv], capture_output=True,
-                                  text=True, timeout=60)
+                                  text=True, timeout=60, cwd=cwd)
             out.append((done.returncode, re.sub(r"\d+", "N", done.stdout), done.stderr))
     finally:
         subprocess.run([a.format(name=name) for a in clean_up], capture_output=True, timeout=60)
@@ -135,10 +136,10 @@ def answers(scheduler: str) -> list[tuple[int, str, str]]:
 
 
 @pytest.mark.parametrize("scheduler", ["slurm", "sge"])
-def test_dummy_and_real_scheduler_answer_submissions_alike(scheduler, request):
+def test_dummy_and_real_scheduler_answer_submissions_alike(scheduler, request, tmp_path):
     """Ids as sbatch --parsable and qsub -terse print them (4, 18.1-10:1), and the messages
     and exit codes of flags the tool does not know."""
     request.getfixturevalue(f"real_{scheduler}")
-    real = answers(scheduler)
+    real = answers(scheduler, tmp_path)
     request.getfixturevalue(f"dummy_{scheduler}")
-    assert answers(scheduler) == real
+    assert answers(scheduler, tmp_path) == real

@@ -102,7 +102,7 @@ def test_array_specs(spec, tasks):
     assert parse_array(spec, 1001)[0] == tasks
 
 
-def test_max_array_size_and_config(dummy_slurm):
+def test_max_array_size_and_config(dummy_slurm, tmp_path):
     dummy_slurm.set_limits(max_array_size=10, max_job_count=500)
     cfg = run("scontrol", "show", "config").stdout.splitlines()
     assert "MaxArraySize            = 10" in cfg and "MaxJobCount             = 500" in cfg
@@ -110,7 +110,7 @@ def test_max_array_size_and_config(dummy_slurm):
     assert res.returncode == 1 and res.stdout == ""
     assert res.stderr == ("sbatch: error: Batch job submission failed: "
                           "Invalid job array specification\n")
-    assert run("sbatch", "--parsable", "--array=0-9", "--wrap=true").returncode == 0
+    assert run("sbatch", "--parsable", "--array=0-9", "--wrap=true", cwd=tmp_path).returncode == 0
     assert len(dummy_slurm.submissions) == 1
 
 
