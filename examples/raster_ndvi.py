@@ -1,7 +1,8 @@
 """NDVI of a synthetic 4-band image with poolparty_raster's RIOS-style applier.
 
 Makes its own input (red and near-infrared bands, 30 m UTM pixels, 0 = nodata) in a
-temporary directory, computes NDVI block by block on a LocalPool of two worker processes,
+temporary directory, computes NDVI block by block on a LocalPool of two long-lived worker
+processes (``numComputeWorkers=2`` means workers mode: each claims tasks until none is left),
 and checks the result against numpy.
 
     python examples/raster_ndvi.py
@@ -67,7 +68,7 @@ def main() -> None:
     controls.setConcurrencyStyle(applier.ConcurrencyStyle(
         numComputeWorkers=2, computeWorkerKind=applier.CW_SUBPROC,
         computeWorkerExtraParams={"work_dir": str(workdir / "work"), "progress": False}))
-    how = "LocalPool, 2 worker processes"
+    how = "LocalPool, 2 worker processes (workers mode)"
 
     result = applier.apply(ndvi, infiles, outfiles, otherArgs, controls)
 

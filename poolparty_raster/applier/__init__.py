@@ -10,14 +10,16 @@ from poolparty_raster.applier.controls import (BOUNDS_FROM_REFERENCE, CW_AWSBATC
                                                CW_NONE, CW_PBS, CW_SGE, CW_SLURM, CW_SUBPROC,
                                                CW_THREADS, INTERSECTION, UNION, ApplierControls,
                                                ConcurrencyStyle)
-from poolparty_raster.applier.info import BlockInfo
+from poolparty_raster.applier.grid import ResampleNeededError
+from poolparty_raster.applier.info import BlockInfo, Coord
 from poolparty_raster.applier.structures import (ApplierBlockDefn, ApplierReturn,
                                                  BlockAssociations, FilenameAssociations,
                                                  OtherInputs, Timers)
 
 __all__ = [
     "apply", "ApplierControls", "ConcurrencyStyle", "FilenameAssociations", "BlockAssociations",
-    "OtherInputs", "ApplierBlockDefn", "ApplierReturn", "Timers", "BlockInfo",
+    "OtherInputs", "ApplierBlockDefn", "ApplierReturn", "Timers", "BlockInfo", "Coord",
+    "ResampleNeededError",
     "INTERSECTION", "UNION", "BOUNDS_FROM_REFERENCE",
     "CW_NONE", "CW_THREADS", "CW_SUBPROC", "CW_SLURM", "CW_PBS", "CW_SGE", "CW_ECS", "CW_AWSBATCH",
 ]

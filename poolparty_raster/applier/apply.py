@@ -1,30 +1,38 @@
-"""``apply``: the driver. It works out the working grid and the blocks, hands groups of
-blocks to a pool (or runs them in-process), and writes each task's outputs as they arrive."""
+"""``apply``: the driver. It works out the working grid and the blocks, hands runs of blocks
+to a pool (or runs them in-process), and writes each task's outputs as they arrive, one
+block at a time.
+
+Memory stays bounded whatever the raster size: tasks are capped in pixels (grid.py); a
+worker streams its blocks into a block file as it computes them; the driver reads them back
+one block at a time; results that arrive faster than the driver writes wait on disk. Where
+a pool pulls tasks lazily (multiprocessing's pools, threads, whose blocks come back in-band),
+only a bounded number are out at a time."""
 from __future__ import annotations
 
-import copy
+import contextlib
+import os
 import threading
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from typing import Any
 
-import cloudpickle
-
 from poolparty_raster.applier.controls import CW_NONE, CW_THREADS, ApplierControls
-from poolparty_raster.applier.grid import (blocksPerTask, computeWorkingGrid, groupBlocks,
-                                           makeBlocks)
-from poolparty_raster.applier.poolfactory import makePool, poolWidth
-from poolparty_raster.applier.reader import TaskSpec, inputSpecs, iterTaskBlocks, runTask
+from poolparty_raster.applier.grid import (MAX_TASK_PIXELS, blocksPerTask, computeWorkingGrid,
+                                           groupBlocks, makeBlocks)
+from poolparty_raster.applier.poolfactory import (Scratch, isWorkersMode, makePool, poolWidth,
+                                                  throttles)
+from poolparty_raster.applier.reader import inputSpecs
 from poolparty_raster.applier.structures import (ApplierBlockDefn, ApplierReturn,
                                                  FilenameAssociations, Timers)
-from poolparty_raster.applier.writer import OutputFile, openOutputs
+from poolparty_raster.applier.task import (TaskPart, TaskResult, TaskRunner, TaskSpec,
+                                           copiedOtherArgs, iterTaskBlocks, newStats,
+                                           readBlockFile)
+from poolparty_raster.applier.writer import OutputFile, finishAll, openOutputs
 
-# Tasks handed out but not yet written, per pool worker: bounds the driver's memory when
-# the pool pulls tasks lazily (multiprocessing's pools do).
+# Tasks handed out but not yet written, per worker, where tasks are handed out lazily.
 TASKS_IN_FLIGHT_PER_WORKER = 2
-# A pool that pulls tasks in a background thread but returns nothing until it has them all
-# would wait forever on the bound; after this many seconds without a result it is lifted.
-_THROTTLE_TIMEOUT = 10.0
+# In-band results (threads) are held in memory until written: smaller tasks there.
+MAX_INBAND_TASK_PIXELS = 4 * 1024 * 1024
 
 Outputs = dict[tuple[str, int | None], OutputFile]
 
@@ -46,74 +54,83 @@ def apply(userFunction: Callable[..., Any], infiles: FilenameAssociations,
     """
     controls = controls or ApplierControls()
     timings = Timers()
+    started = time.perf_counter()
     with timings.interval("setup"):
         grid = computeWorkingGrid(infiles, controls)
         blocks = makeBlocks(grid, controls.windowxsize, controls.windowysize)
         outputs = openOutputs(outfiles, grid, controls)
-    template = TaskSpec(0, userFunction, inputSpecs(infiles, controls), list(outputs), grid,
-                        controls.windowxsize, controls.windowysize, controls.overlap, [],
-                        otherArgs, otherArgs is not None)
+    spec = TaskSpec(userFunction, inputSpecs(infiles, controls), list(outputs), grid,
+                    controls.windowxsize, controls.windowysize, controls.overlap,
+                    otherArgs is not None,
+                    {k: o.statsIgnore for k, o in outputs.items() if o.calcStats})
     progress = _Progress(controls.progress, len(blocks))
     try:
         if controls.pool is None and controls.concurrency.computeWorkerKind == CW_NONE:
-            otherArgsList = _runInProcess(template, blocks, outputs, timings, progress)
+            otherArgsList = _runInProcess(spec, blocks, otherArgs, outputs, timings, progress)
         else:
-            otherArgsList = _runOnPool(template, blocks, outputs, timings, progress, controls)
-        for output in outputs.values():
-            output.finish(timings)
+            otherArgsList = _runOnPool(spec, blocks, otherArgs, outputs, timings, progress,
+                                       controls)
+        finishAll(outputs, timings)
     except BaseException:
         for output in outputs.values():
             output.abort()
         raise
     finally:
         progress.reset()
+    timings.pairs["walltime"].append(time.perf_counter() - started)
     return ApplierReturn(timings, otherArgsList)
 
 
-def _runInProcess(template: TaskSpec, blocks: list[ApplierBlockDefn], outputs: Outputs,
-                  timings: Timers, progress: _Progress) -> list[Any]:
+def _runInProcess(spec: TaskSpec, blocks: list[ApplierBlockDefn], otherArgs: Any,
+                  outputs: Outputs, timings: Timers, progress: _Progress) -> list[Any]:
     """Every block in this process, nothing pickled or copied: the I/O floor."""
-    for blockDefn, arrays in iterTaskBlocks(replace(template, blocks=blocks), timings):
-        with timings.interval("writing"):
-            for key, array in arrays.items():
-                outputs[key].write(blockDefn, array)
+    stats = newStats(spec, blocks)
+    clock = time.perf_counter
+    for blockDefn, arrays in iterTaskBlocks(spec, blocks, otherArgs, timings, stats):
+        start = clock()
+        for key, array in arrays.items():
+            outputs[key].write(blockDefn, array)
+        timings.add("writing", clock() - start)
         progress.advance(1)
-    return [template.otherArgs]
+    _addStats(outputs, stats)
+    return [otherArgs]
 
 
-def _runOnPool(template: TaskSpec, blocks: list[ApplierBlockDefn], outputs: Outputs,
-               timings: Timers, progress: _Progress, controls: ApplierControls) -> list[Any]:
+def _runOnPool(spec: TaskSpec, blocks: list[ApplierBlockDefn], otherArgs: Any,
+               outputs: Outputs, timings: Timers, progress: _Progress,
+               controls: ApplierControls) -> list[Any]:
     style = controls.concurrency
     pool = controls.pool
     ownPool = pool is None
     if ownPool:
         pool = makePool(style, controls.jobName)
-    width = poolWidth(pool, style)
-    groups = groupBlocks(blocks, blocksPerTask(len(blocks), width, style.singleBlockComputeWorkers))
-    # Threads share this process: TaskSpec objects go as they are (otherArgs still copied).
-    pickled = not (ownPool and style.computeWorkerKind == CW_THREADS)
-    feeder = _Feeder(groups, template, pickled, TASKS_IN_FLIGHT_PER_WORKER * width)
-    otherArgsByTask: dict[int, Any] = {}
+    # Threads share this process: the spec goes as it is, blocks come back in-band.
+    threads = ownPool and style.computeWorkerKind == CW_THREADS
+    scratch = None
     try:
-        results = iter(pool.imap_unordered(runTask, feeder.tasks()))
-        while True:
-            with timings.interval("waiting"):
-                result = next(results, None)
-            if result is None:
-                break
-            with timings.interval("writing"):
-                for blockDefn, arrays in result.blocks:
-                    for key, array in arrays.items():
-                        outputs[key].write(blockDefn, array)
-            timings.merge(result.timings)
-            otherArgsByTask[result.taskIndex] = result.otherArgs
-            feeder.done()
-            progress.advance(len(result.blocks))
+        if not threads:
+            scratch = Scratch(pool)
+            spec.scratchDir = scratch.workerPath
+        width = poolWidth(pool, style)
+        blockPixels = controls.windowxsize * controls.windowysize
+        how = "threads" if threads else "workers" if isWorkersMode(pool) else "array"
+        perTask = blocksPerTask(len(blocks), width, style.singleBlockComputeWorkers, how,
+                                blockPixels)
+        cap = MAX_INBAND_TASK_PIXELS if threads else MAX_TASK_PIXELS
+        perTask = max(1, min(perTask, cap // blockPixels))
+        groups = groupBlocks(blocks, perTask)
+        limit = TASKS_IN_FLIGHT_PER_WORKER * width if throttles(pool) else None
+        feeder = _Feeder(groups, otherArgs, not threads, limit)
+        runner = TaskRunner(spec, pickled=not threads)
+        otherArgsByTask = _collect(pool, runner, feeder, scratch, spec, outputs, timings,
+                                   progress)
     except BaseException:
-        feeder.abort()
         if ownPool:
             pool.terminate()
         raise
+    finally:
+        if scratch is not None:
+            scratch.close()
     if ownPool:
         pool.close()
         pool.join()
@@ -122,38 +139,89 @@ def _runOnPool(template: TaskSpec, blocks: list[ApplierBlockDefn], outputs: Outp
     return [otherArgsByTask[i] for i in range(len(groups))]
 
 
-class _Feeder:
-    """Makes the tasks as the pool asks for them. When the pool pulls from another thread,
-    it waits while ``limit`` tasks are out and unwritten, so finished results cannot pile
-    up faster than the driver writes them. A pool that pulls in the driver's own thread
-    (taking all tasks up front) is never made to wait, which would deadlock it."""
+def _collect(pool: Any, runner: TaskRunner, feeder: _Feeder, scratch: Scratch | None,
+             spec: TaskSpec, outputs: Outputs, timings: Timers,
+             progress: _Progress) -> dict[int, Any]:
+    otherArgsByTask: dict[int, Any] = {}
+    results: Any = None
+    try:
+        results = iter(pool.imap_unordered(runner, feeder.tasks()))
+        while True:
+            with timings.interval("waiting"):
+                result = next(results, None)
+            if result is None:
+                break
+            with timings.interval("writing"):
+                for blockDefn, arrays in _resultBlocks(result, scratch, spec):
+                    for key, array in arrays.items():
+                        outputs[key].write(blockDefn, array)
+            _addStats(outputs, result.stats)
+            timings.merge(result.timings)
+            otherArgsByTask[result.taskIndex] = result.otherArgs
+            feeder.done()
+            progress.advance(len(result.blocks))
+    except BaseException:
+        feeder.abort()
+        # A pool of this package cancels the map's jobs when its result iterator closes;
+        # left to the garbage collector, they would run on.
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
+        raise
+    return otherArgsByTask
 
-    def __init__(self, groups: list[list[ApplierBlockDefn]], template: TaskSpec,
-                 pickled: bool, limit: int):
+
+def _resultBlocks(result: TaskResult, scratch: Scratch | None,
+                  spec: TaskSpec) -> Iterator[tuple[ApplierBlockDefn, dict]]:
+    if result.arrays is not None:
+        yield from zip(result.blocks, result.arrays)
+        return
+    path = scratch.file(result.blockFile)
+    try:
+        yield from readBlockFile(path, result, spec.outputNames)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
+def _addStats(outputs: Outputs, stats: dict) -> None:
+    for key, bands in stats.items():
+        if bands:
+            outputs[key].addStats(bands)
+
+
+class _Feeder:
+    """Makes the tasks as the pool asks for them. With a ``limit`` (a pool that pulls
+    tasks from a handler thread and returns results as they finish), it waits while
+    ``limit`` tasks are out and unwritten, so in-band results cannot pile up faster than
+    the driver writes them. A pull from the driver's own thread is never made to wait,
+    which would deadlock it."""
+
+    def __init__(self, groups: list[list[ApplierBlockDefn]], otherArgs: Any, pickled: bool,
+                 limit: int | None):
         self.groups = groups
-        self.template = template
+        self.otherArgs = otherArgs
         self.pickled = pickled
-        self.slots = threading.Semaphore(limit)
+        self.slots = threading.Semaphore(limit) if limit else None
         self.driverThread = threading.get_ident()
-        self.throttling = True
         self.aborted = False
 
-    def tasks(self) -> Iterator[TaskSpec | bytes]:
+    def tasks(self) -> Iterator[TaskPart]:
         for index, group in enumerate(self.groups):
-            if self.throttling and threading.get_ident() != self.driverThread:
-                self.throttling = self.slots.acquire(timeout=_THROTTLE_TIMEOUT)
+            if self.slots is not None and threading.get_ident() != self.driverThread:
+                self.slots.acquire()
             if self.aborted:
                 return
-            task = replace(self.template, taskIndex=index, blocks=group,
-                           otherArgs=copy.deepcopy(self.template.otherArgs))
-            yield cloudpickle.dumps(task) if self.pickled else task
+            yield TaskPart(index, group, copiedOtherArgs(self.otherArgs, self.pickled))
 
     def done(self) -> None:
-        self.slots.release()
+        if self.slots is not None:
+            self.slots.release()
 
     def abort(self) -> None:
         self.aborted = True
-        self.slots.release(len(self.groups) + 1)
+        if self.slots is not None:
+            self.slots.release(len(self.groups) + 1)
 
 
 class _Progress:

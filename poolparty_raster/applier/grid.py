@@ -17,8 +17,22 @@ from poolparty_raster.applier.structures import ApplierBlockDefn, FilenameAssoci
 
 # Fraction of a pixel by which a bound may miss the reference grid and still count as on it.
 _SNAP_TOLERANCE = 1e-6
-MIN_BLOCKS_PER_TASK = 16
-TASKS_PER_WORKER = 4
+# Task sizing (see blocksPerTask): a new interpreter with numpy and rasterio costs 0.4-0.7 s
+# of CPU, so in array mode (one process per task) a task carries at least 64 blocks of
+# 256 x 256 (4 Mpix: seconds of work for anything but a plain copy); workers mode pays the
+# start-up once per worker and a chunk costs ~3 ms, so small tasks only buy load balance.
+MIN_TASK_PIXELS_ARRAY = 64 * 256 * 256
+MIN_TASK_PIXELS_WORKERS = 4 * 256 * 256
+TASKS_PER_WORKER_ARRAY = 4
+TASKS_PER_WORKER_WORKERS = 8
+# The largest task: bounds what a task holds when its blocks cannot be streamed (threads,
+# pools without a shared directory) and what a lost task costs to redo.
+MAX_TASK_PIXELS = 64 * 1024 * 1024
+
+
+class ResampleNeededError(ValueError):
+    """The inputs are not all on one pixel grid and no reference image was given (RIOS's
+    error of the same name): say which grid to resample onto with setReferenceImage."""
 
 
 @dataclass(frozen=True)
@@ -40,11 +54,14 @@ def computeWorkingGrid(infiles: FilenameAssociations, controls: ApplierControls)
     refname = controls.referenceImage
     if refname is not None and refname not in filenames:
         named = [f for name, _, f in infiles if name == refname]
-        if len(named) != 1:
-            raise ValueError(f"reference image {refname!r} is neither an input filename nor "
-                             "the symbolic name of a single input")
-        refname = named[0]
-    refname = refname or filenames[0]
+        if len(named) > 1:
+            raise ValueError(f"reference image {refname!r} names a list of inputs; give one "
+                             "filename or the symbolic name of a single input")
+        # Not an input: any raster file whose grid the user wants (it is only opened here).
+        refname = named[0] if named else refname
+    if refname is None:
+        refname = filenames[0]
+        _requireOneGrid(refname, filenames)
     with rasterio.open(refname) as ref:
         reftransform, refcrs = ref.transform, ref.crs
         refbounds = ref.bounds
@@ -58,6 +75,34 @@ def computeWorkingGrid(infiles: FilenameAssociations, controls: ApplierControls)
         pick = (max, max, min, min) if controls.footprint == INTERSECTION else (min, min, max, max)
         bounds = tuple(p(b[i] for b in allbounds) for i, p in enumerate(pick))
     return _snapped(bounds, reftransform, refcrs, outward=controls.footprint != INTERSECTION)
+
+
+def _requireOneGrid(first: str, filenames: list[str]) -> None:
+    """RIOS resamples only onto a reference image the user chose."""
+    with rasterio.open(first) as ref:
+        grid = WorkingGrid(ref.transform, ref.crs, ref.width, ref.height)
+    for filename in filenames:
+        if filename != first:
+            with rasterio.open(filename) as src:
+                if not onGrid(src.transform, src.crs, grid):
+                    raise ResampleNeededError(
+                        f"{filename} is not on the pixel grid of {first} (CRS, pixel size or "
+                        "alignment differ): call controls.setReferenceImage(...) with the "
+                        "image whose grid to resample onto")
+
+
+def onGrid(transform: Affine, crs: CRS | None, grid: WorkingGrid) -> tuple[int, int] | None:
+    """(rows, cols) from the grid's origin to a raster's with this transform and CRS, if it
+    lies on the grid's pixel grid (same CRS and pixel size, whole-pixel offset); else None."""
+    t, g = transform, grid.transform
+    if crs != grid.crs or not (math.isclose(t.a, g.a) and math.isclose(t.e, g.e)
+                               and t.b == g.b == 0 and t.d == g.d == 0):
+        return None
+    col = (t.c - g.c) / g.a
+    row = (t.f - g.f) / g.e
+    if abs(col - round(col)) > _SNAP_TOLERANCE or abs(row - round(row)) > _SNAP_TOLERANCE:
+        return None
+    return (round(row), round(col))
 
 
 def _boundsIn(filename: str, crs: CRS | None) -> tuple[float, float, float, float]:
@@ -95,17 +140,24 @@ def makeBlocks(grid: WorkingGrid, windowxsize: int, windowysize: int) -> list[Ap
             for left in range(0, grid.width, windowxsize)]
 
 
-def blocksPerTask(numBlocks: int, numWorkers: int, singleBlock: bool) -> int:
-    """How many consecutive blocks one pool task carries.
+def blocksPerTask(numBlocks: int, parallelism: int, singleBlock: bool, how: str,
+                  blockPixels: int) -> int:
+    """How many consecutive blocks one pool task carries; ``how`` is "array" (a new
+    interpreter per task), "workers" (long-lived workers claim tasks) or "threads".
 
-    Aim for TASKS_PER_WORKER tasks per worker, so slow tasks even out, but never fewer than
-    MIN_BLOCKS_PER_TASK blocks (16 blocks of 256x256 are seconds of work, well above the
-    ~0.4 s it costs a worker to start Python and import numpy and rasterio).
+    The rule (documented in the README): aim for TASKS_PER_WORKER_* tasks per slot of the
+    pool, so that uneven tasks even out; never fewer pixels than MIN_TASK_PIXELS_* (a task
+    must be worth its start-up: seconds of work in array mode); never more than
+    MAX_TASK_PIXELS. ``singleBlock`` is RIOS's one block per job.
     """
     if singleBlock:
         return 1
-    perTask = math.ceil(numBlocks / (TASKS_PER_WORKER * max(numWorkers, 1)))
-    return max(1, min(numBlocks, max(perTask, MIN_BLOCKS_PER_TASK)))
+    perSlot = TASKS_PER_WORKER_ARRAY if how == "array" else TASKS_PER_WORKER_WORKERS
+    minPixels = {"array": MIN_TASK_PIXELS_ARRAY, "workers": MIN_TASK_PIXELS_WORKERS}.get(how, 0)
+    perTask = math.ceil(numBlocks / (perSlot * max(parallelism, 1)))
+    perTask = max(perTask, math.ceil(minPixels / max(blockPixels, 1)))
+    perTask = min(perTask, max(1, MAX_TASK_PIXELS // max(blockPixels, 1)))
+    return max(1, min(numBlocks, perTask))
 
 
 def groupBlocks(blocks: list[ApplierBlockDefn], perTask: int) -> list[list[ApplierBlockDefn]]:

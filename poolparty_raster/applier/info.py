@@ -3,7 +3,7 @@ the inputs are. Method names and return conventions follow RIOS's ReaderInfo: si
 (numCols, numRows), positions (col, row) unless the name says RowCol."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from affine import Affine
@@ -13,10 +13,20 @@ from poolparty_raster.applier.grid import WorkingGrid
 from poolparty_raster.applier.structures import ApplierBlockDefn
 
 
+class Coord(NamedTuple):
+    """A world coordinate, as RIOS's ``imageio.Coord``."""
+
+    x: float
+    y: float
+
+
 class BlockInfo:
     """Per-block information. Attributes: ``blockDefn`` (the block, overlap excluded),
     ``workingGrid``, ``transform`` (affine.Affine), ``crs`` (rasterio CRS), ``overlap``,
-    ``xblock``/``yblock`` (block column and row numbers, from 0)."""
+    ``xblock``/``yblock`` (block column and row numbers, from 0), and RIOS's ``xsize``/
+    ``ysize`` (working grid), ``blockwidth``/``blockheight`` (this block, overlap excluded),
+    ``blocktl``/``blockbr`` (world coordinates of the block's outer corners, ``.x``/``.y``),
+    ``xtotalblocks``/``ytotalblocks``, ``windowxsize``/``windowysize``."""
 
     def __init__(self, grid: WorkingGrid, blockDefn: ApplierBlockDefn, windowxsize: int,
                  windowysize: int, overlap: int, inputMeta: dict[int, tuple[str, list]]):
@@ -31,9 +41,22 @@ class BlockInfo:
         self.yblock = blockDefn.top // windowysize
         self.xtotalblocks = -(-grid.width // windowxsize)
         self.ytotalblocks = -(-grid.height // windowysize)
+        self.xsize, self.ysize = grid.width, grid.height
+        self.blockwidth, self.blockheight = blockDefn.ncols, blockDefn.nrows
         # Keyed by id() of the input arrays given to the user function (as RIOS does), so
         # getFilenameFor(inputs.img) works; values are (filename, per-band nodata list).
         self._inputMeta = inputMeta
+
+    @property
+    def blocktl(self) -> Coord:
+        """World coordinate of the block's top-left corner (overlap excluded)."""
+        return Coord(*(self.transform @ (self.blockDefn.left, self.blockDefn.top)))
+
+    @property
+    def blockbr(self) -> Coord:
+        """World coordinate of the block's bottom-right corner (overlap excluded)."""
+        b = self.blockDefn
+        return Coord(*(self.transform @ (b.left + b.ncols, b.top + b.nrows)))
 
     def getWindowSize(self) -> tuple[int, int]:
         """(numCols, numRows) of a full block."""

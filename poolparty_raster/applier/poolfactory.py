@@ -1,9 +1,14 @@
-"""The pool a ConcurrencyStyle asks for. Pool classes are imported lazily from
-``poolparty_raster``, so an applier run never needs a backend it does not use."""
+"""The pool a ConcurrencyStyle asks for, how wide a pool is, and where its workers can put
+block files. Pool classes are imported lazily from ``poolparty_raster``, so an applier run
+never needs a backend it does not use."""
 from __future__ import annotations
 
 import inspect
 import os
+import tempfile
+import time
+import uuid
+from multiprocessing.pool import Pool as MultiprocessingPool
 from multiprocessing.pool import ThreadPool
 from typing import Any
 
@@ -17,10 +22,12 @@ _POOL_CLASS_NAMES = {CW_SUBPROC: "LocalPool", CW_SLURM: "SlurmArrayPool", CW_SGE
 def makePool(style: ConcurrencyStyle, jobName: str | None) -> Any:
     """A new pool for ``style`` (not CW_NONE); the caller closes it.
 
-    CW_THREADS: a ThreadPool of numComputeWorkers threads. CW_SUBPROC: LocalPool with
-    num_workers=numComputeWorkers. Cluster kinds: numComputeWorkers caps the tasks running
-    at once (num_simultaneously_running_tasks). computeWorkerExtraParams are passed as
-    keyword arguments and win over both.
+    CW_THREADS: a ThreadPool of numComputeWorkers threads. Pool kinds (issue 7): with
+    numComputeWorkers=N and singleBlockComputeWorkers=False, N long-lived worker jobs claim
+    tasks until none is left (``mode="workers", max_workers=N``), so start-up and queue
+    waits are paid N times, not once per task; singleBlockComputeWorkers=True keeps RIOS's
+    one job per block (array mode). CW_SUBPROC also runs N processes at a time
+    (num_workers=N). computeWorkerExtraParams are passed as keyword arguments and win.
     """
     kind = style.computeWorkerKind
     workers = style.numComputeWorkers or None
@@ -35,7 +42,9 @@ def makePool(style: ConcurrencyStyle, jobName: str | None) -> Any:
     kwargs: dict[str, Any] = {}
     if kind == CW_SUBPROC:
         kwargs["num_workers"] = workers
-    elif workers:
+    if workers and not style.singleBlockComputeWorkers:
+        kwargs.update(mode="workers", max_workers=workers)
+    elif workers and kind != CW_SUBPROC:
         kwargs["num_simultaneously_running_tasks"] = workers
     if jobName is not None and "job_name" in inspect.signature(poolClass).parameters:
         kwargs["job_name"] = jobName
@@ -44,7 +53,70 @@ def makePool(style: ConcurrencyStyle, jobName: str | None) -> Any:
 
 
 def poolWidth(pool: Any, style: ConcurrencyStyle) -> int:
-    """How many tasks the pool runs at once, as far as can be told: the style's
-    numComputeWorkers, else multiprocessing's ``_processes``, else the CPU count."""
-    return (style.numComputeWorkers or getattr(pool, "_processes", None)
-            or getattr(pool, "num_workers", None) or os.cpu_count() or 1)
+    """How many tasks run at once, which task sizes follow: the style's numComputeWorkers
+    when given (with setPool too: the user's word for how many will run), else what the pool
+    says (``pool.parallelism`` for this package's pools, at most max_workers in workers
+    mode; multiprocessing's ``_processes``), else the CPU count."""
+    if style.numComputeWorkers:
+        return style.numComputeWorkers
+    parallelism = getattr(pool, "parallelism", None)
+    if isinstance(parallelism, int) and parallelism > 0:
+        maxWorkers = _setting(pool, "scaling", "max_workers")
+        if isWorkersMode(pool) and maxWorkers:
+            return min(parallelism, maxWorkers)
+        return parallelism
+    return getattr(pool, "_processes", None) or os.cpu_count() or 1
+
+
+def isWorkersMode(pool: Any) -> bool:
+    return _setting(pool, "mode") == "workers"
+
+
+def _setting(pool: Any, *names: str) -> Any:
+    """A pool's map settings. The pool layer has no public accessor for these yet (see the
+    report); reading them here keeps the applier working until it has."""
+    value = getattr(pool, "_settings", None)
+    for name in names:
+        value = getattr(value, name, None)
+    return value
+
+
+def throttles(pool: Any) -> bool:
+    """Whether handing out tasks lazily bounds the results in flight: multiprocessing's
+    pools pull tasks from a handler thread and return results as they finish. This
+    package's pools take every task up front (results wait on disk, not in memory)."""
+    return isinstance(pool, MultiprocessingPool)
+
+
+class Scratch:
+    """A private directory (0700) for block files, where driver and workers both see it:
+    beside the pool's work_dirs (which must be shared for cluster pools), else in the
+    temporary directory for pools on this machine. ``workerPath`` is the same directory as
+    the workers see it (an ECS pool may mount the work_dir elsewhere). Removed on close."""
+
+    def __init__(self, pool: Any):
+        root = _setting(pool, "work_dir")
+        root = os.path.dirname(os.path.abspath(root)) if root else _setting(pool, "work_dir_root")
+        root = root or tempfile.gettempdir()
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.path = os.path.join(os.path.abspath(root),
+                                 f"poolparty_raster.applier.{stamp}.{uuid.uuid4().hex[:8]}")
+        os.makedirs(self.path, mode=0o700)
+        mapping = getattr(getattr(pool, "_scheduler", None), "path_mapping", None)
+        self.workerPath = _mapped(self.path, mapping)
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def close(self) -> None:
+        import shutil
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _mapped(path: str, mapping: dict[str, str] | None) -> str:
+    """A driver path as the containers see it (the longest matching prefix wins)."""
+    for driver, container in sorted((mapping or {}).items(), key=lambda kv: -len(kv[0])):
+        driver = driver.rstrip("/")
+        if path == driver or path.startswith(driver + "/"):
+            return container.rstrip("/") + path[len(driver):]
+    return path

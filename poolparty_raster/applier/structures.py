@@ -10,11 +10,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+def _splitKey(key: str | tuple[str, int | None]) -> tuple[str, int | None]:
+    """RIOS indexes by ``(symbolicName, seqNum)`` or by the bare name."""
+    return (key, None) if isinstance(key, str) else key
+
+
 class FilenameAssociations:
     """Symbolic names for files: each attribute is a filename or a list of filenames.
 
     Iterating yields ``(name, seqNum, filename)`` in the order the attributes were set;
-    ``seqNum`` is None for a single filename and the list index for a list.
+    ``seqNum`` is None for a single filename and the list index for a list. Indexing takes
+    ``(name, seqNum)`` or ``name`` (a list then comes back whole), as in RIOS.
     """
 
     def __iter__(self) -> Iterator[tuple[str, int | None, str]]:
@@ -28,29 +34,62 @@ class FilenameAssociations:
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
-    def __getitem__(self, key: tuple[str, int | None]) -> str:
-        name, seqNum = key
-        value = getattr(self, name)
-        return str(value if seqNum is None else value[seqNum])
+    def __getitem__(self, key: str | tuple[str, int | None]) -> Any:
+        name, seqNum = _splitKey(key)
+        if name not in vars(self):
+            raise KeyError(key)
+        value = vars(self)[name]
+        if isinstance(value, (list, tuple)):
+            if seqNum is None:
+                return list(value)
+            if not 0 <= seqNum < len(value):
+                raise KeyError(key)
+            return str(value[seqNum])
+        if seqNum is not None:
+            raise KeyError(key)
+        return str(value)
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            self[key]  # type: ignore[index]
+        except (KeyError, TypeError, ValueError):
+            return False
+        return True
 
 
 class BlockAssociations:
     """The arrays of one block, one attribute per symbolic name (a list where the
-    FilenameAssociations had a list). Arrays are (bands, rows, cols)."""
+    FilenameAssociations had a list). Arrays are (bands, rows, cols). Made from a
+    FilenameAssociations it starts with None (or lists of None) in the same structure."""
 
-    def __getitem__(self, key: tuple[str, int | None]) -> Any:
-        name, seqNum = key
-        value = getattr(self, name)
-        return value if seqNum is None else value[seqNum]
+    def __init__(self, fnameAssoc: FilenameAssociations | None = None):
+        if fnameAssoc is not None:
+            for name, value in vars(fnameAssoc).items():
+                setattr(self, name, [None] * len(value) if isinstance(value, (list, tuple))
+                        else None)
 
-    def __setitem__(self, key: tuple[str, int | None], array: Any) -> None:
-        name, seqNum = key
+    def __getitem__(self, key: str | tuple[str, int | None]) -> Any:
+        name, seqNum = _splitKey(key)
+        if name not in vars(self):
+            raise KeyError(key)
+        value = vars(self)[name]
+        if isinstance(value, list):
+            if seqNum is None or not 0 <= seqNum < len(value):
+                raise KeyError(key)
+            return value[seqNum]
+        return value
+
+    def __setitem__(self, key: str | tuple[str, int | None], array: Any) -> None:
+        name, seqNum = _splitKey(key)
         if seqNum is None:
             setattr(self, name, array)
         else:
             values = vars(self).setdefault(name, [])
             values.extend([None] * (seqNum + 1 - len(values)))
             values[seqNum] = array
+
+    def __len__(self) -> int:
+        return sum(len(v) if isinstance(v, list) else 1 for v in vars(self).values())
 
 
 class OtherInputs:
@@ -59,10 +98,11 @@ class OtherInputs:
     Each pool task works on its own copy (see ``ApplierReturn.otherArgsList``)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class ApplierBlockDefn:
     """One block of the working grid, in pixels: ``top`` row and ``left`` column of its
-    first pixel (0-based, overlap excluded) and its size ``nrows`` x ``ncols``."""
+    first pixel (0-based, overlap excluded) and its size ``nrows`` x ``ncols``. Hashable and
+    ordered by (top, left, nrows, ncols), as in RIOS."""
 
     top: int
     left: int
@@ -84,6 +124,10 @@ class Timers:
         finally:
             self.pairs[name].append(time.perf_counter() - start)
 
+    def add(self, name: str, seconds: float) -> None:
+        """One interval measured by the caller (cheaper than ``interval`` in hot loops)."""
+        self.pairs[name].append(seconds)
+
     def merge(self, other: Timers) -> None:
         for name, durations in other.pairs.items():
             self.pairs[name].extend(durations)
@@ -91,15 +135,34 @@ class Timers:
     def getDurationsForName(self, name: str) -> list[float]:
         return list(self.pairs.get(name, []))
 
-    def formatReport(self) -> str:
-        """One line per phase: total seconds and number of intervals. Worker phases are
-        summed over workers, so they can exceed the elapsed time of the run."""
-        width = max((len(n) for n in self.pairs), default=0)
-        lines = ["Wall clock elapsed time (seconds)"]
-        for name in sorted(self.pairs):
-            durations = self.pairs[name]
-            lines.append(f"  {name:<{width}}  {sum(durations):10.3f}  ({len(durations)} intervals)")
+    def formatReport(self, level: int = 0) -> str:
+        """RIOS's report: the wall-clock time of the run (timer ``walltime``), then one line
+        per timer with its total seconds; ``level=1`` adds, per timer, the number of
+        intervals and their min, quartiles and max. Worker phases are summed over workers,
+        so they can exceed the elapsed time."""
+        totals = {name: sum(d) for name, d in self.pairs.items()}
+        names = [n for n in sorted(self.pairs) if n != "walltime"]
+        lines = [f"Wall clock elapsed time: {totals.get('walltime', 0.0):.1f} seconds", "",
+                 f"{'Timer':14s}       {'Total (sec)':11s}", "-" * 32]
+        lines += [f"{name:14s}    {totals[name]:8.1f}" for name in names]
+        if level > 0:
+            head = f"{'Timer':14s}       N,Min,Lower,Median,Upper,Max"
+            lines += ["", "", head, "-" * len(head)]
+            for name in names:
+                d = sorted(self.pairs[name])
+                q = [_quantile(d, f) for f in (0.0, 0.25, 0.5, 0.75, 1.0)]
+                lines.append(f"{name:14s}    {len(d)}," + ",".join(f"{v:.4f}" for v in q))
         return "\n".join(lines)
+
+
+def _quantile(values: list[float], fraction: float) -> float:
+    """Linear interpolation between the nearest ranks (numpy's default percentile rule)."""
+    if not values:
+        return 0.0
+    position = fraction * (len(values) - 1)
+    low = int(position)
+    high = min(low + 1, len(values) - 1)
+    return values[low] + (values[high] - values[low]) * (position - low)
 
 
 @dataclass

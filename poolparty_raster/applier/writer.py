@@ -1,9 +1,12 @@
 """Driver side: output files. Each is created when its first block arrives (its dtype and
-band count are those of the user's arrays), written block by block under a temporary name
-in the destination directory, and moved into place only once complete, so a failed run
-leaves neither a partial output nor a damaged earlier one."""
+band count are those of the user's arrays) and written block by block under a temporary
+name in the destination directory. Finishing is two-phase: every output is completed
+(overviews, statistics, COG conversion, closed) before any is moved into place, so a
+failure never leaves new and old outputs mixed, and an existing output is never touched
+before its replacement is complete."""
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from typing import Any
@@ -16,11 +19,18 @@ from rasterio.windows import Window
 
 from poolparty_raster.applier.controls import ApplierControls
 from poolparty_raster.applier.grid import WorkingGrid
-from poolparty_raster.applier.structures import ApplierBlockDefn, FilenameAssociations, Timers
 from poolparty_raster.applier.stats import BandStats
+from poolparty_raster.applier.structures import ApplierBlockDefn, FilenameAssociations, Timers
 
 # GTiff tiles must be multiples of 16 pixels; other window sizes fall back to this.
 _FALLBACK_TILE = 256
+# Marks our temporary files, so that a user who finds one after a crash knows what it is.
+TEMP_MARK = "poolparty_raster-partial"
+# Sidecars GDAL keeps beside a file by appending to its name; a previous output's are
+# replaced or removed with it (stale .aux.xml statistics or .ovr overviews would otherwise
+# describe the old data).
+_APPENDED_SIDECARS = (".aux.xml", ".ovr", ".ovr.aux.xml", ".msk", ".msk.aux.xml", ".aux")
+_FALSE = ("NO", "FALSE", "OFF", "0")
 
 
 def defaultCreationOptions(driver: str, dtype: np.dtype, windowxsize: int,
@@ -29,11 +39,7 @@ def defaultCreationOptions(driver: str, dtype: np.dtype, windowxsize: int,
     predictor suited to the dtype, BigTIFF when needed, all cores compressing."""
     if driver != "GTiff":
         return {}
-    aligned = windowxsize % 16 == 0 and windowysize % 16 == 0
-    options = {"TILED": "YES",
-               "BLOCKXSIZE": str(windowxsize if aligned else _FALLBACK_TILE),
-               "BLOCKYSIZE": str(windowysize if aligned else _FALLBACK_TILE),
-               "COMPRESS": "DEFLATE", "BIGTIFF": "IF_SAFER", "NUM_THREADS": "ALL_CPUS"}
+    options = {**_structuralOptions(windowxsize, windowysize), "COMPRESS": "DEFLATE"}
     if dtype.kind in "iu":
         options["PREDICTOR"] = "2"
     elif dtype.kind == "f":
@@ -41,92 +47,132 @@ def defaultCreationOptions(driver: str, dtype: np.dtype, windowxsize: int,
     return options
 
 
+def _structuralOptions(windowxsize: int, windowysize: int) -> dict[str, str]:
+    aligned = windowxsize % 16 == 0 and windowysize % 16 == 0
+    return {"TILED": "YES", "BLOCKXSIZE": str(windowxsize if aligned else _FALLBACK_TILE),
+            "BLOCKYSIZE": str(windowysize if aligned else _FALLBACK_TILE),
+            "BIGTIFF": "IF_SAFER", "NUM_THREADS": "ALL_CPUS"}
+
+
+def creationOptions(driver: str, dtype: np.dtype, user: dict[str, str] | None,
+                    windowxsize: int, windowysize: int) -> dict[str, str]:
+    """The user's options (they choose COMPRESS and PREDICTOR) with the structural GTiff
+    defaults added where not given: tiles aligned with the windows, BIGTIFF, NUM_THREADS."""
+    if user is None:
+        return defaultCreationOptions(driver, dtype, windowxsize, windowysize)
+    options = dict(user)
+    if driver == "GTiff":
+        for key, value in _structuralOptions(windowxsize, windowysize).items():
+            if key.startswith("BLOCK") and options.get("TILED", "YES").upper() in _FALSE:
+                continue  # stripped, as asked: no tile sizes
+            options.setdefault(key, value)
+    return options
+
+
 class OutputFile:
-    """One output raster being written; ``finish`` or ``abort`` must end it."""
+    """One output raster being written; ``finish`` then ``commit``, or ``abort``."""
 
     def __init__(self, name: str, filename: str, grid: WorkingGrid, controls: ApplierControls):
         self.name = name
         self.filename = os.path.abspath(filename)
         self.grid = grid
         self.controls = controls
-        self.driver = controls.getOptionForImagename("driverName", name)
-        self.statsIgnore = controls.getOptionForImagename("statsIgnore", name)
-        self.calcStats = controls.getOptionForImagename("calcStats", name)
-        self.omitPyramids = controls.getOptionForImagename("omitPyramids", name)
+        option = lambda key: controls.getOptionForImagename(key, name)  # noqa: E731
+        self.driver = option("driverName")
+        self.statsIgnore = option("statsIgnore")
+        self.calcStats = option("calcStats")
+        # RIOS: no statistics means no pyramids either.
+        self.buildPyramids = self.calcStats and not option("omitPyramids")
         directory, base = os.path.split(self.filename)
         stem, ext = os.path.splitext(base)
-        # Sidecars (.aux.xml, .hdr, .ovr) share the temporary stem and are renamed with it.
         self._finalStem = os.path.join(directory, stem)
-        self._tmpStem = os.path.join(directory, f".{base}.{uuid.uuid4().hex[:12]}.partial")
+        self._tmpStem = os.path.join(directory, f".{base}.{TEMP_MARK}.{uuid.uuid4().hex[:8]}")
         self._tmpName = self._tmpStem + ext
         self.ds: Any = None
+        self.dtype: np.dtype | None = None
         self.stats: list[BandStats] = []
 
     def write(self, blockDefn: ApplierBlockDefn, array: np.ndarray) -> None:
         """Write an array (bands, nrows, ncols) at the block's place."""
         if self.ds is None:
             self._create(array)
-        if array.shape[0] != self.ds.count:
+        if array.shape[0] != self._count:
             raise ValueError(f"output {self.name}: {array.shape[0]} bands on the block at "
-                             f"top={blockDefn.top}, left={blockDefn.left}, {self.ds.count} "
+                             f"top={blockDefn.top}, left={blockDefn.left}, {self._count} "
                              "on earlier blocks")
-        array = array.astype(self.ds.dtypes[0], copy=False)
+        if array.dtype is not self.dtype and array.dtype != self.dtype:
+            array = array.astype(self.dtype)
         self.ds.write(array, window=Window(blockDefn.left, blockDefn.top,
                                            blockDefn.ncols, blockDefn.nrows))
-        if self.calcStats:
-            for bandStats, band in zip(self.stats, array):
-                bandStats.add(band)
+
+    def addStats(self, bands: list[BandStats]) -> None:
+        """Merge one task's statistics of this output."""
+        if not self.stats:
+            self.stats = [BandStats(self.statsIgnore) for _ in bands]
+        for mine, theirs in zip(self.stats, bands):
+            mine.merge(theirs)
 
     def _create(self, array: np.ndarray) -> None:
-        dtype = array.dtype
+        self.dtype = dtype = array.dtype
+        self._count = array.shape[0]
         gdalDriver = "GTiff" if self.driver == "COG" else self.driver
-        options = self.controls.getOptionForImagename("creationOptions", self.name)
-        if options is None or self.driver == "COG":
-            options = defaultCreationOptions(gdalDriver, dtype, self.controls.windowxsize,
-                                             self.controls.windowysize)
+        user = self.controls.getOptionForImagename("creationOptions", self.name)
+        # COG: the user's options are for the conversion; the intermediate is our tiled GTiff.
+        options = creationOptions(gdalDriver, dtype, None if self.driver == "COG" else user,
+                                  self.controls.windowxsize, self.controls.windowysize)
         self.ds = rasterio.open(
             self._tmpName, "w", driver=gdalDriver, width=self.grid.width,
             height=self.grid.height, count=array.shape[0], dtype=dtype, crs=self.grid.crs,
             transform=self.grid.transform, nodata=_nodataFor(self.statsIgnore, dtype),
             **options)
-        # GDAL's STATISTICS_* metadata has no meaning for complex bands.
-        self.calcStats = self.calcStats and dtype.kind != "c"
-        self.stats = [BandStats(self.statsIgnore) for _ in range(array.shape[0])]
 
     def finish(self, timings: Timers) -> None:
-        """Overviews, statistics, then the move into place."""
+        """Phase one: overviews, statistics, close, COG conversion; nothing renamed yet."""
         if self.ds is None:
             raise ValueError(f"output {self.name}: the user function wrote no blocks")
-        if not self.omitPyramids:
+        if self.buildPyramids:
             with timings.interval("pyramids"):
                 self._buildOverviews()
         if self.calcStats:
             with timings.interval("basicstats"):
                 for bandNum, bandStats in enumerate(self.stats, start=1):
-                    tags = bandStats.gdalMetadata()
+                    tags = bandStats.gdalMetadata(self.dtype)
                     if tags:
                         self.ds.update_tags(bandNum, **tags)
-        self.ds.close()
+        with timings.interval("closing"):
+            self.ds.close()
         if self.driver == "COG":
             with timings.interval("cog"):
                 self._toCog()
-        with timings.interval("closing"):
-            _renameFamily(self._tmpStem, self._finalStem, self._tmpName)
+
+    def commit(self) -> None:
+        """Phase two: replace the destination's whole family. The old sidecars go first
+        (the old output stays valid without them), then the new main file replaces the old
+        one atomically, then the new sidecars join it: at no instant does a new file sit
+        beside an old one."""
+        newFamily = _family(self._tmpStem)
+        for path in _staleFamily(self.filename, self._finalStem):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        for path in sorted(newFamily, key=lambda p: p != self._tmpName):
+            os.replace(path, self._finalStem + path[len(self._tmpStem):])
 
     def _buildOverviews(self) -> None:
         """RIOS's rule: each level whose decimated smaller side still exceeds the minimum."""
+        option = lambda key: self.controls.getOptionForImagename(key, self.name)  # noqa: E731
         smaller = min(self.grid.width, self.grid.height)
-        levels = [lv for lv in self.controls.overviewLevels
-                  if smaller // lv > self.controls.minOverviewDim]
+        levels = [lv for lv in option("overviewLevels") if smaller // lv > option("overviewMinDim")]
         if levels:
-            aggType = self.controls.getOptionForImagename("overviewAggType", self.name)
+            aggType = option("overviewAggType") or "NEAREST"
             self.ds.build_overviews(levels, Resampling[_overviewResampling(aggType)])
 
     def _toCog(self) -> None:
         """rasterio's COG driver holds the whole raster in memory, so the tiled GTiff
-        written block by block is converted at the end instead."""
+        written block by block is converted at the end instead, on all cores."""
         options = dict(self.controls.getOptionForImagename("creationOptions", self.name) or {})
-        if self.omitPyramids:
+        options.setdefault("NUM_THREADS", "ALL_CPUS")
+        options.setdefault("BIGTIFF", "IF_SAFER")
+        if not self.buildPyramids:
             options.setdefault("OVERVIEWS", "NONE")
         cogStem = self._tmpStem + ".cog"
         cogName = cogStem + os.path.splitext(self._tmpName)[1]
@@ -141,7 +187,8 @@ class OutputFile:
     def abort(self) -> None:
         """Close and delete the temporary file(s); the destination is left as it was."""
         if self.ds is not None and not self.ds.closed:
-            self.ds.close()
+            with contextlib.suppress(Exception):
+                self.ds.close()
         _removeFamily(self._tmpStem)
 
 
@@ -154,6 +201,15 @@ def openOutputs(outfiles: FilenameAssociations, grid: WorkingGrid,
     if len(set(finals)) != len(finals):
         raise ValueError("two outputs have the same filename")
     return outputs
+
+
+def finishAll(outputs: dict[Any, OutputFile], timings: Timers) -> None:
+    """Complete every output, then move them all into place (see the module's doc)."""
+    for output in outputs.values():
+        output.finish(timings)
+    with timings.interval("closing"):
+        for output in outputs.values():
+            output.commit()
 
 
 def _nodataFor(value: float | None, dtype: np.dtype) -> float | None:
@@ -177,13 +233,21 @@ def _family(stem: str) -> list[str]:
             if f.startswith(prefix)]
 
 
+def _staleFamily(filename: str, finalStem: str) -> list[str]:
+    """The sidecars of the output now at ``filename``: those GDAL lists for it, and the
+    usual appended ones, limited to names of this output (``out.tif.*``, ``out.<ext>``) so
+    that nothing else in the directory is ever removed (a VRT lists its sources too)."""
+    candidates = {filename + suffix for suffix in _APPENDED_SIDECARS}
+    if os.path.exists(filename):
+        with contextlib.suppress(Exception), rasterio.open(filename) as old:
+            candidates.update(os.path.abspath(f) for f in old.files)
+    ours = [p for p in candidates if p != filename and (
+        p.startswith(filename + ".") or os.path.splitext(p)[0] == finalStem)]
+    return sorted(p for p in ours if os.path.exists(p))
+
+
 def _removeFamily(stem: str, keep: str | None = None) -> None:
     for path in _family(stem):
         if keep is None or not path.startswith(keep):
-            os.remove(path)
-
-
-def _renameFamily(tmpStem: str, finalStem: str, mainFile: str) -> None:
-    """Sidecars first, the main file last: the output's appearance marks completion."""
-    for path in sorted(_family(tmpStem), key=lambda p: p == mainFile):
-        os.replace(path, finalStem + path[len(tmpStem):])
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)

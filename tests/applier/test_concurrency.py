@@ -9,13 +9,18 @@ import numpy as np
 import pytest
 from rasterhelpers import readRaster, writeRaster
 
-import poolparty_raster
 from poolparty_raster import applier
 
 
-def _style(kind, **kwargs):
+def _style(kind, extra=None, **kwargs):
+    """configure(controls) for a kind; ``extra()`` gives more computeWorkerExtraParams once
+    the scheduler's fixture is active (the AWS dummies hand out their client then)."""
+    base = kwargs.pop("computeWorkerExtraParams", {})
+
     def configure(controls):
-        controls.setConcurrencyStyle(applier.ConcurrencyStyle(computeWorkerKind=kind, **kwargs))
+        params = dict(base, **(extra() if extra else {}))
+        controls.setConcurrencyStyle(applier.ConcurrencyStyle(
+            computeWorkerKind=kind, computeWorkerExtraParams=params, **kwargs))
     return configure
 
 
@@ -23,6 +28,10 @@ def _mpPool(controls):
     pool = multiprocessing.get_context("spawn").Pool(2)
     controls.setPool(pool)
     return pool
+
+
+def _aws(kind):
+    return lambda: __import__("dummy_queues.aws").aws.pool_options(kind)
 
 
 # name -> configure(controls); a configure that returns a pool gets it closed afterwards.
@@ -33,30 +42,39 @@ RUNNERS = {
                                    singleBlockComputeWorkers=True),
     "mp-pool": _mpPool,
 }
-RUNNERS["subproc"] = _style(applier.CW_SUBPROC, numComputeWorkers=2,
-                            computeWorkerExtraParams={"progress": False})
+RUNNERS["subproc-array"] = _style(applier.CW_SUBPROC, numComputeWorkers=2,
+                                  computeWorkerExtraParams={"progress": False, "mode": "array"})
 RUNNERS["subproc-workers"] = _style(applier.CW_SUBPROC, numComputeWorkers=2,
-                                    computeWorkerExtraParams={"progress": False, "mode": "workers"})
-_CLUSTER = {"progress": False, "polling_interval": 0.5, "filesystem_lag": 0.5}
+                                    computeWorkerExtraParams={"progress": False})
+_CLUSTER = {"progress": False, "polling_interval": 0.2, "filesystem_lag": 0.5}
 # name -> (fixture providing the scheduler, configure)
 CLUSTER_RUNNERS = {
     "dummy-slurm": ("dummy_slurm", _style(applier.CW_SLURM, numComputeWorkers=2,
                                           computeWorkerExtraParams=_CLUSTER)),
     "dummy-sge": ("dummy_sge", _style(applier.CW_SGE, numComputeWorkers=2,
                                       computeWorkerExtraParams=_CLUSTER)),
+    "dummy-pbs": ("dummy_pbs", _style(applier.CW_PBS, numComputeWorkers=2,
+                                      computeWorkerExtraParams=_CLUSTER)),
+    "dummy-ecs": ("dummy_ecs", _style(applier.CW_ECS, _aws("ecs"), numComputeWorkers=2,
+                                      computeWorkerExtraParams=_CLUSTER)),
+    "dummy-batch": ("dummy_batch", _style(applier.CW_AWSBATCH, _aws("batch"),
+                                          numComputeWorkers=2, computeWorkerExtraParams=_CLUSTER)),
     "real-slurm": ("real_slurm", _style(applier.CW_SLURM, numComputeWorkers=2,
                                         computeWorkerExtraParams=_CLUSTER)),
     "real-sge": ("real_sge", _style(applier.CW_SGE, numComputeWorkers=2,
                                     computeWorkerExtraParams=_CLUSTER)),
 }
+# The failure path is the same code on every pool (the pool re-raises; apply aborts the
+# outputs): one of each kind of runner keeps the suite fast.
+FAILURE_RUNNERS = ["none", "threads", "mp-pool", "subproc-workers", "dummy-slurm"]
 
 
-@pytest.fixture(params=sorted(RUNNERS) + sorted(CLUSTER_RUNNERS))
-def configure(request, tmp_path, monkeypatch):
+def _configure(request, tmp_path, monkeypatch):
+    # Work_dirs (kept when a task failed) and block files go under tmp_path, not /tmp.
+    monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(tmp_path / "work"))
     if request.param in CLUSTER_RUNNERS:
         fixture, runner = CLUSTER_RUNNERS[request.param]
         request.getfixturevalue(fixture)
-        monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(tmp_path / "work"))
     else:
         runner = RUNNERS[request.param]
     pools = []
@@ -69,6 +87,16 @@ def configure(request, tmp_path, monkeypatch):
     for pool in pools:
         pool.terminate()
         pool.join()
+
+
+@pytest.fixture(params=sorted(RUNNERS) + sorted(CLUSTER_RUNNERS))
+def configure(request, tmp_path, monkeypatch):
+    yield from _configure(request, tmp_path, monkeypatch)
+
+
+@pytest.fixture(params=FAILURE_RUNNERS)
+def configureForFailure(request, tmp_path, monkeypatch):
+    yield from _configure(request, tmp_path, monkeypatch)
 
 
 def mixed(info, inputs, outputs, otherArgs):
@@ -118,7 +146,8 @@ def failOnOneBlock(info, inputs, outputs):
     outputs.out = inputs.img
 
 
-def test_failure_reports_block_and_leaves_no_output(tmp_path, configure):
+def test_failure_reports_block_and_leaves_no_output(tmp_path, configureForFailure):
+    configure = configureForFailure
     infiles = applier.FilenameAssociations()
     infiles.img = writeRaster(tmp_path / "img.tif", np.ones((1, 70, 90), np.uint8))
     out = _mkdir(tmp_path / "out")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from rasterhelpers import ORIGIN, PIXEL, readRaster, writeRaster
+from rasterhelpers import CRS_UTM, ORIGIN, PIXEL, readRaster, writeRaster
 from rasterio.enums import Resampling
 from rasterio.warp import reproject
 
@@ -94,3 +94,62 @@ def test_disjoint_inputs_intersection_fails(tmp_path):
     fb = shifted(tmp_path, "b.tif", np.ones((1, 10, 10), np.uint8), 0, 50)
     with pytest.raises(ValueError, match="do not overlap"):
         run(tmp_path, fa, fb)
+
+
+def _warpCase(tmp_path, factor):
+    """A reference grid of 30 m pixels and a float input of 30/factor m pixels covering
+    it with a margin, offset by a fraction of a pixel (factor > 1: downsampling)."""
+    ref = writeRaster(tmp_path / "ref.tif", np.zeros((1, 60, 70), np.float32))
+    res = PIXEL / factor
+    rows, cols = int(60 * factor) + 12, int(70 * factor) + 12
+    transform = Affine(res, 0, ORIGIN[0] - 6 * res + 3.3, 0, -res, ORIGIN[1] + 6 * res - 2.1)
+    src = np.random.default_rng(9).normal(100, 30, (1, rows, cols)).astype(np.float32)
+    other = writeRaster(tmp_path / f"src{factor}.tif", src, transform=transform)
+    return ref, other, src, transform
+
+
+@pytest.mark.parametrize("method", ["bilinear", "cubic", "lanczos", "average"])
+@pytest.mark.parametrize("factor", [2.5, 0.4])
+def test_resampling_does_not_depend_on_the_window(tmp_path, method, factor):
+    ref, other, src, transform = _warpCase(tmp_path, factor)
+    expected = np.zeros((1, 60, 70), np.float32)
+    with rasterio.open(ref) as ds:
+        reproject(src, expected, src_transform=transform, src_crs=CRS_UTM,
+                  dst_transform=ds.transform, dst_crs=ds.crs, resampling=Resampling[method])
+    for window in (16, 45):
+        out = run(tmp_path, ref, other, applier.BOUNDS_FROM_REFERENCE, window,
+                  setResampleMethod=(method,))
+        np.testing.assert_array_equal(readRaster(out.other), expected)
+
+
+def test_overlap_margin_of_a_reprojected_input_holds_data(tmp_path):
+    ref, other, src, transform = _warpCase(tmp_path, 1.3)
+    o = 3
+    # What the margin must hold: the input warped onto the grid grown by the overlap.
+    with rasterio.open(ref) as ds:
+        grown = ds.transform @ Affine.translation(-o, -o)
+    expected = np.zeros((1, 60 + 2 * o, 70 + 2 * o), np.float32)
+    reproject(src, expected, src_transform=transform, src_crs=CRS_UTM, dst_transform=grown,
+              dst_crs=CRS_UTM, resampling=Resampling.bilinear)
+    seen = {}
+
+    def grab(info, inputs, outputs):
+        b = info.blockDefn
+        seen[b.top, b.left] = inputs.other.copy()
+        outputs.ref = inputs.ref
+        outputs.other = inputs.other
+    infiles = applier.FilenameAssociations()
+    infiles.ref, infiles.other = ref, other
+    outfiles = applier.FilenameAssociations()
+    outfiles.ref, outfiles.other = str(tmp_path / "r.tif"), str(tmp_path / "o.tif")
+    controls = applier.ApplierControls()
+    controls.setWindowSize(32, 32)
+    controls.setOverlap(o)
+    controls.setReferenceImage("ref")
+    controls.setFootprintType(applier.BOUNDS_FROM_REFERENCE)
+    controls.setResampleMethod("bilinear")
+    applier.apply(grab, infiles, outfiles, controls=controls)
+    for (top, left), block in seen.items():
+        rows, cols = block.shape[1:]
+        np.testing.assert_array_equal(block, expected[:, top:top + rows, left:left + cols])
+    assert (0, 0) in seen and seen[0, 0][0, 0, 0] != 0  # the corner margin is data

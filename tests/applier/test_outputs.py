@@ -135,5 +135,3 @@ def test_other_args_histogram(tmp_path, kind):
 def test_unsupported_setter_is_explicit():
     with pytest.raises(NotImplementedError, match="setThematic"):
         applier.ApplierControls().setThematic(True)
-    with pytest.raises(NotImplementedError, match="read workers"):
-        applier.ConcurrencyStyle(numReadWorkers=2)

@@ -1,0 +1,247 @@
+"""Worker side, tasks: a task is a run of consecutive blocks. For each it reads the inputs,
+calls the user function, keeps the outputs' inner parts (overlap cut off) and the outputs'
+statistics, and streams the arrays into a block file in the shared scratch directory, one
+block at a time, so neither the worker nor the driver ever holds a whole task's outputs.
+
+A block file is the task's arrays as consecutive ``.npy`` records (block by block, outputs
+in ``outputNames`` order), written under a temporary name and renamed when complete."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import os
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+import numpy as np
+
+from poolparty_raster.applier.grid import WorkingGrid
+from poolparty_raster.applier.info import BlockInfo
+from poolparty_raster.applier.reader import InputReader, InputSpec
+from poolparty_raster.applier.stats import BandStats
+from poolparty_raster.applier.structures import ApplierBlockDefn, BlockAssociations, Timers
+
+Key = tuple[str, int | None]
+BLOCK_FILE_SUFFIX = ".blocks.npy"
+
+
+@dataclass
+class TaskSpec:
+    """What every task of one apply shares: pickled once per map, not once per task."""
+
+    userFunction: Callable[..., Any]
+    inputs: list[InputSpec]
+    outputNames: list[Key]
+    grid: WorkingGrid
+    windowxsize: int
+    windowysize: int
+    overlap: int
+    passOtherArgs: bool
+    statsIgnore: dict[Key, float | None]      # outputs whose statistics are wanted
+    scratchDir: str | None = None             # as the workers see it; None: arrays in-band
+
+
+@dataclass
+class TaskPart:
+    """One task: its index, its blocks, and its own copy of otherArgs (pickled bytes for
+    process pools, so that every task gets an independent copy however the pool batches)."""
+
+    taskIndex: int
+    blocks: list[ApplierBlockDefn]
+    otherArgs: Any
+
+
+@dataclass
+class TaskResult:
+    """A task's outcome: its blocks, their arrays either in-band (``arrays``, one dict per
+    block) or in ``blockFile`` (a name inside the scratch directory), the outputs'
+    statistics per band, its otherArgs copy and its timings."""
+
+    taskIndex: int
+    blocks: list[ApplierBlockDefn]
+    otherArgs: Any
+    stats: dict[Key, list[BandStats]]
+    arrays: list[dict[Key, np.ndarray]] | None = None
+    blockFile: str | None = None
+    timings: Timers = field(default_factory=Timers)
+
+
+class TaskRunner:
+    """The function every pool runs. Holds the spec cloudpickled, so user functions defined
+    anywhere (even lambdas) travel, and unpickles it once per worker process."""
+
+    def __init__(self, spec: TaskSpec, pickled: bool):
+        self._spec = spec if not pickled else None
+        self._bytes = cloudpickle.dumps(spec) if pickled else None
+        self._readers: list[InputReader] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_spec": None, "_bytes": self._bytes, "_readers": None}
+
+    def readers(self) -> list[InputReader] | None:
+        """In a worker process the inputs stay open from task to task (a long-lived worker
+        runs many; opening a file, or building a WarpedVRT, costs milliseconds each time).
+        They close when the runner is collected or the process ends. Threads share one
+        runner, and a dataset is not thread-safe: they open their own per task."""
+        if self._bytes is None:
+            return None
+        if self._readers is None:
+            stack = contextlib.ExitStack()
+            spec = self.spec
+            self._readers = [stack.enter_context(InputReader(s, spec.grid, spec.overlap))
+                             for s in spec.inputs]
+            weakref.finalize(self, stack.close)
+        return self._readers
+
+    @functools.cached_property
+    def spec(self) -> TaskSpec:
+        return self._spec if self._spec is not None else cloudpickle.loads(self._bytes)
+
+    def __call__(self, part: TaskPart) -> TaskResult:
+        spec = self.spec
+        otherArgs = part.otherArgs
+        if isinstance(otherArgs, bytes) and self._bytes is not None:
+            otherArgs = cloudpickle.loads(otherArgs)
+        timings = Timers()
+        stats = newStats(spec, part.blocks)
+        result = TaskResult(part.taskIndex, part.blocks, otherArgs, stats, timings=timings)
+        with timings.interval("opening"):
+            readers = self.readers()
+        blocks = iterTaskBlocks(spec, part.blocks, otherArgs, timings, stats, readers)
+        if spec.scratchDir is not None and os.path.isdir(spec.scratchDir):
+            result.blockFile = _writeBlockFile(spec, part.taskIndex, blocks, timings)
+        else:  # threads, or a pool whose workers cannot see the scratch directory
+            result.arrays = [arrays for _, arrays in blocks]
+        return result
+
+
+def newStats(spec: TaskSpec, blocks: list[ApplierBlockDefn]) -> dict[Key, list[BandStats]]:
+    """Filled band by band as blocks are computed (the band count is known only then)."""
+    return {key: [] for key in spec.statsIgnore}
+
+
+def iterTaskBlocks(spec: TaskSpec, blocks: list[ApplierBlockDefn], otherArgs: Any,
+                   timings: Timers, stats: dict[Key, list[BandStats]],
+                   readers: list[InputReader] | None = None) -> Iterator[
+                       tuple[ApplierBlockDefn, dict[Key, np.ndarray]]]:
+    """Yields each block's outputs as soon as it is computed; opens the inputs for these
+    blocks unless open ``readers`` are given."""
+    with contextlib.ExitStack() as stack:
+        if readers is None:
+            with timings.interval("opening"):
+                readers = [stack.enter_context(InputReader(s, spec.grid, spec.overlap))
+                           for s in spec.inputs]
+        o = spec.overlap
+        clock = time.perf_counter
+        for blockDefn in blocks:
+            inputs = BlockAssociations()
+            meta = {}
+            start = clock()
+            for reader in readers:
+                array = reader.read(blockDefn.top - o, blockDefn.left - o,
+                                    blockDefn.nrows + 2 * o, blockDefn.ncols + 2 * o)
+                inputs[reader.spec.name, reader.spec.seqNum] = array
+                meta[id(array)] = (reader.spec.filename, reader.nodata)
+            read = clock()
+            timings.add("reading", read - start)
+            info = BlockInfo(spec.grid, blockDefn, spec.windowxsize, spec.windowysize, o, meta)
+            outputs = BlockAssociations()
+            try:
+                if spec.passOtherArgs:
+                    spec.userFunction(info, inputs, outputs, otherArgs)
+                else:
+                    spec.userFunction(info, inputs, outputs)
+            except Exception as exc:
+                exc.add_note(f"poolparty_raster.applier: raised by the user function on "
+                             f"the block at top={blockDefn.top}, left={blockDefn.left} "
+                             f"(rows, cols of the working grid)")
+                raise
+            finally:
+                timings.add("userfunction", clock() - read)
+            inner = _innerOutputs(outputs, spec.outputNames, blockDefn, o)
+            if stats:
+                with timings.interval("basicstats"):
+                    _addStats(stats, inner, spec.statsIgnore)
+            yield blockDefn, inner
+
+
+def _addStats(stats: dict[Key, list[BandStats]], inner: dict[Key, np.ndarray],
+              ignore: dict[Key, float | None]) -> None:
+    for key, bands in stats.items():
+        array = inner[key]
+        if array.dtype.kind == "c":
+            continue  # GDAL's STATISTICS_* have no meaning for complex bands
+        while len(bands) < array.shape[0]:
+            bands.append(BandStats(ignore[key]))
+        for bandStats, band in zip(bands, array):
+            bandStats.add(band)
+
+
+def _innerOutputs(outputs: BlockAssociations, names: list[Key], blockDefn: ApplierBlockDefn,
+                  o: int) -> dict[Key, np.ndarray]:
+    inner = {}
+    for key in names:
+        try:
+            array = np.asarray(outputs[key])
+        except (AttributeError, IndexError, TypeError, KeyError):
+            raise ValueError(f"the user function set no array for output {_label(key)} on the "
+                             f"block at top={blockDefn.top}, left={blockDefn.left}") from None
+        if array.ndim == 2:
+            array = array[np.newaxis]
+        expected = (blockDefn.nrows + 2 * o, blockDefn.ncols + 2 * o)
+        if array.ndim != 3 or array.shape[1:] != expected:
+            raise ValueError(f"output {_label(key)} has shape {array.shape} on the block at "
+                             f"top={blockDefn.top}, left={blockDefn.left}; expected "
+                             f"(bands, {expected[0]}, {expected[1]})")
+        if array.dtype == np.bool_:
+            array = array.view(np.uint8)  # GDAL has no 1-bit type: bool is written as Byte
+        elif array.dtype == np.float16:
+            raise TypeError(f"output {_label(key)} is float16, which GDAL cannot write; "
+                            "cast it to float32")
+        inner[key] = array[:, o:o + blockDefn.nrows, o:o + blockDefn.ncols] if o else array
+    return inner
+
+
+def _label(key: Key) -> str:
+    return key[0] if key[1] is None else f"{key[0]}[{key[1]}]"
+
+
+def _writeBlockFile(spec: TaskSpec, taskIndex: int, blocks: Iterator[
+        tuple[ApplierBlockDefn, dict[Key, np.ndarray]]], timings: Timers) -> str:
+    """Stream the task's arrays into one file; its name is unique per attempt, so a
+    resubmitted task never overwrites the file its first attempt is still writing."""
+    name = f"task{taskIndex:06d}.{uuid.uuid4().hex[:12]}{BLOCK_FILE_SUFFIX}"
+    path = os.path.join(spec.scratchDir, name)
+    tmp = path + ".partial"
+    try:
+        with open(tmp, "wb") as f:
+            for _, arrays in blocks:
+                with timings.interval("blockfile"):
+                    for key in spec.outputNames:
+                        # np.save of a non-contiguous view is 10x slower than of a copy.
+                        np.save(f, np.ascontiguousarray(arrays[key]), allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    return name
+
+
+def readBlockFile(path: str, result: TaskResult, outputNames: list[Key]) -> Iterator[
+        tuple[ApplierBlockDefn, dict[Key, np.ndarray]]]:
+    """The driver's side: one block's arrays at a time."""
+    with open(path, "rb") as f:
+        for blockDefn in result.blocks:
+            yield blockDefn, {key: np.load(f, allow_pickle=False) for key in outputNames}
+
+
+def copiedOtherArgs(otherArgs: Any, pickled: bool) -> Any:
+    """Each task's own copy: bytes for process pools (unpickled in the worker)."""
+    return cloudpickle.dumps(otherArgs) if pickled else copy.deepcopy(otherArgs)

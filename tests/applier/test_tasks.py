@@ -1,0 +1,110 @@
+"""How blocks become tasks: sized by the pool's parallelism, capped whatever the raster size,
+numComputeWorkers as workers mode, blocks streamed through files that are cleaned up."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from rasterhelpers import readRaster, writeRaster
+
+from poolparty_raster import applier
+from poolparty_raster.applier import grid, poolfactory
+
+
+class RecordingPool:
+    """A pool of this package's shape: ``parallelism`` and ``imap_unordered``, run here."""
+
+    def __init__(self, parallelism):
+        self.parallelism = parallelism
+        self.tasks = []
+
+    def imap_unordered(self, func, iterable, chunksize=1):
+        for task in iterable:
+            self.tasks.append(task)
+            yield func(task)
+
+
+def copy(info, inputs, outputs):
+    outputs.out = inputs.img
+
+
+def runOn(tmp_path, pool, shape=(1, 160, 160), window=16, **styleArgs):
+    array = np.arange(np.prod(shape), dtype=np.int32).reshape(shape)
+    infiles = applier.FilenameAssociations()
+    infiles.img = writeRaster(tmp_path / "in.tif", array)
+    outfiles = applier.FilenameAssociations()
+    outfiles.out = str(tmp_path / "out.tif")
+    controls = applier.ApplierControls()
+    controls.setWindowSize(window, window)
+    controls.setPool(pool)
+    controls.setConcurrencyStyle(applier.ConcurrencyStyle(**styleArgs))
+    applier.apply(copy, infiles, outfiles, controls=controls)
+    np.testing.assert_array_equal(readRaster(outfiles.out), array)
+
+
+def test_set_pool_sizes_tasks_by_its_parallelism(tmp_path):
+    # 100 blocks of 16 x 16: array mode wants 4 tasks per slot, but at least 4 Mpix each.
+    pool = RecordingPool(parallelism=3)
+    runOn(tmp_path, pool)
+    assert len(pool.tasks) == 1
+    assert grid.blocksPerTask(10_000, 3, False, "array", 256 * 256) == 834  # 12 tasks
+    assert grid.blocksPerTask(10_000, 50, False, "array", 256 * 256) == 64  # the minimum
+    pool = RecordingPool(parallelism=3)
+    runOn(tmp_path, pool, singleBlockComputeWorkers=True)
+    assert len(pool.tasks) == 100 and all(len(t.blocks) == 1 for t in pool.tasks)
+    # numComputeWorkers with setPool: the user's word for how many run at once.
+    style = applier.ConcurrencyStyle(numComputeWorkers=7, computeWorkerKind=applier.CW_SUBPROC)
+    assert poolfactory.poolWidth(RecordingPool(parallelism=3), style) == 7
+    assert poolfactory.poolWidth(RecordingPool(parallelism=3), applier.ConcurrencyStyle()) == 3
+
+
+def test_tasks_are_capped_whatever_the_raster_size():
+    blockPixels = 256 * 256
+    cap = grid.MAX_TASK_PIXELS // blockPixels
+    for numBlocks in (10_000, 40_000, 160_000):
+        assert grid.blocksPerTask(numBlocks, 1, False, "array", blockPixels) == cap
+    assert grid.blocksPerTask(100_000, 2, False, "workers", blockPixels) == cap
+    assert grid.blocksPerTask(640, 2, False, "workers", blockPixels) == 40  # 16 tasks
+
+
+def test_num_compute_workers_means_workers_mode():
+    style = applier.ConcurrencyStyle(numComputeWorkers=3, computeWorkerKind=applier.CW_SUBPROC,
+                                     computeWorkerExtraParams={"progress": False})
+    pool = poolfactory.makePool(style, None)
+    try:
+        assert poolfactory.isWorkersMode(pool) and pool._settings.scaling.max_workers == 3
+        assert poolfactory.poolWidth(pool, style) == 3
+    finally:
+        pool.terminate()
+    single = applier.ConcurrencyStyle(numComputeWorkers=3, computeWorkerKind=applier.CW_SUBPROC,
+                                      singleBlockComputeWorkers=True)
+    pool = poolfactory.makePool(single, None)
+    try:
+        assert not poolfactory.isWorkersMode(pool)
+    finally:
+        pool.terminate()
+    override = applier.ConcurrencyStyle(numComputeWorkers=3, computeWorkerKind=applier.CW_SUBPROC,
+                                        computeWorkerExtraParams={"mode": "array"})
+    pool = poolfactory.makePool(override, None)
+    try:
+        assert not poolfactory.isWorkersMode(pool)
+    finally:
+        pool.terminate()
+
+
+def test_blocks_travel_in_files_that_are_removed(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(work))
+    files = []
+    real = poolfactory.Scratch.file
+
+    def spy(self, name):
+        files.append(real(self, name))
+        return files[-1]
+    monkeypatch.setattr(poolfactory.Scratch, "file", spy)
+    from poolparty_raster import LocalPool
+    with LocalPool(2, mode="workers", progress=False) as pool:
+        runOn(tmp_path, pool, shape=(2, 90, 100), window=32)
+    assert files and all(f.endswith(".blocks.npy") for f in files)
+    assert os.listdir(work) == []  # block files, scratch directory and work_dir all gone
