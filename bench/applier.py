@@ -1,0 +1,232 @@
+"""Applier benchmarks: the raster applier against a plain rasterio window loop (the floor).
+
+Serial copies write with exactly the floor's creation options (tiled 256, the codec, and
+``NUM_THREADS=1`` given explicitly, since the applier otherwise adds ``ALL_CPUS``), without
+statistics or overviews, so the ratio measures the applier's own overhead and not extra or
+less work. Inputs are stored with the codec they are copied to. Every arm's destination is
+deleted before it is timed (replacing an existing file costs the unlink of its pages, which
+the floor, writing a fresh file, would not pay).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from bench import rasters
+from bench.common import Row, verdict
+from poolparty_raster import LocalPool, applier
+
+# Work per block of the compute benchmarks: chosen so that the serial run takes several
+# seconds of CPU on 41 Mpix (6-8 s here), far more than the I/O, as a compute-bound job
+# would. (80 and 5 rounds took 100 s and 37 s serially, too long to repeat interleaved.)
+NUMPY_ROUNDS = 6
+GIL_ROUNDS = 1
+SERIAL = {"NUM_THREADS": "1"}
+
+
+def copy_block(info: Any, inputs: Any, outputs: Any) -> None:
+    outputs.out = inputs.img
+
+
+def numpy_heavy(info: Any, inputs: Any, outputs: Any) -> None:
+    """Vectorised float maths: numpy's ufuncs, one thread each (no BLAS in play)."""
+    a = inputs.img.astype(np.float32)
+    for _ in range(NUMPY_ROUNDS):
+        a = np.sqrt(np.abs(np.sin(a) * 3.0 + np.cos(a * 0.5))) + np.log1p(np.abs(a))
+    outputs.out = a
+
+
+def gil_bound(info: Any, inputs: Any, outputs: Any) -> None:
+    """Pure-Python arithmetic on every pixel: holds the GIL throughout, as threads cannot
+    share it, only processes run it in parallel."""
+    rows = inputs.img[0].tolist()
+    for _ in range(GIL_ROUNDS):
+        rows = [[(v * 7 + 3) % 1021 for v in row] for row in rows]
+    outputs.out = np.array(rows, dtype=np.int16)[np.newaxis]
+
+
+def controls_for(options: dict[str, str], workers: int = 0, single_block: bool = False,
+                 pool: Any = None) -> applier.ApplierControls:
+    controls = applier.ApplierControls()
+    controls.setCreationOptions(dict(options))
+    controls.setCalcStats(False)
+    controls.setOmitPyramids(True)
+    controls.setStatsIgnore(None)  # no nodata on the output, as the floor writes it
+    if pool is not None:
+        controls.setPool(pool)
+        controls.setConcurrencyStyle(applier.ConcurrencyStyle(
+            singleBlockComputeWorkers=single_block))
+    elif workers:
+        controls.setConcurrencyStyle(applier.ConcurrencyStyle(
+            numComputeWorkers=workers, computeWorkerKind=applier.CW_SUBPROC,
+            singleBlockComputeWorkers=single_block,
+            computeWorkerExtraParams={"progress": False}))
+    return controls
+
+
+def run_applier(function: Any, src: str, dst: str, controls: applier.ApplierControls) -> None:
+    infiles, outfiles = applier.FilenameAssociations(), applier.FilenameAssociations()
+    infiles.img, outfiles.out = src, dst
+    applier.apply(function, infiles, outfiles, controls=controls)
+
+
+def interleaved(runs: dict[str, tuple[str | None, Callable[[], Any]]], repeats: int,
+                warmup: bool = False, cpu: dict[str, float] | None = None) -> dict[str, float]:
+    """Median seconds of each (destination, run), in the order A B C, C B A, A B C, ... (so
+    that no arm always follows the same one); each destination is removed, and the dirty
+    pages of earlier runs flushed (``os.sync``), before its run is timed: otherwise an arm
+    pays for the writeback of the arm before it. ``cpu``, if given, receives each arm's
+    median CPU seconds of this process (meaningful for in-process, single-threaded arms: on
+    a shared machine it is far steadier than wall time)."""
+    cpuTimes: dict[str, list[float]] = {name: [] for name in runs}
+
+    def once(dst: str | None, run: Callable[[], Any], name: str | None = None) -> float:
+        if dst is not None and os.path.exists(dst):
+            os.remove(dst)
+        os.sync()
+        start, startCpu = time.perf_counter(), time.process_time()
+        run()
+        if name is not None:
+            cpuTimes[name].append(time.process_time() - startCpu)
+        return time.perf_counter() - start
+    if warmup:
+        for dst, run in runs.values():
+            once(dst, run)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for repeat in range(repeats):
+        names = list(runs) if repeat % 2 == 0 else list(runs)[::-1]
+        for name in names:
+            dst, run = runs[name]
+            times[name].append(once(dst, run, name))
+    if cpu is not None:
+        cpu.update({name: statistics.median(v) for name, v in cpuTimes.items()})
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def rows(quick: bool) -> list[Row]:
+    side = rasters.QUICK_SIDE if quick else rasters.FULL_SIDE
+    repeats = 1 if quick else 3
+    tmp = tempfile.mkdtemp(prefix="pp-bench-applier-")
+    try:
+        return (_copy_rows(side, repeats, quick, tmp) + _parallel_copy_rows(side, repeats, tmp)
+                + _compute_rows(side, repeats, tmp) + _chunk_rows(side, repeats, tmp))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _copy_rows(side: int, repeats: int, quick: bool, tmp: str) -> list[Row]:
+    out = []
+    mpix = side * side / 1e6
+    codecs = list(rasters.CODECS)[:2] if quick else list(rasters.CODECS)
+    for dtype in ("int16", "float32"):
+        for codec in codecs:
+            src = rasters.make(dtype, side, codec)
+            options = rasters.creation_options(codec)
+            dst_floor, dst_app = os.path.join(tmp, "floor.tif"), os.path.join(tmp, "app.tif")
+            # Identical runs differ by up to ~10 % on this shared machine: 5 repetitions,
+            # 15 for the ~0.3 s uncompressed copies, for a steadier median.
+            n = 1 if quick else (15 if codec == "NONE" else 5)
+            cpu: dict[str, float] = {}
+            t = interleaved({
+                "read": (None, lambda: rasters.floor_read(src)),
+                "floor": (dst_floor, lambda: rasters.floor_copy(src, dst_floor, options)),
+                "applier": (dst_app, lambda: run_applier(
+                    copy_block, src, dst_app, controls_for({**options, **SERIAL}))),
+            }, n, warmup=not quick, cpu=cpu)
+            ratio = t["applier"] / t["floor"]
+            cpuRatio = cpu["applier"] / cpu["floor"]
+            out.append((f"{dtype} {mpix:.0f} Mpix, {codec}: rasterio loop read / read+write",
+                        f"{t['read']:.2f} s / {t['floor']:.2f} s ({mpix / t['floor']:.0f} Mpix/s)",
+                        "floor", "-"))
+            out.append((f"{dtype} {codec}: applier serial copy / rasterio read+write loop",
+                        f"{ratio:.3f}x ({t['applier']:.2f} s); CPU time {cpuRatio:.3f}x "
+                        f"({cpu['applier']:.2f} s vs {cpu['floor']:.2f} s)", "<= 1.05x",
+                        verdict(ratio <= 1.05)))
+    return out
+
+
+def _parallel_copy_rows(side: int, repeats: int, tmp: str) -> list[Row]:
+    """DEFLATE on 2 local workers (CW_SUBPROC, numComputeWorkers=2: workers mode). The
+    driver writes, so compresses, every block; GDAL's NUM_THREADS=ALL_CPUS (the applier's
+    default, added to the user's options) compresses on both cores."""
+    codec = "DEFLATE"
+    src = rasters.make("int16", side, codec)
+    options = rasters.creation_options(codec)
+    dst = {k: os.path.join(tmp, f"{k}.tif") for k in ("floor", "w2", "serial", "w2one")}
+    t = interleaved({
+        "floor": (dst["floor"], lambda: rasters.floor_copy(src, dst["floor"], options)),
+        "w2": (dst["w2"], lambda: run_applier(copy_block, src, dst["w2"],
+                                              controls_for(options, workers=2))),
+        "w2one": (dst["w2one"], lambda: run_applier(copy_block, src, dst["w2one"],
+                                                    controls_for({**options, **SERIAL}, workers=2))),
+        "serial": (dst["serial"], lambda: run_applier(copy_block, src, dst["serial"],
+                                                      controls_for(options))),
+    }, repeats)
+    ratio = {k: t[k] / t["floor"] for k in ("w2", "w2one", "serial")}
+    return [
+        ("int16 DEFLATE copy, applier on 2 local workers / serial rasterio loop",
+         f"{ratio['w2']:.2f}x ({t['w2']:.2f} s vs {t['floor']:.2f} s)", "<= 0.6x",
+         verdict(ratio["w2"] <= 0.6)),
+        ("same, output with NUM_THREADS=1 (one compressing thread)",
+         f"{ratio['w2one']:.2f}x ({t['w2one']:.2f} s)", "reported", "-"),
+        ("same copy serial (CW_NONE) with the applier's default NUM_THREADS=ALL_CPUS",
+         f"{ratio['serial']:.2f}x ({t['serial']:.2f} s)", "reported", "-"),
+    ]
+
+
+def _compute_rows(side: int, repeats: int, tmp: str) -> list[Row]:
+    """Serial against CW_SUBPROC with 2 workers (workers mode: two long-lived processes),
+    and against a LocalPool(2, mode='workers') given with setPool."""
+    src = rasters.make("int16", side, "NONE")
+    options = rasters.creation_options("NONE")
+    out = []
+    with LocalPool(2, mode="workers", progress=False) as workers_pool:
+        for name, function, target in (("numpy-heavy", numpy_heavy, 1.75),
+                                       ("GIL-bound", gil_bound, 1.7)):
+            dst = {k: os.path.join(tmp, f"{k}.tif") for k in ("s", "w", "m")}
+            t = interleaved({
+                "serial": (dst["s"], lambda: run_applier(function, src, dst["s"],
+                                                         controls_for(options))),
+                "w2": (dst["w"], lambda: run_applier(function, src, dst["w"],
+                                                     controls_for(options, workers=2))),
+                "wm": (dst["m"], lambda: run_applier(function, src, dst["m"],
+                                                     controls_for(options, pool=workers_pool))),
+            }, repeats)
+            speedup, wm = t["serial"] / t["w2"], t["serial"] / t["wm"]
+            out.append((f"{name} block function: serial / 2 local workers (CW_SUBPROC)",
+                        f"{speedup:.2f}x ({t['serial']:.1f} s vs {t['w2']:.1f} s)",
+                        f">= {target}x", verdict(speedup >= target)))
+            out.append((f"{name}: serial / LocalPool(2, mode='workers') via setPool",
+                        f"{wm:.2f}x ({t['wm']:.1f} s)", f">= {target}x", verdict(wm >= target)))
+    return out
+
+
+def _chunk_rows(side: int, repeats: int, tmp: str) -> list[Row]:
+    """Workers mode: one block per task (singleBlockComputeWorkers=True) against the
+    applier's own task sizes, for an uncompressed and a DEFLATE copy (applier defaults)."""
+    out = []
+    nblocks = (-(-side // 256)) ** 2
+    with LocalPool(2, mode="workers", progress=False) as pool:
+        for codec in ("NONE", "DEFLATE"):
+            src = rasters.make("int16", side, codec)
+            options = rasters.creation_options(codec)
+            dst = {k: os.path.join(tmp, f"{k}.tif") for k in ("one", "big")}
+            t = interleaved({
+                "one": (dst["one"], lambda: run_applier(copy_block, src, dst["one"],
+                                                        controls_for(options, pool=pool,
+                                                                     single_block=True))),
+                "big": (dst["big"], lambda: run_applier(copy_block, src, dst["big"],
+                                                        controls_for(options, pool=pool))),
+            }, repeats)
+            ratio = t["one"] / t["big"]
+            out.append((f"int16 {codec} copy, workers mode: {nblocks} 1-block chunks / "
+                        "the applier's chunks", f"{ratio:.2f}x ({t['one']:.2f} s vs "
+                        f"{t['big']:.2f} s)", "<= 1.5x", verdict(ratio <= 1.5)))
+    return out
