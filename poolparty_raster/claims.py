@@ -26,6 +26,7 @@ def _key(chunk: int) -> str:
 class Claims:
     def __init__(self, path: str):
         self.path = path
+        self._holders: dict[int, tuple[int, str]] = {}  # chunk -> (inode, holder): read once
 
     def path_of(self, chunk: int) -> str:
         return os.path.join(self.path, _key(chunk))
@@ -38,17 +39,26 @@ class Claims:
         shutil.rmtree(self.path, ignore_errors=True)
 
     def held(self) -> dict[int, tuple[str, float]]:
-        """{chunk: (holder, heartbeat mtime)} of every first-run claim present."""
+        """{chunk: (holder, heartbeat mtime)} of every first-run claim present. A claim's
+        holder is read once (a new claim of the chunk is a new file)."""
         found = {}
-        for name in self._names():
-            if not name.isdigit():
+        try:
+            entries = list(os.scandir(self.path))
+        except FileNotFoundError:
+            return {}
+        for entry in entries:
+            if not entry.name.isdigit():
                 continue
+            chunk = int(entry.name)
             try:
-                with open(os.path.join(self.path, name)) as f:
-                    holder = f.read()
-                found[int(name)] = (holder, os.stat(os.path.join(self.path, name)).st_mtime)
+                mtime = entry.stat().st_mtime
+                known = self._holders.get(chunk)
+                if known is None or known[0] != entry.inode():
+                    with open(entry.path) as f:
+                        known = self._holders[chunk] = (entry.inode(), f.read())
             except FileNotFoundError:
                 continue
+            found[chunk] = (known[1], mtime)
         return found
 
     def duplicates(self) -> dict[int, str]:

@@ -184,6 +184,8 @@ class MapHandle:
                        for c, r in enumerate(map(existing.chunk_range, range(existing.num_chunks))))
         except Exception:
             return False
+        finally:
+            self.work_dir.close_tasks()  # the driver holds no file of a work_dir it may remove
 
     # -- reading outcomes --------------------------------------------------------------
     def outcome(self, chunk: int) -> ChunkOutcome:

@@ -169,6 +169,8 @@ class WorkDir:
 
     def __init__(self, path: str):
         self.path = os.path.abspath(path)
+        self._tasks: zipfile.ZipFile | None = None
+        self.claims = Claims(self.file("claims"))  # workers mode: who runs which chunk
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
@@ -188,10 +190,6 @@ class WorkDir:
     def archive_path(self, kind: str) -> str:
         return self.file(_ARCHIVE_NAMES[kind])
 
-    @property
-    def claims(self) -> Claims:
-        """The chunks workers have claimed (workers mode), in ``claims/``."""
-        return Claims(self.file("claims"))
 
     # -- creation ----------------------------------------------------------------------
     def create(self) -> None:
@@ -215,13 +213,23 @@ class WorkDir:
         atomic_write(self.file("manifest.json"), data.encode())
 
     # -- the worker's side -------------------------------------------------------------
+    def _tasks_zip(self) -> zipfile.ZipFile:
+        """tasks.zip, opened once: it never changes, and a worker in workers mode reads it
+        for every chunk (its central directory has an entry per chunk)."""
+        if self._tasks is None:
+            self._tasks = zipfile.ZipFile(self.tasks_path)
+        return self._tasks
+
+    def close_tasks(self) -> None:
+        if self._tasks is not None:
+            self._tasks.close()
+            self._tasks = None
+
     def load_function(self) -> Callable[[Any], Any]:
-        with zipfile.ZipFile(self.tasks_path) as z:
-            return cloudpickle.loads(z.read("function.pkl"))
+        return cloudpickle.loads(self._tasks_zip().read("function.pkl"))
 
     def load_tasks(self, chunk: int) -> list[Any]:
-        with zipfile.ZipFile(self.tasks_path) as z:
-            return cloudpickle.loads(z.read(f"chunks/{chunk_key(chunk)}.pkl"))
+        return cloudpickle.loads(self._tasks_zip().read(f"chunks/{chunk_key(chunk)}.pkl"))
 
     def write_loose(self, chunk: int, kind: str, data: bytes) -> None:
         atomic_write(self.file(loose_name(chunk, kind)), data)

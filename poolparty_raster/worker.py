@@ -92,21 +92,51 @@ def chunk_from_arguments(argv: Sequence[str], environ: os._Environ | dict[str, s
     return int(value) + int(options.get("--offset", "0"))
 
 
-def _redirect_output(work_dir: Any, chunk: int) -> dict[str, str]:
-    """Point fds 1 and 2 at live capture files, so C extensions and subprocesses are caught too."""
-    from poolparty_raster.workdir import live_capture_name
+class Captures:
+    """fds 1 and 2 of this process point at live capture files in the work_dir, so output of
+    C extensions and subprocesses is caught too. The files are made once per process and
+    renamed for each chunk: most chunks print nothing, and creating and removing two files a
+    chunk would cost more than a small chunk's work."""
 
-    captures = {}
-    for fd, stream in ((1, "stdout"), (2, "stderr")):
-        path = work_dir.file(live_capture_name(chunk, stream))
-        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
-        sys.stdout.flush() if fd == 1 else sys.stderr.flush()
-        os.dup2(target, fd)
-        os.close(target)
-        captures[stream] = path
-    sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
-    sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
-    return captures
+    def __init__(self, work_dir: Any):
+        self.work_dir = work_dir
+        self.paths: dict[str, str] = {}
+
+    def start(self, chunk: int) -> None:
+        from poolparty_raster.workdir import live_capture_name
+
+        for fd, stream in ((1, "stdout"), (2, "stderr")):
+            path = self.work_dir.file(live_capture_name(chunk, stream))
+            if stream in self.paths:  # empty since the last chunk: reuse it under this one's name
+                os.rename(self.paths[stream], path)
+            else:
+                target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+                sys.stdout.flush() if fd == 1 else sys.stderr.flush()
+                os.dup2(target, fd)
+                os.close(target)
+            self.paths[stream] = path
+        sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+        sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+
+    def finish(self, chunk: int) -> None:
+        """A capture that holds output becomes the chunk's loose file; an empty one waits for
+        the next chunk."""
+        from poolparty_raster.workdir import loose_name
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, stream in ((1, "stdout"), (2, "stderr")):
+            if os.fstat(fd).st_size:
+                os.replace(self.paths.pop(stream), self.work_dir.file(loose_name(chunk, stream)))
+
+    def close(self) -> None:
+        """Remove what is left (empty files) when the process is done."""
+        for path in self.paths.values():
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        self.paths = {}
 
 
 def _exception_record(index: int, exc: BaseException) -> dict[str, Any]:
@@ -161,22 +191,16 @@ HEARTBEAT_SECONDS = 5.0  # how often a worker in workers mode touches its claim
 
 
 def run_and_store(work_dir: Any, manifest: Any, load_function: Callable[[], Any],
-                  chunk: int) -> bool:
+                  chunk: int, captures: Captures) -> bool:
     """Run one chunk with its output captured, and store its outputs; the result goes last.
     Returns whether the function could be loaded."""
     from poolparty_raster import workdir
 
-    captures = _redirect_output(work_dir, chunk)
+    captures.start(chunk)
     values, errors, loaded = run_chunk(work_dir, manifest, load_function, chunk)
-    sys.stdout.flush()
-    sys.stderr.flush()
     if errors:
         work_dir.write_loose(chunk, "exception", workdir.dump_exceptions(errors))
-    for stream, path in captures.items():
-        if os.fstat(1 if stream == "stdout" else 2).st_size:
-            os.replace(path, work_dir.file(workdir.loose_name(chunk, stream)))
-        else:  # the common case: nothing to keep, one file fewer for the driver to remove
-            os.unlink(path)
+    captures.finish(chunk)
     # The result goes last: its presence is what tells the driver the chunk is finished.
     work_dir.write_loose(chunk, "result", workdir.dump_results(values))
     return loaded
@@ -191,7 +215,7 @@ def _heartbeat(path: str, stop: threading.Event) -> None:
 
 
 def claim_and_run(work_dir: Any, manifest: Any, load_function: Callable[[], Any],
-                  worker: int) -> None:
+                  worker: int, captures: Captures) -> None:
     """Workers mode: claim the next free chunk, run it, and again, until none is left. A
     worker whose node cannot load the function fails the chunk it holds and stops, leaving
     the rest to workers elsewhere."""
@@ -204,7 +228,7 @@ def claim_and_run(work_dir: Any, manifest: Any, load_function: Callable[[], Any]
         beat = threading.Thread(target=_heartbeat, args=(claim, stop), daemon=True)
         beat.start()
         try:
-            if not run_and_store(work_dir, manifest, load_function, chunk):
+            if not run_and_store(work_dir, manifest, load_function, chunk, captures):
                 return
         finally:
             stop.set()
@@ -221,8 +245,12 @@ def main(work_dir_path: str, argv: Sequence[str]) -> int:
               file=sys.stderr)
         return 0
     load_function = functools.cache(work_dir.load_function)  # once per process
-    if manifest.mode == "workers":
-        claim_and_run(work_dir, manifest, load_function, index)
-    else:
-        run_and_store(work_dir, manifest, load_function, index)
+    captures = Captures(work_dir)
+    try:
+        if manifest.mode == "workers":
+            claim_and_run(work_dir, manifest, load_function, index, captures)
+        else:
+            run_and_store(work_dir, manifest, load_function, index, captures)
+    finally:
+        captures.close()
     return 0

@@ -115,7 +115,7 @@ class WorkersRun(MapRun):
     def _trim_pending(self) -> None:
         """Never more pending workers than unclaimed chunks: cancel the newest surplus."""
         pending = sorted(w for w, s in self._alive().items() if s.state is TaskState.PENDING)
-        surplus = pending[len(self._unclaimed()):] if len(pending) > len(self._unclaimed()) else []
+        surplus = pending[len(self._unclaimed()):]
         by_job: dict[str, list[int]] = {}
         for worker in surplus:
             by_job.setdefault(self.workers[worker].job_id, []).append(worker)

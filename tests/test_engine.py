@@ -16,6 +16,7 @@ import pytest
 
 import poolparty_raster as pp
 from poolparty_raster import workers
+from poolparty_raster.schedulers import forkserver
 
 # Tasks defined here travel by value: a worker need not import this module (and pytest).
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -199,7 +200,7 @@ def test_local_pool_gives_each_chunk_a_process_of_its_own(start_method):
 def test_local_pool_goes_on_when_its_fork_server_dies():
     with pp.LocalPool(2, **FAST) as pool:
         assert pool.map(abs, [-1, -2]) == [1, 2]
-        (server,) = pool._scheduler._servers.values()
+        server = forkserver.shared(sys.executable)  # the one the pool used
         server._process.kill()
         server._process.wait()
         assert pool.map(square_and_pid, range(4), chunksize=1)[3][0] == 9  # started afresh

@@ -16,6 +16,7 @@ the subprocesses of a killed driver would.
 """
 from __future__ import annotations
 
+import atexit
 import importlib
 import json
 import os
@@ -29,6 +30,25 @@ from typing import Any
 
 # Imported by the server when the driver has them, so that chunks start with them loaded.
 PRELOADABLE = ("numpy", "rasterio", "scipy", "pandas")
+_SERVERS: dict[tuple[str, tuple[str, ...]], ForkServer] = {}
+_SERVERS_LOCK = threading.Lock()
+
+
+def shared(python: str) -> ForkServer:
+    """The process's fork server for this interpreter and what the driver has imported, shared
+    by every LocalPool: a pool made for each map (the applier's CW_SUBPROC) starts it once."""
+    preload = tuple(name for name in PRELOADABLE if name in sys.modules)
+    with _SERVERS_LOCK:
+        server = _SERVERS.get((python, preload))
+        if server is None or not server.alive:
+            server = _SERVERS[(python, preload)] = ForkServer(python, preload)
+        return server
+
+
+@atexit.register
+def _close_servers() -> None:
+    for server in list(_SERVERS.values()):
+        server.close()
 
 
 class ForkServer:

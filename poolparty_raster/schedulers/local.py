@@ -15,12 +15,12 @@ import signal
 import subprocess
 import sys
 import threading
-import weakref
 from collections.abc import Iterator, Sequence
 
 from poolparty_raster.schedulers.base import (JobRecord, PollResult, Scheduler, SubmitSpec,
                                               TaskState, TaskStatus)
-from poolparty_raster.schedulers.forkserver import PRELOADABLE, ForkServer, Launch
+from poolparty_raster.schedulers import forkserver
+from poolparty_raster.schedulers.forkserver import Launch
 
 
 class LocalScheduler(Scheduler):
@@ -36,7 +36,6 @@ class LocalScheduler(Scheduler):
         if start_method not in ("forkserver", "spawn"):
             raise ValueError(f"start_method must be 'forkserver' or 'spawn', not {start_method!r}")
         self.fork = start_method == "forkserver"
-        self._servers: dict[str, ForkServer] = {}  # per interpreter
         self._queue: queue.SimpleQueue[tuple[str, int, SubmitSpec]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._states: dict[tuple[str, int], TaskStatus] = {}
@@ -104,27 +103,17 @@ class LocalScheduler(Scheduler):
             self._changed.set()
 
     def _start(self, spec: SubmitSpec, chunk: int) -> subprocess.Popen[bytes] | Launch:
-        server = self._server(spec.python_path) if self.fork else None
-        if server is not None:
+        if self.fork:
             try:
-                return server.launch([spec.script_path, str(chunk)], spec.cwd, spec.scheduler_log)
+                return forkserver.shared(spec.python_path).launch(
+                    [spec.script_path, str(chunk)], spec.cwd, spec.scheduler_log)
             except OSError:
-                pass  # it died: start this chunk, and the next ones, the slow way
+                self.fork = False  # it died: start this chunk, and the next ones, the slow way
         with open(spec.scheduler_log, "ab") as log:
             os.chmod(spec.scheduler_log, 0o600)
             return subprocess.Popen([spec.python_path, spec.script_path, str(chunk)], cwd=spec.cwd,
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True)
-
-    def _server(self, python: str) -> ForkServer | None:
-        server = self._servers.get(python)
-        if server is None or not server.alive:
-            if server is not None:  # one that died is not started again
-                return None
-            preload = [name for name in PRELOADABLE if name in sys.modules]
-            server = self._servers[python] = ForkServer(python, preload)
-            weakref.finalize(self, server.close)
-        return server
 
     def poll(self, spec: SubmitSpec, jobs: Sequence[JobRecord]) -> PollResult:
         wanted = {job["job_id"] for job in jobs}
