@@ -159,7 +159,7 @@ def test_throttle_caps_the_chunks_running_at_once(cluster):
     queue, pool_class, _ = cluster
     pool = pool_class(num_simultaneously_running_tasks=2, **FAST)
     assert pool.map(nap, range(6), chunksize=1) == list(range(6))
-    assert running_at_once(queue) == 2
+    assert running_at_once(queue) <= 2  # of the queue's 4 slots
 
 
 def test_workers_mode_leaves_no_job_behind(cluster):
