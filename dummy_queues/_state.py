@@ -320,9 +320,10 @@ def copy_script(path: str, jid: int, script: str) -> str:
     spool_dir = os.path.join(os.path.dirname(path), "spool")
     os.makedirs(spool_dir, mode=0o700, exist_ok=True)
     dest = os.path.join(spool_dir, f"{jid}.script")
-    with open(script, "rb") as src, open(dest, "wb") as dst:
+    # 0700 from the start: it may carry the submitter's environment, as script.py does.
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
+    with open(script, "rb") as src, os.fdopen(fd, "wb") as dst:
         dst.write(src.read())
-    os.chmod(dest, 0o700)  # it may carry the submitter's environment, as script.py does
     return dest
 
 

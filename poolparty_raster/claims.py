@@ -4,6 +4,7 @@
                            the worker's heartbeat. A finished chunk keeps its claim.
     claims/NNNNNN.reissue  the driver lets a second worker run this straggling chunk
     claims/NNNNNN.dup      that second worker's claim
+    claims/NNNNNN.redo     the chunk's stored output is unreadable: run it although it is done
 
 A claim is an ``O_CREAT | O_EXCL`` file, which exactly one process can create, also on NFS v3+.
 The driver creates the directory and removes it when the map ends; a worker never creates it,
@@ -17,6 +18,7 @@ import tempfile
 
 _REISSUE = ".reissue"
 _DUPLICATE = ".dup"
+_REDO = ".redo"
 
 
 def _key(chunk: int) -> str:
@@ -40,7 +42,8 @@ class Claims:
 
     def held(self) -> dict[int, tuple[str, float]]:
         """{chunk: (holder, heartbeat mtime)} of every first-run claim present. A claim's
-        holder is read once (a new claim of the chunk is a new file)."""
+        holder is read once it is written (a new claim of the chunk is a new file); a claim
+        just made may show an empty holder."""
         found = {}
         try:
             entries = list(os.scandir(self.path))
@@ -55,7 +58,9 @@ class Claims:
                 known = self._holders.get(chunk)
                 if known is None or known[0] != entry.inode():
                     with open(entry.path) as f:
-                        known = self._holders[chunk] = (entry.inode(), f.read())
+                        known = (entry.inode(), f.read())
+                    if known[1]:  # empty: its worker is still writing its name
+                        self._holders[chunk] = known
             except FileNotFoundError:
                 continue
             found[chunk] = (known[1], mtime)
@@ -79,9 +84,17 @@ class Claims:
 
     def reissue(self, chunk: int) -> None:
         """Let one more worker run a straggling chunk."""
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".reissue.")
+        self._mark(chunk, _REISSUE)
+
+    def redo(self, chunk: int) -> None:
+        """Let a worker run a chunk counted as done (its output turned out unreadable) once
+        its claim is released."""
+        self._mark(chunk, _REDO)
+
+    def _mark(self, chunk: int, suffix: str) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f"{suffix}.")
         os.close(fd)
-        os.replace(tmp, self.path_of(chunk) + _REISSUE)
+        os.replace(tmp, self.path_of(chunk) + suffix)
 
     def withdraw_reissue(self, chunk: int) -> None:
         """The chunk finished: no worker should start its second run any more."""
@@ -97,7 +110,8 @@ class Claims:
             taken = set(os.listdir(self.path))
         except FileNotFoundError:
             return None
-        free = [c for c in range(num_chunks) if _key(c) not in taken and c not in done]
+        redo = {int(n[:-len(_REDO)]) for n in taken if n.endswith(_REDO)}
+        free = [c for c in range(num_chunks) if _key(c) not in taken and (c not in done or c in redo)]
         reissued = sorted(int(n[:-len(_REISSUE)]) for n in taken if n.endswith(_REISSUE)
                           and n[:-len(_REISSUE)] + _DUPLICATE not in taken)
         candidates = [(c, self.path_of(c)) for c in free]

@@ -55,8 +55,9 @@ def inspect(path: str, task: int | None) -> str:
     manifest = work_dir.read_manifest()
     if task is None:
         lines = []
+        having = {kind: work_dir.chunks_with(kind) for kind in ("exception", "stderr")}
         for chunk in range(manifest.num_chunks):
-            kinds = [k for k in ("exception", "stderr") if work_dir.read_output(chunk, k)]
+            kinds = [kind for kind, chunks in having.items() if chunk in chunks]
             if kinds:
                 tasks = manifest.chunk_range(chunk)
                 lines.append(f"chunk {chunk} (tasks {tasks.start}-{tasks.stop - 1}): {', '.join(kinds)}")

@@ -14,7 +14,8 @@ from poolparty_raster.errors import (MapTerminated, SchedulerError, SchedulerOut
                                      TaskLostError)
 from poolparty_raster.progress import Progress
 from poolparty_raster.schedulers.base import (JobRecord, PollResult, Scheduler, SubmitSpec,
-                                              TaskState, TaskStatus, contiguous_runs)
+                                              TaskState, TaskStatus, cancelling,
+                                              contiguous_runs)
 from poolparty_raster.submissions import Submissions
 from poolparty_raster.workdir import Manifest, WorkDir, chunk_key, tail_lines
 
@@ -304,10 +305,13 @@ class MapRun:
         tail: list[str] = []
         for name in captures:
             stream = "stderr" if ".stderr." in name else "stdout"
-            self._lost_captures[name] = f"{chunk_key(chunk)}.attempt-{len(state.deaths) + 1}.{stream}"
             if stream == "stderr":
-                with open(self.work_dir.file(name), "rb") as f:
-                    tail = tail_lines(f.read())
+                try:
+                    with open(self.work_dir.file(name), "rb") as f:
+                        tail = tail_lines(f.read())
+                except FileNotFoundError:  # the attempt lives on (a silent worker) and moved it
+                    continue
+            self._lost_captures[name] = f"{chunk_key(chunk)}.attempt-{len(state.deaths) + 1}.{stream}"
         state.deaths.append((reason, tail))
 
     def requeue(self, chunk: int, reason: str) -> None:
@@ -348,7 +352,7 @@ class MapRun:
         leftovers: dict[str, list[int]] = {}
         for chunk, state in self.chunks.items():
             status = self._last_poll.get((state.job_id, chunk))
-            if state.attempts > 1 and state.job_id and (status is None or status.state is not TaskState.FINISHED):
+            if state.deaths and state.job_id and (status is None or status.state is not TaskState.FINISHED):
                 leftovers.setdefault(state.job_id, []).append(chunk)
         self._cancel_elements(leftovers)
 
@@ -366,7 +370,8 @@ class MapRun:
         """Cancel everything of the map, also when no job was recorded (a scheduler may hold
         more: a job whose submission seemed to fail, an ECS task definition)."""
         try:
-            self.scheduler.cancel(self.spec, self.jobs)
+            with cancelling():
+                self.scheduler.cancel(self.spec, self.jobs)
             self.work_dir.log("cancelled", reason=reason)
         except Exception as exc:  # the original exception matters more; say what was left
             self.work_dir.log("cancel_failed", reason=reason, error=str(exc))

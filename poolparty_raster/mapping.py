@@ -182,8 +182,11 @@ class MapHandle:
         try:
             return all(self.work_dir.load_tasks(c) == list(tasks[r.start:r.stop])
                        for c, r in enumerate(map(existing.chunk_range, range(existing.num_chunks))))
-        except Exception:
-            return False
+        except Exception as exc:  # a stored task that does not load here (its module gone)
+            raise WorkDirMismatchError(
+                f"work_dir {self.work_dir.path} holds a map of the same function whose stored "
+                f"tasks cannot be compared with these ({type(exc).__name__}: {exc}). Use a new "
+                f"work_dir, or delete this one if its results are not needed.") from exc
         finally:
             self.work_dir.close_tasks()  # the driver holds no file of a work_dir it may remove
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import os
 import sys
 import threading
 import weakref
@@ -79,8 +80,9 @@ class Pool:
         filesystem before the chunk counts as lost (default: 0 locally, 3 s on clusters).
       verbose: print scheduler trouble as it happens. progress: a tqdm bar (default: on a terminal).
       mode: "array" (one job per chunk) or "workers" (a few long-lived jobs that claim chunks
-        until none is left), with min_workers, max_workers (default: the parallelism) and
-        min_seconds_between_submissions.
+        until none is left), with max_workers (default: the parallelism),
+        min_seconds_between_submissions, and min_workers (default 1) that the gap between
+        submissions never holds the number of workers below.
     """
 
     _shared_filesystem = True
@@ -125,6 +127,28 @@ class Pool:
         """How many chunks this pool runs at once: the throttle, else the scheduler's own
         figure (LocalPool's workers, the cluster's CPUs), which is what chunk sizes follow."""
         return self._settings.throttle or self._scheduler.default_parallelism()
+
+    @property
+    def mode(self) -> str:
+        """"array" (a job per chunk) or "workers" (long-lived jobs that claim chunks)."""
+        return self._settings.mode
+
+    @property
+    def max_workers(self) -> int | None:
+        """The most worker jobs at once in workers mode (None: the parallelism)."""
+        return self._settings.scaling.max_workers
+
+    @property
+    def work_dir_parent(self) -> str:
+        """The directory this pool's work_dirs are made in: on a filesystem the jobs share
+        for a cluster pool."""
+        work_dir = self._settings.work_dir
+        return os.path.dirname(os.path.abspath(work_dir)) if work_dir else self._settings.work_dir_root
+
+    def worker_path(self, path: str) -> str:
+        """``path`` on the driver as this pool's jobs see it: itself, unless a container pool
+        mounts it elsewhere (``path_mapping``)."""
+        return self._scheduler.worker_path(path)
 
     # -- life cycle --------------------------------------------------------------------
     def close(self) -> None:

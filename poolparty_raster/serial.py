@@ -45,6 +45,9 @@ class SerialPool(Pool):
     def parallelism(self) -> int:
         return 1
 
+    def worker_path(self, path: str) -> str:
+        return path  # the tasks run in this process
+
     def _start(self, func: Callable[[Any], Any], iterable: Iterable[Any],
                chunksize: int | None) -> _SerialHandle | None:
         if self._closed:

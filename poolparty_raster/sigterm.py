@@ -21,7 +21,8 @@ class SigtermGuard:
             return False
         with self._lock:
             if self._maps == 0:
-                if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+                # ours may still be installed: a last release ran outside the main thread
+                if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, _exit_on_term):
                     return False
                 signal.signal(signal.SIGTERM, _exit_on_term)
             self._maps += 1

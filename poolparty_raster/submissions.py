@@ -7,6 +7,7 @@ for now (they are tried again, backing off) or when the engine's own throttle ho
 """
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Callable, Sequence
 
@@ -25,7 +26,7 @@ class Submissions:
         self.work_dir, self.scheduler, self.spec = work_dir, scheduler, spec
         self.progress, self.verbose = progress, verbose
         self.jobs: list[JobRecord] = work_dir.read_jobs()
-        self.waiting: list[int] = []
+        self.waiting: set[int] = set()
         self._retry_at = 0.0
         self._delay = FIRST_RETRY
         self._refused: tuple[str, float] | None = None  # (reason, since when)
@@ -34,10 +35,10 @@ class Submissions:
         return next(job for job in self.jobs if job["job_id"] == job_id)
 
     def add(self, members: Sequence[int]) -> None:
-        self.waiting.extend(m for m in members if m not in self.waiting)
+        self.waiting.update(members)
 
     def drop(self, members: Sequence[int]) -> None:
-        self.waiting = [m for m in self.waiting if m not in members]
+        self.waiting.difference_update(members)
 
     def submit(self, accepted: Callable[[JobRecord], None], room: int | None = None,
                nothing_queued: bool = False) -> bool:
@@ -49,7 +50,7 @@ class Submissions:
         end and free the limit."""
         if not self.waiting or time.monotonic() < self._retry_at:
             return False
-        batch = sorted(self.waiting)[:room] if room is not None else sorted(self.waiting)
+        batch = heapq.nsmallest(room, self.waiting) if room is not None else sorted(self.waiting)
         if not batch:
             return False
         submitted = False

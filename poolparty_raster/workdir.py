@@ -250,12 +250,17 @@ class WorkDir:
 
     def finished_chunks(self) -> set[int]:
         """Chunks with a result, archived or loose."""
-        return self.archived_chunks() | {c for c, f in self.scan().items() if "result" in f["final"]}
+        return self.chunks_with("result")
 
-    def archived_chunks(self) -> set[int]:
-        """Chunks whose result is already in ``tasks.results.zip``."""
+    def chunks_with(self, kind: str) -> set[int]:
+        """Chunks with an output of this kind, archived or loose."""
+        loose = {c for c, f in self.scan().items() if kind in f["final"]}
+        return self.archived_chunks(kind) | loose
+
+    def archived_chunks(self, kind: str = "result") -> set[int]:
+        """Chunks whose output of this kind is already in its archive."""
         try:
-            with zipfile.ZipFile(self.archive_path("result")) as z:
+            with zipfile.ZipFile(self.archive_path(kind)) as z:
                 return {int(n) for n in z.namelist() if n.isdigit()}
         except FileNotFoundError:
             return set()
@@ -327,7 +332,13 @@ class WorkDir:
                 except FileNotFoundError:
                     pass
                 for entry, name in entries.items():
-                    with open(self.file(name), "rb") as src, out.open(entry, "w", force_zip64=True) as dst:
+                    try:
+                        src = open(self.file(name), "rb")
+                    except FileNotFoundError:
+                        if kind not in ("stdout", "stderr"):
+                            raise
+                        continue  # an attempt taken for dead lives on and renamed its capture
+                    with src, out.open(entry, "w", force_zip64=True) as dst:
                         _copy(src, dst)
 
         atomic_write(path, write)

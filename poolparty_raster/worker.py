@@ -120,13 +120,17 @@ class Captures:
 
     def finish(self, chunk: int) -> None:
         """A capture that holds output becomes the chunk's loose file; an empty one waits for
-        the next chunk."""
+        the next chunk. The fd leaves a published file first: closing it is what flushes it
+        to an NFS server, and later output (a thread the task left) must not land in it."""
         from poolparty_raster.workdir import loose_name
 
         sys.stdout.flush()
         sys.stderr.flush()
         for fd, stream in ((1, "stdout"), (2, "stderr")):
             if os.fstat(fd).st_size:
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, fd)
+                os.close(null)
                 os.replace(self.paths.pop(stream), self.work_dir.file(loose_name(chunk, stream)))
 
     def close(self) -> None:

@@ -14,9 +14,11 @@ The driver's part, in the spirit of a worker manager:
 """
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from poolparty_raster.engine import MapRun
 from poolparty_raster.errors import SchedulerError
@@ -55,7 +57,7 @@ def holder_id(holder: str) -> int | None:
 class WorkersRun(MapRun):
     """A MapRun whose jobs are workers (numbered 0, 1, ...) rather than chunks."""
 
-    def __init__(self, *args, scaling: WorkerScaling, parallelism: int, **kwargs):
+    def __init__(self, *args: Any, scaling: WorkerScaling, parallelism: int, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.max_workers = scaling.max_workers or parallelism
         self.min_workers = min(scaling.min_workers, self.max_workers)
@@ -98,12 +100,13 @@ class WorkersRun(MapRun):
 
     def _scale(self) -> None:
         unclaimed = self._unclaimed()
-        if (not unclaimed or self.submissions.waiting
-                or time.monotonic() - self._last_submission < self.min_gap):
+        if not unclaimed or self.submissions.waiting:
             return
         alive = self._alive()
         pending = sum(1 for w in alive.values() if w.state is TaskState.PENDING)
         wanted = min(self.max_workers - len(alive), len(unclaimed) - pending)
+        if time.monotonic() - self._last_submission < self.min_gap:
+            wanted = min(wanted, self.min_workers - len(alive))  # the gap paces growth above it
         if wanted <= 0:
             return
         first = max(self.workers, default=-1) + 1
@@ -184,7 +187,8 @@ class WorkersRun(MapRun):
             reason = (f"{self.failed_starts} worker jobs in a row ended without running a chunk "
                       f"(last: {self.workers[ended[-1]].reason})")
             with open(self.work_dir.scheduler_log_path, "rb") as f:
-                tail = tail_lines(f.read()[-20_000:])
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 20_000))
+                tail = tail_lines(f.read())
             for chunk in self._outstanding():
                 self.chunks[chunk].deaths.append((reason, tail))
             self.lost_chunks.update(self._outstanding())
@@ -216,6 +220,14 @@ class WorkersRun(MapRun):
             released = True
         return released
 
+    def _retry_or_lose(self, dead: list[tuple[int, str]]) -> None:
+        """This run submits workers, not chunks: a chunk to run again (its output unreadable)
+        has its claim released, so that a worker takes it."""
+        claims = self.work_dir.claims.held()
+        for chunk, reason in dead:
+            self.work_dir.claims.redo(chunk)  # workers count it done: its result is archived
+            self._release(chunk, claims.get(chunk, ("",))[0], reason)
+
     def _release(self, chunk: int, holder: str, reason: str) -> None:
         self.releases[chunk] = self.releases.get(chunk, 0) + 1
         self.chunks[chunk].attempts = self.releases[chunk]
@@ -246,8 +258,9 @@ class WorkersRun(MapRun):
 
     # -- endings -----------------------------------------------------------------------
     def _cancel_leftovers(self) -> None:
-        """Cancel workers still queued (nothing is left for them) and the slower run of each
-        re-issued chunk; running workers find nothing to claim and exit by themselves."""
+        """Cancel workers still queued (nothing is left for them) and the workers of both runs
+        of each re-issued chunk (the one that delivered would find nothing more to claim, the
+        other runs for nothing); other running workers find nothing to claim and exit."""
         doomed = {w for w, s in self.workers.items() if s.state is TaskState.PENDING}
         claims, duplicates = self.work_dir.claims.held(), self.work_dir.claims.duplicates()
         for chunk in self._reissued:

@@ -370,6 +370,20 @@ def test_batch_lost_submissions_are_found_by_name_never_repeated_blindly(dummy_b
     assert len(parents) == 2 and later["job_name"] == dummy_batch.calls_to("SubmitJob")[-1]["jobName"]
 
 
+
+def test_batch_keeps_the_oldest_of_two_jobs_a_lagging_listing_let_in(dummy_batch, tmp_path):
+    scheduler = batch_scheduler(dummy_batch, job_queue="dummy-queue")
+    s = spec(tmp_path)
+    dummy_batch.inject_error("SubmitJob", "ServerException", "internal", times=scheduler.retries + 1, status=500)
+    with pytest.raises(SubmissionRefused):
+        list(scheduler.submit(s, [3, 4]))
+    params = dummy_batch.calls_to("SubmitJob")[-1]
+    first = dummy_batch.submit_job(**params)["jobId"]  # the answers were lost, the jobs got in
+    second = dummy_batch.submit_job(**params)["jobId"]
+    (record,) = scheduler.submit(s, [3, 4])
+    assert record["job_id"] == first
+    assert [call["jobId"] for call in dummy_batch.calls_to("TerminateJob")] == [second]
+
 # -- end to end on the dummies, with faults ---------------------------------------------------
 def events(work_root):
     (kept,) = list(work_root.iterdir())
@@ -490,6 +504,9 @@ def test_container_keeps_its_own_credentials_and_paths(dummy_ecs, tmp_path, monk
     ((key, profile, path, libs, gdal, reexec, flag, script),) = pool.map(container_view, [0])
     assert (key, profile, libs, gdal, reexec, flag) == ("task-role", "none", "/container/lib", "30", "1", "-c")
     assert path.startswith("/container/bin:") and script == str(seen / "w" / "script.py")
+    # what the applier puts beside the work_dir, the containers find under their own path
+    assert pool.work_dir_parent == str(real)
+    assert pool.worker_path(str(real / "scratch")) == str(seen / "scratch")
 
 
 def test_batch_survives_throttling_lost_answers_and_killed_children(dummy_batch, tmp_path, monkeypatch):

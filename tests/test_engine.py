@@ -46,12 +46,14 @@ def dies_while_flagged(args):
     return x * 10
 
 
-def test_unreadable_result_is_computed_again(tmp_path):
+@pytest.mark.parametrize("mode", ["array", "workers"])
+def test_unreadable_result_is_computed_again(tmp_path, mode):
     flag, work_dir = tmp_path / "flag", str(tmp_path / "w")
     flag.touch()
     tasks = [(x, str(flag)) for x in range(6)]
     with pytest.raises(pp.TaskLostError):
-        pp.LocalPool(2, work_dir=work_dir, max_num_resubmissions=0, **FAST).map(dies_while_flagged, tasks, 2)
+        pp.LocalPool(2, work_dir=work_dir, max_num_resubmissions=0, mode=mode, **FAST).map(
+            dies_while_flagged, tasks, 2)
     archive = os.path.join(work_dir, "tasks.results.zip")
     with zipfile.ZipFile(archive) as z:
         entries = {name: z.read(name) for name in z.namelist()}
@@ -60,7 +62,7 @@ def test_unreadable_result_is_computed_again(tmp_path):
         for name, data in entries.items():
             z.writestr(name, data)
     flag.unlink()
-    assert pp.LocalPool(2, work_dir=work_dir, keep_work_dir=True, **FAST).map(
+    assert pp.LocalPool(2, work_dir=work_dir, keep_work_dir=True, mode=mode, **FAST).map(
         dies_while_flagged, tasks, 2) == [x * 10 for x in range(6)]
     assert [e["chunk"] for e in events(work_dir) if e["event"] == "unreadable_output"] == [0]
 
@@ -204,6 +206,21 @@ def test_local_pool_goes_on_when_its_fork_server_dies():
         server._process.kill()
         server._process.wait()
         assert pool.map(square_and_pid, range(4), chunksize=1)[3][0] == 9  # started afresh
+
+
+def environment_at_exec(name):
+    """The variable as the process was exec'd with it: for a chunk forked by the fork server,
+    the server's environment, which the libraries it preloaded read."""
+    with open("/proc/self/environ", "rb") as f:
+        pairs = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+    return pairs.get(name.encode(), b"").decode()
+
+
+def test_a_changed_thread_count_reaches_the_libraries_chunks_import(monkeypatch):
+    for threads in ("1", "2"):
+        monkeypatch.setenv("OMP_NUM_THREADS", threads)
+        with pp.LocalPool(2, **FAST) as pool:
+            assert pool.map(environment_at_exec, ["OMP_NUM_THREADS"]) == [threads]
 
 
 HOLDER = textwrap.dedent("""

@@ -3,6 +3,7 @@ returns the right results, or fails fast with a clear error, and never hangs."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -57,6 +58,28 @@ def test_error_state_is_cancelled_and_resubmitted(cluster, tmp_path):
     assert pool.map(plus_one, range(8), chunksize=2) == list(range(1, 9))
     assert [e["event"] for e in events_of(tmp_path)].count("error_state") == 1
     assert queue.calls_to("scancel" if "slurm" in queue.scheduler else "qdel")
+
+
+def sleeps_long(x):
+    time.sleep(120)
+    return x
+
+
+def test_terminate_cancels_the_jobs_although_the_first_cancel_fails(cluster, tmp_path):
+    queue, pool_class, _ = cluster
+    cancel = "scancel" if "slurm" in queue.scheduler else "qdel"
+    pool = pool_class(**FAST)
+    result = pool.map_async(sleeps_long, range(3), chunksize=1)
+    deadline = time.monotonic() + 60
+    while not any(job["state"] == "RUNNING" for job in queue.jobs()):  # the queue's word
+        assert time.monotonic() < deadline, "no job started"
+        time.sleep(0.05)
+    queue.inject_command_failure(cancel, times=1)
+    pool.terminate()
+    with pytest.raises(pp.MapTerminated):
+        result.get(timeout=60)
+    assert queue.wait_idle(timeout=30), queue.jobs()
+    assert len(queue.calls_to(cancel)) >= 2
 
 
 def test_error_state_that_persists_ends_in_task_lost_error(cluster, tmp_path):
@@ -241,6 +264,26 @@ def test_workers_mode_scales_within_its_bounds(dummy_slurm, tmp_path, monkeypatc
     assert sum(len(s["tasks"]) for s in submissions) < 12  # workers ran several chunks each
     gaps = [b["time"] - a["time"] for a, b in zip(submissions, submissions[1:])]
     assert all(gap >= 0.5 for gap in gaps)
+
+
+def dies_once(args):
+    x, flag = args
+    if x == 1 and os.path.exists(flag):
+        os.unlink(flag)
+        os._exit(3)  # the worker itself dies
+    time.sleep(0.3)
+    return x
+
+
+def test_workers_below_the_minimum_are_replaced_at_once(dummy_slurm, tmp_path, monkeypatch):
+    monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(tmp_path / "work"))
+    flag = tmp_path / "flag"
+    flag.touch()
+    pool = pp.SlurmArrayPool(mode="workers", min_workers=2, max_workers=2,
+                             min_seconds_between_submissions=3600, **FAST)
+    assert pool.map(dies_once, [(x, str(flag)) for x in range(6)], chunksize=1) == list(range(6))
+    # the hour between submissions paces growth above the minimum, not a replacement
+    assert len(dummy_slurm.submissions) == 2
 
 
 def test_real_slurm_map_larger_than_max_array_size(real_slurm, tmp_path, monkeypatch):

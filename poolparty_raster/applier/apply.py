@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from poolparty_raster.applier.controls import CW_NONE, CW_THREADS, ApplierControls
-from poolparty_raster.applier.grid import (MAX_TASK_PIXELS, blocksPerTask, computeWorkingGrid,
+from poolparty_raster.applier.grid import (blocksPerTask, computeWorkingGrid,
                                            groupBlocks, makeBlocks)
 from poolparty_raster.applier.poolfactory import (Scratch, isWorkersMode, makePool, poolWidth,
                                                   throttles)
@@ -31,8 +31,6 @@ from poolparty_raster.applier.writer import OutputFile, finishAll, openOutputs
 
 # Tasks handed out but not yet written, per worker, where tasks are handed out lazily.
 TASKS_IN_FLIGHT_PER_WORKER = 2
-# In-band results (threads) are held in memory until written: smaller tasks there.
-MAX_INBAND_TASK_PIXELS = 4 * 1024 * 1024
 
 Outputs = dict[tuple[str, int | None], OutputFile]
 
@@ -84,7 +82,7 @@ def apply(userFunction: Callable[..., Any], infiles: FilenameAssociations,
 def _runInProcess(spec: TaskSpec, blocks: list[ApplierBlockDefn], otherArgs: Any,
                   outputs: Outputs, timings: Timers, progress: _Progress) -> list[Any]:
     """Every block in this process, nothing pickled or copied: the I/O floor."""
-    stats = newStats(spec, blocks)
+    stats = newStats(spec)
     clock = time.perf_counter
     for blockDefn, arrays in iterTaskBlocks(spec, blocks, otherArgs, timings, stats):
         start = clock()
@@ -116,8 +114,6 @@ def _runOnPool(spec: TaskSpec, blocks: list[ApplierBlockDefn], otherArgs: Any,
         how = "threads" if threads else "workers" if isWorkersMode(pool) else "array"
         perTask = blocksPerTask(len(blocks), width, style.singleBlockComputeWorkers, how,
                                 blockPixels)
-        cap = MAX_INBAND_TASK_PIXELS if threads else MAX_TASK_PIXELS
-        perTask = max(1, min(perTask, cap // blockPixels))
         groups = groupBlocks(blocks, perTask)
         limit = TASKS_IN_FLIGHT_PER_WORKER * width if throttles(pool) else None
         feeder = _Feeder(groups, otherArgs, not threads, limit)

@@ -28,6 +28,8 @@ TASKS_PER_WORKER_WORKERS = 8
 # The largest task: bounds what a task holds when its blocks cannot be streamed (threads,
 # pools without a shared directory) and what a lost task costs to redo.
 MAX_TASK_PIXELS = 64 * 1024 * 1024
+# In-band results (threads) are held in memory until written: smaller tasks there.
+MAX_INBAND_TASK_PIXELS = 4 * 1024 * 1024
 
 
 class ResampleNeededError(ValueError):
@@ -148,7 +150,8 @@ def blocksPerTask(numBlocks: int, parallelism: int, singleBlock: bool, how: str,
     The rule (documented in the README): aim for TASKS_PER_WORKER_* tasks per slot of the
     pool, so that uneven tasks even out; never fewer pixels than MIN_TASK_PIXELS_* (a task
     must be worth its start-up: seconds of work in array mode); never more than
-    MAX_TASK_PIXELS. ``singleBlock`` is RIOS's one block per job.
+    MAX_TASK_PIXELS (MAX_INBAND_TASK_PIXELS for threads). ``singleBlock`` is RIOS's one
+    block per job.
     """
     if singleBlock:
         return 1
@@ -156,7 +159,8 @@ def blocksPerTask(numBlocks: int, parallelism: int, singleBlock: bool, how: str,
     minPixels = {"array": MIN_TASK_PIXELS_ARRAY, "workers": MIN_TASK_PIXELS_WORKERS}.get(how, 0)
     perTask = math.ceil(numBlocks / (perSlot * max(parallelism, 1)))
     perTask = max(perTask, math.ceil(minPixels / max(blockPixels, 1)))
-    perTask = min(perTask, max(1, MAX_TASK_PIXELS // max(blockPixels, 1)))
+    maxPixels = MAX_INBAND_TASK_PIXELS if how == "threads" else MAX_TASK_PIXELS
+    perTask = min(perTask, max(1, maxPixels // max(blockPixels, 1)))
     return max(1, min(numBlocks, perTask))
 
 

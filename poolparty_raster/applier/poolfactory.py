@@ -61,7 +61,7 @@ def poolWidth(pool: Any, style: ConcurrencyStyle) -> int:
         return style.numComputeWorkers
     parallelism = getattr(pool, "parallelism", None)
     if isinstance(parallelism, int) and parallelism > 0:
-        maxWorkers = _setting(pool, "scaling", "max_workers")
+        maxWorkers = getattr(pool, "max_workers", None)
         if isWorkersMode(pool) and maxWorkers:
             return min(parallelism, maxWorkers)
         return parallelism
@@ -69,16 +69,7 @@ def poolWidth(pool: Any, style: ConcurrencyStyle) -> int:
 
 
 def isWorkersMode(pool: Any) -> bool:
-    return _setting(pool, "mode") == "workers"
-
-
-def _setting(pool: Any, *names: str) -> Any:
-    """A pool's map settings. The pool layer has no public accessor for these yet (see the
-    report); reading them here keeps the applier working until it has."""
-    value = getattr(pool, "_settings", None)
-    for name in names:
-        value = getattr(value, name, None)
-    return value
+    return getattr(pool, "mode", None) == "workers"
 
 
 def throttles(pool: Any) -> bool:
@@ -95,15 +86,12 @@ class Scratch:
     the workers see it (an ECS pool may mount the work_dir elsewhere). Removed on close."""
 
     def __init__(self, pool: Any):
-        root = _setting(pool, "work_dir")
-        root = os.path.dirname(os.path.abspath(root)) if root else _setting(pool, "work_dir_root")
-        root = root or tempfile.gettempdir()
+        root = getattr(pool, "work_dir_parent", None) or tempfile.gettempdir()
         stamp = time.strftime("%Y%m%d-%H%M%S")
         self.path = os.path.join(os.path.abspath(root),
                                  f"poolparty_raster.applier.{stamp}.{uuid.uuid4().hex[:8]}")
         os.makedirs(self.path, mode=0o700)
-        mapping = getattr(getattr(pool, "_scheduler", None), "path_mapping", None)
-        self.workerPath = _mapped(self.path, mapping)
+        self.workerPath = pool.worker_path(self.path) if hasattr(pool, "worker_path") else self.path
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
@@ -112,11 +100,3 @@ class Scratch:
         import shutil
         shutil.rmtree(self.path, ignore_errors=True)
 
-
-def _mapped(path: str, mapping: dict[str, str] | None) -> str:
-    """A driver path as the containers see it (the longest matching prefix wins)."""
-    for driver, container in sorted((mapping or {}).items(), key=lambda kv: -len(kv[0])):
-        driver = driver.rstrip("/")
-        if path == driver or path.startswith(driver + "/"):
-            return container.rstrip("/") + path[len(driver):]
-    return path

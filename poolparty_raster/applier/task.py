@@ -109,7 +109,7 @@ class TaskRunner:
         if isinstance(otherArgs, bytes) and self._bytes is not None:
             otherArgs = cloudpickle.loads(otherArgs)
         timings = Timers()
-        stats = newStats(spec, part.blocks)
+        stats = newStats(spec)
         result = TaskResult(part.taskIndex, part.blocks, otherArgs, stats, timings=timings)
         with timings.interval("opening"):
             readers = self.readers()
@@ -121,7 +121,7 @@ class TaskRunner:
         return result
 
 
-def newStats(spec: TaskSpec, blocks: list[ApplierBlockDefn]) -> dict[Key, list[BandStats]]:
+def newStats(spec: TaskSpec) -> dict[Key, list[BandStats]]:
     """Filled band by band as blocks are computed (the band count is known only then)."""
     return {key: [] for key in spec.statsIgnore}
 
@@ -220,7 +220,7 @@ def _writeBlockFile(spec: TaskSpec, taskIndex: int, blocks: Iterator[
     path = os.path.join(spec.scratchDir, name)
     tmp = path + ".partial"
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
             for _, arrays in blocks:
                 with timings.interval("blockfile"):
                     for key in spec.outputNames:

@@ -1,9 +1,10 @@
 """Driver side: output files. Each is created when its first block arrives (its dtype and
 band count are those of the user's arrays) and written block by block under a temporary
 name in the destination directory. Finishing is two-phase: every output is completed
-(overviews, statistics, COG conversion, closed) before any is moved into place, so a
-failure never leaves new and old outputs mixed, and an existing output is never touched
-before its replacement is complete."""
+(overviews, statistics, COG conversion, closed) before any is moved into place, so a failure
+of the processing leaves every old output as it was, and an existing output is never touched
+before its replacement is complete. The renames themselves are one per output: a failure
+among them (a full or vanished destination) can leave some outputs new and some old."""
 from __future__ import annotations
 
 import contextlib

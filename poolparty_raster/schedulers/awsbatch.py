@@ -26,11 +26,11 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from poolparty_raster.errors import SchedulerError, SchedulerOutputError, SubmissionRefused
-from poolparty_raster.schedulers.awscommon import (AwsRequestError, aws_tags, call_with_retries,
-                                                   check_tags, checked_mapping, container_command,
-                                                   describe_error,
-                                                   error_code, error_kind, make_client,
-                                                   safe_name, spot_or_host_loss)
+from poolparty_raster.schedulers.awscommon import (FATAL_START_ERRORS, AwsRequestError, aws_tags,
+                                                   call_with_retries, check_tags, checked_mapping,
+                                                   container_command, describe_error, make_client,
+                                                   safe_name, spot_or_host_loss,
+                                                   submission_failure_kind)
 from poolparty_raster.schedulers.base import (JobRecord, PollResult, Scheduler, SubmitSpec,
                                               TaskState, TaskStatus, contiguous_runs,
                                               split_by_span)
@@ -40,7 +40,6 @@ MAX_ARRAY_SIZE = 10_000
 CANCEL_REASON = "poolparty_raster: cancelled by the driver"
 # Batch not answering submissions: waited out this long while none of the map's jobs is queued.
 SUBMIT_GIVE_UP_AFTER = 600.0
-FATAL_START_ERRORS = ("CannotPullContainerError", "ResourceInitializationError")
 _STATES = {"SUBMITTED": TaskState.PENDING, "PENDING": TaskState.PENDING,
            "RUNNABLE": TaskState.PENDING, "STARTING": TaskState.PENDING,
            "RUNNING": TaskState.RUNNING, "SUCCEEDED": TaskState.FINISHED,
@@ -182,14 +181,7 @@ class AwsBatchScheduler(Scheduler):
                 self._unsure.pop(key, None)
                 return job_id
             except Exception as exc:
-                kind = error_kind(exc)
-                if kind == "foreign":
-                    raise
-                if kind == "throttle":
-                    raise SubmissionRefused(f"batch submit_job throttled: {error_code(exc)}") from exc
-                if kind == "permanent":
-                    raise AwsRequestError(describe_error("batch submit_job", exc)) from exc
-                if kind == "maybe_sent":
+                if submission_failure_kind("batch submit_job", exc) == "maybe_sent":
                     self._unsure[key] = name
                 failure = exc
             if attempt < self.retries:
@@ -210,11 +202,12 @@ class AwsBatchScheduler(Scheduler):
         except SchedulerError as exc:  # no answer proves nothing: try again later
             raise SubmissionRefused(f"could not tell whether job {name} got in: {exc}",
                                     SUBMIT_GIVE_UP_AFTER) from exc
-        found = [j["jobId"] for j in answer.get("jobSummaryList", []) if j.get("jobName") == name]
-        for extra in found[1:]:  # newest first: keep the oldest
+        found = sorted((j for j in answer.get("jobSummaryList", []) if j.get("jobName") == name),
+                       key=lambda j: j.get("createdAt", 0))
+        for extra in found[1:]:  # keep the oldest: the one a lost answer was about
             call_with_retries(self.client.terminate_job, "batch terminate_job", self.pause,
-                              jobId=extra, reason="poolparty_raster: duplicate submission")
-        return found[-1] if found else None
+                              jobId=extra["jobId"], reason="poolparty_raster: duplicate submission")
+        return found[0]["jobId"] if found else None
 
     # -- poll and cancel ---------------------------------------------------------------
     def poll(self, spec: SubmitSpec, jobs: Sequence[JobRecord]) -> PollResult:

@@ -10,10 +10,13 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from poolparty_raster.errors import SchedulerError, SchedulerOutputError, SchedulerUnavailableError
-from poolparty_raster.schedulers.base import SubmitSpec
+from poolparty_raster.errors import (SchedulerError, SchedulerOutputError, SchedulerUnavailableError,
+                                     SubmissionRefused)
+from poolparty_raster.schedulers.base import SubmitSpec, map_path
 from poolparty_raster.worker import KEEP_VARIABLE, REEXEC_VARIABLE
 
+# A container that cannot start (image not pulled, EFS not mounted): no resubmission helps.
+FATAL_START_ERRORS = ("CannotPullContainerError", "ResourceInitializationError")
 # Error codes that pass by themselves: the request was not acted upon.
 THROTTLE_CODES = frozenset({"ThrottlingException", "TooManyRequestsException", "Throttling",
                             "RequestLimitExceeded", "ThrottledException", "SlowDown"})
@@ -115,6 +118,20 @@ def describe_error(what: str, exc: BaseException) -> str:
     return f"{what} failed: {error_code(exc) or type(exc).__name__}: {exc}"
 
 
+def submission_failure_kind(what: str, exc: Exception) -> str:
+    """For a failed submission call: "not_sent" or "maybe_sent" (the caller may repeat it);
+    raises the exception itself when it is not an AWS error, SubmissionRefused (the engine
+    waits) for a throttle, and AwsRequestError for a permanent refusal."""
+    kind = error_kind(exc)
+    if kind == "foreign":
+        raise exc
+    if kind == "throttle":
+        raise SubmissionRefused(f"{what} throttled: {error_code(exc)}") from exc
+    if kind == "permanent":
+        raise AwsRequestError(describe_error(what, exc)) from exc
+    return kind
+
+
 def call_with_retries(func: Callable[..., Any], what: str, pause: Callable[[float], None],
                       retries: int = 4, backoff: float = 0.5, **params: Any) -> Any:
     """One idempotent API call (describe, stop, terminate, list, deregister): throttling,
@@ -176,14 +193,6 @@ def checked_mapping(mapping: dict[str, str] | None) -> dict[str, str]:
     return {absolute(d, "path_mapping keys"): absolute(c, "path_mapping values")
             for d, c in (mapping or {}).items()}
 
-
-def map_path(path: str, mapping: dict[str, str] | None) -> str:
-    """A driver path as the container sees it (the longest matching prefix wins)."""
-    for driver, container in sorted((mapping or {}).items(), key=lambda kv: -len(kv[0])):
-        driver = driver.rstrip("/")
-        if path == driver or path.startswith(driver + "/"):
-            return container.rstrip("/") + path[len(driver):]
-    return path
 
 
 def container_command(spec: SubmitSpec, python: str | None, mapping: dict[str, str] | None,

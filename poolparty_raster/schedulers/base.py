@@ -6,6 +6,7 @@ scheduler says, normalised to :class:`TaskState`.
 """
 from __future__ import annotations
 
+import contextlib
 import enum
 import shutil
 import subprocess
@@ -59,6 +60,20 @@ JobRecord = dict[str, Any]
 PollResult = dict[tuple[str, int], TaskStatus]
 
 
+_cancelling = threading.local()
+
+
+@contextlib.contextmanager
+def cancelling() -> Iterator[None]:
+    """Within it (in this thread) retry waits run to their end even after terminate(): a
+    cancel of the whole map is what terminating asked for."""
+    _cancelling.active = True
+    try:
+        yield
+    finally:
+        _cancelling.active = False
+
+
 class Scheduler(ABC):
     """A backend. Subclasses are small: submit, poll, cancel, and a check that it is there."""
 
@@ -69,6 +84,8 @@ class Scheduler(ABC):
     min_poll_interval = 1.0
     # Set by the pool: a terminated pool interrupts waits inside backend calls.
     abort: threading.Event | None = None
+    # {driver prefix: job prefix} where the jobs mount the work_dir elsewhere (containers).
+    path_mapping: dict[str, str] = {}
 
     @abstractmethod
     def check_available(self) -> None:
@@ -104,8 +121,9 @@ class Scheduler(ABC):
         time.sleep(timeout)
 
     def pause(self, seconds: float) -> None:
-        """Sleep inside a backend call (a retry's backoff); a terminated pool cuts it short."""
-        if self.abort is None:
+        """Sleep inside a backend call (a retry's backoff); a terminated pool cuts it short,
+        unless the call is the cancel that terminating asked for (see :func:`cancelling`)."""
+        if self.abort is None or getattr(_cancelling, "active", False):
             time.sleep(seconds)
         elif self.abort.wait(seconds):
             raise MapTerminated("the pool was terminated while a scheduler call was retried")
@@ -113,6 +131,10 @@ class Scheduler(ABC):
     def describe(self, spec: SubmitSpec, job: JobRecord, chunk: int) -> str:
         """Extra words on why a chunk is in an error state, for the log (optional)."""
         return ""
+
+    def worker_path(self, path: str) -> str:
+        """``path`` on the driver as the jobs see it (a container may mount it elsewhere)."""
+        return map_path(path, self.path_mapping)
 
     def release(self, jobs: Sequence[JobRecord]) -> None:
         """Forget what the backend remembers of a finished map's jobs (optional)."""
@@ -134,13 +156,20 @@ class CommandRunner:
     calls: int = field(default=0, init=False)
 
     def run(self, argv: Sequence[str], *, retry: bool = True, ok_codes: Sequence[int] = (0,),
-            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+            stdin: str | None = None, transient: Callable[[str], bool] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+        """``transient(stderr)``, when given, tells the failures worth repeating from those
+        no repeat changes (raised at once), also under an ok code: qdel's exit code 1 means
+        "already gone" and "qmaster not answering" alike."""
         attempts = self.retries + 1 if retry else 1
         delay = self.backoff
         for attempt in range(attempts):
             result = self.run_once(argv, ok_codes=ok_codes, stdin=stdin)
-            if result is not None and result.returncode in ok_codes:
-                return result
+            if result is not None and not (transient is not None and transient(result.stderr)):
+                if result.returncode in ok_codes:
+                    return result
+                if transient is not None:
+                    break
             if attempt + 1 < attempts:
                 self.pause(delay)
                 delay = min(delay * 2, self.max_backoff)
@@ -158,6 +187,15 @@ class CommandRunner:
             return None
         except FileNotFoundError as exc:
             raise SchedulerUnavailableError(f"`{argv[0]}` was not found: {exc}") from exc
+
+
+def map_path(path: str, mapping: dict[str, str] | None) -> str:
+    """A driver path as the container sees it (the longest matching prefix wins)."""
+    for driver, container in sorted((mapping or {}).items(), key=lambda kv: -len(kv[0])):
+        driver = driver.rstrip("/")
+        if path == driver or path.startswith(driver + "/"):
+            return container.rstrip("/") + path[len(driver):]
+    return path
 
 
 def require_commands(scheduler: str, paths: dict[str, str]) -> None:
@@ -214,6 +252,19 @@ def cancel_targets(jobs: Sequence[JobRecord], chunks: Sequence[int] | None,
 
 def unparseable(command: str, line: str) -> SchedulerOutputError:
     return SchedulerOutputError(f"could not parse a line of `{command}` output: {line!r}")
+
+
+def refusal_kind(stderr: str, kinds: Sequence[tuple[str, Sequence[str]]],
+                 otherwise: str = "permanent") -> str:
+    """The first kind in ``kinds`` (pairs of kind and the messages that mean it) whose message
+    ``stderr`` contains; ``otherwise`` when none does."""
+    return next((kind for kind, messages in kinds if any(m in stderr for m in messages)), otherwise)
+
+
+def unanswered(classify_refusal: Callable[[str], str]) -> Callable[[str], bool]:
+    """For ``CommandRunner.run(transient=...)``: the failures a scheduler's classification
+    calls "transient" or "answer_lost", which an idempotent command may repeat."""
+    return lambda stderr: classify_refusal(stderr) in ("transient", "answer_lost")
 
 
 @dataclass

@@ -25,13 +25,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from poolparty_raster.errors import SchedulerError, SchedulerOutputError, SubmissionRefused
-from poolparty_raster.schedulers.awscommon import (AwsRequestError, absolute, aws_tags,
-                                                   call_with_retries, check_tags, checked_mapping,
-                                                   container_command, describe_error, error_code,
-                                                   error_kind, make_client, map_path, safe_name,
-                                                   spot_or_host_loss)
+from poolparty_raster.schedulers.awscommon import (FATAL_START_ERRORS, AwsRequestError, absolute,
+                                                   aws_tags, call_with_retries, check_tags,
+                                                   checked_mapping, container_command, make_client,
+                                                   safe_name, spot_or_host_loss,
+                                                   submission_failure_kind)
 from poolparty_raster.schedulers.base import (JobRecord, PollResult, Scheduler, SubmitSpec,
-                                              TaskState, TaskStatus)
+                                              TaskState, TaskStatus, map_path)
 
 CHUNK_VARIABLE = "POOLPARTY_RASTER_CHUNK"
 OVERRIDES_LIMIT = 8192
@@ -41,7 +41,6 @@ PLACEMENT_GIVE_UP_AFTER = 600.0
 _PENDING = {"PROVISIONING", "PENDING", "ACTIVATING"}
 _RUNNING = {"RUNNING", "DEACTIVATING", "STOPPING", "DEPROVISIONING"}
 _ENDED = {"STOPPED", "DELETED"}
-FATAL_START_ERRORS = ("CannotPullContainerError", "ResourceInitializationError")
 _RATE_LIMITED = re.compile(r"toomanyrequests|too many requests|rate limit", re.I)  # Docker Hub's
 # Fargate's cpu units -> the memory sizes (MiB) it allows with them.
 FARGATE_MEMORY = {256: (512, 1024, 2048), 512: tuple(range(1024, 4097, 1024)),
@@ -291,13 +290,7 @@ class EcsScheduler(Scheduler):
             try:
                 answer = self.client.run_task(**params)
             except Exception as exc:
-                kind = error_kind(exc)
-                if kind == "foreign":
-                    raise
-                if kind == "throttle":
-                    raise SubmissionRefused(f"ecs run_task throttled: {error_code(exc)}") from exc
-                if kind == "permanent":
-                    raise AwsRequestError(describe_error("ecs run_task", exc)) from exc
+                submission_failure_kind("ecs run_task", exc)
                 if attempt == self.retries:  # keep the token: the next try asks for the same task
                     raise SubmissionRefused(f"ecs run_task did not answer: {type(exc).__name__}",
                                             PLACEMENT_GIVE_UP_AFTER) from exc

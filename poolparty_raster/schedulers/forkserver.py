@@ -30,18 +30,26 @@ from typing import Any
 
 # Imported by the server when the driver has them, so that chunks start with them loaded.
 PRELOADABLE = ("numpy", "rasterio", "scipy", "pandas")
-_SERVERS: dict[tuple[str, tuple[str, ...]], ForkServer] = {}
+# Read by those libraries as they are imported (thread counts, GDAL's configuration): a server
+# that imported them under other values cannot honour a change.
+IMPORT_TIME_VARIABLES = ("OMP_", "OPENBLAS_", "MKL_", "VECLIB_", "NUMEXPR_", "GDAL_", "CPL_",
+                         "PROJ_")
+_SERVERS: dict[tuple[Any, ...], ForkServer] = {}
 _SERVERS_LOCK = threading.Lock()
 
 
 def shared(python: str) -> ForkServer:
-    """The process's fork server for this interpreter and what the driver has imported, shared
-    by every LocalPool: a pool made for each map (the applier's CW_SUBPROC) starts it once."""
+    """The process's fork server for this interpreter, what the driver has imported and the
+    environment those imports read, shared by every LocalPool: a pool made for each map (the
+    applier's CW_SUBPROC) starts it once."""
     preload = tuple(name for name in PRELOADABLE if name in sys.modules)
+    settings = tuple(sorted((name, value) for name, value in os.environ.items()
+                            if name.startswith(IMPORT_TIME_VARIABLES)))
+    key = (python, preload, settings)
     with _SERVERS_LOCK:
-        server = _SERVERS.get((python, preload))
+        server = _SERVERS.get(key)
         if server is None or not server.alive:
-            server = _SERVERS[(python, preload)] = ForkServer(python, preload)
+            server = _SERVERS[key] = ForkServer(python, preload)
         return server
 
 
@@ -79,8 +87,13 @@ class ForkServer:
             except OSError:
                 self.alive = False
                 raise
-        if not launch.started.wait(30) or launch.pid is None:
-            raise OSError("the fork server did not start the chunk")
+        if not launch.started.wait(30):
+            with self._lock:
+                launch.abandoned = launch.pid is None
+            if launch.abandoned:  # the caller starts the chunk itself: this one must not run
+                raise OSError("the fork server did not start the chunk within 30 s")
+        if launch.pid is None:
+            raise OSError("the fork server exited before it started the chunk")
         return launch
 
     def _read(self) -> None:
@@ -91,7 +104,11 @@ class ForkServer:
             if launch is None:
                 continue
             if "pid" in message:
-                launch.pid = message["pid"]
+                with self._lock:
+                    launch.pid = message["pid"]
+                    abandoned = launch.abandoned
+                if abandoned:
+                    _kill(launch.pid)
                 launch.started.set()
             else:
                 launch.code = message["exit"]
@@ -120,12 +137,23 @@ class Launch:
     def __init__(self) -> None:
         self.pid: int | None = None
         self.code: int | None = None
+        self.abandoned = False  # started too late: the caller ran the chunk another way
         self.started = threading.Event()
         self.ended = threading.Event()
 
     def wait(self) -> int:
         self.ended.wait()
         return self.code if self.code is not None else -signal.SIGKILL
+
+
+def _kill(pid: int) -> None:
+    """Kill a chunk's process and what it started (its session, once it has made it)."""
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+            return
+        except ProcessLookupError:
+            continue
 
 
 # -- the server ---------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from collections.abc import Iterator, Sequence
 from poolparty_raster.schedulers.base import (CommandRunner, JobRecord, PollResult, Scheduler,
                                               Submitter, SubmitSpec, TaskState, TaskStatus,
                                               cancel_targets, contiguous_runs, require_commands,
-                                              split_by_span, unparseable)
+                                              refusal_kind, split_by_span, unanswered,
+                                              unparseable)
 
 _JOB_ID = re.compile(r"^\d+(\[\])?(\.\S+)?$")
 MAX_ARRAY_SIZE = 10_000  # PBS Pro's default max_array_size
@@ -29,13 +30,8 @@ ANSWER_LOST_MESSAGES = ("End of File", "timed out")  # sent; qstat -x will tell
 
 
 def classify_refusal(stderr: str) -> str:
-    if any(m in stderr for m in LIMIT_MESSAGES):
-        return "limit"
-    if any(m in stderr for m in ANSWER_LOST_MESSAGES):
-        return "answer_lost"
-    if any(m in stderr for m in TRANSIENT_MESSAGES):
-        return "transient"
-    return "permanent"
+    return refusal_kind(stderr, (("limit", LIMIT_MESSAGES), ("answer_lost", ANSWER_LOST_MESSAGES),
+                                 ("transient", TRANSIENT_MESSAGES)))
 
 
 def parse_job_id(stdout: str) -> str | None:
@@ -159,7 +155,9 @@ class PbsScheduler(Scheduler):
                chunks: Sequence[int] | None = None) -> None:
         targets = cancel_targets(jobs, chunks, _subjob_id)
         if targets:
-            self.runner.run([self.paths["qdel_path"], *targets], ok_codes=(0, 1, 35, 153), retry=False)
+            # 35 and 153: already finished or unknown, the expected case
+            self.runner.run([self.paths["qdel_path"], *targets], ok_codes=(0, 1, 35, 153),
+                            transient=unanswered(classify_refusal))
 
 
 def _subjob_id(job: JobRecord, chunk: int) -> str:

@@ -21,7 +21,7 @@ from poolparty_raster.errors import SchedulerError, SchedulerUnavailableError
 from poolparty_raster.schedulers.base import (CommandRunner, JobRecord, PollResult, Scheduler,
                                               Submitter, SubmitSpec, TaskState, TaskStatus,
                                               contiguous_runs, require_commands, split_by_span,
-                                              unparseable)
+                                              refusal_kind, unanswered, unparseable)
 
 # qsub refusals that pass once some of the user's jobs have ended (max_u_jobs, max_jobs)
 LIMIT_MESSAGES = ("jobs are allowed per user", "jobs are allowed per cluster")
@@ -33,13 +33,8 @@ DEFAULT_MAX_ARRAY_TASKS = 75_000  # Grid Engine's max_aj_tasks default
 
 
 def classify_refusal(stderr: str) -> str:
-    if any(m in stderr for m in LIMIT_MESSAGES):
-        return "limit"
-    if any(m in stderr for m in ANSWER_LOST_MESSAGES):
-        return "answer_lost"
-    if any(m in stderr for m in TRANSIENT_MESSAGES):
-        return "transient"
-    return "permanent"
+    return refusal_kind(stderr, (("limit", LIMIT_MESSAGES), ("answer_lost", ANSWER_LOST_MESSAGES),
+                                 ("transient", TRANSIENT_MESSAGES)))
 
 
 def parse_job_id(stdout: str) -> str | None:
@@ -227,9 +222,11 @@ class SgeScheduler(Scheduler):
                 self._qdel([job["job_id"]])
 
     def _qdel(self, args: list[str]) -> None:
-        """qdel exits 1 when an id is already gone: that is the expected case; anything else
-        that it refuses (another user's job, a qmaster that does not answer) is an error."""
-        result = self.runner.run([self.paths["qdel_path"], *args], ok_codes=(0, 1))
+        """qdel exits 1 when an id is already gone: that is the expected case. A qmaster that
+        does not answer is asked again; anything else it refuses (another user's job) is an
+        error."""
+        result = self.runner.run([self.paths["qdel_path"], *args], ok_codes=(0, 1),
+                                 transient=unanswered(classify_refusal))
         refused = [line for line in result.stderr.splitlines()
                    if line.strip() and "does not exist" not in line]
         if result.returncode == 1 and refused:

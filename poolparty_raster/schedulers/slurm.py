@@ -18,7 +18,7 @@ from poolparty_raster.errors import SubmissionRefused
 from poolparty_raster.schedulers.base import (CommandRunner, JobRecord, PollResult, Scheduler,
                                               Submitter, SubmitSpec, TaskState, TaskStatus,
                                               cancel_targets, index_ranges, require_commands,
-                                              split_by_span, unparseable)
+                                              refusal_kind, split_by_span, unparseable)
 
 SQUEUE_FORMAT = "%i|%F|%K|%T|%r"
 
@@ -69,15 +69,12 @@ def classify(state: str, reason: str) -> TaskStatus:
 def classify_refusal(stderr: str) -> str:
     """What an sbatch failure means: "limit", "policy", "answer_lost", "transient" or
     "permanent"."""
-    if any(m in stderr for m in LIMIT_MESSAGES):
-        return "limit"
-    if POLICY_MESSAGE in stderr:
-        return "policy"
-    if any(m in stderr for m in ANSWER_LOST_MESSAGES):
-        return "answer_lost"
-    if any(m in stderr for m in TRANSIENT_MESSAGES) or "submission failed" not in stderr:
-        return "transient"
-    return "permanent"
+    # sbatch says "submission failed" when the controller judged the job; anything else is
+    # the path to the controller failing.
+    otherwise = "permanent" if "submission failed" in stderr else "transient"
+    return refusal_kind(stderr, (("limit", LIMIT_MESSAGES), ("policy", (POLICY_MESSAGE,)),
+                                 ("answer_lost", ANSWER_LOST_MESSAGES),
+                                 ("transient", TRANSIENT_MESSAGES)), otherwise)
 
 
 def parse_job_id(stdout: str) -> str | None:

@@ -97,13 +97,14 @@ def test_sge_timeout_and_vanish_just_disappear(dummy_sge, tmp_path):
     ("squeue", [], 1, "slurm_load_jobs error: Unable to contact slurm controller "
                       "(connect failure)"),
 ])
-def test_command_fail_for_k_calls(dummy_slurm, command, argv, rc, message):
+def test_command_fail_for_k_calls(dummy_slurm, tmp_path, command, argv, rc, message):
     dummy_slurm.inject_command_failure(command, times=2)
     for _ in range(2):
-        res = run(command, *argv)
+        res = run(command, *argv, cwd=tmp_path)  # a job's default output lands in its cwd
         assert (res.returncode, res.stderr.strip(), res.stdout) == (rc, message, "")
-    assert run(command, *argv).returncode == 0
-    assert dummy_slurm.submissions == ([] if command == "squeue" else dummy_slurm.submissions)
+    assert run(command, *argv, cwd=tmp_path).returncode == 0
+    # the failed calls did nothing: only the third sbatch submitted a job
+    assert len(dummy_slurm.submissions) == (1 if command == "sbatch" else 0)
     assert len(dummy_slurm.calls_to(command)) == 3
 
 
