@@ -12,6 +12,7 @@ so one that starts after the map ended (its work_dir removed) finds nothing to d
 """
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import tempfile
@@ -107,16 +108,22 @@ class Claims:
         ended. ``done`` holds the chunks finished before this worker started (finished ones
         keep their claims)."""
         try:
-            taken = set(os.listdir(self.path))
+            names = os.listdir(self.path)
         except FileNotFoundError:
             return None
-        redo = {int(n[:-len(_REDO)]) for n in taken if n.endswith(_REDO)}
-        free = [c for c in range(num_chunks) if _key(c) not in taken and (c not in done or c in redo)]
-        reissued = sorted(int(n[:-len(_REISSUE)]) for n in taken if n.endswith(_REISSUE)
-                          and n[:-len(_REISSUE)] + _DUPLICATE not in taken)
-        candidates = [(c, self.path_of(c)) for c in free]
-        candidates += [(c, self.path_of(c) + _DUPLICATE) for c in reissued if c not in done]
-        for chunk, path in candidates:
+        claimed: set[int] = set()
+        redo: set[int] = set()
+        reissued: set[int] = set()
+        duplicated: set[int] = set()
+        by_suffix = {"": claimed, _REDO: redo, _REISSUE: reissued, _DUPLICATE: duplicated}
+        for name in names:
+            stem, dot, suffix = name.partition(".")
+            if stem.isdigit() and dot + suffix in by_suffix:
+                by_suffix[dot + suffix].add(int(stem))
+        free = sorted(set(range(num_chunks)).difference(claimed, done - redo))
+        seconds = (c for c in sorted(reissued - duplicated) if c not in done)
+        for chunk, path in itertools.chain(((c, self.path_of(c)) for c in free),
+                                           ((c, self.path_of(c) + _DUPLICATE) for c in seconds)):
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:

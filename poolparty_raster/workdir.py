@@ -42,11 +42,13 @@ _LIVE_SUFFIX = ".part"
 _CHUNK_PREFIX = "chunk-"
 
 
-def atomic_write(path: str, write: Callable[[IO[bytes]], Any] | bytes) -> None:
+def atomic_write(path: str, write: Callable[[IO[bytes]], Any] | bytes, durable: bool = True) -> None:
     """Write ``path`` through a 0600 temporary file in the same directory, then rename it.
 
     On any error (a full disk included) the temporary file is removed and nothing appears
-    under ``path``; an existing file there stays as it was.
+    under ``path``; an existing file there stays as it was. ``durable``: the data reaches the
+    disk before the rename, so that a machine that crashes does not leave a torn file under
+    the name either.
     """
     directory, name = os.path.split(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory or ".")
@@ -57,7 +59,8 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], Any] | bytes) -> None:
             else:
                 write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -232,7 +235,11 @@ class WorkDir:
         return cloudpickle.loads(self._tasks_zip().read(f"chunks/{chunk_key(chunk)}.pkl"))
 
     def write_loose(self, chunk: int, kind: str, data: bytes) -> None:
-        atomic_write(self.file(loose_name(chunk, kind)), data)
+        # Not durable: a loose file that a node's crash tears is read as unreadable and its
+        # chunk runs again (a killed worker tears nothing: the kernel has the data), and on
+        # NFS closing the file commits it to the server. An fsync a chunk would cost more
+        # than a small chunk's work.
+        atomic_write(self.file(loose_name(chunk, kind)), data, durable=False)
 
     # -- the driver's side -------------------------------------------------------------
     def scan(self) -> dict[int, dict[str, list[str]]]:

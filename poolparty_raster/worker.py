@@ -11,6 +11,7 @@ import os
 import socket
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -210,12 +211,23 @@ def run_and_store(work_dir: Any, manifest: Any, load_function: Callable[[], Any]
     return loaded
 
 
-def _heartbeat(path: str, stop: threading.Event) -> None:
-    while not stop.wait(HEARTBEAT_SECONDS):
-        try:
-            os.utime(path)
-        except FileNotFoundError:  # the driver released the claim: it gave up on this worker
-            return
+class Heartbeat:
+    """Touches the claim of the chunk this worker runs every HEARTBEAT_SECONDS, from one
+    thread for the process's life: starting a thread a chunk costs more than a small chunk."""
+
+    def __init__(self) -> None:
+        self.claim: str | None = None
+        threading.Thread(target=self._beat, daemon=True, name="poolparty-heartbeat").start()
+
+    def _beat(self) -> None:
+        while True:
+            time.sleep(HEARTBEAT_SECONDS)
+            claim = self.claim
+            if claim is not None:
+                try:
+                    os.utime(claim)
+                except FileNotFoundError:  # the driver released it: it gave up on this run
+                    pass
 
 
 def claim_and_run(work_dir: Any, manifest: Any, load_function: Callable[[], Any],
@@ -226,16 +238,14 @@ def claim_and_run(work_dir: Any, manifest: Any, load_function: Callable[[], Any]
     num_chunks = manifest.num_chunks
     name = f"{worker} {socket.gethostname()} {os.getpid()}"
     done = work_dir.finished_chunks()
+    heartbeat = Heartbeat()
     while (claimed := work_dir.claims.claim_next(num_chunks, name, done)) is not None:
-        chunk, claim = claimed
-        stop = threading.Event()
-        beat = threading.Thread(target=_heartbeat, args=(claim, stop), daemon=True)
-        beat.start()
+        chunk, heartbeat.claim = claimed
         try:
             if not run_and_store(work_dir, manifest, load_function, chunk, captures):
                 return
         finally:
-            stop.set()
+            heartbeat.claim = None
 
 
 def main(work_dir_path: str, argv: Sequence[str]) -> int:
