@@ -188,7 +188,7 @@ class MapHandle:
                 f"tasks cannot be compared with these ({type(exc).__name__}: {exc}). Use a new "
                 f"work_dir, or delete this one if its results are not needed.") from exc
         finally:
-            self.work_dir.close_tasks()  # the driver holds no file of a work_dir it may remove
+            self.work_dir.close()  # the driver holds no file of a work_dir it may remove
 
     # -- reading outcomes --------------------------------------------------------------
     def outcome(self, chunk: int) -> ChunkOutcome:
@@ -272,6 +272,7 @@ class MapHandle:
             self._holds_sigterm = False
             SIGTERM_GUARD.release()
         try:
+            self.work_dir.close()
             dead_attempt_stderr = any(tail for c in self.run.chunks.values() for _, tail in c.deaths)
             clean = not (self.failed or self.wrote_stderr or self.run.lost_chunks or dead_attempt_stderr)
             finished = len(self.run.finished) == self.manifest.num_chunks

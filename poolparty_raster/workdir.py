@@ -173,6 +173,8 @@ class WorkDir:
     def __init__(self, path: str):
         self.path = os.path.abspath(path)
         self._tasks: zipfile.ZipFile | None = None
+        # kind -> (which version of the file: inode, mtime, size; the archive opened)
+        self._archives: dict[str, tuple[tuple[int, int, int], zipfile.ZipFile]] = {}
         self.claims = Claims(self.file("claims"))  # workers mode: who runs which chunk
 
     def file(self, name: str) -> str:
@@ -223,10 +225,15 @@ class WorkDir:
             self._tasks = zipfile.ZipFile(self.tasks_path)
         return self._tasks
 
-    def close_tasks(self) -> None:
+    def close(self) -> None:
+        """Close the zips held open: the driver holds no file of a work_dir it may remove (on
+        NFS an open file keeps a directory from being removed)."""
         if self._tasks is not None:
             self._tasks.close()
             self._tasks = None
+        for _, archive in self._archives.values():
+            archive.close()
+        self._archives = {}
 
     def load_function(self) -> Callable[[Any], Any]:
         return cloudpickle.loads(self._tasks_zip().read("function.pkl"))
@@ -279,11 +286,34 @@ class WorkDir:
                 return f.read()
         except FileNotFoundError:
             pass
+        archive = self._archive(kind)
         try:
-            with zipfile.ZipFile(self.archive_path(kind)) as z:
-                return z.read(chunk_key(chunk))
-        except (FileNotFoundError, KeyError):
+            return archive.read(chunk_key(chunk)) if archive is not None else None
+        except KeyError:
             return None
+
+    def _archive(self, kind: str) -> zipfile.ZipFile | None:
+        """The archive of this kind, opened once per version: the driver reads a chunk's
+        outputs one by one, and parsing the central directory for each would cost time
+        growing with the square of the chunk count. A reduce renames a new version into
+        place, which the file's inode, mtime and size tell."""
+        path = self.archive_path(kind)
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            return None
+        version = (info.st_ino, info.st_mtime_ns, info.st_size)
+        cached = self._archives.get(kind)
+        if cached is None or cached[0] != version:
+            if cached is not None:
+                cached[1].close()
+            try:
+                opened = zipfile.ZipFile(path)
+            except FileNotFoundError:  # replaced and removed meanwhile: not there now
+                self._archives.pop(kind, None)
+                return None
+            cached = self._archives[kind] = (version, opened)
+        return cached[1]
 
     def discard_loose(self, chunk: int) -> None:
         """Remove a chunk's loose outputs (unreadable ones, or a late duplicate's)."""
