@@ -70,6 +70,7 @@ class WorkersRun(MapRun):
         self._beats: dict[int, tuple[float, float]] = {}   # chunk -> (claim mtime, when it last changed)
         self._durations: list[float] = []
         self._reissued: set[int] = set()
+        self._claims_view: tuple[dict[int, tuple[str, float]], dict[int, str]] | None = None
 
     # -- submission --------------------------------------------------------------------
     def _reattach_or_submit(self) -> bool:
@@ -92,10 +93,16 @@ class WorkersRun(MapRun):
     def _alive(self) -> dict[int, _Worker]:
         return {w: s for w, s in self.workers.items() if s.state in (TaskState.PENDING, TaskState.RUNNING)}
 
+    def _claims(self) -> tuple[dict[int, tuple[str, float]], dict[int, str]]:
+        """(first-run claims, second runs' claims), read once a poll: on a shared filesystem
+        every claim read is a round trip. A change the driver makes drops the copy."""
+        if self._claims_view is None:
+            self._claims_view = (self.work_dir.claims.held(), self.work_dir.claims.duplicates())
+        return self._claims_view
+
     def _unclaimed(self) -> list[int]:
-        claims = self.work_dir.claims.held()
+        claims, duplicated = self._claims()
         free = [c for c in self._outstanding() if c not in claims]
-        duplicated = self.work_dir.claims.duplicates()
         return free + [c for c in self._reissued if c not in duplicated and c in self._outstanding()]
 
     def _scale(self) -> None:
@@ -139,6 +146,7 @@ class WorkersRun(MapRun):
         return changed
 
     def _poll_scheduler(self) -> bool:
+        self._claims_view = None
         alive = self._alive()
         statuses = self._safe_poll() if alive else {}
         if statuses is None:
@@ -179,8 +187,9 @@ class WorkersRun(MapRun):
         """Workers that end without ever holding a claim, while chunks wait, failed to start."""
         if not ended or not self._unclaimed():
             return
-        holders = {holder_id(h) for h, _ in self.work_dir.claims.held().values()}
-        holders |= {holder_id(h) for h in self.work_dir.claims.duplicates().values()}
+        claims, duplicated = self._claims()
+        holders = {holder_id(h) for h, _ in claims.values()}
+        holders |= {holder_id(h) for h in duplicated.values()}
         for worker in ended:
             self.failed_starts = 0 if worker in holders else self.failed_starts + 1
         if self.failed_starts > self.max_workers + self.options.max_num_resubmissions:
@@ -198,7 +207,7 @@ class WorkersRun(MapRun):
         alive = self._alive()
         now = time.monotonic()
         released = False
-        for chunk, (holder, mtime) in self.work_dir.claims.held().items():
+        for chunk, (holder, mtime) in self._claims()[0].items():
             if chunk in self.finished or chunk in self.lost_chunks:
                 continue
             self._claim_seen.setdefault(chunk, now)
@@ -223,7 +232,7 @@ class WorkersRun(MapRun):
     def _retry_or_lose(self, dead: list[tuple[int, str]]) -> None:
         """This run submits workers, not chunks: a chunk to run again (its output unreadable)
         has its claim released, so that a worker takes it."""
-        claims = self.work_dir.claims.held()
+        claims = self._claims()[0]
         for chunk, reason in dead:
             self.work_dir.claims.redo(chunk)  # workers count it done: its result is archived
             self._release(chunk, claims.get(chunk, ("",))[0], reason)
@@ -241,6 +250,7 @@ class WorkersRun(MapRun):
             self.progress.note_failed(len(self.manifest.chunk_range(chunk)))
         else:
             self.work_dir.claims.release(chunk)
+            self._claims_view = None
             self.progress.note_resubmitted(1)
 
     def _reissue_stragglers(self) -> None:
