@@ -272,7 +272,9 @@ class WorkDir:
         return self.archived_chunks(kind) | loose
 
     def archived_chunks(self, kind: str = "result") -> set[int]:
-        """Chunks whose output of this kind is already in its archive."""
+        """Chunks whose output of this kind is already in its archive. Opened and closed here,
+        not kept like the driver's ``_archive``: workers ask this too, and an archive a worker
+        held open would stay on NFS as a silly-renamed copy after every reduce."""
         try:
             with zipfile.ZipFile(self.archive_path(kind)) as z:
                 return {int(n) for n in z.namelist() if n.isdigit()}
