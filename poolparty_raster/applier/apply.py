@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from poolparty_raster.applier.controls import CW_NONE, CW_THREADS, ApplierControls
-from poolparty_raster.applier.grid import (blocksPerTask, computeWorkingGrid,
-                                           groupBlocks, makeBlocks)
+from poolparty_raster.applier.gdalcache import CacheCap, inputCacheBytes, userChoseCache
+from poolparty_raster.applier.grid import (blocksPerTask, computeWorkingGrid, describeRasters,
+                                           groupBlocks, makeBlocks, referenceName)
 from poolparty_raster.applier.poolfactory import (Scratch, isWorkersMode, makePool, poolWidth,
                                                   throttles)
 from poolparty_raster.applier.reader import inputSpecs
@@ -54,21 +55,24 @@ def apply(userFunction: Callable[..., Any], infiles: FilenameAssociations,
     timings = Timers()
     started = time.perf_counter()
     with timings.interval("setup"):
-        grid = computeWorkingGrid(infiles, controls)
+        filenames = [filename for _, _, filename in infiles]
+        infos = describeRasters([*filenames, referenceName(infiles, controls)])
+        grid = computeWorkingGrid(infiles, controls, infos)
         blocks = makeBlocks(grid, controls.windowxsize, controls.windowysize)
-        outputs = openOutputs(outfiles, grid, controls)
+        cacheBytes = None if userChoseCache() else inputCacheBytes(
+            [infos[f] for f in filenames], grid, controls.windowxsize, controls.windowysize,
+            controls.overlap)
+        cacheCap = CacheCap(cacheBytes)
+        outputs = openOutputs(outfiles, grid, controls, cacheCap)
     spec = TaskSpec(userFunction, inputSpecs(infiles, controls), list(outputs), grid,
                     controls.windowxsize, controls.windowysize, controls.overlap,
                     otherArgs is not None,
-                    {k: o.statsIgnore for k, o in outputs.items() if o.calcStats})
+                    {k: o.statsIgnore for k, o in outputs.items() if o.calcStats},
+                    gdalCacheBytes=cacheBytes)
     progress = _Progress(controls.progress, len(blocks))
     try:
-        if controls.pool is None and controls.concurrency.computeWorkerKind == CW_NONE:
-            otherArgsList = _runInProcess(spec, blocks, otherArgs, outputs, timings, progress)
-        else:
-            otherArgsList = _runOnPool(spec, blocks, otherArgs, outputs, timings, progress,
-                                       controls)
-        finishAll(outputs, timings)
+        with cacheCap:
+            otherArgsList = _run(spec, blocks, otherArgs, outputs, timings, progress, controls)
     except BaseException:
         for output in outputs.values():
             output.abort()
@@ -77,6 +81,17 @@ def apply(userFunction: Callable[..., Any], infiles: FilenameAssociations,
         progress.reset()
     timings.pairs["walltime"].append(time.perf_counter() - started)
     return ApplierReturn(timings, otherArgsList)
+
+
+def _run(spec: TaskSpec, blocks: list[ApplierBlockDefn], otherArgs: Any, outputs: Outputs,
+         timings: Timers, progress: _Progress, controls: ApplierControls) -> list[Any]:
+    if controls.pool is None and controls.concurrency.computeWorkerKind == CW_NONE:
+        otherArgsList = _runInProcess(spec, blocks, otherArgs, outputs, timings, progress)
+    else:
+        otherArgsList = _runOnPool(spec, blocks, otherArgs, outputs, timings, progress,
+                                   controls)
+    finishAll(outputs, timings)
+    return otherArgsList
 
 
 def _runInProcess(spec: TaskSpec, blocks: list[ApplierBlockDefn], otherArgs: Any,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
@@ -48,49 +49,85 @@ class WorkingGrid:
     height: int
 
 
-def computeWorkingGrid(infiles: FilenameAssociations, controls: ApplierControls) -> WorkingGrid:
-    """The reference image's CRS and pixel grid, over the extent the footprint type gives."""
+@dataclass(frozen=True)
+class RasterInfo:
+    """What the driver needs of an input file, read with one open: its grid, its bounds
+    (left, bottom, right, top) in its CRS, its bytes per pixel over all bands and its
+    first band's block shape (rows, cols)."""
+
+    transform: Affine
+    crs: CRS | None
+    width: int
+    height: int
+    bounds: tuple[float, float, float, float]
+    pixelBytes: int
+    blockShape: tuple[int, int]
+
+    @property
+    def grid(self) -> WorkingGrid:
+        return WorkingGrid(self.transform, self.crs, self.width, self.height)
+
+
+def describeRasters(filenames: list[str]) -> dict[str, RasterInfo]:
+    """Each distinct file opened once (an open costs milliseconds, more on a network
+    filesystem)."""
+    infos = {}
+    for filename in dict.fromkeys(filenames):
+        with rasterio.open(filename) as src:
+            pixelBytes = sum(np.dtype(d).itemsize for d in src.dtypes)
+            infos[filename] = RasterInfo(src.transform, src.crs, src.width, src.height,
+                                         tuple(src.bounds), pixelBytes,
+                                         tuple(src.block_shapes[0]))
+    return infos
+
+
+def referenceName(infiles: FilenameAssociations, controls: ApplierControls) -> str:
+    """The file whose grid the blocks are on: the reference image the user named (a
+    filename, or the symbolic name of a single input), else the first input."""
     filenames = [filename for _, _, filename in infiles]
     if not filenames:
         raise ValueError("apply needs at least one input file")
     refname = controls.referenceImage
-    if refname is not None and refname not in filenames:
-        named = [f for name, _, f in infiles if name == refname]
-        if len(named) > 1:
-            raise ValueError(f"reference image {refname!r} names a list of inputs; give one "
-                             "filename or the symbolic name of a single input")
-        # Not an input: any raster file whose grid the user wants (it is only opened here).
-        refname = named[0] if named else refname
-    if refname is None:
-        refname = filenames[0]
-        _requireOneGrid(refname, filenames)
-    with rasterio.open(refname) as ref:
-        reftransform, refcrs = ref.transform, ref.crs
-        refbounds = ref.bounds
+    if refname is None or refname in filenames:
+        return refname or filenames[0]
+    named = [f for name, _, f in infiles if name == refname]
+    if len(named) > 1:
+        raise ValueError(f"reference image {refname!r} names a list of inputs; give one "
+                         "filename or the symbolic name of a single input")
+    # Not an input: any raster file whose grid the user wants (it is only opened here).
+    return named[0] if named else refname
+
+
+def computeWorkingGrid(infiles: FilenameAssociations, controls: ApplierControls,
+                       infos: dict[str, RasterInfo]) -> WorkingGrid:
+    """The reference image's CRS and pixel grid, over the extent the footprint type gives;
+    ``infos`` (describeRasters) covers the inputs and the reference image."""
+    filenames = [filename for _, _, filename in infiles]
+    refname = referenceName(infiles, controls)
+    ref = infos[refname]
+    if controls.referenceImage is None:
+        _requireOneGrid(refname, filenames, infos)
+    reftransform, refcrs = ref.transform, ref.crs
     if reftransform.b != 0 or reftransform.d != 0 or reftransform.a < 0 or reftransform.e > 0:
         raise NotImplementedError(f"{refname}: only north-up grids are supported")
     if controls.footprint == BOUNDS_FROM_REFERENCE:
-        bounds = tuple(refbounds)
+        bounds = ref.bounds
     else:
-        allbounds = [tuple(refbounds) if f == refname else _boundsIn(f, refcrs)
-                     for f in filenames]
+        allbounds = [_boundsIn(infos[f], refcrs) for f in filenames]
         pick = (max, max, min, min) if controls.footprint == INTERSECTION else (min, min, max, max)
         bounds = tuple(p(b[i] for b in allbounds) for i, p in enumerate(pick))
     return _snapped(bounds, reftransform, refcrs, outward=controls.footprint != INTERSECTION)
 
 
-def _requireOneGrid(first: str, filenames: list[str]) -> None:
+def _requireOneGrid(first: str, filenames: list[str], infos: dict[str, RasterInfo]) -> None:
     """RIOS resamples only onto a reference image the user chose."""
-    with rasterio.open(first) as ref:
-        grid = WorkingGrid(ref.transform, ref.crs, ref.width, ref.height)
+    grid = infos[first].grid
     for filename in filenames:
-        if filename != first:
-            with rasterio.open(filename) as src:
-                if not onGrid(src.transform, src.crs, grid):
-                    raise ResampleNeededError(
-                        f"{filename} is not on the pixel grid of {first} (CRS, pixel size or "
-                        "alignment differ): call controls.setReferenceImage(...) with the "
-                        "image whose grid to resample onto")
+        if not onGrid(infos[filename].transform, infos[filename].crs, grid):
+            raise ResampleNeededError(
+                f"{filename} is not on the pixel grid of {first} (CRS, pixel size or "
+                "alignment differ): call controls.setReferenceImage(...) with the "
+                "image whose grid to resample onto")
 
 
 def onGrid(transform: Affine, crs: CRS | None, grid: WorkingGrid) -> tuple[int, int] | None:
@@ -107,11 +144,10 @@ def onGrid(transform: Affine, crs: CRS | None, grid: WorkingGrid) -> tuple[int, 
     return (round(row), round(col))
 
 
-def _boundsIn(filename: str, crs: CRS | None) -> tuple[float, float, float, float]:
-    with rasterio.open(filename) as src:
-        if src.crs is None or crs is None or src.crs == crs:
-            return tuple(src.bounds)
-        return transform_bounds(src.crs, crs, *src.bounds, densify_pts=21)
+def _boundsIn(info: RasterInfo, crs: CRS | None) -> tuple[float, float, float, float]:
+    if info.crs is None or crs is None or info.crs == crs:
+        return info.bounds
+    return transform_bounds(info.crs, crs, *info.bounds, densify_pts=21)
 
 
 def _snapped(bounds: tuple[float, ...], ref: Affine, crs: CRS | None,

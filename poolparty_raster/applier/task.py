@@ -21,6 +21,7 @@ from typing import Any
 import cloudpickle
 import numpy as np
 
+from poolparty_raster.applier.gdalcache import CacheCap
 from poolparty_raster.applier.grid import WorkingGrid
 from poolparty_raster.applier.info import BlockInfo
 from poolparty_raster.applier.reader import InputReader, InputSpec
@@ -45,6 +46,7 @@ class TaskSpec:
     passOtherArgs: bool
     statsIgnore: dict[Key, float | None]      # outputs whose statistics are wanted
     scratchDir: str | None = None             # as the workers see it; None: arrays in-band
+    gdalCacheBytes: int | None = None         # the workers' cap (gdalcache.py); None: GDAL's
 
 
 @dataclass
@@ -104,6 +106,12 @@ class TaskRunner:
         return self._spec if self._spec is not None else cloudpickle.loads(self._bytes)
 
     def __call__(self, part: TaskPart) -> TaskResult:
+        if self._bytes is None:  # threads: the driver's cap covers them (it is process-wide)
+            return self._run(part)
+        with CacheCap(self.spec.gdalCacheBytes):
+            return self._run(part)
+
+    def _run(self, part: TaskPart) -> TaskResult:
         spec = self.spec
         otherArgs = part.otherArgs
         if isinstance(otherArgs, bytes) and self._bytes is not None:

@@ -19,6 +19,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from poolparty_raster.applier.controls import ApplierControls
+from poolparty_raster.applier.gdalcache import CacheCap, outputCacheBytes
 from poolparty_raster.applier.grid import WorkingGrid
 from poolparty_raster.applier.stats import BandStats
 from poolparty_raster.applier.structures import ApplierBlockDefn, FilenameAssociations, Timers
@@ -73,8 +74,10 @@ def creationOptions(driver: str, dtype: np.dtype, user: dict[str, str] | None,
 class OutputFile:
     """One output raster being written; ``finish`` then ``commit``, or ``abort``."""
 
-    def __init__(self, name: str, filename: str, grid: WorkingGrid, controls: ApplierControls):
+    def __init__(self, name: str, filename: str, grid: WorkingGrid, controls: ApplierControls,
+                 cacheCap: CacheCap | None = None):
         self.name = name
+        self.cacheCap = cacheCap
         self.filename = os.path.abspath(filename)
         self.grid = grid
         self.controls = controls
@@ -116,6 +119,10 @@ class OutputFile:
     def _create(self, array: np.ndarray) -> None:
         self.dtype = dtype = array.dtype
         self._count = array.shape[0]
+        if self.cacheCap is not None:
+            self.cacheCap.grow(outputCacheBytes(self.controls.windowxsize,
+                                                self.controls.windowysize,
+                                                self._count * dtype.itemsize))
         gdalDriver = "GTiff" if self.driver == "COG" else self.driver
         user = self.controls.getOptionForImagename("creationOptions", self.name)
         # COG: the user's options are for the conversion; the intermediate is our tiled GTiff.
@@ -193,11 +200,12 @@ class OutputFile:
         _removeFamily(self._tmpStem)
 
 
-def openOutputs(outfiles: FilenameAssociations, grid: WorkingGrid,
-                controls: ApplierControls) -> dict[tuple[str, int | None], OutputFile]:
+def openOutputs(outfiles: FilenameAssociations, grid: WorkingGrid, controls: ApplierControls,
+                cacheCap: CacheCap | None = None) -> dict[tuple[str, int | None], OutputFile]:
+    """The outputs, none created yet; each raises ``cacheCap`` by its share when it is."""
     outputs = {}
     for name, seqNum, filename in outfiles:
-        outputs[name, seqNum] = OutputFile(name, filename, grid, controls)
+        outputs[name, seqNum] = OutputFile(name, filename, grid, controls, cacheCap)
     finals = [o.filename for o in outputs.values()]
     if len(set(finals)) != len(finals):
         raise ValueError("two outputs have the same filename")
