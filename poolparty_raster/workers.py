@@ -65,6 +65,7 @@ class WorkersRun(MapRun):
         self.workers: dict[int, _Worker] = {}
         self.releases: dict[int, int] = {}
         self.failed_starts = 0   # workers in a row that ended without claiming a chunk
+        self._earlier_workers: set[int] = set()  # reattached: an earlier driver started them
         self._last_submission = float("-inf")
         self._claim_seen: dict[int, float] = {}            # chunk -> when the driver first saw its claim
         self._beats: dict[int, tuple[float, float]] = {}   # chunk -> (claim mtime, when it last changed)
@@ -78,6 +79,7 @@ class WorkersRun(MapRun):
         for job in self.jobs:  # a resumed map: taken to be alive until the polls say otherwise
             for worker in job["chunks"]:
                 self.workers[worker] = _Worker(job["job_id"])
+        self._earlier_workers = set(self.workers)
         if self.workers:
             self.work_dir.log("reattached", workers=sorted(self.workers))
         self._scale()
@@ -184,7 +186,9 @@ class WorkersRun(MapRun):
         return changed
 
     def _count_failed_starts(self, ended: list[int]) -> None:
-        """Workers that end without ever holding a claim, while chunks wait, failed to start."""
+        """Workers that end without ever holding a claim, while chunks wait, failed to start
+        (not an earlier driver's: their claims went with that map's end)."""
+        ended = [w for w in ended if w not in self._earlier_workers]
         if not ended or not self._unclaimed():
             return
         claims, duplicated = self._claims()

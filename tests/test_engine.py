@@ -79,16 +79,19 @@ RESUMER = textwrap.dedent("""
         return sorted(words)
 
     if __name__ == "__main__":
-        work_dir, records, flag, workers = sys.argv[1:]
+        work_dir, records, flag, workers, mode = sys.argv[1:]
         tasks = [(x, frozenset({f"w{x}", "a", "b", "c"}), records, flag) for x in range(6)]
-        pool = pp.LocalPool(int(workers), work_dir=work_dir, max_num_resubmissions=0, progress=False)
+        pool = pp.LocalPool(int(workers), work_dir=work_dir, max_num_resubmissions=0, progress=False,
+                            mode=mode)
         print(pool.map(record, tasks))
 """)
 
 
-def test_resume_from_another_process_with_other_workers(tmp_path):
+@pytest.mark.parametrize("mode", ["array", "workers"])
+def test_resume_from_another_process_with_other_workers(tmp_path, mode):
     """Pickles of sets follow the per-process hash seed, and the default chunks follow the
-    pool's parallelism: neither may stop a resume."""
+    pool's parallelism: neither may stop a resume. The chunk the first map lost runs again
+    (in workers mode, although the earlier workers it reattaches never ran a chunk for it)."""
     script, records, flag = tmp_path / "resumer.py", tmp_path / "records", tmp_path / "flag"
     script.write_text(RESUMER)
     records.mkdir()
@@ -97,7 +100,8 @@ def test_resume_from_another_process_with_other_workers(tmp_path):
 
     def run(seed: str, workers: str) -> subprocess.CompletedProcess:
         env = dict(os.environ, PYTHONHASHSEED=seed)
-        return subprocess.run([sys.executable, str(script), work_dir, str(records), str(flag), workers],
+        return subprocess.run([sys.executable, str(script), work_dir, str(records), str(flag), workers,
+                               mode],
                               capture_output=True, text=True, timeout=120, env=env)
 
     first = run("1", "2")
@@ -193,7 +197,7 @@ def square_and_pid(x):
 
 @pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
 def test_local_pool_gives_each_chunk_a_process_of_its_own(start_method):
-    with pp.LocalPool(2, start_method=start_method, **FAST) as pool:
+    with pp.LocalPool(2, mode="array", start_method=start_method, **FAST) as pool:
         results = pool.map(square_and_pid, range(6), chunksize=1)
     assert [value for value, _ in results] == [x * x for x in range(6)]
     assert len({pid for _, pid in results}) == 6 and os.getpid() not in {p for _, p in results}
