@@ -48,17 +48,24 @@ def rows(quick: bool) -> list[Row]:
     repeats = 1 if quick else 3
     out = []
     n_trivial = 200 if quick else 1000
-    with multiprocessing.Pool(2) as mp_pool, pp.LocalPool(2, progress=False) as local:
+    with multiprocessing.Pool(2) as mp_pool, pp.LocalPool(2, progress=False) as local, \
+            pp.LocalPool(2, mode="array", progress=False) as local_array:
         # LocalPool starts its processes in every map; a warm multiprocessing pool has them
         # already, so it is measured both warm and started (and closed) within the run.
         t = interleaved({"mp": lambda: mp_pool.map(trivial, range(n_trivial)),
                          "mp_cold": lambda: _cold_map(n_trivial),
-                         "local": lambda: local.map(trivial, range(n_trivial))}, repeats, warmup=True)
+                         "local": lambda: local.map(trivial, range(n_trivial)),
+                         "array": lambda: local_array.map(trivial, range(n_trivial))},
+                        repeats, warmup=True)
         cold, warm = t["local"] / t["mp_cold"], t["local"] / t["mp"]
-        out.append((f"{n_trivial} trivial tasks, LocalPool(2) / multiprocessing.Pool(2) started in the run",
+        out.append((f"{n_trivial} trivial tasks, LocalPool(2) (workers mode, its default) / "
+                    "multiprocessing.Pool(2) started in the run",
                     f"{cold:.1f}x ({t['local']:.3f} s vs {t['mp_cold']:.3f} s)", "<= 3x", verdict(cold <= 3)))
         out.append(("same / an already running multiprocessing.Pool(2)",
                     f"{warm:.0f}x (vs {t['mp'] * 1000:.1f} ms)", "<= 3x", verdict(warm <= 3)))
+        out.append(("same, LocalPool(2, mode='array') (a process per chunk) / multiprocessing "
+                    "started in the run", f"{t['array'] / t['mp_cold']:.1f}x ({t['array']:.3f} s)",
+                    "reported", "-"))
         t = interleaved({"local": lambda: local.map(trivial, [1]),
                          "mp": lambda: mp_pool.map(trivial, [1])}, 2 if quick else 5)
         out.append(("1-task map latency, LocalPool(2)",

@@ -80,19 +80,21 @@ class Pool:
         filesystem before the chunk counts as lost (default: 0 locally, 3 s on clusters).
       verbose: print scheduler trouble as it happens. progress: a tqdm bar (default: on a terminal).
       mode: "array" (one job per chunk) or "workers" (a few long-lived jobs that claim chunks
-        until none is left), with max_workers (default: the parallelism),
+        until none is left; LocalPool's default), with max_workers (default: the parallelism),
         min_seconds_between_submissions, and min_workers (default 1) that the gap between
         submissions never holds the number of workers below.
     """
 
     _shared_filesystem = True
     _job_name_prefix = "pp"
+    # Clusters: a job per chunk, so that no allocation holds a node while others queue.
+    _default_mode = "array"
 
     def __init__(self, scheduler: Scheduler, *, work_dir: str | None = None,
                  keep_work_dir: bool = False, polling_interval: float = 5.0,
                  max_num_resubmissions: int = 3, num_simultaneously_running_tasks: int | None = None,
                  python_path: str | None = None, filesystem_lag: float | None = None,
-                 verbose: bool = False, progress: bool | None = None, mode: str = "array",
+                 verbose: bool = False, progress: bool | None = None, mode: str | None = None,
                  min_workers: int = 1, max_workers: int | None = None,
                  min_seconds_between_submissions: float = 0.0):
         if polling_interval <= 0:
@@ -101,6 +103,7 @@ class Pool:
             raise ValueError(f"max_num_resubmissions must be >= 0, not {max_num_resubmissions}")
         if num_simultaneously_running_tasks is not None and num_simultaneously_running_tasks < 1:
             raise ValueError("num_simultaneously_running_tasks must be at least 1 (or None)")
+        mode = mode or self._default_mode
         if mode not in ("array", "workers"):
             raise ValueError(f"mode must be 'array' or 'workers', not {mode!r}")
         if min_workers < 0 or (max_workers is not None and max_workers < max(1, min_workers)):

@@ -23,7 +23,7 @@ import poolparty_raster as pp
 
 BACKENDS = {
     "serial": (None, lambda **o: pp.SerialPool()),
-    "local": (None, lambda **o: pp.LocalPool(2, **o)),
+    "local": (None, lambda **o: pp.LocalPool(2, mode="array", **o)),
     "local_workers": (None, lambda **o: pp.LocalPool(2, mode="workers", **o)),
     "dummy_slurm_array": ("dummy_slurm", lambda **o: pp.SlurmArrayPool(**o)),
     "dummy_slurm_jobs": ("dummy_slurm", lambda **o: pp.SlurmPool(**o)),

@@ -26,7 +26,8 @@ def makePool(style: ConcurrencyStyle, jobName: str | None) -> Any:
     numComputeWorkers=N and singleBlockComputeWorkers=False, N long-lived worker jobs claim
     tasks until none is left (``mode="workers", max_workers=N``), so start-up and queue
     waits are paid N times, not once per task; singleBlockComputeWorkers=True keeps RIOS's
-    one job per block (array mode). CW_SUBPROC also runs N processes at a time
+    one job per block (array mode). Otherwise each pool's default mode (LocalPool: workers;
+    clusters: array). CW_SUBPROC also runs N processes at a time
     (num_workers=N). computeWorkerExtraParams are passed as keyword arguments and win.
     """
     kind = style.computeWorkerKind
@@ -42,10 +43,12 @@ def makePool(style: ConcurrencyStyle, jobName: str | None) -> Any:
     kwargs: dict[str, Any] = {}
     if kind == CW_SUBPROC:
         kwargs["num_workers"] = workers
-    if workers and not style.singleBlockComputeWorkers:
+    if style.singleBlockComputeWorkers:
+        kwargs["mode"] = "array"
+        if workers and kind != CW_SUBPROC:
+            kwargs["num_simultaneously_running_tasks"] = workers
+    elif workers:
         kwargs.update(mode="workers", max_workers=workers)
-    elif workers and kind != CW_SUBPROC:
-        kwargs["num_simultaneously_running_tasks"] = workers
     if jobName is not None and "job_name" in inspect.signature(poolClass).parameters:
         kwargs["job_name"] = jobName
     kwargs.update(style.computeWorkerExtraParams)
