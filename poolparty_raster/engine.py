@@ -124,9 +124,12 @@ class MapRun:
                     poll_interval = min(poll_interval * BACKOFF, self.options.polling_interval)
                 self._submit_waiting()  # what a limit refused earlier
                 next_poll = time.monotonic() + poll_interval
-            yield from self._take_fresh()
+            fresh = self._take_fresh()
+            yield from fresh
             tick = FIRST_TICK if changed else min(tick * BACKOFF, self.options.polling_interval)
-            if not self._done():
+            # A consumer that took results spent time on them (the applier writes blocks):
+            # what finished meanwhile is collected at once, not after another sleep.
+            if not self._done() and not fresh:
                 self.scheduler.wait(min(tick, max(0.0, next_poll - time.monotonic()) + FIRST_TICK))
         self._cancel_leftovers()
         self.work_dir.claims.remove()

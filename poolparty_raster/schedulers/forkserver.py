@@ -28,8 +28,13 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+# Imported by the server for every chunk: the worker's own modules, and the pools, which a
+# function's module that uses this package imports when it is unpickled (filelock alone takes
+# tens of milliseconds).
+ALWAYS_PRELOADED = ("cloudpickle", "poolparty_raster.worker", "poolparty_raster.workdir",
+                    "poolparty_raster.pools")
 # Imported by the server when the driver has them, so that chunks start with them loaded.
-PRELOADABLE = ("numpy", "rasterio", "scipy", "pandas")
+PRELOADABLE = ("numpy", "rasterio", "scipy", "pandas", "poolparty_raster.applier")
 # Read by those libraries as they are imported (thread counts, GDAL's configuration): a server
 # that imported them under other values cannot honour a change.
 IMPORT_TIME_VARIABLES = ("OMP_", "OPENBLAS_", "MKL_", "VECLIB_", "NUMEXPR_", "GDAL_", "CPL_",
@@ -158,7 +163,7 @@ def _kill(pid: int) -> None:
 
 # -- the server ---------------------------------------------------------------------------
 def serve(preload: Sequence[str]) -> None:
-    for name in ("cloudpickle", "poolparty_raster.worker", "poolparty_raster.workdir", *preload):
+    for name in (*ALWAYS_PRELOADED, *preload):
         try:  # what every chunk needs, and what the driver uses, loaded once
             importlib.import_module(name)
         except Exception:  # noqa: BLE001 -- a chunk imports it itself then
