@@ -30,6 +30,7 @@ class Claims:
     def __init__(self, path: str):
         self.path = path
         self._holders: dict[int, tuple[int, str]] = {}  # chunk -> (inode, holder): read once
+        self._cursor = 0  # a worker's: the next chunk it tries to claim directly
 
     def path_of(self, chunk: int) -> str:
         return os.path.join(self.path, _key(chunk))
@@ -106,7 +107,27 @@ class Claims:
         """Claim the first chunk that is neither claimed nor in ``done``, else one the driver
         re-issued; returns (chunk, claim file), or None when nothing is left or the map has
         ended. ``done`` holds the chunks finished before this worker started (finished ones
-        keep their claims)."""
+        keep their claims).
+
+        Workers take chunks in order, so the next free one is almost always just past this
+        worker's last: it is tried directly (one open). Only when that runs past the last
+        chunk does the worker list claims/ for what was freed behind it (a dead worker's
+        chunk, one to redo, a straggler's second run): listing it for every claim made a
+        map of n chunks cost n^2."""
+        while self._cursor < num_chunks:
+            chunk, self._cursor = self._cursor, self._cursor + 1
+            if chunk in done:
+                continue
+            path = self.path_of(chunk)
+            try:
+                if self._create(path, worker):
+                    return chunk, path
+            except FileNotFoundError:  # the driver removed the claims: the map is over
+                return None
+        return self._claim_by_listing(num_chunks, worker, done)
+
+    def _claim_by_listing(self, num_chunks: int, worker: str,
+                          done: set[int]) -> tuple[int, str] | None:
         try:
             names = os.listdir(self.path)
         except FileNotFoundError:
@@ -125,15 +146,22 @@ class Claims:
         for chunk, path in itertools.chain(((c, self.path_of(c)) for c in free),
                                            ((c, self.path_of(c) + _DUPLICATE) for c in seconds)):
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                continue
-            except FileNotFoundError:  # the driver removed the claims: the map is over
+                if self._create(path, worker):
+                    return chunk, path
+            except FileNotFoundError:
                 return None
-            with os.fdopen(fd, "w") as f:
-                f.write(worker)
-            return chunk, path
         return None
+
+    @staticmethod
+    def _create(path: str, worker: str) -> bool:
+        """Make the claim file ``path`` holding ``worker``; False if another process has it."""
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(worker)
+        return True
 
     def _names(self) -> list[str]:
         try:

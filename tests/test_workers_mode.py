@@ -37,6 +37,22 @@ def test_each_chunk_is_claimed_exactly_once_under_contention(tmp_path):
     assert sorted(claimed) == list(range(300))
 
 
+def test_a_worker_takes_chunks_freed_behind_it_and_skips_finished_ones(tmp_path):
+    claims = WorkDir(str(tmp_path / "w")).claims
+    os.makedirs(os.path.dirname(claims.path))
+    claims.create()
+    other = type(claims)(claims.path)  # a second worker
+    assert claims.claim_next(5, "0", done={1})[0] == 0
+    assert other.claim_next(5, "1", set())[0] == 1  # its own view: 1 is not done for it
+    claims.release(0)  # worker 0's first chunk died with it and was freed by the driver
+    taken = [claims.claim_next(5, "0", done={1})[0] for _ in range(3)]
+    assert taken == [2, 3, 4]
+    assert claims.claim_next(5, "0", done={1})[0] == 0  # found when nothing lies ahead
+    assert claims.claim_next(5, "0", done={1}) is None
+    claims.remove()
+    assert other.claim_next(5, "1", set()) is None  # the map ended
+
+
 def pid_of_task(x):
     return os.getpid()
 
