@@ -3,13 +3,17 @@ calls the user function, keeps the outputs' inner parts (overlap cut off) and th
 statistics, and streams the arrays into a block file in the shared scratch directory, one
 block at a time, so neither the worker nor the driver ever holds a whole task's outputs.
 
-A block file is the task's arrays as consecutive ``.npy`` records (block by block, outputs
-in ``outputNames`` order), written under a temporary name and renamed when complete."""
+A block file is the task's arrays' bytes, C order, block by block and outputs in
+``outputNames`` order; each array's dtype and band count travel in the task's result (its
+rows and columns are the block's), so reading a block is one ``fromfile`` (parsing an
+``.npy`` header cost more than reading an uncompressed block). Written under a temporary
+name and renamed when complete."""
 from __future__ import annotations
 
 import contextlib
 import copy
 import functools
+import math
 import os
 import time
 import uuid
@@ -29,7 +33,7 @@ from poolparty_raster.applier.stats import BandStats
 from poolparty_raster.applier.structures import ApplierBlockDefn, BlockAssociations, Timers
 
 Key = tuple[str, int | None]
-BLOCK_FILE_SUFFIX = ".blocks.npy"
+BLOCK_FILE_SUFFIX = ".blocks"
 
 
 @dataclass
@@ -62,8 +66,9 @@ class TaskPart:
 @dataclass
 class TaskResult:
     """A task's outcome: its blocks, their arrays either in-band (``arrays``, one dict per
-    block) or in ``blockFile`` (a name inside the scratch directory), the outputs'
-    statistics per band, its otherArgs copy and its timings."""
+    block) or in ``blockFile`` (a name inside the scratch directory; ``layouts`` gives each
+    block's (dtype, bands) per output), the outputs' statistics per band, its otherArgs
+    copy and its timings."""
 
     taskIndex: int
     blocks: list[ApplierBlockDefn]
@@ -71,6 +76,7 @@ class TaskResult:
     stats: dict[Key, list[BandStats]]
     arrays: list[dict[Key, np.ndarray]] | None = None
     blockFile: str | None = None
+    layouts: list[list[tuple[str, int]]] = field(default_factory=list)
     timings: Timers = field(default_factory=Timers)
 
 
@@ -123,7 +129,8 @@ class TaskRunner:
             readers = self.readers()
         blocks = iterTaskBlocks(spec, part.blocks, otherArgs, timings, stats, readers)
         if spec.scratchDir is not None and os.path.isdir(spec.scratchDir):
-            result.blockFile = _writeBlockFile(spec, part.taskIndex, blocks, timings)
+            result.blockFile = _writeBlockFile(spec, part.taskIndex, blocks, timings,
+                                               result.layouts)
         else:  # threads, or a pool whose workers cannot see the scratch directory
             result.arrays = [arrays for _, arrays in blocks]
         return result
@@ -221,9 +228,11 @@ def _label(key: Key) -> str:
 
 
 def _writeBlockFile(spec: TaskSpec, taskIndex: int, blocks: Iterator[
-        tuple[ApplierBlockDefn, dict[Key, np.ndarray]]], timings: Timers) -> str:
-    """Stream the task's arrays into one file; its name is unique per attempt, so a
-    resubmitted task never overwrites the file its first attempt is still writing."""
+        tuple[ApplierBlockDefn, dict[Key, np.ndarray]]], timings: Timers,
+        layouts: list[list[tuple[str, int]]]) -> str:
+    """Stream the task's arrays into one file, appending each block's layout to
+    ``layouts``; the name is unique per attempt, so a resubmitted task never overwrites the
+    file its first attempt is still writing."""
     name = f"task{taskIndex:06d}.{uuid.uuid4().hex[:12]}{BLOCK_FILE_SUFFIX}"
     path = os.path.join(spec.scratchDir, name)
     tmp = path + ".partial"
@@ -231,9 +240,12 @@ def _writeBlockFile(spec: TaskSpec, taskIndex: int, blocks: Iterator[
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
             for _, arrays in blocks:
                 with timings.interval("blockfile"):
+                    layout = []
                     for key in spec.outputNames:
-                        # np.save of a non-contiguous view is 10x slower than of a copy.
-                        np.save(f, np.ascontiguousarray(arrays[key]), allow_pickle=False)
+                        array = np.ascontiguousarray(arrays[key])
+                        f.write(memoryview(array).cast("B"))
+                        layout.append((array.dtype.str, array.shape[0]))
+                    layouts.append(layout)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -246,8 +258,16 @@ def readBlockFile(path: str, result: TaskResult, outputNames: list[Key]) -> Iter
         tuple[ApplierBlockDefn, dict[Key, np.ndarray]]]:
     """The driver's side: one block's arrays at a time."""
     with open(path, "rb") as f:
-        for blockDefn in result.blocks:
-            yield blockDefn, {key: np.load(f, allow_pickle=False) for key in outputNames}
+        for blockDefn, layout in zip(result.blocks, result.layouts, strict=True):
+            arrays = {}
+            for key, (dtype, bands) in zip(outputNames, layout, strict=True):
+                shape = (bands, blockDefn.nrows, blockDefn.ncols)
+                array = np.fromfile(f, dtype=dtype, count=math.prod(shape))
+                if array.size != math.prod(shape):
+                    raise OSError(f"block file {path} ends inside the block at "
+                                  f"top={blockDefn.top}, left={blockDefn.left}")
+                arrays[key] = array.reshape(shape)
+            yield blockDefn, arrays
 
 
 def copiedOtherArgs(otherArgs: Any, pickled: bool) -> Any:

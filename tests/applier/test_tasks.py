@@ -106,5 +106,5 @@ def test_blocks_travel_in_files_that_are_removed(tmp_path, monkeypatch):
     from poolparty_raster import LocalPool
     with LocalPool(2, mode="workers", progress=False) as pool:
         runOn(tmp_path, pool, shape=(2, 90, 100), window=32)
-    assert files and all(f.endswith(".blocks.npy") for f in files)
+    assert files and all(f.endswith(".blocks") for f in files)
     assert os.listdir(work) == []  # block files, scratch directory and work_dir all gone
