@@ -20,6 +20,9 @@ import tempfile
 _REISSUE = ".reissue"
 _DUPLICATE = ".dup"
 _REDO = ".redo"
+# Claims a worker tries one by one before it lists claims/ (a round trip each on NFS: many
+# workers racing for the same chunks list instead).
+DIRECT_TRIES = 4
 
 
 def _key(chunk: int) -> str:
@@ -109,22 +112,27 @@ class Claims:
         ended. ``done`` holds the chunks finished before this worker started (finished ones
         keep their claims).
 
-        Workers take chunks in order, so the next free one is almost always just past this
-        worker's last: it is tried directly (one open). Only when that runs past the last
-        chunk does the worker list claims/ for what was freed behind it (a dead worker's
-        chunk, one to redo, a straggler's second run): listing it for every claim made a
-        map of n chunks cost n^2."""
-        while self._cursor < num_chunks:
+        Workers take chunks in order, so the next free one is usually just past this
+        worker's last: it is tried directly (one open each). After DIRECT_TRIES taken by
+        other workers, and once that runs past the last chunk (for what was freed behind:
+        a dead worker's chunk, one to redo, a straggler's second run), the worker lists
+        claims/ instead; listing it for every claim made a map of n chunks cost n^2."""
+        tries = 0
+        while self._cursor < num_chunks and tries < DIRECT_TRIES:
             chunk, self._cursor = self._cursor, self._cursor + 1
             if chunk in done:
                 continue
             path = self.path_of(chunk)
+            tries += 1
             try:
                 if self._create(path, worker):
                     return chunk, path
             except FileNotFoundError:  # the driver removed the claims: the map is over
                 return None
-        return self._claim_by_listing(num_chunks, worker, done)
+        claimed = self._claim_by_listing(num_chunks, worker, done)
+        if claimed is not None:
+            self._cursor = max(self._cursor, claimed[0] + 1)
+        return claimed
 
     def _claim_by_listing(self, num_chunks: int, worker: str,
                           done: set[int]) -> tuple[int, str] | None:

@@ -6,7 +6,7 @@ block at a time, so neither the worker nor the driver ever holds a whole task's 
 A block file is the task's arrays' bytes, C order, block by block and outputs in
 ``outputNames`` order; each array's dtype and band count travel in the task's result (its
 rows and columns are the block's), so reading a block is one ``fromfile`` (parsing an
-``.npy`` header cost more than reading an uncompressed block). Written under a temporary
+``.npy`` header cost nearly as much as reading an uncompressed block). Written under a temporary
 name and renamed when complete."""
 from __future__ import annotations
 
