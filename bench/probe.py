@@ -38,14 +38,14 @@ def imap_multiprocessing(n: str, chunksize: str) -> None:
 
 
 # GDAL's block cache defaults to 5 % of RAM (1.2 GiB here) and fills with whatever is
-# written: capped, so that the peak shows the applier's own memory, not the cache's.
+# written: capped for the rasterio loop (the applier caps its own), so that its peak shows
+# GDAL's working memory, not the cache's.
 GDAL_CACHEMAX_MB = "64"
 
 
 def applier_copy(side: str, workers: str) -> None:
     """The applier's copy with its default creation options, statistics and overviews: all
     the driver does for a user who changes nothing."""
-    os.environ["GDAL_CACHEMAX"] = GDAL_CACHEMAX_MB  # the workers inherit it too
     from poolparty_raster import applier
     infiles, outfiles = applier.FilenameAssociations(), applier.FilenameAssociations()
     infiles.img = rasters.make("int16", int(side))
