@@ -133,6 +133,7 @@ def _copy_rows(side: int, repeats: int, quick: bool, tmp: str) -> list[Row]:
         for codec in codecs:
             src = rasters.make(dtype, side, codec)
             options = rasters.creation_options(codec)
+            cap = _applierCacheCap(src)
             dst_floor, dst_app = os.path.join(tmp, "floor.tif"), os.path.join(tmp, "app.tif")
             # Identical runs differ by up to ~10 % on this shared machine: 5 repetitions,
             # 15 for the ~0.3 s uncompressed copies, for a steadier median.
@@ -141,7 +142,7 @@ def _copy_rows(side: int, repeats: int, quick: bool, tmp: str) -> list[Row]:
             t = interleaved({
                 "read": (None, lambda: rasters.floor_read(src)),
                 "floor": (dst_floor, lambda: rasters.floor_copy(src, dst_floor, options)),
-                "capped": (dst_floor, lambda: _cappedFloor(src, dst_floor, options)),
+                "capped": (dst_floor, lambda: _cappedFloor(src, dst_floor, options, cap)),
                 "applier": (dst_app, lambda: run_applier(
                     copy_block, src, dst_app, controls_for({**options, **SERIAL}))),
             }, n, warmup=not quick, cpu=cpu)
@@ -161,13 +162,19 @@ def _copy_rows(side: int, repeats: int, quick: bool, tmp: str) -> list[Row]:
     return out
 
 
-def _cappedFloor(src: str, dst: str, options: dict[str, str]) -> None:
-    """The floor loop under the GDAL_CACHEMAX the applier sets for this copy (a plain loop
-    keeps GDAL's default, 5 % of RAM), so that the ratio shows the applier's own overhead."""
+def _applierCacheCap(src: str) -> int:
+    """The GDAL_CACHEMAX the applier sets for a copy of ``src`` in 256-pixel windows (a
+    plain loop keeps GDAL's default, 5 % of RAM)."""
     info = describeRasters([src])[src]
     cap = inputCacheBytes([info], info.grid, 256, 256, 0) + outputCacheBytes(
         256, 256, info.pixelBytes)
-    with rasterio.Env(GDAL_CACHEMAX=max(cap, MIN_CACHE_BYTES)):
+    return max(cap, MIN_CACHE_BYTES)
+
+
+def _cappedFloor(src: str, dst: str, options: dict[str, str], cap: int) -> None:
+    """The floor loop under the applier's cache cap, so that the ratio shows the applier's
+    own overhead."""
+    with rasterio.Env(GDAL_CACHEMAX=cap):
         rasters.floor_copy(src, dst, options)
 
 

@@ -194,7 +194,6 @@ def checked_mapping(mapping: dict[str, str] | None) -> dict[str, str]:
             for d, c in (mapping or {}).items()}
 
 
-
 def container_command(spec: SubmitSpec, python: str | None, mapping: dict[str, str] | None,
                       worker_args: Sequence[str]) -> list[str]:
     """``[python, "-c", BOOTSTRAP, <mapping and dropped variables>, script.py, *worker_args]``.
