@@ -18,8 +18,8 @@ from typing import Any
 
 from poolparty_raster.applier.controls import CW_NONE, CW_THREADS, ApplierControls
 from poolparty_raster.applier.gdalcache import CacheCap, inputCacheBytes, userChoseCache
-from poolparty_raster.applier.grid import (blocksPerTask, computeWorkingGrid, describeRasters,
-                                           groupBlocks, makeBlocks, referenceName)
+from poolparty_raster.applier.grid import (computeWorkingGrid, describeRasters, groupBlocks,
+                                           makeBlocks, referenceName, taskSizes)
 from poolparty_raster.applier.poolfactory import (Scratch, isWorkersMode, makePool, poolWidth,
                                                   throttles)
 from poolparty_raster.applier.reader import inputSpecs
@@ -127,9 +127,8 @@ def _runOnPool(spec: TaskSpec, blocks: list[ApplierBlockDefn], otherArgs: Any,
         width = poolWidth(pool, style)
         blockPixels = controls.windowxsize * controls.windowysize
         how = "threads" if threads else "workers" if isWorkersMode(pool) else "array"
-        perTask = blocksPerTask(len(blocks), width, style.singleBlockComputeWorkers, how,
-                                blockPixels)
-        groups = groupBlocks(blocks, perTask)
+        groups = groupBlocks(blocks, taskSizes(len(blocks), width,
+                                               style.singleBlockComputeWorkers, how, blockPixels))
         limit = TASKS_IN_FLIGHT_PER_WORKER * width if throttles(pool) else None
         feeder = _Feeder(groups, otherArgs, not threads, limit)
         runner = TaskRunner(spec, pickled=not threads)

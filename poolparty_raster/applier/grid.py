@@ -178,27 +178,41 @@ def makeBlocks(grid: WorkingGrid, windowxsize: int, windowysize: int) -> list[Ap
             for left in range(0, grid.width, windowxsize)]
 
 
-def blocksPerTask(numBlocks: int, parallelism: int, singleBlock: bool, how: str,
-                  blockPixels: int) -> int:
-    """How many consecutive blocks one pool task carries; ``how`` is "array" (a new
-    interpreter per task), "workers" (long-lived workers claim tasks) or "threads".
+def taskSizes(numBlocks: int, parallelism: int, singleBlock: bool, how: str,
+              blockPixels: int) -> list[int]:
+    """How many consecutive blocks each task carries, in task order; ``how`` is "array" (a
+    new interpreter per task), "workers" (long-lived workers claim tasks) or "threads".
 
     The rule (documented in the README): aim for TASKS_PER_WORKER_* tasks per slot of the
     pool, so that uneven tasks even out; never fewer pixels than MIN_TASK_PIXELS_* (a task
     must be worth its start-up: seconds of work in array mode); never more than
-    MAX_TASK_PIXELS (MAX_INBAND_TASK_PIXELS for threads). ``singleBlock`` is RIOS's one
-    block per job.
+    MAX_TASK_PIXELS (MAX_INBAND_TASK_PIXELS for threads). As the blocks run out, tasks
+    shrink to a 1/(2 x parallelism) share of the blocks left (guided self-scheduling): pools
+    hand tasks out in order, so the slots then finish together instead of one running a
+    whole task after the others are done. ``singleBlock`` is RIOS's one block per job.
     """
     if singleBlock:
-        return 1
+        return [1] * numBlocks
+    slots = max(parallelism, 1)
+    blockPixels = max(blockPixels, 1)
     perSlot = TASKS_PER_WORKER_ARRAY if how == "array" else TASKS_PER_WORKER_WORKERS
     minPixels = {"array": MIN_TASK_PIXELS_ARRAY, "workers": MIN_TASK_PIXELS_WORKERS}.get(how, 0)
-    perTask = math.ceil(numBlocks / (perSlot * max(parallelism, 1)))
-    perTask = max(perTask, math.ceil(minPixels / max(blockPixels, 1)))
     maxPixels = MAX_INBAND_TASK_PIXELS if how == "threads" else MAX_TASK_PIXELS
-    perTask = min(perTask, max(1, maxPixels // max(blockPixels, 1)))
-    return max(1, min(numBlocks, perTask))
+    largest = max(math.ceil(numBlocks / (perSlot * slots)), math.ceil(minPixels / blockPixels))
+    largest = max(1, min(largest, maxPixels // blockPixels))
+    smallest = max(1, min(largest, math.ceil(minPixels / blockPixels)))
+    sizes = []
+    left = numBlocks
+    while left > 0:
+        size = min(left, largest, max(smallest, math.ceil(left / (2 * slots))))
+        sizes.append(size)
+        left -= size
+    return sizes
 
 
-def groupBlocks(blocks: list[ApplierBlockDefn], perTask: int) -> list[list[ApplierBlockDefn]]:
-    return [blocks[i:i + perTask] for i in range(0, len(blocks), perTask)]
+def groupBlocks(blocks: list[ApplierBlockDefn], sizes: list[int]) -> list[list[ApplierBlockDefn]]:
+    groups, start = [], 0
+    for size in sizes:
+        groups.append(blocks[start:start + size])
+        start += size
+    return groups

@@ -47,8 +47,8 @@ def test_set_pool_sizes_tasks_by_its_parallelism(tmp_path):
     pool = RecordingPool(parallelism=3)
     runOn(tmp_path, pool)
     assert len(pool.tasks) == 1
-    assert grid.blocksPerTask(10_000, 3, False, "array", 256 * 256) == 834  # 12 tasks
-    assert grid.blocksPerTask(10_000, 50, False, "array", 256 * 256) == 64  # the minimum
+    assert grid.taskSizes(10_000, 3, False, "array", 256 * 256)[0] == 834  # 12 tasks' worth
+    assert grid.taskSizes(10_000, 50, False, "array", 256 * 256)[0] == 64  # the minimum
     pool = RecordingPool(parallelism=3)
     runOn(tmp_path, pool, singleBlockComputeWorkers=True)
     assert len(pool.tasks) == 100 and all(len(t.blocks) == 1 for t in pool.tasks)
@@ -62,9 +62,25 @@ def test_tasks_are_capped_whatever_the_raster_size():
     blockPixels = 256 * 256
     cap = grid.MAX_TASK_PIXELS // blockPixels
     for numBlocks in (10_000, 40_000, 160_000):
-        assert grid.blocksPerTask(numBlocks, 1, False, "array", blockPixels) == cap
-    assert grid.blocksPerTask(100_000, 2, False, "workers", blockPixels) == cap
-    assert grid.blocksPerTask(640, 2, False, "workers", blockPixels) == 40  # 16 tasks
+        assert max(grid.taskSizes(numBlocks, 1, False, "array", blockPixels)) == cap
+    assert max(grid.taskSizes(100_000, 2, False, "workers", blockPixels)) == cap
+    assert grid.taskSizes(640, 2, False, "workers", blockPixels)[0] == 40  # 16 tasks' worth
+
+
+def test_tasks_shrink_as_the_blocks_run_out_so_the_slots_finish_together():
+    for numBlocks, slots, how, smallest in ((625, 2, "workers", 4), (10_000, 3, "array", 64),
+                                            (5_000, 8, "threads", 1)):
+        sizes = grid.taskSizes(numBlocks, slots, False, how, 256 * 256)
+        assert sum(sizes) == numBlocks
+        assert sizes == sorted(sizes, reverse=True)
+        # No task holds more than its share of the blocks left, so no slot is still busy
+        # with a large task when the others run out of work.
+        left = numBlocks
+        for size in sizes:
+            assert size <= max(smallest, -(-left // (2 * slots)))
+            left -= size
+        assert sizes[-2] == smallest and sizes[-1] <= smallest
+    assert grid.taskSizes(7, 2, True, "workers", 256 * 256) == [1] * 7
 
 
 def test_num_compute_workers_means_workers_mode():
