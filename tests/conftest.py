@@ -60,7 +60,8 @@ def probe_real(kind: str) -> str | None:
         return f"`{' '.join(command)}` timed out"
     if done.returncode != 0:
         return f"`{' '.join(command)}` exited {done.returncode}: {done.stderr.strip()[:200]}"
-    if kind == "slurm" and not ({"idle", "mix", "alloc"} & set(done.stdout.split())):
+    # "comp": a node still completing the last test's job is up, too.
+    if kind == "slurm" and not ({"idle", "mix", "alloc", "comp"} & set(done.stdout.split())):
         return f"no SLURM node is up (sinfo says {done.stdout.split()})"
     return None
 
@@ -77,6 +78,13 @@ def require_real(kind: str) -> None:
 
 COMMAND_FAULTS = {  # scheduler: (submission command, poll command)
     "slurm": ("sbatch", "squeue"), "sge": ("qsub", "qstat"), "pbs": ("qsub", "qstat")}
+
+
+@pytest.fixture(autouse=True)
+def _work_dirs_in_tmp_path(tmp_path, monkeypatch):
+    """Every test's default work_dirs go under its tmp_path: a map that fails on purpose keeps
+    its work_dir, which must not pile up in the machine's temporary directory."""
+    monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(tmp_path / "work"))
 
 
 def _faulty(queue):
@@ -126,13 +134,12 @@ def pytest_configure(config):
 
 
 @pytest.fixture
-def make_pool(backend, tmp_path, request, monkeypatch):
+def make_pool(backend, request):
     """``make_pool(**options)`` builds a pool of the parametrised backend with its work_dirs
     under tmp_path (cluster backends get their dummy queue, or a real scheduler)."""
     fixture, construct = BACKENDS[backend]
     if fixture is not None:
         request.getfixturevalue(fixture)
-    monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(tmp_path / "work"))
     pools = []
 
     def factory(**options):

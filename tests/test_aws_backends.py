@@ -390,10 +390,9 @@ def events(work_root):
     return kept, [json.loads(line) for line in open(kept / "log.jsonl")]
 
 
-def aws_pool(cls, kind, tmp_path, monkeypatch, **options):
+def aws_pool(cls, kind, **options):
     from dummy_queues.aws import pool_options
 
-    monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(tmp_path / "work"))
     pool = cls(**{**pool_options(kind), **options.pop("pool", {})}, keep_work_dir=True, progress=False,
                polling_interval=0.3, filesystem_lag=0.3, **options)
     pool._scheduler.min_poll_interval = 0.1
@@ -422,7 +421,7 @@ def test_ecs_survives_placement_failures_throttling_and_stops(dummy_ecs, tmp_pat
     dummy_ecs.inject_stop(chunk=1, stop_code="SpotInterruption", stopped_reason="Your Spot Task was interrupted.")
     dummy_ecs.inject_stop(chunk=2, exit_code=137, reason="OutOfMemoryError: Container killed due to memory usage")
     monkeypatch.setattr("poolparty_raster.submissions.FIRST_RETRY", 0.05)
-    pool = aws_pool(pp.EcsPool, "ecs", tmp_path, monkeypatch, num_simultaneously_running_tasks=2)
+    pool = aws_pool(pp.EcsPool, "ecs", num_simultaneously_running_tasks=2)
     trace = str(tmp_path / "trace")
     assert pool.map(traced_square, [(x, trace) for x in range(4)], chunksize=1) == [0, 1, 4, 9]
     kept, log = events(tmp_path / "work")
@@ -440,8 +439,8 @@ def test_ecs_survives_placement_failures_throttling_and_stops(dummy_ecs, tmp_pat
         assert params["count"] == 1 and len(json.dumps(params["overrides"])) < 8192
 
 
-def test_ecs_registers_tags_and_deregisters_its_task_definition(dummy_ecs, tmp_path, monkeypatch):
-    pool = aws_pool(pp.EcsPool, "ecs", tmp_path, monkeypatch, container_image="python:3",
+def test_ecs_registers_tags_and_deregisters_its_task_definition(dummy_ecs):
+    pool = aws_pool(pp.EcsPool, "ecs", container_image="python:3",
                      pool={"task_definition": None}, tags={"team": "geo"})
     assert pool.map(square, range(3)) == [0, 1, 4]
     (ours,) = [d for d in dummy_ecs.definitions.values() if d["family"].startswith("poolparty-pp")]
@@ -449,10 +448,10 @@ def test_ecs_registers_tags_and_deregisters_its_task_definition(dummy_ecs, tmp_p
     assert all({"key": "team", "value": "geo"} in p["tags"] for p in dummy_ecs.calls_to("RunTask"))
 
 
-def test_ecs_failed_image_pull_fails_the_map_at_once(dummy_ecs, tmp_path, monkeypatch):
+def test_ecs_failed_image_pull_fails_the_map_at_once(dummy_ecs):
     dummy_ecs.inject_stop(times=100, stop_code="TaskFailedToStart", exit_code=None,
                           stopped_reason="CannotPullContainerError: pull access denied for img")
-    pool = aws_pool(pp.EcsPool, "ecs", tmp_path, monkeypatch)
+    pool = aws_pool(pp.EcsPool, "ecs")
     with pytest.raises(SchedulerError, match="cannot run: .*CannotPullContainerError"):
         pool.map(square, range(3), chunksize=1)
     assert len(dummy_ecs.calls_to("RunTask")) == 3  # no resubmission
@@ -462,20 +461,20 @@ def hang(_):
     time.sleep(600)  # killed by the cancel
 
 
-def test_ecs_permanent_poll_error_fails_the_map(dummy_ecs, tmp_path, monkeypatch):
+def test_ecs_permanent_poll_error_fails_the_map(dummy_ecs):
     dummy_ecs.inject_error("DescribeTasks", "ClusterNotFoundException", "Cluster not found.", times=100)
-    pool = aws_pool(pp.EcsPool, "ecs", tmp_path, monkeypatch)
+    pool = aws_pool(pp.EcsPool, "ecs")
     with pytest.raises(SchedulerError, match="ClusterNotFoundException"):
         pool.map(hang, [None])
     assert len(dummy_ecs.calls_to("DescribeTasks")) == 3  # the engine's bound, not retried within
     assert {t["stopCode"] for t in dummy_ecs.tasks.values()} == {"UserInitiated"}
 
 
-def test_ecs_placement_refusals_give_up_when_nothing_runs(dummy_ecs, tmp_path, monkeypatch):
+def test_ecs_placement_refusals_give_up_when_nothing_runs(dummy_ecs, monkeypatch):
     dummy_ecs.inject_placement_failures(1000, "RESOURCE:MEMORY")
     monkeypatch.setattr(ecs, "PLACEMENT_GIVE_UP_AFTER", 0.0)
     monkeypatch.setattr("poolparty_raster.submissions.FIRST_RETRY", 0.05)
-    pool = aws_pool(pp.EcsPool, "ecs", tmp_path, monkeypatch)
+    pool = aws_pool(pp.EcsPool, "ecs")
     with pytest.raises(SchedulerError, match="RESOURCE:MEMORY.*none of the map's jobs was queued"):
         pool.map(square, range(2))
 
@@ -499,7 +498,7 @@ def test_container_keeps_its_own_credentials_and_paths(dummy_ecs, tmp_path, monk
     for name, value in (("AWS_ACCESS_KEY_ID", "driver-key"), ("AWS_PROFILE", "laptop"),
                         ("LD_LIBRARY_PATH", "/laptop/lib"), ("GDAL_HTTP_TIMEOUT", "30")):
         monkeypatch.setenv(name, value)
-    pool = aws_pool(pp.EcsPool, "ecs", tmp_path, monkeypatch, pool={"task_definition": "own"},
+    pool = aws_pool(pp.EcsPool, "ecs", pool={"task_definition": "own"},
                      path_mapping={str(real): str(seen)}, work_dir=str(real / "w"))
     ((key, profile, path, libs, gdal, reexec, flag, script),) = pool.map(container_view, [0])
     assert (key, profile, libs, gdal, reexec, flag) == ("task-role", "none", "/container/lib", "30", "1", "-c")
@@ -515,7 +514,7 @@ def test_batch_survives_throttling_lost_answers_and_killed_children(dummy_batch,
     dummy_batch.inject_throttle("DescribeJobs", 2)
     dummy_batch.inject_stop(chunk=2, status_reason="Host EC2 (instance i-1) terminated.")
     monkeypatch.setattr("poolparty_raster.submissions.FIRST_RETRY", 0.05)
-    pool = aws_pool(pp.AwsBatchPool, "batch", tmp_path, monkeypatch, num_simultaneously_running_tasks=3)
+    pool = aws_pool(pp.AwsBatchPool, "batch", num_simultaneously_running_tasks=3)
     assert pool.map(square, range(5), chunksize=1) == [0, 1, 4, 9, 16]
     _, log = events(tmp_path / "work")
     lost = [e for e in log if e["event"] == "lost"]
@@ -524,9 +523,9 @@ def test_batch_survives_throttling_lost_answers_and_killed_children(dummy_batch,
     assert sum(sizes) == 6 and max(sizes) <= 3  # 5 chunks + 1 resubmitted, no duplicate array
 
 
-def test_batch_oom_is_named_in_the_task_lost_error(dummy_batch, tmp_path, monkeypatch):
+def test_batch_oom_is_named_in_the_task_lost_error(dummy_batch):
     dummy_batch.inject_stop(chunk=0, exit_code=137, reason="OutOfMemoryError: Container killed due to memory usage")
-    pool = aws_pool(pp.AwsBatchPool, "batch", tmp_path, monkeypatch, max_num_resubmissions=0)
+    pool = aws_pool(pp.AwsBatchPool, "batch", max_num_resubmissions=0)
     with pytest.raises(pp.TaskLostError, match="out of memory"):
         pool.map(square, [1])
 

@@ -67,7 +67,7 @@ def sge_run(tmp_path: Path) -> dict[int, tuple[str, str]]:
 
 
 @pytest.mark.parametrize("scheduler", ["slurm", "sge"])
-def test_dummy_and_real_scheduler_read_the_same(scheduler, request, tmp_path, monkeypatch):
+def test_dummy_and_real_scheduler_read_the_same(scheduler, request, tmp_path):
     run = {"slurm": slurm_run, "sge": sge_run}[scheduler]
     request.getfixturevalue(f"real_{scheduler}")
     (tmp_path / "real").mkdir()

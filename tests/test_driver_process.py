@@ -47,10 +47,9 @@ def pool_expression(backend: str) -> str:
 
 
 @pytest.fixture(params=["local", "dummy_slurm", "real_slurm", "real_sge"])
-def script_backend(request, tmp_path, monkeypatch):
+def script_backend(request):
     if request.param != "local":
         request.getfixturevalue(request.param)  # puts the dummy scheduler on PATH
-    monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(tmp_path / "work"))
     return request.param
 
 

@@ -133,7 +133,7 @@ def test_straggling_chunk_is_issued_once_more_and_the_first_result_wins(tmp_path
     assert [e["chunk"] for e in events(work_dir) if e["event"] == "reissued"] == [5]
 
 
-def test_workers_that_never_start_fail_the_map_instead_of_being_resubmitted_for_ever(tmp_path):
+def test_workers_that_never_start_fail_the_map_instead_of_being_resubmitted_for_ever():
     pool = pp.LocalPool(2, mode="workers", python_path="/bin/false", max_num_resubmissions=1, **FAST)
     with pytest.raises(pp.TaskLostError, match="ended without running a chunk"):
         pool.map(abs, range(4), chunksize=1)

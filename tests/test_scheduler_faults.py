@@ -39,10 +39,9 @@ def nap(x):
 
 
 @pytest.fixture(params=list(CLUSTERS))
-def cluster(request, tmp_path, monkeypatch):
+def cluster(request):
     fixture, pool_class, first_task = CLUSTERS[request.param]
     queue = request.getfixturevalue(fixture)
-    monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(tmp_path / "work"))
     return queue, pool_class, first_task
 
 
@@ -65,7 +64,7 @@ def sleeps_long(x):
     return x
 
 
-def test_terminate_cancels_the_jobs_although_the_first_cancel_fails(cluster, tmp_path):
+def test_terminate_cancels_the_jobs_although_the_first_cancel_fails(cluster):
     queue, pool_class, _ = cluster
     cancel = "scancel" if "slurm" in queue.scheduler else "qdel"
     pool = pool_class(**FAST)
@@ -82,7 +81,7 @@ def test_terminate_cancels_the_jobs_although_the_first_cancel_fails(cluster, tmp
     assert len(queue.calls_to(cancel)) >= 2
 
 
-def test_error_state_that_persists_ends_in_task_lost_error(cluster, tmp_path):
+def test_error_state_that_persists_ends_in_task_lost_error(cluster):
     queue, pool_class, first_task = cluster
     if queue.scheduler == "pbs":  # a lone resubmitted chunk is a plain PBS job, not element 0
         first_task = None
@@ -118,8 +117,7 @@ def test_failing_poll_command_costs_polls_not_the_map(cluster, tmp_path, mode):
         assert "could not parse" in failures[0]["error"]
 
 
-def test_hanging_poll_command_times_out(dummy_slurm, tmp_path, monkeypatch):
-    monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(tmp_path / "work"))
+def test_hanging_poll_command_times_out(dummy_slurm):
     dummy_slurm.inject_command_failure("squeue", times=1, mode="hang", seconds=30)
     pool = pp.SlurmArrayPool(slurm_call_timeout=2.0, keep_work_dir=True, **FAST)
     assert pool.map(long_nap, range(2), chunksize=1) == list(range(2))  # well before 30 s
@@ -149,10 +147,9 @@ def sleep_long(x):
     return x
 
 
-def test_lost_answer_of_a_job_that_ended_before_the_check_is_not_repeated(dummy_sge, tmp_path, monkeypatch):
+def test_lost_answer_of_a_job_that_ended_before_the_check_is_not_repeated(dummy_sge):
     """Grid Engine lists a job only until it ends: a job whose qsub answer was lost and that
     ended before the listing could show it stays unconfirmed, and is not submitted again."""
-    monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(tmp_path / "work"))
     dummy_sge.inject_command_failure("qsub", times=1, mode="lose_id")
     dummy_sge.inject_command_failure("qstat", times=2, mode="fail")  # the listing answers late
     assert pp.SgePool(**FAST).map(plus_one, range(4), chunksize=1) == [1, 2, 3, 4]
@@ -194,30 +191,26 @@ def test_workers_mode_leaves_no_job_behind(cluster):
     assert not [j for j in queue.jobs() if j["state"] in ("PENDING", "RUNNING", "ERROR")]
 
 
-def test_map_larger_than_max_array_size_is_split(dummy_slurm, tmp_path, monkeypatch):
-    monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(tmp_path / "work"))
+def test_map_larger_than_max_array_size_is_split(dummy_slurm):
     dummy_slurm.set_limits(max_array_size=5)
     assert pp.SlurmArrayPool(**FAST).map(plus_one, range(12), chunksize=1) == list(range(1, 13))
     assert len(dummy_slurm.submissions) == 3
 
 
-def test_per_user_job_limit_is_waited_out(dummy_slurm, tmp_path, monkeypatch):
-    monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(tmp_path / "work"))
+def test_per_user_job_limit_is_waited_out(dummy_slurm):
     dummy_slurm.set_limits(max_jobs_per_user=3)
     assert pp.SlurmArrayPool(**FAST).map(plus_one, range(8), chunksize=1) == list(range(1, 9))
     assert all(len(s["tasks"]) <= 3 for s in dummy_slurm.submissions)
 
 
-def test_reason_no_resubmission_fixes_fails_the_map_at_once(dummy_slurm, tmp_path, monkeypatch):
-    monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(tmp_path / "work"))
+def test_reason_no_resubmission_fixes_fails_the_map_at_once(dummy_slurm):
     dummy_slurm.inject_error_state(task=0, count=1, reason="InvalidAccount")
     with pytest.raises(SchedulerError, match="InvalidAccount"):
         pp.SlurmArrayPool(**FAST).map(plus_one, range(2), chunksize=1)
     assert all(job["state"] not in ("PENDING", "RUNNING", "ERROR") for job in dummy_slurm.jobs())
 
 
-def test_timed_out_task_is_resubmitted(dummy_slurm, tmp_path, monkeypatch):
-    monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(tmp_path / "work"))
+def test_timed_out_task_is_resubmitted(dummy_slurm):
     dummy_slurm.inject_timeout(0.2, task=1, count=1)
     assert pp.SlurmArrayPool(**FAST).map(nap, range(3), chunksize=1) == [0, 1, 2]
 
@@ -254,8 +247,7 @@ def test_resumed_driver_reattaches_to_running_jobs(dummy_slurm, tmp_path):
     assert len(dummy_slurm.submissions) == 1  # the killed driver's jobs finished the map
 
 
-def test_workers_mode_scales_within_its_bounds(dummy_slurm, tmp_path, monkeypatch):
-    monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(tmp_path / "work"))
+def test_workers_mode_scales_within_its_bounds(dummy_slurm):
     pool = pp.SlurmArrayPool(mode="workers", min_workers=1, max_workers=2,
                              min_seconds_between_submissions=0.5, **FAST)
     assert pool.map(nap, range(12), chunksize=1) == list(range(12))
@@ -275,8 +267,7 @@ def dies_once(args):
     return x
 
 
-def test_workers_below_the_minimum_are_replaced_at_once(dummy_slurm, tmp_path, monkeypatch):
-    monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(tmp_path / "work"))
+def test_workers_below_the_minimum_are_replaced_at_once(dummy_slurm, tmp_path):
     flag = tmp_path / "flag"
     flag.touch()
     pool = pp.SlurmArrayPool(mode="workers", min_workers=2, max_workers=2,
@@ -286,8 +277,7 @@ def test_workers_below_the_minimum_are_replaced_at_once(dummy_slurm, tmp_path, m
     assert len(dummy_slurm.submissions) == 2
 
 
-def test_real_slurm_map_larger_than_max_array_size(real_slurm, tmp_path, monkeypatch):
-    monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(tmp_path / "work"))
+def test_real_slurm_map_larger_than_max_array_size(real_slurm, tmp_path):
     limit = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True).stdout
     max_array_size = int(limit.split("MaxArraySize")[1].split("=")[1].split()[0])
     assert max_array_size < 130, "ci/slurm sets MaxArraySize=101 so that this test stays short"

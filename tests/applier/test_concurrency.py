@@ -69,9 +69,7 @@ CLUSTER_RUNNERS = {
 FAILURE_RUNNERS = ["none", "threads", "mp-pool", "subproc-workers", "dummy-slurm"]
 
 
-def _configure(request, tmp_path, monkeypatch):
-    # Work_dirs (kept when a task failed) and block files go under tmp_path, not /tmp.
-    monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(tmp_path / "work"))
+def _configure(request):
     if request.param in CLUSTER_RUNNERS:
         fixture, runner = CLUSTER_RUNNERS[request.param]
         request.getfixturevalue(fixture)
@@ -90,13 +88,13 @@ def _configure(request, tmp_path, monkeypatch):
 
 
 @pytest.fixture(params=sorted(RUNNERS) + sorted(CLUSTER_RUNNERS))
-def configure(request, tmp_path, monkeypatch):
-    yield from _configure(request, tmp_path, monkeypatch)
+def configure(request):
+    yield from _configure(request)
 
 
 @pytest.fixture(params=FAILURE_RUNNERS)
-def configureForFailure(request, tmp_path, monkeypatch):
-    yield from _configure(request, tmp_path, monkeypatch)
+def configureForFailure(request):
+    yield from _configure(request)
 
 
 def mixed(info, inputs, outputs, otherArgs):
