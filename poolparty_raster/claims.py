@@ -6,20 +6,33 @@
     claims/NNNNNN.dup      that second worker's claim
     claims/NNNNNN.redo     the chunk's stored output is unreadable: run it although it is done
 
-A claim is an ``O_CREAT | O_EXCL`` file, which exactly one process can create, also on NFS v3+.
+    claims/worker.<host>-<pid>-<ns>  a worker's badge: its claims are hard links to it
+
+A claim is a hard link to its worker's badge, a file the worker makes once holding its name:
+exactly one process can make a link of a name, also on NFS, and a link allocates nothing,
+where a new file a chunk cost a file creation, the slowest metadata operation on NFS and on
+a busy local disk alike. The links share the badge's mtime, so one heartbeat covers the
+claim the worker runs. Where hard links are not supported, a claim is an ``O_CREAT |
+O_EXCL`` file holding the worker's name.
 The driver creates the directory and removes it when the map ends; a worker never creates it,
 so one that starts after the map ended (its work_dir removed) finds nothing to do.
 """
 from __future__ import annotations
 
+import errno
 import itertools
 import os
+import socket
+import time
 import shutil
 import tempfile
 
 _REISSUE = ".reissue"
 _DUPLICATE = ".dup"
 _REDO = ".redo"
+_BADGE_PREFIX = "worker."
+# What os.link raises where the filesystem has no hard links: claims are O_EXCL files there.
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS}
 # Claims a worker tries one by one before it lists claims/ (a round trip each on NFS: many
 # workers racing for the same chunks list instead).
 DIRECT_TRIES = 4
@@ -34,6 +47,8 @@ class Claims:
         self.path = path
         self._holders: dict[int, tuple[int, str]] = {}  # chunk -> (inode, holder): read once
         self._cursor = 0  # a worker's: the next chunk it tries to claim directly
+        self._badge: tuple[str, str, int] | None = None  # a worker's: (name, path, inode)
+        self._hard_links = True
 
     def path_of(self, chunk: int) -> str:
         return os.path.join(self.path, _key(chunk))
@@ -160,9 +175,26 @@ class Claims:
                 return None
         return None
 
-    @staticmethod
-    def _create(path: str, worker: str) -> bool:
-        """Make the claim file ``path`` holding ``worker``; False if another process has it."""
+    def _create(self, path: str, worker: str) -> bool:
+        """Make the claim ``path`` for ``worker``; False if another process has it."""
+        if self._hard_links:
+            badge = self._badge_of(worker)
+            try:
+                os.link(badge[1], path)
+                return True
+            except FileExistsError:
+                # On NFS a link whose reply was lost is sent again and reports EEXIST.
+                try:
+                    return os.stat(path).st_ino == badge[2]
+                except FileNotFoundError:  # released meanwhile: a later listing finds it
+                    return False
+            except OSError as exc:
+                if exc.errno == errno.EMLINK:  # the badge has all the links it can have
+                    self._badge = None
+                    return self._create(path, worker)
+                if exc.errno not in _NO_HARD_LINKS:
+                    raise
+                self._hard_links = False
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
@@ -170,6 +202,17 @@ class Claims:
         with os.fdopen(fd, "w") as f:
             f.write(worker)
         return True
+
+    def _badge_of(self, worker: str) -> tuple[str, str, int]:
+        """This worker's badge, made on its first claim and complete before any link to it."""
+        if self._badge is None or self._badge[0] != worker:
+            token = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
+            path = os.path.join(self.path, _BADGE_PREFIX + token)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(worker)
+            self._badge = (worker, path, os.stat(path).st_ino)
+        return self._badge
 
     def _names(self) -> list[str]:
         try:

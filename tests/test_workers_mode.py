@@ -1,11 +1,13 @@
 """Workers mode: claims are exclusive under contention, and scaling follows its rules."""
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import os
 import sys
 
 import cloudpickle
+import pytest
 
 import poolparty_raster as pp
 from poolparty_raster.workdir import Manifest, WorkDir
@@ -14,27 +16,68 @@ from poolparty_raster.workdir import Manifest, WorkDir
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-def _claim_all(path: str, worker: int, num_chunks: int, out) -> None:
+def _no_hard_links(src, dst):
+    raise OSError(errno.EPERM, "Operation not permitted", dst)
+
+
+def _claim_all(path: str, worker: int, num_chunks: int, out, hard_links: bool) -> None:
+    if not hard_links:  # this child process sees a filesystem without hard links
+        os.link = _no_hard_links
     work_dir = WorkDir(path)
     claimed = []
     while (claim := work_dir.claims.claim_next(num_chunks, str(worker), set())) is not None:
         claimed.append(claim[0])
-    out.put(claimed)
+    out.put((str(worker), claimed))
 
 
-def test_each_chunk_is_claimed_exactly_once_under_contention(tmp_path):
+@pytest.mark.parametrize("hard_links", [True, False], ids=["hard-links", "o-excl-files"])
+def test_each_chunk_is_claimed_exactly_once_under_contention(tmp_path, hard_links):
     work_dir = WorkDir(str(tmp_path / "w"))
     work_dir.create()
     work_dir.write_manifest(Manifest("x", 300, list(range(300)), "pp-test", "workers"))
     work_dir.claims.create()
     out = multiprocessing.Queue()
-    workers = [multiprocessing.Process(target=_claim_all, args=(work_dir.path, w, 300, out)) for w in range(8)]
+    workers = [multiprocessing.Process(target=_claim_all, args=(work_dir.path, w, 300, out, hard_links))
+               for w in range(8)]
     for process in workers:
         process.start()
-    claimed = [chunk for _ in workers for chunk in out.get(timeout=120)]
+    by_worker = dict(out.get(timeout=120) for _ in workers)
+    claimed = [chunk for chunks in by_worker.values() for chunk in chunks]
     for process in workers:
         process.join(60)
     assert sorted(claimed) == list(range(300))
+    held = work_dir.claims.held()
+    assert {c: holder for c, (holder, _) in held.items()} == {
+        c: worker for worker, chunks in by_worker.items() for c in chunks}
+
+
+def test_a_claim_shows_its_worker_and_takes_its_heartbeat(tmp_path):
+    claims = WorkDir(str(tmp_path / "w")).claims
+    os.makedirs(os.path.dirname(claims.path))
+    claims.create()
+    first, _ = claims.claim_next(3, "0 vm 11", set())
+    chunk, path = claims.claim_next(3, "0 vm 11", set())
+    os.utime(path, (1_000_000, 1_000_000))  # what the worker's heartbeat thread does
+    held = claims.held()
+    assert held[chunk] == ("0 vm 11", 1_000_000)
+    assert set(held) == {first, chunk}  # the worker's badge is not a claim
+
+
+def test_a_link_whose_reply_was_lost_is_still_the_workers_claim(tmp_path, monkeypatch):
+    # On NFS a LINK request sent again after a lost reply fails with EEXIST, although the
+    # first one made the link.
+    real_link = os.link
+
+    def link_then_lose_the_reply(src, dst):
+        real_link(src, dst)
+        raise FileExistsError(errno.EEXIST, "File exists", dst)
+    monkeypatch.setattr(os, "link", link_then_lose_the_reply)
+    claims = WorkDir(str(tmp_path / "w")).claims
+    os.makedirs(os.path.dirname(claims.path))
+    claims.create()
+    other = type(claims)(claims.path)
+    assert claims.claim_next(3, "0", set())[0] == 0
+    assert other.claim_next(3, "1", set())[0] == 1  # 0 exists and is not its link
 
 
 def test_a_worker_takes_chunks_freed_behind_it_and_skips_finished_ones(tmp_path):
