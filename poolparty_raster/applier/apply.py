@@ -9,13 +9,12 @@ a pool pulls tasks lazily (multiprocessing's pools, threads, whose blocks come b
 only a bounded number are out at a time."""
 from __future__ import annotations
 
-import contextlib
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from poolparty_raster.applier.blockfiles import WORKER_FILE_BYTES, readRegion
 from poolparty_raster.applier.controls import CW_NONE, CW_THREADS, ApplierControls
 from poolparty_raster.applier.gdalcache import CacheCap, inputCacheBytes, userChoseCache
 from poolparty_raster.applier.grid import (computeWorkingGrid, describeRasters, groupBlocks,
@@ -26,8 +25,7 @@ from poolparty_raster.applier.reader import inputSpecs
 from poolparty_raster.applier.structures import (ApplierBlockDefn, ApplierReturn,
                                                  FilenameAssociations, Timers)
 from poolparty_raster.applier.task import (TaskPart, TaskResult, TaskRunner, TaskSpec,
-                                           copiedOtherArgs, iterTaskBlocks, newStats,
-                                           readBlockFile)
+                                           copiedOtherArgs, iterTaskBlocks, newStats)
 from poolparty_raster.applier.writer import OutputFile, finishAll, openOutputs
 
 # Tasks handed out but not yet written, per worker, where tasks are handed out lazily.
@@ -127,6 +125,9 @@ def _runOnPool(spec: TaskSpec, blocks: list[ApplierBlockDefn], otherArgs: Any,
         width = poolWidth(pool, style)
         blockPixels = controls.windowxsize * controls.windowysize
         how = "threads" if threads else "workers" if isWorkersMode(pool) else "array"
+        # Long-lived workers share a block file between tasks; elsewhere a task's process
+        # may run nothing more, and a file it left open would stay till the end.
+        spec.blockFileBytes = WORKER_FILE_BYTES if how == "workers" else 0
         groups = groupBlocks(blocks, taskSizes(len(blocks), width,
                                                style.singleBlockComputeWorkers, how, blockPixels))
         limit = TASKS_IN_FLIGHT_PER_WORKER * width if throttles(pool) else None
@@ -186,12 +187,10 @@ def _resultBlocks(result: TaskResult, scratch: Scratch | None,
     if result.arrays is not None:
         yield from zip(result.blocks, result.arrays)
         return
-    path = scratch.file(result.blockFile)
-    try:
-        yield from readBlockFile(path, result, spec.outputNames)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
+    region = result.region
+    yield from readRegion(scratch.file(region.name), region.offset, result.blocks,
+                          result.layouts, spec.outputNames)
+    scratch.ledger.done(region)
 
 
 def _addStats(outputs: Outputs, stats: dict) -> None:

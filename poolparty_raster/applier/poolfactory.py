@@ -12,6 +12,7 @@ from multiprocessing.pool import Pool as MultiprocessingPool
 from multiprocessing.pool import ThreadPool
 from typing import Any
 
+from poolparty_raster.applier.blockfiles import Ledger
 from poolparty_raster.applier.controls import (CW_AWSBATCH, CW_ECS, CW_PBS, CW_SGE, CW_SLURM,
                                                CW_SUBPROC, CW_THREADS, ConcurrencyStyle)
 
@@ -86,7 +87,8 @@ class Scratch:
     """A private directory (0700) for block files, where driver and workers both see it:
     beside the pool's work_dirs (which must be shared for cluster pools), else in the
     temporary directory for pools on this machine. ``workerPath`` is the same directory as
-    the workers see it (an ECS pool may mount the work_dir elsewhere). Removed on close."""
+    the workers see it (an ECS pool may mount the work_dir elsewhere); ``ledger`` removes
+    each block file once the driver has read it. Removed on close."""
 
     def __init__(self, pool: Any):
         root = getattr(pool, "work_dir_parent", None) or tempfile.gettempdir()
@@ -95,6 +97,7 @@ class Scratch:
                                  f"poolparty_raster.applier.{stamp}.{uuid.uuid4().hex[:8]}")
         os.makedirs(self.path, mode=0o700)
         self.workerPath = pool.worker_path(self.path) if hasattr(pool, "worker_path") else self.path
+        self.ledger = Ledger(self.path)
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)

@@ -1,22 +1,15 @@
 """Worker side, tasks: a task is a run of consecutive blocks. For each it reads the inputs,
 calls the user function, keeps the outputs' inner parts (overlap cut off) and the outputs'
-statistics, and streams the arrays into a block file in the shared scratch directory, one
-block at a time, so neither the worker nor the driver ever holds a whole task's outputs.
-
-A block file is the task's arrays' bytes, C order, block by block and outputs in
-``outputNames`` order; each array's dtype and band count travel in the task's result (its
-rows and columns are the block's), so reading a block is one ``fromfile`` (parsing an
-``.npy`` header cost nearly as much as reading an uncompressed block). Written under a temporary
-name and renamed when complete."""
+statistics, and streams the arrays into its process's block file in the shared scratch
+directory (blockfiles.py), one block at a time, so neither the worker nor the driver ever
+holds a whole task's outputs."""
 from __future__ import annotations
 
 import contextlib
 import copy
 import functools
-import math
 import os
 import time
-import uuid
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +18,7 @@ from typing import Any
 import cloudpickle
 import numpy as np
 
+from poolparty_raster.applier.blockfiles import Layout, Region, writerFor
 from poolparty_raster.applier.gdalcache import CacheCap
 from poolparty_raster.applier.grid import WorkingGrid
 from poolparty_raster.applier.info import BlockInfo
@@ -33,7 +27,6 @@ from poolparty_raster.applier.stats import BandStats
 from poolparty_raster.applier.structures import ApplierBlockDefn, BlockAssociations, Timers
 
 Key = tuple[str, int | None]
-BLOCK_FILE_SUFFIX = ".blocks"
 
 
 @dataclass
@@ -51,6 +44,7 @@ class TaskSpec:
     statsIgnore: dict[Key, float | None]      # outputs whose statistics are wanted
     scratchDir: str | None = None             # as the workers see it; None: arrays in-band
     gdalCacheBytes: int | None = None         # the workers' cap (gdalcache.py); None: GDAL's
+    blockFileBytes: int = 0                   # a block file's size (blockfiles.py); 0: a task's
 
 
 @dataclass
@@ -66,8 +60,8 @@ class TaskPart:
 @dataclass
 class TaskResult:
     """A task's outcome: its blocks, their arrays either in-band (``arrays``, one dict per
-    block) or in ``blockFile`` (a name inside the scratch directory; ``layouts`` gives each
-    block's (dtype, bands) per output), the outputs' statistics per band, its otherArgs
+    block) or in a ``region`` of a block file in the scratch directory (``layouts`` gives
+    each block's (dtype, bands) per output), the outputs' statistics per band, its otherArgs
     copy and its timings."""
 
     taskIndex: int
@@ -75,8 +69,8 @@ class TaskResult:
     otherArgs: Any
     stats: dict[Key, list[BandStats]]
     arrays: list[dict[Key, np.ndarray]] | None = None
-    blockFile: str | None = None
-    layouts: list[list[tuple[str, int]]] = field(default_factory=list)
+    region: Region | None = None
+    layouts: list[Layout] = field(default_factory=list)
     timings: Timers = field(default_factory=Timers)
 
 
@@ -129,8 +123,8 @@ class TaskRunner:
             readers = self.readers()
         blocks = iterTaskBlocks(spec, part.blocks, otherArgs, timings, stats, readers)
         if spec.scratchDir is not None and os.path.isdir(spec.scratchDir):
-            result.blockFile = _writeBlockFile(spec, part.taskIndex, blocks, timings,
-                                               result.layouts)
+            writer = writerFor(spec.scratchDir, spec.blockFileBytes)
+            result.region = writer.write(blocks, spec.outputNames, timings, result.layouts)
         else:  # threads, or a pool whose workers cannot see the scratch directory
             result.arrays = [arrays for _, arrays in blocks]
         return result
@@ -225,49 +219,6 @@ def _innerOutputs(outputs: BlockAssociations, names: list[Key], blockDefn: Appli
 
 def _label(key: Key) -> str:
     return key[0] if key[1] is None else f"{key[0]}[{key[1]}]"
-
-
-def _writeBlockFile(spec: TaskSpec, taskIndex: int, blocks: Iterator[
-        tuple[ApplierBlockDefn, dict[Key, np.ndarray]]], timings: Timers,
-        layouts: list[list[tuple[str, int]]]) -> str:
-    """Stream the task's arrays into one file, appending each block's layout to
-    ``layouts``; the name is unique per attempt, so a resubmitted task never overwrites the
-    file its first attempt is still writing."""
-    name = f"task{taskIndex:06d}.{uuid.uuid4().hex[:12]}{BLOCK_FILE_SUFFIX}"
-    path = os.path.join(spec.scratchDir, name)
-    tmp = path + ".partial"
-    try:
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
-            for _, arrays in blocks:
-                with timings.interval("blockfile"):
-                    layout = []
-                    for key in spec.outputNames:
-                        array = np.ascontiguousarray(arrays[key])
-                        f.write(memoryview(array).cast("B"))
-                        layout.append((array.dtype.str, array.shape[0]))
-                    layouts.append(layout)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-    return name
-
-
-def readBlockFile(path: str, result: TaskResult, outputNames: list[Key]) -> Iterator[
-        tuple[ApplierBlockDefn, dict[Key, np.ndarray]]]:
-    """The driver's side: one block's arrays at a time."""
-    with open(path, "rb") as f:
-        for blockDefn, layout in zip(result.blocks, result.layouts, strict=True):
-            arrays = {}
-            for key, (dtype, bands) in zip(outputNames, layout, strict=True):
-                shape = (bands, blockDefn.nrows, blockDefn.ncols)
-                array = np.fromfile(f, dtype=dtype, count=math.prod(shape))
-                if array.size != math.prod(shape):
-                    raise OSError(f"block file {path} ends inside the block at "
-                                  f"top={blockDefn.top}, left={blockDefn.left}")
-                arrays[key] = array.reshape(shape)
-            yield blockDefn, arrays
 
 
 def copiedOtherArgs(otherArgs: Any, pickled: bool) -> Any:

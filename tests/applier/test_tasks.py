@@ -121,6 +121,7 @@ def test_blocks_travel_in_files_that_are_removed(tmp_path, monkeypatch):
     monkeypatch.setattr(poolfactory.Scratch, "file", spy)
     from poolparty_raster import LocalPool
     with LocalPool(2, mode="workers", progress=False) as pool:
-        runOn(tmp_path, pool, shape=(2, 90, 100), window=32)
-    assert files and all(f.endswith(".blocks") for f in files)
+        runOn(tmp_path, pool, shape=(2, 90, 100), window=32, singleBlockComputeWorkers=True)
+    assert len(files) == 12 and all(f.endswith(".blocks") for f in files)
+    assert len(set(files)) < len(files)  # a long-lived worker's tasks share its block file
     assert os.listdir(work) == []  # block files, scratch directory and work_dir all gone

@@ -1,0 +1,145 @@
+"""Block files: how a task's output arrays travel from a worker to the driver.
+
+A worker appends each task's arrays, C order, block by block and outputs in ``outputNames``
+order, to its process's block file in the shared scratch directory, as one region; each
+array's dtype and band count travel in the task's result (its rows and columns are the
+block's), so reading a block is one ``fromfile`` (parsing an ``.npy`` header cost nearly as
+much as reading an uncompressed block).
+
+A region is committed by the task result that names it (file, offset, region number), which
+the pool writes atomically after the region is written and its file closed; nothing reads a
+block file without such a result, so a killed worker's half-written region is never read.
+Appending to one file per process, rather than making a file per task, saves a file creation,
+a rename and a removal per task: on NFS each is a round trip, on a local disk creating and
+removing files by the hundred is what costs most in a small task. A file takes regions until
+it holds ``fileBytes`` (0: one region per file, where processes do not live on from task to
+task); its last region's result says so, and the driver removes the file once it has read
+every region of it. The file a worker still had open when it ended, and regions whose result
+was dropped (a duplicate run), go with the scratch directory at the end of the apply.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from poolparty_raster.applier.structures import ApplierBlockDefn, Timers
+
+Key = tuple[str, int | None]
+Layout = list[tuple[str, int]]   # per output: (dtype string, bands)
+SUFFIX = ".blocks"
+# A worker's file takes regions up to this size: bounds what its last file keeps on disk
+# after it was read (until the apply ends), while 1-block tasks of 128 KiB share one file
+# 128 at a time.
+WORKER_FILE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass
+class Region:
+    """Where a task's arrays are: ``offset`` bytes into ``name``, the ``number``-th region
+    of that file (from 1); ``last``: the writer put no more regions in the file."""
+
+    name: str
+    offset: int
+    number: int
+    last: bool
+
+
+class BlockWriter:
+    """This process's block file in one scratch directory (one per process: a forked child
+    starts its own)."""
+
+    def __init__(self, directory: str, fileBytes: int):
+        self.directory = directory
+        self.fileBytes = fileBytes
+        self.name: str | None = None
+        self.regions = 0
+
+    def write(self, blocks: Iterator[tuple[ApplierBlockDefn, dict[Key, np.ndarray]]],
+              outputNames: list[Key], timings: Timers, layouts: list[Layout]) -> Region:
+        """Append the task's arrays as one region, appending each block's layout to
+        ``layouts``. Raises what the blocks raise; the file then takes no more regions."""
+        if self.name is None:
+            self._start()
+        path = os.path.join(self.directory, self.name)
+        try:
+            with open(path, "ab") as f:
+                region = Region(self.name, f.tell(), self.regions + 1, False)
+                for _, arrays in blocks:
+                    with timings.interval("blockfile"):
+                        layout = []
+                        for key in outputNames:
+                            array = np.ascontiguousarray(arrays[key])
+                            f.write(memoryview(array).cast("B"))
+                            layout.append((array.dtype.str, array.shape[0]))
+                        layouts.append(layout)
+                size = f.tell()
+        except BaseException:
+            self.name = None  # its end is unknown now: the next task starts a new file
+            raise
+        self.regions = region.number
+        if size >= self.fileBytes:
+            region.last = True
+            self.name = None
+        return region
+
+    def _start(self) -> None:
+        token = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
+        self.name = token + SUFFIX
+        os.close(os.open(os.path.join(self.directory, self.name),
+                         os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        self.regions = 0
+
+
+_writers: dict[tuple[str, int], BlockWriter] = {}
+
+
+def writerFor(directory: str, fileBytes: int) -> BlockWriter:
+    """The block writer of this process for ``directory``."""
+    key = (directory, os.getpid())
+    writer = _writers.get(key)
+    if writer is None or writer.fileBytes != fileBytes:
+        writer = _writers[key] = BlockWriter(directory, fileBytes)
+    return writer
+
+
+def readRegion(path: str, offset: int, blocks: list[ApplierBlockDefn], layouts: list[Layout],
+               outputNames: list[Key]) -> Iterator[tuple[ApplierBlockDefn, dict[Key, np.ndarray]]]:
+    """The driver's side: one block's arrays at a time."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        for blockDefn, layout in zip(blocks, layouts, strict=True):
+            arrays = {}
+            for key, (dtype, bands) in zip(outputNames, layout, strict=True):
+                shape = (bands, blockDefn.nrows, blockDefn.ncols)
+                array = np.fromfile(f, dtype=dtype, count=math.prod(shape))
+                if array.size != math.prod(shape):
+                    raise OSError(f"block file {path} ends inside the block at "
+                                  f"top={blockDefn.top}, left={blockDefn.left}")
+                arrays[key] = array.reshape(shape)
+            yield blockDefn, arrays
+
+
+class Ledger:
+    """The driver's count of the regions it has read per block file: a file whose last
+    region is known and every region read is removed."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.read: dict[str, int] = {}
+        self.lastNumber: dict[str, int] = {}
+
+    def done(self, region: Region) -> None:
+        self.read[region.name] = self.read.get(region.name, 0) + 1
+        if region.last:
+            self.lastNumber[region.name] = region.number
+        if self.read[region.name] == self.lastNumber.get(region.name):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(self.directory, region.name))
+            del self.read[region.name], self.lastNumber[region.name]
