@@ -67,6 +67,9 @@ class MapRun:
         self.lost_chunks: set[int] = set()   # disjoint from finished
         self._lost_captures: dict[str, str] = {}
         self._fresh: list[int] = []  # finished chunks not yet handed to the consumer
+        # chunk -> the kinds of loose output the scan that found its result saw: the worker
+        # writes the result last, so no other kind of the chunk's is anywhere else.
+        self.kinds_seen: dict[int, list[str]] = {}
         self._last_poll: PollResult = {}
         self._poll_failures = 0
         self._unreadable = 0  # polls in a row whose output could not be read
@@ -190,6 +193,7 @@ class MapRun:
         for chunk, files in self.work_dir.scan().items():
             if "result" in files["final"] and chunk not in self.finished and chunk in self.chunks:
                 self.finished.add(chunk)
+                self.kinds_seen[chunk] = files["final"]
                 self.unreduced.add(chunk)
                 self.lost_chunks.discard(chunk)  # its result arrived after all
                 new.append(chunk)
