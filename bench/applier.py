@@ -120,7 +120,7 @@ def rows(quick: bool) -> list[Row]:
     tmp = tempfile.mkdtemp(prefix="pp-bench-applier-")
     try:
         return (_copy_rows(side, repeats, quick, tmp) + _parallel_copy_rows(side, repeats, tmp)
-                + _compute_rows(side, repeats, tmp) + _chunk_rows(side, repeats, tmp))
+                + _compute_rows(side, repeats, tmp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -231,28 +231,4 @@ def _compute_rows(side: int, repeats: int, tmp: str) -> list[Row]:
                         f">= {target}x", verdict(speedup >= target)))
             out.append((f"{name}: serial / LocalPool(2, mode='workers') via setPool",
                         f"{wm:.2f}x ({t['wm']:.1f} s)", f">= {target}x", verdict(wm >= target)))
-    return out
-
-
-def _chunk_rows(side: int, repeats: int, tmp: str) -> list[Row]:
-    """Workers mode: one block per task (singleBlockComputeWorkers=True) against the
-    applier's own task sizes, for an uncompressed and a DEFLATE copy (applier defaults)."""
-    out = []
-    nblocks = (-(-side // 256)) ** 2
-    with LocalPool(2, mode="workers", progress=False) as pool:
-        for codec in ("NONE", "DEFLATE"):
-            src = rasters.make("int16", side, codec)
-            options = rasters.creation_options(codec)
-            dst = {k: os.path.join(tmp, f"{k}.tif") for k in ("one", "big")}
-            t = interleaved({
-                "one": (dst["one"], lambda: run_applier(copy_block, src, dst["one"],
-                                                        controls_for(options, pool=pool,
-                                                                     single_block=True))),
-                "big": (dst["big"], lambda: run_applier(copy_block, src, dst["big"],
-                                                        controls_for(options, pool=pool))),
-            }, repeats)
-            ratio = t["one"] / t["big"]
-            out.append((f"int16 {codec} copy, workers mode: {nblocks} 1-block chunks / "
-                        "the applier's chunks", f"{ratio:.2f}x ({t['one']:.2f} s vs "
-                        f"{t['big']:.2f} s)", "<= 1.5x", verdict(ratio <= 1.5)))
     return out
