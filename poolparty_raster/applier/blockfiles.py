@@ -14,8 +14,9 @@ a rename and a removal per task: on NFS each is a round trip, on a local disk cr
 removing files by the hundred is what costs most in a small task. A file takes regions until
 it holds ``fileBytes`` (0: one region per file, where processes do not live on from task to
 task); its last region's result says so, and the driver removes the file once it has read
-every region of it. The file a worker still had open when it ended, and regions whose result
-was dropped (a duplicate run), go with the scratch directory at the end of the apply.
+every region of it. The file a worker still had open when it ended, one a failing task left
+(its end is unknown), and regions whose result was dropped (a duplicate run) go with the
+scratch directory at the end of the apply.
 """
 from __future__ import annotations
 
@@ -52,12 +53,12 @@ class Region:
 
 
 class BlockWriter:
-    """This process's block file in one scratch directory (one per process: a forked child
-    starts its own)."""
+    """A process's block file in one scratch directory."""
 
     def __init__(self, directory: str, fileBytes: int):
         self.directory = directory
         self.fileBytes = fileBytes
+        self.pid = os.getpid()
         self.name: str | None = None
         self.regions = 0
 
@@ -97,16 +98,17 @@ class BlockWriter:
         self.regions = 0
 
 
-_writers: dict[tuple[str, int], BlockWriter] = {}
+_writer: BlockWriter | None = None
 
 
 def writerFor(directory: str, fileBytes: int) -> BlockWriter:
-    """The block writer of this process for ``directory``."""
-    key = (directory, os.getpid())
-    writer = _writers.get(key)
-    if writer is None or writer.fileBytes != fileBytes:
-        writer = _writers[key] = BlockWriter(directory, fileBytes)
-    return writer
+    """This process's block writer for ``directory`` (a worker serves one apply at a time; a
+    forked child starts its own)."""
+    global _writer
+    if _writer is None or (_writer.directory, _writer.fileBytes, _writer.pid) != (
+            directory, fileBytes, os.getpid()):
+        _writer = BlockWriter(directory, fileBytes)
+    return _writer
 
 
 def readRegion(path: str, offset: int, blocks: list[ApplierBlockDefn], layouts: list[Layout],
