@@ -248,9 +248,20 @@ def claim_and_run(work_dir: Any, manifest: Any, load_function: Callable[[], Any]
             heartbeat.claim = None
 
 
+_serving_a_map = False
+
+
+def serving_a_map() -> bool:
+    """Whether this process is a worker of this package: it runs one map's chunks and ends,
+    so what a task sets up for the process's life leaks into nothing of the caller's."""
+    return _serving_a_map
+
+
 def main(work_dir_path: str, argv: Sequence[str]) -> int:
     from poolparty_raster import workdir
 
+    global _serving_a_map
+    _serving_a_map = True
     work_dir = workdir.WorkDir(work_dir_path)
     index = chunk_from_arguments(argv, os.environ)
     manifest = work_dir.read_manifest()
