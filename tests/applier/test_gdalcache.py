@@ -72,3 +72,20 @@ def test_the_cap_covers_the_tiles_windows_share(tmp_path):
     # With a margin, the tiles of a whole row of windows (three tile rows deep) are re-read.
     assert overlapping >= 4000 * 3 * 256 * 4
     assert inputCacheBytes([info, info], grid, 256, 256, 2) == 2 * overlapping
+
+
+def _cacheSetting(_):
+    return rasterio.env.get_gdal_config("GDAL_CACHEMAX")
+
+
+def test_the_cap_ends_with_each_task_in_a_pool_process_of_the_callers(tmp_path, monkeypatch):
+    # Their processes run other work after the apply: the cap must not stay with them (this
+    # package's own workers, which end with the map, keep it for their life).
+    import multiprocessing
+    monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
+    with multiprocessing.Pool(1) as pool:
+        before = pool.map(_cacheSetting, [0])
+        seen = _cachesSeen(tmp_path, lambda controls: controls.setPool(pool))
+        after = pool.map(_cacheSetting, [0])
+    assert seen and all(MIN_CACHE_BYTES <= int(cap) <= 16 * MIB for cap in seen)
+    assert after == before
