@@ -76,7 +76,8 @@ class ForkServer:
         self._launches: dict[int, Launch] = {}
         self._next_id = 0
         self.alive = True
-        threading.Thread(target=self._read, daemon=True, name="poolparty-forkserver").start()
+        self._reader = threading.Thread(target=self._read, daemon=True, name="poolparty-forkserver")
+        self._reader.start()
 
     def launch(self, argv: Sequence[str], cwd: str, log: str) -> Launch:
         """Start a chunk; raises OSError when the server is gone (the caller falls back)."""
@@ -102,6 +103,17 @@ class ForkServer:
         return launch
 
     def _read(self) -> None:
+        with self._process.stdout:  # closed when the server's end closes: it has exited
+            self._relay()
+        with self._lock:  # the server died: nobody will report on what it started
+            self.alive = False
+            orphans, self._launches = list(self._launches.values()), {}
+        for launch in orphans:
+            launch.code = -signal.SIGKILL
+            launch.started.set()
+            launch.ended.set()
+
+    def _relay(self) -> None:
         for line in self._process.stdout:
             message = json.loads(line)
             with self._lock:
@@ -120,13 +132,6 @@ class ForkServer:
                 launch.ended.set()
                 with self._lock:
                     del self._launches[message["id"]]
-        with self._lock:  # the server died: nobody will report on what it started
-            self.alive = False
-            orphans, self._launches = list(self._launches.values()), {}
-        for launch in orphans:
-            launch.code = -signal.SIGKILL
-            launch.started.set()
-            launch.ended.set()
 
     def close(self) -> None:
         try:
@@ -134,6 +139,7 @@ class ForkServer:
         except OSError:
             pass
         self._process.wait()
+        self._reader.join(5)  # it reads the server's last words and closes the pipe
 
 
 class Launch:
