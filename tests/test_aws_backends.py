@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import cloudpickle
 import pytest
@@ -24,6 +25,7 @@ from botocore.stub import ANY, Stubber  # noqa: E402
 
 from poolparty_raster.schedulers import awsbatch, ecs  # noqa: E402
 from poolparty_raster.schedulers.awscommon import AwsRequestError, container_command  # noqa: E402
+from workdirlog import log_events
 
 # The tasks below travel by value: a worker then need not import this module (pytest, botocore).
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -387,7 +389,7 @@ def test_batch_keeps_the_oldest_of_two_jobs_a_lagging_listing_let_in(dummy_batch
 # -- end to end on the dummies, with faults ---------------------------------------------------
 def events(work_root):
     (kept,) = list(work_root.iterdir())
-    return kept, [json.loads(line) for line in open(kept / "log.jsonl")]
+    return kept, log_events(kept)
 
 
 def aws_pool(cls, kind, **options):
@@ -431,7 +433,7 @@ def test_ecs_survives_placement_failures_throttling_and_stops(dummy_ecs, tmp_pat
     jobs = WorkDir(str(kept)).read_jobs()
     assert len(jobs) == 6 and all(j["task_arn"] in dummy_ecs.tasks for j in jobs)  # 4 + 2 resubmitted
     running, most = set(), 0  # the engine's throttle: never more than 2 chunks at work
-    for line in open(trace).read().split():
+    for line in Path(trace).read_text().split():
         (running.add if line[0] == "s" else running.discard)(line[1:])
         most = max(most, len(running))
     assert most == 2

@@ -4,7 +4,6 @@ Runs on every backend in conftest.BACKENDS (and the dummy / real schedulers wher
 """
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import stat
@@ -14,6 +13,7 @@ import cloudpickle
 import pytest
 
 import poolparty_raster as pp
+from workdirlog import log_events
 
 # Tasks defined here travel by value: a worker need not import this module (and pytest).
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -185,7 +185,7 @@ def test_dead_task_is_resubmitted_and_succeeds(make_pool, tmp_path, backend):
     pool = make_pool(keep_work_dir=True)
     assert pool.map(die_once, [(x, str(markers)) for x in range(4)], chunksize=1) == [0, 1, 2, 3]
     (kept,) = kept_dirs(tmp_path)
-    events = [json.loads(line)["event"] for line in open(kept / "log.jsonl")]
+    events = [e["event"] for e in log_events(kept)]
     assert events.count("lost") == 1  # one dead attempt, noticed and recovered
 
 
@@ -238,7 +238,7 @@ def test_work_dir_is_private_and_small(make_pool, tmp_path, backend):
     assert pool.map(square, range(10_000), chunksize) == [x * x for x in range(10_000)]
     if backend == "local":  # more chunks than REDUCE_AT_LEAST: the driver reduces mid-map
         assert pool.map(square, range(100), chunksize=1) == [x * x for x in range(100)]
-        reductions = [[json.loads(line)["event"] for line in open(kept / "log.jsonl")].count("reduced")
+        reductions = [[e["event"] for e in log_events(kept)].count("reduced")
                       for kept in kept_dirs(tmp_path)]
         assert sorted(reductions) == [1, 2]  # the 100-chunk map reduced once while it ran
     for kept in kept_dirs(tmp_path):

@@ -3,7 +3,6 @@ script, and Ctrl-C (or SIGTERM, as a scheduler ends the driver's own job) cancel
 jobs."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -12,6 +11,7 @@ import textwrap
 import time
 
 import pytest
+from workdirlog import log_events
 
 SCRIPT = textwrap.dedent("""
     import sys
@@ -89,7 +89,7 @@ def test_ctrl_c_or_sigterm_cancels_the_maps_jobs(tmp_path, script_backend, how):
         assert time.monotonic() < deadline, "tasks still run after Ctrl-C"
         time.sleep(0.05)
     (work_dir,) = (tmp_path / "work").iterdir()
-    events = [json.loads(line)["event"] for line in open(work_dir / "log.jsonl")]
+    events = [e["event"] for e in log_events(work_dir)]
     assert "cancelled" in events
 
 

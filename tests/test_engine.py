@@ -3,7 +3,6 @@ unreadable result, a resume from another process and pool, straggling and never-
 workers, a work_dir left by a driver killed while it prepared the map. On LocalPool."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -17,15 +16,12 @@ import pytest
 import poolparty_raster as pp
 from poolparty_raster import workers
 from poolparty_raster.schedulers import forkserver
+from workdirlog import log_events
 
 # Tasks defined here travel by value: a worker need not import this module (and pytest).
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 FAST = {"progress": False, "polling_interval": 0.2}
-
-
-def events(work_dir):
-    return [json.loads(line) for line in open(os.path.join(work_dir, "log.jsonl"))]
 
 
 def test_function_that_cannot_be_imported_on_the_node_raises_its_own_error(tmp_path, monkeypatch):
@@ -64,7 +60,7 @@ def test_unreadable_result_is_computed_again(tmp_path, mode):
     flag.unlink()
     assert pp.LocalPool(2, work_dir=work_dir, keep_work_dir=True, mode=mode, **FAST).map(
         dies_while_flagged, tasks, 2) == [x * 10 for x in range(6)]
-    assert [e["chunk"] for e in events(work_dir) if e["event"] == "unreadable_output"] == [0]
+    assert [e["chunk"] for e in log_events(work_dir) if e["event"] == "unreadable_output"] == [0]
 
 
 RESUMER = textwrap.dedent("""
@@ -130,7 +126,7 @@ def test_straggling_chunk_is_issued_once_more_and_the_first_result_wins(tmp_path
     pool = pp.LocalPool(2, mode="workers", work_dir=work_dir, keep_work_dir=True, **FAST)
     tasks = [(x, str(tmp_path / "marker")) for x in range(8)]
     assert pool.map(straggles_once, tasks, chunksize=1) == list(range(8))
-    assert [e["chunk"] for e in events(work_dir) if e["event"] == "reissued"] == [5]
+    assert [e["chunk"] for e in log_events(work_dir) if e["event"] == "reissued"] == [5]
 
 
 def test_workers_that_never_start_fail_the_map_instead_of_being_resubmitted_for_ever():
@@ -180,7 +176,7 @@ def test_imap_starts_at_once_and_an_abandoned_one_cancels_its_jobs(tmp_path):
     while any(_alive(int(pid)) for pid in os.listdir(pids)):
         assert time.monotonic() < deadline, "the abandoned map's tasks still run"
         time.sleep(0.05)
-    assert "cancelled" in [e["event"] for e in events(tmp_path / "w")]  # and the work_dir is kept
+    assert "cancelled" in [e["event"] for e in log_events(tmp_path / "w")]  # and the work_dir is kept
 
 
 def _alive(pid: int) -> bool:

@@ -2,7 +2,6 @@
 returns the right results, or fails fast with a clear error, and never hangs."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,6 +14,7 @@ import pytest
 
 import poolparty_raster as pp
 from poolparty_raster.errors import SchedulerError
+from workdirlog import log_events
 
 # Tasks defined here travel by value: a worker need not import this module (and pytest).
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -47,7 +47,7 @@ def cluster(request):
 
 def events_of(tmp_path):
     (work_dir,) = (tmp_path / "work").iterdir()
-    return [json.loads(line) for line in open(work_dir / "log.jsonl")]
+    return log_events(work_dir)
 
 
 def test_error_state_is_cancelled_and_resubmitted(cluster, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,7 +155,7 @@ def test_failure_reports_block_and_leaves_no_output(tmp_path, configureForFailur
     outfiles.old = str(out / "old.tif")
     with open(outfiles.old, "wb") as f:
         f.write(b"an earlier result")
-    before = hashlib.sha256(open(outfiles.old, "rb").read()).hexdigest()
+    before = hashlib.sha256(Path(outfiles.old).read_bytes()).hexdigest()
     controls = applier.ApplierControls()
     controls.setWindowXsize(16)
     controls.setWindowYsize(16)
@@ -169,7 +170,7 @@ def test_failure_reports_block_and_leaves_no_output(tmp_path, configureForFailur
     notes = "\n".join(getattr(caught.value, "__notes__", []))
     assert "top=32, left=48" in notes
     assert os.listdir(out) == ["old.tif"]
-    assert hashlib.sha256(open(outfiles.old, "rb").read()).hexdigest() == before
+    assert hashlib.sha256(Path(outfiles.old).read_bytes()).hexdigest() == before
 
 
 def _mkdir(path):
