@@ -5,7 +5,6 @@
     claims/NNNNNN.reissue  the driver lets a second worker run this straggling chunk
     claims/NNNNNN.dup      that second worker's claim
     claims/NNNNNN.redo     the chunk's stored output is unreadable: run it although it is done
-
     claims/worker.<host>-<pid>-<ns>  a worker's badge: its claims are hard links to it
 
 A claim is a hard link to its worker's badge, a file the worker makes once holding its name:
@@ -22,10 +21,10 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-import socket
-import time
 import shutil
+import socket
 import tempfile
+import time
 
 _REISSUE = ".reissue"
 _DUPLICATE = ".dup"

@@ -18,7 +18,7 @@ from poolparty_raster.applier.structures import ApplierBlockDefn, FilenameAssoci
 
 # Fraction of a pixel by which a bound may miss the reference grid and still count as on it.
 _SNAP_TOLERANCE = 1e-6
-# Task sizing (see blocksPerTask): a new interpreter with numpy and rasterio costs 0.4-0.7 s
+# Task sizing (see taskSizes): a new interpreter with numpy and rasterio costs 0.4-0.7 s
 # of CPU, so in array mode (one process per task) a task carries at least 64 blocks of
 # 256 x 256 (4 Mpix: seconds of work for anything but a plain copy); workers mode pays the
 # start-up once per worker and a chunk costs ~1 ms, so small tasks only buy load balance.
