@@ -17,6 +17,7 @@ the subprocesses of a killed driver would.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib
 import json
 import os
@@ -105,9 +106,12 @@ class ForkServer:
     def _read(self) -> None:
         with self._process.stdout:  # closed when the server's end closes: it has exited
             self._relay()
+        self._process.wait()  # reaped, not left a zombie until the garbage collector
         with self._lock:  # the server died: nobody will report on what it started
             self.alive = False
             orphans, self._launches = list(self._launches.values()), {}
+            with contextlib.suppress(OSError):
+                self._process.stdin.close()
         for launch in orphans:
             launch.code = -signal.SIGKILL
             launch.started.set()
