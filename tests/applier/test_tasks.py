@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pytest
 from rasterhelpers import readRaster, writeRaster
 
 from poolparty_raster import applier
@@ -125,3 +126,38 @@ def test_blocks_travel_in_files_that_are_removed(tmp_path, monkeypatch):
     assert len(files) == 12 and all(f.endswith(".blocks") for f in files)
     assert len(set(files)) < len(files)  # a long-lived worker's tasks share its block file
     assert os.listdir(work) == []  # block files, scratch directory and work_dir all gone
+
+
+def copyDyingOnce(info, inputs, outputs, otherArgs):
+    """A copy whose process dies, once, halfway through a task: after the task's first
+    blocks went into its worker's block file."""
+    if (info.blockDefn.top, info.blockDefn.left) == (80, 80) and os.path.exists(otherArgs.flag):
+        os.remove(otherArgs.flag)
+        os._exit(9)
+    outputs.out = inputs.img
+
+
+@pytest.mark.parametrize("singleBlock", [False, True], ids=["inside-a-task", "between-tasks"])
+def test_a_worker_killed_while_writing_its_blocks_loses_nothing(tmp_path, monkeypatch, singleBlock):
+    # One task: it dies with part of its region written. One block a task: the tasks it
+    # finished before are read from the dead worker's block file.
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(work))
+    array = np.arange(160 * 160, dtype=np.int32).reshape((1, 160, 160))
+    infiles, outfiles = applier.FilenameAssociations(), applier.FilenameAssociations()
+    infiles.img = writeRaster(tmp_path / "in.tif", array)
+    outfiles.out = str(tmp_path / "out.tif")
+    otherArgs = applier.OtherInputs()
+    otherArgs.flag = str(tmp_path / "die")
+    open(otherArgs.flag, "w").close()
+    controls = applier.ApplierControls()
+    controls.setWindowSize(16, 16)
+    from poolparty_raster import LocalPool
+    with LocalPool(2, mode="workers", progress=False, polling_interval=0.2) as pool:
+        controls.setPool(pool)
+        controls.setConcurrencyStyle(applier.ConcurrencyStyle(singleBlockComputeWorkers=singleBlock))
+        applier.apply(copyDyingOnce, infiles, outfiles, otherArgs, controls=controls)
+    assert not os.path.exists(otherArgs.flag)  # it did die
+    np.testing.assert_array_equal(readRaster(outfiles.out), array)
+    assert os.listdir(work) == []
