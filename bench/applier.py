@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import rasterio
 
 from bench import rasters
-from bench.common import Row, verdict
+from bench.common import Row, interleaved, verdict
 from poolparty_raster import LocalPool, applier
-from poolparty_raster.applier.gdalcache import (MIN_CACHE_BYTES, inputCacheBytes,
+from poolparty_raster.applier.gdalcache import (effectiveCap, inputCacheBytes,
                                                 outputCacheBytes)
 from poolparty_raster.applier.grid import describeRasters
 
@@ -81,39 +78,6 @@ def run_applier(function: Any, src: str, dst: str, controls: applier.ApplierCont
     applier.apply(function, infiles, outfiles, controls=controls)
 
 
-def interleaved(runs: dict[str, tuple[str | None, Callable[[], Any]]], repeats: int,
-                warmup: bool = False, cpu: dict[str, float] | None = None) -> dict[str, float]:
-    """Median seconds of each (destination, run), in the order A B C, C B A, A B C, ... (so
-    that no arm always follows the same one); each destination is removed, and the dirty
-    pages of earlier runs flushed (``os.sync``), before its run is timed: otherwise an arm
-    pays for the writeback of the arm before it. ``cpu``, if given, receives each arm's
-    median CPU seconds of this process (meaningful for in-process, single-threaded arms: on
-    a shared machine it is far steadier than wall time)."""
-    cpuTimes: dict[str, list[float]] = {name: [] for name in runs}
-
-    def once(dst: str | None, run: Callable[[], Any], name: str | None = None) -> float:
-        if dst is not None and os.path.exists(dst):
-            os.remove(dst)
-        os.sync()
-        start, startCpu = time.perf_counter(), time.process_time()
-        run()
-        if name is not None:
-            cpuTimes[name].append(time.process_time() - startCpu)
-        return time.perf_counter() - start
-    if warmup:
-        for dst, run in runs.values():
-            once(dst, run)
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for repeat in range(repeats):
-        names = list(runs) if repeat % 2 == 0 else list(runs)[::-1]
-        for name in names:
-            dst, run = runs[name]
-            times[name].append(once(dst, run, name))
-    if cpu is not None:
-        cpu.update({name: statistics.median(v) for name, v in cpuTimes.items()})
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
 def rows(quick: bool) -> list[Row]:
     side = rasters.QUICK_SIDE if quick else rasters.FULL_SIDE
     repeats = 1 if quick else 3
@@ -140,12 +104,13 @@ def _copy_rows(side: int, repeats: int, quick: bool, tmp: str) -> list[Row]:
             n = 1 if quick else (15 if codec == "NONE" else 5)
             cpu: dict[str, float] = {}
             t = interleaved({
-                "read": (None, lambda: rasters.floor_read(src)),
-                "floor": (dst_floor, lambda: rasters.floor_copy(src, dst_floor, options)),
-                "capped": (dst_floor, lambda: _cappedFloor(src, dst_floor, options, cap)),
-                "applier": (dst_app, lambda: run_applier(
-                    copy_block, src, dst_app, controls_for({**options, **SERIAL}))),
-            }, n, warmup=not quick, cpu=cpu)
+                "read": lambda: rasters.floor_read(src),
+                "floor": lambda: rasters.floor_copy(src, dst_floor, options),
+                "capped": lambda: _cappedFloor(src, dst_floor, options, cap),
+                "applier": lambda: run_applier(copy_block, src, dst_app,
+                                               controls_for({**options, **SERIAL})),
+            }, n, warmup=not quick, cpu=cpu,
+                outputs={"floor": dst_floor, "capped": dst_floor, "applier": dst_app})
             ratio = t["applier"] / t["floor"]
             cpuRatio = cpu["applier"] / cpu["floor"]
             out.append((f"{dtype} {mpix:.0f} Mpix, {codec}: rasterio loop read / read+write",
@@ -166,9 +131,8 @@ def _applierCacheCap(src: str) -> int:
     """The GDAL_CACHEMAX the applier sets for a copy of ``src`` in 256-pixel windows (a
     plain loop keeps GDAL's default, 5 % of RAM)."""
     info = describeRasters([src])[src]
-    cap = inputCacheBytes([info], info.grid, 256, 256, 0) + outputCacheBytes(
-        256, 256, info.pixelBytes)
-    return max(cap, MIN_CACHE_BYTES)
+    return effectiveCap(inputCacheBytes([info], info.grid, 256, 256, 0)
+                        + outputCacheBytes(256, 256, info.pixelBytes))
 
 
 def _cappedFloor(src: str, dst: str, options: dict[str, str], cap: int) -> None:
@@ -187,14 +151,12 @@ def _parallel_copy_rows(side: int, repeats: int, tmp: str) -> list[Row]:
     options = rasters.creation_options(codec)
     dst = {k: os.path.join(tmp, f"{k}.tif") for k in ("floor", "w2", "serial", "w2one")}
     t = interleaved({
-        "floor": (dst["floor"], lambda: rasters.floor_copy(src, dst["floor"], options)),
-        "w2": (dst["w2"], lambda: run_applier(copy_block, src, dst["w2"],
-                                              controls_for(options, workers=2))),
-        "w2one": (dst["w2one"], lambda: run_applier(copy_block, src, dst["w2one"],
-                                                    controls_for({**options, **SERIAL}, workers=2))),
-        "serial": (dst["serial"], lambda: run_applier(copy_block, src, dst["serial"],
-                                                      controls_for(options))),
-    }, repeats)
+        "floor": lambda: rasters.floor_copy(src, dst["floor"], options),
+        "w2": lambda: run_applier(copy_block, src, dst["w2"], controls_for(options, workers=2)),
+        "w2one": lambda: run_applier(copy_block, src, dst["w2one"],
+                                     controls_for({**options, **SERIAL}, workers=2)),
+        "serial": lambda: run_applier(copy_block, src, dst["serial"], controls_for(options)),
+    }, repeats, outputs=dst)
     ratio = {k: t[k] / t["floor"] for k in ("w2", "w2one", "serial")}
     return [
         ("int16 DEFLATE copy, applier on 2 local workers / serial rasterio loop",
@@ -216,15 +178,14 @@ def _compute_rows(side: int, repeats: int, tmp: str) -> list[Row]:
     with LocalPool(2, mode="workers", progress=False) as workers_pool:
         for name, function, target in (("numpy-heavy", numpy_heavy, 1.75),
                                        ("GIL-bound", gil_bound, 1.7)):
-            dst = {k: os.path.join(tmp, f"{k}.tif") for k in ("s", "w", "m")}
+            dst = {k: os.path.join(tmp, f"{k}.tif") for k in ("serial", "w2", "wm")}
             t = interleaved({
-                "serial": (dst["s"], lambda: run_applier(function, src, dst["s"],
-                                                         controls_for(options))),
-                "w2": (dst["w"], lambda: run_applier(function, src, dst["w"],
-                                                     controls_for(options, workers=2))),
-                "wm": (dst["m"], lambda: run_applier(function, src, dst["m"],
-                                                     controls_for(options, pool=workers_pool))),
-            }, repeats)
+                "serial": lambda: run_applier(function, src, dst["serial"], controls_for(options)),
+                "w2": lambda: run_applier(function, src, dst["w2"],
+                                          controls_for(options, workers=2)),
+                "wm": lambda: run_applier(function, src, dst["wm"],
+                                          controls_for(options, pool=workers_pool)),
+            }, repeats, outputs=dst)
             speedup, wm = t["serial"] / t["w2"], t["serial"] / t["wm"]
             out.append((f"{name} block function: serial / 2 local workers (CW_SUBPROC)",
                         f"{speedup:.2f}x ({t['serial']:.1f} s vs {t['w2']:.1f} s)",

@@ -1,7 +1,7 @@
 """Shared by every suite: interleaved timing, table rows, verdicts, peak-memory probes.
 
 Absolute times on a shared 2-core machine drift from minute to minute, so every comparison
-runs its candidates A B A B ... in the same process and reports the median ratio.
+runs its candidates A B C, C B A, ... in the same process and reports the median ratio.
 """
 from __future__ import annotations
 
@@ -19,24 +19,40 @@ Row = tuple[str, str, str, str]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def timed(run: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    run()
-    return time.perf_counter() - start
+def interleaved(runs: dict[str, Callable[[], Any]], repeats: int, warmup: bool = False,
+                outputs: dict[str, str] | None = None,
+                cpu: dict[str, float] | None = None) -> dict[str, float]:
+    """Median seconds of each run, in the order A B C, C B A, A B C, ... (so that drift hits
+    all alike and no arm always follows the same one).
 
+    ``warmup`` runs each once unmeasured first (page cache, imports, lazy pool threads).
+    ``outputs`` names the file an arm writes: it is removed, and the dirty pages of earlier
+    runs flushed (``os.sync``), before the arm is timed; otherwise an arm pays for replacing
+    the last run's file, or for the writeback of the arm before it. ``cpu``, if given,
+    receives each arm's median CPU seconds of this process (meaningful for in-process,
+    single-threaded arms: on a shared machine it is far steadier than wall time)."""
+    outputs = outputs or {}
+    cpuTimes: dict[str, list[float]] = {name: [] for name in runs}
 
-def interleaved(runs: dict[str, Callable[[], Any]], repeats: int,
-                warmup: bool = False) -> dict[str, float]:
-    """Median seconds of each run, measured A B A B so that drift hits all alike.
-
-    ``warmup`` runs each once unmeasured first (page cache, imports, lazy pool threads)."""
+    def once(name: str) -> tuple[float, float]:
+        if name in outputs:
+            if os.path.exists(outputs[name]):
+                os.remove(outputs[name])
+            os.sync()
+        start, startCpu = time.perf_counter(), time.process_time()
+        runs[name]()
+        return time.perf_counter() - start, time.process_time() - startCpu
     if warmup:
-        for run in runs.values():
-            run()
+        for name in runs:
+            once(name)
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            times[name].append(timed(run))
+    for repeat in range(repeats):
+        for name in list(runs) if repeat % 2 == 0 else list(runs)[::-1]:
+            wall, cpuSeconds = once(name)
+            times[name].append(wall)
+            cpuTimes[name].append(cpuSeconds)
+    if cpu is not None:
+        cpu.update({name: statistics.median(v) for name, v in cpuTimes.items()})
     return {name: statistics.median(values) for name, values in times.items()}
 
 

@@ -8,8 +8,8 @@ import tempfile
 
 import poolparty_raster as pp
 from bench import rasters
-from bench.applier import controls_for, copy_block, interleaved, run_applier
-from bench.common import Row, verdict
+from bench.applier import controls_for, copy_block, run_applier
+from bench.common import Row, interleaved, verdict
 from bench.pools import trivial
 
 
@@ -22,9 +22,8 @@ def _trivial_rows(quick: bool) -> list[Row]:
     n, repeats = (100, 1) if quick else (1000, 2)
     with pp.LocalPool(2, mode="workers", progress=False) as workers, \
             pp.LocalPool(2, mode="array", progress=False) as array:
-        t = interleaved({"workers": (None, lambda: workers.map(trivial, range(n), chunksize=1)),
-                         "array": (None, lambda: array.map(trivial, range(n), chunksize=1))},
-                        repeats)
+        t = interleaved({"workers": lambda: workers.map(trivial, range(n), chunksize=1),
+                         "array": lambda: array.map(trivial, range(n), chunksize=1)}, repeats)
     speedup = t["array"] / t["workers"]
     return [(f"{n:,} trivial tasks in {n:,} chunks, LocalPool(2): array mode / workers mode",
              f"{speedup:.1f}x faster ({t['workers']:.2f} s vs {t['array']:.1f} s; "
@@ -49,12 +48,11 @@ def _raster_rows(quick: bool) -> list[Row]:
                 options = {**rasters.creation_options(codec), **extra}
                 large, single = os.path.join(tmp, "large.tif"), os.path.join(tmp, "single.tif")
                 t = interleaved({
-                    "large": (large, lambda: run_applier(copy_block, src, large,
-                                                         controls_for(options, pool=pool))),
-                    "single": (single, lambda: run_applier(
-                        copy_block, src, single, controls_for(options, single_block=True,
-                                                              pool=pool))),
-                }, repeats)
+                    "large": lambda: run_applier(copy_block, src, large,
+                                                 controls_for(options, pool=pool)),
+                    "single": lambda: run_applier(copy_block, src, single, controls_for(
+                        options, single_block=True, pool=pool)),
+                }, repeats, outputs={"large": large, "single": single})
                 ratio = t["single"] / t["large"]
                 blocks = len(rasters.windows(side, side))
                 out.append((f"int16 copy, {label}, workers mode: {blocks} 1-block chunks / large chunks",

@@ -77,6 +77,12 @@ def _sourcePixelsPerGridPixel(info: RasterInfo, grid: WorkingGrid) -> float:
     return max(1.0, abs(grid.transform.a * grid.transform.e) / source) if source else 1.0
 
 
+def effectiveCap(nbytes: int) -> int:
+    """The GDAL_CACHEMAX a cap of ``nbytes`` sets: at least MIN_CACHE_BYTES, never above
+    GDAL's own default."""
+    return min(max(nbytes, MIN_CACHE_BYTES), _gdalDefault())
+
+
 def _gdalDefault() -> int:
     try:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -109,5 +115,4 @@ class CacheCap:
         if self.nbytes is not None:
             # rasterio applies GDAL_CACHEMAX at once (GDALSetCacheMax64) and restores the
             # previous size when the innermost Env exits.
-            cap = min(max(self.nbytes, MIN_CACHE_BYTES), _gdalDefault())
-            self._stack.enter_context(rasterio.Env(GDAL_CACHEMAX=cap))
+            self._stack.enter_context(rasterio.Env(GDAL_CACHEMAX=effectiveCap(self.nbytes)))

@@ -198,9 +198,10 @@ def taskSizes(numBlocks: int, parallelism: int, singleBlock: bool, how: str,
     perSlot = TASKS_PER_WORKER_ARRAY if how == "array" else TASKS_PER_WORKER_WORKERS
     minPixels = {"array": MIN_TASK_PIXELS_ARRAY, "workers": MIN_TASK_PIXELS_WORKERS}.get(how, 0)
     maxPixels = MAX_INBAND_TASK_PIXELS if how == "threads" else MAX_TASK_PIXELS
-    largest = max(math.ceil(numBlocks / (perSlot * slots)), math.ceil(minPixels / blockPixels))
-    largest = max(1, min(largest, maxPixels // blockPixels))
-    smallest = max(1, min(largest, math.ceil(minPixels / blockPixels)))
+    minBlocks = math.ceil(minPixels / blockPixels)
+    largest = max(1, min(max(math.ceil(numBlocks / (perSlot * slots)), minBlocks),
+                         maxPixels // blockPixels))
+    smallest = max(1, min(largest, minBlocks))
     sizes = []
     left = numBlocks
     while left > 0:

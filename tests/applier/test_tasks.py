@@ -111,8 +111,7 @@ def test_num_compute_workers_means_workers_mode():
 
 def test_blocks_travel_in_files_that_are_removed(tmp_path, monkeypatch):
     work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(work))
+    work.mkdir()  # where conftest puts every test's work_dirs
     files = []
     real = poolfactory.Scratch.file
 
@@ -138,12 +137,11 @@ def copyDyingOnce(info, inputs, outputs, otherArgs):
 
 
 @pytest.mark.parametrize("singleBlock", [False, True], ids=["inside-a-task", "between-tasks"])
-def test_a_worker_killed_while_writing_its_blocks_loses_nothing(tmp_path, monkeypatch, singleBlock):
+def test_a_worker_killed_while_writing_its_blocks_loses_nothing(tmp_path, singleBlock):
     # One task: it dies with part of its region written. One block a task: the tasks it
     # finished before are read from the dead worker's block file.
     work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.setenv("POOLPARTY_RASTER_WORK_DIR_ROOT", str(work))
+    work.mkdir()  # where conftest puts every test's work_dirs
     array = np.arange(160 * 160, dtype=np.int32).reshape((1, 160, 160))
     infiles, outfiles = applier.FilenameAssociations(), applier.FilenameAssociations()
     infiles.img = writeRaster(tmp_path / "in.tif", array)
