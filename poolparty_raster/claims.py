@@ -31,7 +31,7 @@ _DUPLICATE = ".dup"
 _REDO = ".redo"
 _BADGE_PREFIX = "worker."
 # What os.link raises where the filesystem has no hard links: claims are O_EXCL files there.
-_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS}
+NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS}
 # Claims a worker tries one by one before it lists claims/ (a round trip each on NFS: many
 # workers racing for the same chunks list instead).
 DIRECT_TRIES = 4
@@ -191,7 +191,7 @@ class Claims:
                 if exc.errno == errno.EMLINK:  # the badge has all the links it can have
                     self._badge = None
                     return self._create(path, worker)
-                if exc.errno not in _NO_HARD_LINKS:
+                if exc.errno not in NO_HARD_LINKS:
                     raise
                 self._hard_links = False
         try:

@@ -63,7 +63,7 @@ class MapRun:
         self.archived = work_dir.archived_chunks()
         self.finished: set[int] = set(self.archived)
         self._resumed = sorted(self.archived)
-        self.unreduced: set[int] = set()
+        self.unreduced: dict[int, list[str]] = {}  # chunk -> the kinds of its loose outputs
         self.lost_chunks: set[int] = set()   # disjoint from finished
         self._lost_captures: dict[str, str] = {}
         self._fresh: list[int] = []  # finished chunks not yet handed to the consumer
@@ -194,7 +194,7 @@ class MapRun:
             if "result" in files["final"] and chunk not in self.finished and chunk in self.chunks:
                 self.finished.add(chunk)
                 self.kinds_seen[chunk] = files["final"]
-                self.unreduced.add(chunk)
+                self.unreduced[chunk] = files["final"]
                 self.lost_chunks.discard(chunk)  # its result arrived after all
                 new.append(chunk)
         if new:
@@ -325,7 +325,7 @@ class MapRun:
         """A finished chunk whose output cannot be read counts as not run: its loose outputs
         are removed and it is resubmitted (or lost, when out of attempts)."""
         self.finished.discard(chunk)
-        self.unreduced.discard(chunk)
+        self.unreduced.pop(chunk, None)
         self.archived.discard(chunk)
         self.work_dir.discard_loose(chunk)
         self.work_dir.log("unreadable_output", chunk=chunk, reason=reason)
@@ -344,13 +344,14 @@ class MapRun:
                     self.work_dir.discard_loose(chunk)
                 for name in files["live"]:  # captures of attempts cancelled or superseded
                     self._lost_captures.setdefault(name, f"{chunk_key(chunk)}.orphan.{name.split('.')[1]}")
-        if not self.unreduced and not self._lost_captures:
-            return
-        self.work_dir.reduce(self.unreduced, self._lost_captures)
-        self.work_dir.log("reduced", chunks=len(self.unreduced))
-        self.archived |= self.unreduced
-        self.unreduced = set()
-        self._lost_captures = {}
+        if self.unreduced or self._lost_captures:
+            self.work_dir.reduce(self.unreduced, self._lost_captures)
+            self.work_dir.log("reduced", chunks=len(self.unreduced))
+            self.archived |= self.unreduced.keys()
+            self.unreduced = {}
+            self._lost_captures = {}
+        if final:
+            self.work_dir.remove_result_logs()
 
     def _cancel_leftovers(self) -> None:
         """Cancel the duplicates of chunks that finished anyway (a resubmission whose earlier

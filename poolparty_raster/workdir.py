@@ -13,13 +13,17 @@ Layout (every file mode 0600, the directory 0700; see DESIGN.md)::
     tasks.stdout.zip
     tasks.stderr.zip
     chunk-NNNNNN.*        a worker's loose outputs, until the driver reduces them
+    results.<worker>      workers mode: a worker's result log; its chunks' results are hard
+                          links to it (resultlog.py)
 
 A worker writes ``.stdout``/``.stderr``/``.exception`` first and ``.result`` last, each under a
 temporary name renamed into place: a chunk is finished exactly when its result exists.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -33,6 +37,7 @@ from typing import IO, Any
 
 import cloudpickle
 
+from poolparty_raster import resultlog
 from poolparty_raster.claims import Claims
 
 ARCHIVE_KINDS = ("result", "exception", "stdout", "stderr")
@@ -176,6 +181,7 @@ class WorkDir:
         # kind -> (which version of the file: inode, mtime, size; the archive opened)
         self._archives: dict[str, tuple[tuple[int, int, int], zipfile.ZipFile]] = {}
         self.claims = Claims(self.file("claims"))  # workers mode: who runs which chunk
+        self._logs = resultlog.LogIndex()  # where the results linked to result logs are
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
@@ -248,6 +254,12 @@ class WorkDir:
         # than a small chunk's work.
         atomic_write(self.file(loose_name(chunk, kind)), data, durable=False)
 
+    def write_result(self, chunk: int, data: bytes, log: resultlog.ResultLog | None = None) -> None:
+        """A chunk's result, which commits it: a record in the worker's result log where it
+        keeps one (workers mode), else a file of its own."""
+        if log is None or not log.publish(self.file(loose_name(chunk, "result")), chunk, data):
+            self.write_loose(chunk, "result", data)
+
     # -- the driver's side -------------------------------------------------------------
     def scan(self) -> dict[int, dict[str, list[str]]]:
         """Loose worker files by chunk: ``{chunk: {"final": [kinds], "live": [file names]}}``."""
@@ -284,7 +296,7 @@ class WorkDir:
     def read_output(self, chunk: int, kind: str) -> bytes | None:
         """A chunk's output of one kind, loose or archived; None when there is none."""
         try:
-            with open(self.file(loose_name(chunk, kind)), "rb") as f:
+            with self._open_loose(loose_name(chunk, kind)) as f:
                 return f.read()
         except FileNotFoundError:
             pass
@@ -325,22 +337,20 @@ class WorkDir:
             except FileNotFoundError:
                 pass
 
-    def reduce(self, chunks: Iterable[int], lost_captures: dict[str, str] | None = None) -> int:
-        """Move finished chunks' loose files into the archives, then delete them.
+    def reduce(self, chunks: dict[int, list[str]], lost_captures: dict[str, str] | None = None) -> int:
+        """Move finished chunks' loose files (``{chunk: kinds}``, as the scan saw them) into
+        the archives, then delete them.
 
         Each archive is rewritten under a temporary name and renamed, so it is valid at every
         instant; loose files are deleted only after every archive holding them is in place.
         ``lost_captures`` maps live capture files of dead attempts to their archive entry name.
         Returns the number of loose files removed.
         """
-        chunks = sorted(set(chunks))
         lost_captures = lost_captures or {}
         additions: dict[str, dict[str, str]] = {k: {} for k in ARCHIVE_KINDS}
-        for chunk in chunks:
-            for kind in ARCHIVE_KINDS:
-                name = loose_name(chunk, kind)
-                if os.path.exists(self.file(name)):
-                    additions[kind][chunk_key(chunk)] = name
+        for chunk in sorted(chunks):
+            for kind in chunks[chunk]:
+                additions[kind][chunk_key(chunk)] = loose_name(chunk, kind)
         for capture, entry in lost_captures.items():
             kind = parse_loose_name(capture)[1]
             additions[kind][entry] = capture
@@ -357,6 +367,26 @@ class WorkDir:
                     pass
         return removed
 
+    def remove_result_logs(self) -> None:
+        """Remove the result logs' own names that workers killed before their end left: every
+        result linked to them is archived when the driver calls this."""
+        with os.scandir(self.path) as entries:
+            for entry in entries:
+                if resultlog.is_log_name(entry.name):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+
+    def _open_loose(self, name: str) -> IO[bytes]:
+        """A loose file's content: a result that is a link to a worker's result log reads
+        as its chunk's record alone."""
+        f = open(self.file(name), "rb")
+        parsed = parse_loose_name(name)
+        if parsed is None or parsed[1] != "result" or f.read(len(resultlog.MAGIC)) != resultlog.MAGIC:
+            f.seek(0)
+            return f
+        with f:
+            return io.BytesIO(self._logs.read(f.fileno(), parsed[0], name))
+
     def _extend_archive(self, kind: str, entries: dict[str, str]) -> None:
         path = self.archive_path(kind)
 
@@ -372,7 +402,7 @@ class WorkDir:
                     pass
                 for entry, name in entries.items():
                     try:
-                        src = open(self.file(name), "rb")
+                        src = self._open_loose(name)
                     except FileNotFoundError:
                         if kind not in ("stdout", "stderr"):
                             raise

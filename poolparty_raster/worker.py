@@ -196,9 +196,10 @@ HEARTBEAT_SECONDS = 5.0  # how often a worker in workers mode touches its claim
 
 
 def run_and_store(work_dir: Any, manifest: Any, load_function: Callable[[], Any],
-                  chunk: int, captures: Captures) -> bool:
-    """Run one chunk with its output captured, and store its outputs; the result goes last.
-    Returns whether the function could be loaded."""
+                  chunk: int, captures: Captures, results: Any = None) -> bool:
+    """Run one chunk with its output captured, and store its outputs; the result goes last
+    (into ``results``, a worker's ResultLog, when given). Returns whether the function could
+    be loaded."""
     from poolparty_raster import workdir
 
     captures.start(chunk)
@@ -207,7 +208,7 @@ def run_and_store(work_dir: Any, manifest: Any, load_function: Callable[[], Any]
         work_dir.write_loose(chunk, "exception", workdir.dump_exceptions(errors))
     captures.finish(chunk)
     # The result goes last: its presence is what tells the driver the chunk is finished.
-    work_dir.write_loose(chunk, "result", workdir.dump_results(values))
+    work_dir.write_result(chunk, workdir.dump_results(values), results)
     return loaded
 
 
@@ -235,17 +236,23 @@ def claim_and_run(work_dir: Any, manifest: Any, load_function: Callable[[], Any]
     """Workers mode: claim the next free chunk, run it, and again, until none is left. A
     worker whose node cannot load the function fails the chunk it holds and stops, leaving
     the rest to workers elsewhere."""
+    from poolparty_raster.resultlog import ResultLog
+
     num_chunks = manifest.num_chunks
     name = f"{worker} {socket.gethostname()} {os.getpid()}"
     done = work_dir.finished_chunks()
     heartbeat = Heartbeat()
-    while (claimed := work_dir.claims.claim_next(num_chunks, name, done)) is not None:
-        chunk, heartbeat.claim = claimed
-        try:
-            if not run_and_store(work_dir, manifest, load_function, chunk, captures):
-                return
-        finally:
-            heartbeat.claim = None
+    results = ResultLog(work_dir.path)
+    try:
+        while (claimed := work_dir.claims.claim_next(num_chunks, name, done)) is not None:
+            chunk, heartbeat.claim = claimed
+            try:
+                if not run_and_store(work_dir, manifest, load_function, chunk, captures, results):
+                    return
+            finally:
+                heartbeat.claim = None
+    finally:
+        results.close()
 
 
 _serving_a_map = False
