@@ -37,6 +37,12 @@ NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errn
 DIRECT_TRIES = 4
 
 
+def process_token() -> str:
+    """``<host>-<pid>-<ns>``: names this process's own files on a filesystem that many hosts
+    share, unique also after a pid is reused."""
+    return f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
+
+
 def _key(chunk: int) -> str:
     return f"{chunk:06d}"
 
@@ -205,8 +211,7 @@ class Claims:
     def _badge_of(self, worker: str) -> tuple[str, str, int]:
         """This worker's badge, made on its first claim and complete before any link to it."""
         if self._badge is None or self._badge[0] != worker:
-            token = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
-            path = os.path.join(self.path, _BADGE_PREFIX + token)
+            path = os.path.join(self.path, _BADGE_PREFIX + process_token())
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(worker)

@@ -344,6 +344,8 @@ class MapRun:
                     self.work_dir.discard_loose(chunk)
                 for name in files["live"]:  # captures of attempts cancelled or superseded
                     self._lost_captures.setdefault(name, f"{chunk_key(chunk)}.orphan.{name.split('.')[1]}")
+            for name in self.work_dir.worker_captures():  # of workers gone between chunks
+                self._lost_captures.setdefault(name, name.removesuffix(".part"))
         if self.unreduced or self._lost_captures:
             self.work_dir.reduce(self.unreduced, self._lost_captures)
             self.work_dir.log("reduced", chunks=len(self.unreduced))

@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 import struct
-import time
 import zlib
 
-from poolparty_raster.claims import NO_HARD_LINKS
+from poolparty_raster.claims import NO_HARD_LINKS, process_token
 
 MAGIC = b"PPRL"
 _HEADER = struct.Struct("<4sQQI")
@@ -99,8 +97,7 @@ class ResultLog:
         raise FileNotFoundError(errno.ENOENT, "the result log vanished twice", self.directory)
 
     def _start(self) -> None:
-        token = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
-        path = os.path.join(self.directory, PREFIX + token)
+        path = os.path.join(self.directory, PREFIX + process_token())
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         self.path, self.records = path, 0
 

@@ -15,6 +15,8 @@ Layout (every file mode 0600, the directory 0700; see DESIGN.md)::
     chunk-NNNNNN.*        a worker's loose outputs, until the driver reduces them
     results.<worker>      workers mode: a worker's result log; its chunks' results are hard
                           links to it (resultlog.py)
+    capture.<worker>.*.part  workers mode: a worker's live stdout and stderr, kept from chunk
+                          to chunk while empty (a chunk's output moves to chunk-NNNNNN.stderr)
 
 A worker writes ``.stdout``/``.stderr``/``.exception`` first and ``.result`` last, each under a
 temporary name renamed into place: a chunk is finished exactly when its result exists.
@@ -27,7 +29,6 @@ import io
 import json
 import os
 import pickle
-import socket
 import tempfile
 import time
 import zipfile
@@ -38,13 +39,14 @@ from typing import IO, Any
 import cloudpickle
 
 from poolparty_raster import resultlog
-from poolparty_raster.claims import Claims
+from poolparty_raster.claims import Claims, process_token
 
 ARCHIVE_KINDS = ("result", "exception", "stdout", "stderr")
 _ARCHIVE_NAMES = {"result": "tasks.results.zip", "exception": "tasks.exceptions.zip",
                   "stdout": "tasks.stdout.zip", "stderr": "tasks.stderr.zip"}
 _LIVE_SUFFIX = ".part"
 _CHUNK_PREFIX = "chunk-"
+_WORKER_CAPTURE_PREFIX = "capture."
 
 
 def atomic_write(path: str, write: Callable[[IO[bytes]], Any] | bytes, durable: bool = True) -> None:
@@ -95,8 +97,28 @@ def loose_name(chunk: int, kind: str) -> str:
 
 def live_capture_name(chunk: int, stream: str) -> str:
     """Name of the file a running attempt streams its stdout or stderr into."""
-    token = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
-    return f"{_CHUNK_PREFIX}{chunk_key(chunk)}.{stream}.{token}{_LIVE_SUFFIX}"
+    return f"{_CHUNK_PREFIX}{chunk_key(chunk)}.{stream}.{process_token()}{_LIVE_SUFFIX}"
+
+
+def worker_capture_name(stream: str) -> str:
+    """Workers mode: the file a worker streams stdout or stderr into, whichever chunk it runs
+    (renaming it for each chunk cost two renames a chunk). It belongs to the chunk that the
+    worker's claim names; a chunk's output moves to the chunk's own file when it finishes."""
+    return f"{_WORKER_CAPTURE_PREFIX}{process_token()}.{stream}{_LIVE_SUFFIX}"
+
+
+def parse_worker_capture(name: str) -> tuple[str, int, str] | None:
+    """``capture.<host>-<pid>-<ns>.stderr.part`` -> (host, pid, "stderr")."""
+    if not (name.startswith(_WORKER_CAPTURE_PREFIX) and name.endswith(_LIVE_SUFFIX)):
+        return None
+    token, _, stream = name[len(_WORKER_CAPTURE_PREFIX):-len(_LIVE_SUFFIX)].rpartition(".")
+    parts = token.rsplit("-", 2)  # a host name may hold dashes and dots
+    if stream not in ("stdout", "stderr") or len(parts) != 3 or not parts[1].isdigit():
+        return None
+    return parts[0], int(parts[1]), stream
+    token, _, stream = name[len(_WORKER_CAPTURE_PREFIX):-len(_LIVE_SUFFIX)].rpartition(".")
+    host, _, rest = token.partition("-") if token.count("-") < 2 else token.rsplit("-", 2)[0:1] + ["", "-".join(token.rsplit("-", 2)[1:])]
+    return None
 
 
 def parse_loose_name(name: str) -> tuple[int, str, bool] | None:
@@ -274,6 +296,16 @@ class WorkDir:
                 slot["live" if live else "final"].append(entry.name if live else kind)
         return found
 
+    def worker_captures(self, process: tuple[str, int] | None = None) -> list[str]:
+        """Workers mode's live captures, of one (host, pid) or of every worker."""
+        names = []
+        with os.scandir(self.path) as entries:
+            for entry in entries:
+                parsed = parse_worker_capture(entry.name)
+                if parsed is not None and (process is None or parsed[:2] == process):
+                    names.append(entry.name)
+        return names
+
     def finished_chunks(self) -> set[int]:
         """Chunks with a result, archived or loose."""
         return self.chunks_with("result")
@@ -352,7 +384,7 @@ class WorkDir:
             for kind in chunks[chunk]:
                 additions[kind][chunk_key(chunk)] = loose_name(chunk, kind)
         for capture, entry in lost_captures.items():
-            kind = parse_loose_name(capture)[1]
+            kind = "stderr" if ".stderr." in capture else "stdout"
             additions[kind][entry] = capture
         for kind, entries in additions.items():
             if entries:

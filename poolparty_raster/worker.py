@@ -95,27 +95,30 @@ def chunk_from_arguments(argv: Sequence[str], environ: os._Environ | dict[str, s
 
 class Captures:
     """fds 1 and 2 of this process point at live capture files in the work_dir, so output of
-    C extensions and subprocesses is caught too. The files are made once per process and
-    renamed for each chunk: most chunks print nothing, and creating and removing two files a
-    chunk would cost more than a small chunk's work."""
+    C extensions and subprocesses is caught too. A worker in workers mode names them after
+    itself and keeps them from chunk to chunk while they stay empty: most chunks print
+    nothing, and creating, renaming and removing two files a chunk would cost more than a
+    small chunk's work. A process that runs one chunk names them after the chunk."""
 
-    def __init__(self, work_dir: Any):
+    def __init__(self, work_dir: Any, per_worker: bool):
         self.work_dir = work_dir
+        self.per_worker = per_worker
         self.paths: dict[str, str] = {}
 
     def start(self, chunk: int) -> None:
-        from poolparty_raster.workdir import live_capture_name
+        from poolparty_raster.workdir import live_capture_name, worker_capture_name
 
+        if len(self.paths) == 2:  # both empty since the last chunk
+            return
         for fd, stream in ((1, "stdout"), (2, "stderr")):
-            path = self.work_dir.file(live_capture_name(chunk, stream))
-            if stream in self.paths:  # empty since the last chunk: reuse it under this one's name
-                os.rename(self.paths[stream], path)
-            else:
-                target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
-                sys.stdout.flush() if fd == 1 else sys.stderr.flush()
-                os.dup2(target, fd)
-                os.close(target)
-            self.paths[stream] = path
+            if stream in self.paths:
+                continue
+            name = worker_capture_name(stream) if self.per_worker else live_capture_name(chunk, stream)
+            path = self.paths[stream] = self.work_dir.file(name)
+            target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+            sys.stdout.flush() if fd == 1 else sys.stderr.flush()
+            os.dup2(target, fd)
+            os.close(target)
         sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
         sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
 
@@ -277,7 +280,7 @@ def main(work_dir_path: str, argv: Sequence[str]) -> int:
               file=sys.stderr)
         return 0
     load_function = functools.cache(work_dir.load_function)  # once per process
-    captures = Captures(work_dir)
+    captures = Captures(work_dir, per_worker=manifest.mode == "workers")
     try:
         if manifest.mode == "workers":
             claim_and_run(work_dir, manifest, load_function, index, captures)

@@ -54,6 +54,12 @@ def holder_id(holder: str) -> int | None:
     return int(first) if first.isdigit() else None
 
 
+def holder_process(holder: str) -> tuple[str, int] | None:
+    """The (host, pid) of a claim's worker process."""
+    parts = holder.split()
+    return (parts[1], int(parts[2])) if len(parts) == 3 and parts[2].isdigit() else None
+
+
 class WorkersRun(MapRun):
     """A MapRun whose jobs are workers (numbered 0, 1, ...) rather than chunks."""
 
@@ -229,7 +235,9 @@ class WorkersRun(MapRun):
                 self._cancel_elements({self.workers[worker].job_id: [worker]})
             reason = (self.workers[worker].reason if gone and worker in self.workers else
                       f"no heartbeat for {now - self._beats[chunk][1]:.0f} s")
-            self._release(chunk, holder, reason or "its worker is gone")
+            process = holder_process(holder)
+            captures = self.work_dir.worker_captures(process) if process else []
+            self._release(chunk, holder, reason or "its worker is gone", captures)
             released = True
         return released
 
@@ -239,12 +247,13 @@ class WorkersRun(MapRun):
         claims = self._claims()[0]
         for chunk, reason in dead:
             self.work_dir.claims.redo(chunk)  # workers count it done: its result is archived
-            self._release(chunk, claims.get(chunk, ("",))[0], reason)
+            self._release(chunk, claims.get(chunk, ("",))[0], reason, [])
 
-    def _release(self, chunk: int, holder: str, reason: str) -> None:
+    def _release(self, chunk: int, holder: str, reason: str, captures: list[str]) -> None:
+        """Free the chunk (or give up on it); ``captures``: its dead worker's, which hold
+        what the chunk printed."""
         self.releases[chunk] = self.releases.get(chunk, 0) + 1
         self.chunks[chunk].attempts = self.releases[chunk]
-        captures = self.work_dir.scan().get(chunk, {}).get("live", [])
         self._archive_dead_attempt(chunk, reason, captures)
         self.work_dir.log("lost", chunk=chunk, holder=holder, reason=reason)
         self._claim_seen.pop(chunk, None)

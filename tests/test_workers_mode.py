@@ -5,6 +5,7 @@ import errno
 import multiprocessing
 import os
 import sys
+import zipfile
 
 import cloudpickle
 import pytest
@@ -106,3 +107,26 @@ def test_few_long_lived_workers_run_many_chunks(tmp_path):
     pids = pool.map(pid_of_task, range(40), chunksize=1)
     assert len(set(pids)) <= 2  # 40 chunks, but no more than two worker processes
     assert not os.path.exists(tmp_path / "w" / "claims")
+
+
+def prints_then_dies_on_five(x):
+    if x in (2, 5):
+        print(f"chunk {x} speaking", file=sys.stderr, flush=True)
+    if x == 5:
+        os._exit(3)
+    return x
+
+
+def test_a_workers_capture_goes_to_the_chunk_it_ran(tmp_path):
+    """Workers name their captures after themselves: what a chunk printed still reaches that
+    chunk's record, and a dead worker's output its dying chunk's report alone."""
+    path = tmp_path / "w"
+    pool = pp.LocalPool(1, mode="workers", max_num_resubmissions=0, progress=False,
+                        polling_interval=0.2, work_dir=str(path))
+    with pytest.raises(pp.TaskLostError) as info:
+        pool.map(prints_then_dies_on_five, range(8), chunksize=1)
+    assert info.value.stderr_tails == {5: ["chunk 5 speaking"]}
+    with zipfile.ZipFile(path / "tasks.stderr.zip") as z:
+        assert z.read("000002") == b"chunk 2 speaking\n"
+        assert z.read("000005.attempt-1.stderr") == b"chunk 5 speaking\n"
+        assert not [n for n in z.namelist() if n.startswith(("000000", "000001", "000003"))]

@@ -23,14 +23,13 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import socket
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from poolparty_raster.applier.structures import ApplierBlockDefn, Timers
+from poolparty_raster.claims import process_token
 
 Key = tuple[str, int | None]
 Layout = list[tuple[str, int]]   # per output: (dtype string, bands)
@@ -91,8 +90,7 @@ class BlockWriter:
         return region
 
     def _start(self) -> None:
-        token = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
-        self.name = token + SUFFIX
+        self.name = process_token() + SUFFIX
         os.close(os.open(os.path.join(self.directory, self.name),
                          os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         self.regions = 0
