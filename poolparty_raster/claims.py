@@ -25,6 +25,7 @@ import shutil
 import socket
 import tempfile
 import time
+from typing import Any
 
 _REISSUE = ".reissue"
 _DUPLICATE = ".dup"
@@ -50,7 +51,7 @@ def _key(chunk: int) -> str:
 class Claims:
     def __init__(self, path: str):
         self.path = path
-        self._holders: dict[int, tuple[int, str]] = {}  # chunk -> (inode, holder): read once
+        self._holders: dict[Any, str] = {}  # badge inode, or (chunk, inode) -> holder
         self._cursor = 0  # a worker's: the next chunk it tries to claim directly
         self._badge: tuple[str, str, int] | None = None  # a worker's: (name, path, inode)
         self._hard_links = True
@@ -67,8 +68,9 @@ class Claims:
 
     def held(self) -> dict[int, tuple[str, float]]:
         """{chunk: (holder, heartbeat mtime)} of every first-run claim present. A claim's
-        holder is read once it is written (a new claim of the chunk is a new file); a claim
-        just made may show an empty holder."""
+        holder is read once per badge (its links share its inode, and a badge stays till the
+        map ends, so its inode is not reused), an O_EXCL claim once per chunk and inode. A
+        claim just made may show an empty holder."""
         found = {}
         try:
             entries = list(os.scandir(self.path))
@@ -79,16 +81,17 @@ class Claims:
                 continue
             chunk = int(entry.name)
             try:
-                mtime = entry.stat().st_mtime
-                known = self._holders.get(chunk)
-                if known is None or known[0] != entry.inode():
+                info = entry.stat()
+                key = entry.inode() if info.st_nlink > 1 else (chunk, entry.inode())
+                holder = self._holders.get(key)
+                if holder is None:
                     with open(entry.path) as f:
-                        known = (entry.inode(), f.read())
-                    if known[1]:  # empty: its worker is still writing its name
-                        self._holders[chunk] = known
+                        holder = f.read()
+                    if holder:  # empty: its worker is still writing its name
+                        self._holders[key] = holder
             except FileNotFoundError:
                 continue
-            found[chunk] = (known[1], mtime)
+            found[chunk] = (holder, info.st_mtime)
         return found
 
     def duplicates(self) -> dict[int, str]:

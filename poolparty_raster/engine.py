@@ -197,13 +197,19 @@ class MapRun:
                 self.unreduced[chunk] = files["final"]
                 self.lost_chunks.discard(chunk)  # its result arrived after all
                 new.append(chunk)
+        self._fresh.extend(new)
         if new:
             self.submissions.drop(new)
             self.progress.advance(sum(len(self.manifest.chunk_range(c)) for c in new))
-            if len(self.unreduced) >= max(REDUCE_AT_LEAST, len(self.archived)):
+            if len(self._reducible()) >= max(REDUCE_AT_LEAST, len(self.archived)):
                 self._reduce()
-        self._fresh.extend(new)
         return bool(new)
+
+    def _reducible(self) -> dict[int, list[str]]:
+        """Unreduced chunks the consumer has had: it reads the fresh ones next, and a loose
+        file reads faster than an archive entry."""
+        waiting = set(self._fresh)
+        return {c: kinds for c, kinds in self.unreduced.items() if c not in waiting}
 
     def _safe_poll(self) -> PollResult | None:
         """One scheduler poll; a failing command costs a poll (None), not the map, unless its
@@ -346,11 +352,12 @@ class MapRun:
                     self._lost_captures.setdefault(name, f"{chunk_key(chunk)}.orphan.{name.split('.')[1]}")
             for name in self.work_dir.worker_captures():  # of workers gone between chunks
                 self._lost_captures.setdefault(name, name.removesuffix(".part"))
-        if self.unreduced or self._lost_captures:
-            self.work_dir.reduce(self.unreduced, self._lost_captures)
-            self.work_dir.log("reduced", chunks=len(self.unreduced))
-            self.archived |= self.unreduced.keys()
-            self.unreduced = {}
+        chunks = self.unreduced if final else self._reducible()
+        if chunks or self._lost_captures:
+            self.work_dir.reduce(chunks, self._lost_captures)
+            self.work_dir.log("reduced", chunks=len(chunks))
+            self.archived |= chunks.keys()
+            self.unreduced = {c: k for c, k in self.unreduced.items() if c not in chunks}
             self._lost_captures = {}
         if final:
             self.work_dir.remove_result_logs()

@@ -29,6 +29,7 @@ import io
 import json
 import os
 import pickle
+import shutil
 import tempfile
 import time
 import zipfile
@@ -60,7 +61,7 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], Any] | bytes, durable: 
     directory, name = os.path.split(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory or ".")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "w+b") as f:  # readable too: a zip appended to reads its directory
             if isinstance(write, (bytes, bytearray, memoryview)):
                 f.write(write)
             else:
@@ -420,18 +421,30 @@ class WorkDir:
             return io.BytesIO(self._logs.read(f.fileno(), parsed[0], name))
 
     def _extend_archive(self, kind: str, entries: dict[str, str]) -> None:
+        """The archive of this kind with ``entries`` ({entry: loose file name}) added: a copy
+        of the old archive's bytes with the new entries appended (re-encoding each old entry
+        cost more than all else a reduce does), or, where an entry replaces one (a chunk
+        run again), the old entries but those rewritten one by one."""
         path = self.archive_path(kind)
+        try:
+            with zipfile.ZipFile(path) as old:
+                replaced = not entries.keys().isdisjoint(old.namelist())
+        except FileNotFoundError:
+            replaced = None
 
         def write(f: IO[bytes]) -> None:
-            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as out:
-                try:
+            mode = "w"
+            if replaced is False:
+                with open(path, "rb") as old_bytes:
+                    shutil.copyfileobj(old_bytes, f)
+                mode = "a"
+            with zipfile.ZipFile(f, mode, compression=zipfile.ZIP_STORED, allowZip64=True) as out:
+                if replaced:
                     with zipfile.ZipFile(path) as old:
                         for info in old.infolist():
                             if info.filename not in entries:
                                 with old.open(info) as src, out.open(info, "w") as dst:
                                     _copy(src, dst)
-                except FileNotFoundError:
-                    pass
                 for entry, name in entries.items():
                     try:
                         src = self._open_loose(name)

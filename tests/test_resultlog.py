@@ -138,3 +138,16 @@ def test_a_kept_work_dir_holds_no_result_log_after_a_worker_died(tmp_path):
     assert not [n for n in names if resultlog.is_log_name(n) or n.startswith("chunk-")]
     with zipfile.ZipFile(path / "tasks.results.zip") as z:
         assert len(z.namelist()) == 20
+
+
+def test_successive_reduces_keep_every_entry_and_a_rerun_replaces_its_own(work_dir):
+    for chunk in range(4):
+        work_dir.write_result(chunk, f"first {chunk}".encode())
+        work_dir.reduce({chunk: ["result"]})
+    work_dir.write_result(2, b"second 2")  # chunk 2 ran again (its entry was unreadable)
+    work_dir.reduce({2: ["result"]})
+    with zipfile.ZipFile(work_dir.archive_path("result")) as z:
+        assert z.testzip() is None
+        assert sorted(z.namelist()) == ["000000", "000001", "000002", "000003"]
+        assert [z.read(chunk_key) for chunk_key in sorted(z.namelist())] == [
+            b"first 0", b"first 1", b"second 2", b"first 3"]
