@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import pickle
 import socket
 import sys
 import threading
@@ -159,14 +160,25 @@ def _exception_record(index: int, exc: BaseException) -> dict[str, Any]:
             "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))}
 
 
+def pickled_result(value: Any) -> bytes:
+    """pickle's own form where it has one: the driver imports what it names by reference, as
+    it would from cloudpickle's, at a third of the cost for a small value (cloudpickle asks of
+    every class whether to pickle it by value). What pickle cannot name (a lambda, a class
+    made at run time, one that came from the driver by value) goes through cloudpickle."""
+    import cloudpickle
+
+    try:
+        return pickle.dumps(value, protocol=5)
+    except Exception:  # noqa: BLE001 -- PicklingError, TypeError, AttributeError, ...
+        return cloudpickle.dumps(value)
+
+
 def run_chunk(work_dir: Any, manifest: Any, load_function: Callable[[], Any],
               chunk: int) -> tuple[list[bytes | None], list[dict[str, Any]], bool]:
     """Run every task of a chunk: (pickled values, exception records, whether the function
     and tasks loaded). A raising task does not stop the others. A function or tasks that
     cannot be loaded on this node (a module missing here) fail every task of the chunk with
     that exception, so the caller sees the real cause."""
-    import cloudpickle
-
     first, count = manifest.chunk_starts[chunk], len(manifest.chunk_range(chunk))
     try:
         func = load_function()
@@ -186,7 +198,7 @@ def run_chunk(work_dir: Any, manifest: Any, load_function: Callable[[], Any],
             errors.append(_exception_record(first + offset, exc))
             continue
         try:
-            values.append(cloudpickle.dumps(value))
+            values.append(pickled_result(value))
         except Exception as exc:
             values.append(None)
             wrapped = TypeError(f"the result of task {first + offset} ({type(value).__qualname__}) "

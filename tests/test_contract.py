@@ -177,6 +177,15 @@ def test_unpicklable_result_fails_that_task(make_pool, backend):
         pool.map(lambda x: x if x != 1 else (i for i in range(x)), [0, 1, 2])
 
 
+def carries_what_only_cloudpickle_can(x):
+    return x, (lambda y: y + x), Scaler(x)
+
+
+def test_results_that_only_cloudpickle_can_carry_come_back(make_pool):
+    values = make_pool().map(carries_what_only_cloudpickle_can, [1, 2])
+    assert [(x, add(10), scaler.scale(5)) for x, add, scaler in values] == [(1, 11, 5), (2, 12, 10)]
+
+
 def test_dead_task_is_resubmitted_and_succeeds(make_pool, tmp_path, backend):
     if backend == "serial":
         pytest.skip("a task that kills its process kills a SerialPool's caller")
