@@ -1,7 +1,8 @@
 """Workers mode's claims: which worker runs which chunk, in the work_dir's ``claims/``.
 
-    claims/NNNNNN          chunk NNNNNN is taken; holds "<worker> <host> <pid>"; its mtime is
-                           the worker's heartbeat. A finished chunk keeps its claim.
+    claims/NNNNNN          chunk NNNNNN is taken; holds "<worker> <host> <pid> <token>" (the
+                           token names the worker's captures); its mtime is the worker's
+                           heartbeat. A finished chunk keeps its claim.
     claims/NNNNNN.reissue  the driver lets a second worker run this straggling chunk
     claims/NNNNNN.dup      that second worker's claim
     claims/NNNNNN.redo     the chunk's stored output is unreadable: run it although it is done

@@ -40,7 +40,8 @@ from typing import IO, Any
 import cloudpickle
 
 from poolparty_raster import resultlog
-from poolparty_raster.claims import Claims, process_token
+from poolparty_raster import claims
+from poolparty_raster.claims import Claims
 
 ARCHIVE_KINDS = ("result", "exception", "stdout", "stderr")
 _ARCHIVE_NAMES = {"result": "tasks.results.zip", "exception": "tasks.exceptions.zip",
@@ -98,25 +99,23 @@ def loose_name(chunk: int, kind: str) -> str:
 
 def live_capture_name(chunk: int, stream: str) -> str:
     """Name of the file a running attempt streams its stdout or stderr into."""
-    return f"{_CHUNK_PREFIX}{chunk_key(chunk)}.{stream}.{process_token()}{_LIVE_SUFFIX}"
+    return f"{_CHUNK_PREFIX}{chunk_key(chunk)}.{stream}.{claims.process_token()}{_LIVE_SUFFIX}"
 
 
-def worker_capture_name(stream: str) -> str:
+def worker_capture_name(worker_token: str, stream: str) -> str:
     """Workers mode: the file a worker streams stdout or stderr into, whichever chunk it runs
     (renaming it for each chunk cost two renames a chunk). It belongs to the chunk that the
-    worker's claim names; a chunk's output moves to the chunk's own file when it finishes."""
-    return f"{_WORKER_CAPTURE_PREFIX}{process_token()}.{stream}{_LIVE_SUFFIX}"
+    worker's claim names (the claim holds the same token); a chunk's output moves to the
+    chunk's own file when it finishes."""
+    return f"{_WORKER_CAPTURE_PREFIX}{worker_token}.{stream}{_LIVE_SUFFIX}"
 
 
-def parse_worker_capture(name: str) -> tuple[str, int, str] | None:
-    """``capture.<host>-<pid>-<ns>.stderr.part`` -> (host, pid, "stderr")."""
+def parse_worker_capture(name: str) -> tuple[str, str] | None:
+    """``capture.<host>-<pid>-<ns>.stderr.part`` -> ("<host>-<pid>-<ns>", "stderr")."""
     if not (name.startswith(_WORKER_CAPTURE_PREFIX) and name.endswith(_LIVE_SUFFIX)):
         return None
     token, _, stream = name[len(_WORKER_CAPTURE_PREFIX):-len(_LIVE_SUFFIX)].rpartition(".")
-    parts = token.rsplit("-", 2)  # a host name may hold dashes and dots
-    if stream not in ("stdout", "stderr") or len(parts) != 3 or not parts[1].isdigit():
-        return None
-    return parts[0], int(parts[1]), stream
+    return (token, stream) if token and stream in ("stdout", "stderr") else None
     token, _, stream = name[len(_WORKER_CAPTURE_PREFIX):-len(_LIVE_SUFFIX)].rpartition(".")
     host, _, rest = token.partition("-") if token.count("-") < 2 else token.rsplit("-", 2)[0:1] + ["", "-".join(token.rsplit("-", 2)[1:])]
     return None
@@ -297,13 +296,13 @@ class WorkDir:
                 slot["live" if live else "final"].append(entry.name if live else kind)
         return found
 
-    def worker_captures(self, process: tuple[str, int] | None = None) -> list[str]:
-        """Workers mode's live captures, of one (host, pid) or of every worker."""
+    def worker_captures(self, worker_token: str | None = None) -> list[str]:
+        """Workers mode's live captures, of one worker or of every worker."""
         names = []
         with os.scandir(self.path) as entries:
             for entry in entries:
                 parsed = parse_worker_capture(entry.name)
-                if parsed is not None and (process is None or parsed[:2] == process):
+                if parsed is not None and worker_token in (None, parsed[0]):
                     names.append(entry.name)
         return names
 

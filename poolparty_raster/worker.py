@@ -101,9 +101,9 @@ class Captures:
     nothing, and creating, renaming and removing two files a chunk would cost more than a
     small chunk's work. A process that runs one chunk names them after the chunk."""
 
-    def __init__(self, work_dir: Any, per_worker: bool):
+    def __init__(self, work_dir: Any, worker_token: str | None):
         self.work_dir = work_dir
-        self.per_worker = per_worker
+        self.worker_token = worker_token  # workers mode: what names the captures
         self.paths: dict[str, str] = {}
 
     def start(self, chunk: int) -> None:
@@ -114,7 +114,8 @@ class Captures:
         for fd, stream in ((1, "stdout"), (2, "stderr")):
             if stream in self.paths:
                 continue
-            name = worker_capture_name(stream) if self.per_worker else live_capture_name(chunk, stream)
+            name = (worker_capture_name(self.worker_token, stream) if self.worker_token
+                    else live_capture_name(chunk, stream))
             path = self.paths[stream] = self.work_dir.file(name)
             target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
             sys.stdout.flush() if fd == 1 else sys.stderr.flush()
@@ -254,7 +255,7 @@ def claim_and_run(work_dir: Any, manifest: Any, load_function: Callable[[], Any]
     from poolparty_raster.resultlog import ResultLog
 
     num_chunks = manifest.num_chunks
-    name = f"{worker} {socket.gethostname()} {os.getpid()}"
+    name = f"{worker} {socket.gethostname()} {os.getpid()} {captures.worker_token}"
     done = work_dir.finished_chunks()
     heartbeat = Heartbeat()
     results = ResultLog(work_dir.path)
@@ -292,7 +293,9 @@ def main(work_dir_path: str, argv: Sequence[str]) -> int:
               file=sys.stderr)
         return 0
     load_function = functools.cache(work_dir.load_function)  # once per process
-    captures = Captures(work_dir, per_worker=manifest.mode == "workers")
+    from poolparty_raster.claims import process_token
+
+    captures = Captures(work_dir, process_token() if manifest.mode == "workers" else None)
     try:
         if manifest.mode == "workers":
             claim_and_run(work_dir, manifest, load_function, index, captures)

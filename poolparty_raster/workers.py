@@ -49,15 +49,16 @@ class _Worker:
 
 
 def holder_id(holder: str) -> int | None:
-    """A claim holds ``"<worker> <host> <pid>"``."""
+    """A claim holds ``"<worker> <host> <pid> <token>"``."""
     first = holder.split()[0] if holder.split() else ""
     return int(first) if first.isdigit() else None
 
 
-def holder_process(holder: str) -> tuple[str, int] | None:
-    """The (host, pid) of a claim's worker process."""
+def holder_token(holder: str) -> str | None:
+    """The token that names a claim's worker process's captures: ``"<worker> <host> <pid>
+    <token>"``."""
     parts = holder.split()
-    return (parts[1], int(parts[2])) if len(parts) == 3 and parts[2].isdigit() else None
+    return parts[3] if len(parts) == 4 else None
 
 
 class WorkersRun(MapRun):
@@ -235,8 +236,8 @@ class WorkersRun(MapRun):
                 self._cancel_elements({self.workers[worker].job_id: [worker]})
             reason = (self.workers[worker].reason if gone and worker in self.workers else
                       f"no heartbeat for {now - self._beats[chunk][1]:.0f} s")
-            process = holder_process(holder)
-            captures = self.work_dir.worker_captures(process) if process else []
+            token = holder_token(holder)
+            captures = self.work_dir.worker_captures(token) if token else []
             self._release(chunk, holder, reason or "its worker is gone", captures)
             released = True
         return released

@@ -130,3 +130,19 @@ def test_a_workers_capture_goes_to_the_chunk_it_ran(tmp_path):
         assert z.read("000002") == b"chunk 2 speaking\n"
         assert z.read("000005.attempt-1.stderr") == b"chunk 5 speaking\n"
         assert not [n for n in z.namelist() if n.startswith(("000000", "000001", "000003"))]
+
+
+def test_a_dead_workers_captures_are_told_from_a_later_process_with_its_pid(tmp_path):
+    from poolparty_raster.workdir import worker_capture_name
+    from poolparty_raster.workers import holder_token
+
+    work_dir = WorkDir(str(tmp_path / "w"))
+    work_dir.create()
+    dead, reborn = "vm-4242-1000", "vm-4242-2000"  # the pid came back for a new worker
+    for token in (dead, reborn):
+        for stream in ("stdout", "stderr"):
+            open(work_dir.file(worker_capture_name(token, stream)), "w").close()
+    token = holder_token(f"3 vm 4242 {dead}")
+    assert sorted(work_dir.worker_captures(token)) == [
+        worker_capture_name(dead, "stderr"), worker_capture_name(dead, "stdout")]
+    assert len(work_dir.worker_captures()) == 4
