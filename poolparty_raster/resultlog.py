@@ -46,11 +46,12 @@ class ResultLog:
         self.max_bytes, self.max_records = max_bytes, max_records
         self.path: str | None = None
         self.records = 0
+        self.size = 0  # bytes in the log, as of this worker's last record
         self.hard_links = True  # False: this filesystem has none; the caller writes files
 
     def publish(self, destination: str, chunk: int, payload: bytes) -> bool:
-        """Append the record and link ``destination`` to the log. False (nothing written)
-        when the filesystem has no hard links. A result already under the name (a duplicate
+        """Append the record and link ``destination`` to the log. False (nothing published)
+        when the filesystem has no hard links: the caller writes a file. A result already under the name (a duplicate
         run, or an NFS link retransmitted) is kept: the first result wins."""
         if not self.hard_links:
             return False
@@ -68,7 +69,7 @@ class ResultLog:
             self.hard_links = False
             self._retire()
             return False
-        if self.records >= self.max_records or os.path.getsize(path) >= self.max_bytes:
+        if self.records >= self.max_records or self.size >= self.max_bytes:
             self._retire()
         return True
 
@@ -89,6 +90,8 @@ class ResultLog:
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(record)
+                    f.flush()
+                    self.size = f.tell()
             except BaseException:
                 self._retire()  # its end is unknown now: later records go to a new log
                 raise

@@ -19,7 +19,8 @@ Layout (every file mode 0600, the directory 0700; see DESIGN.md)::
                           to chunk while empty (a chunk's output moves to chunk-NNNNNN.stderr)
 
 A worker writes ``.stdout``/``.stderr``/``.exception`` first and ``.result`` last, each under a
-temporary name renamed into place: a chunk is finished exactly when its result exists.
+temporary name renamed into place (a result in workers mode: a hard link to its complete record
+in the worker's result log): a chunk is finished exactly when its result exists.
 """
 from __future__ import annotations
 
@@ -39,8 +40,7 @@ from typing import IO, Any
 
 import cloudpickle
 
-from poolparty_raster import resultlog
-from poolparty_raster import claims
+from poolparty_raster import claims, resultlog
 from poolparty_raster.claims import Claims
 
 ARCHIVE_KINDS = ("result", "exception", "stdout", "stderr")
@@ -116,9 +116,6 @@ def parse_worker_capture(name: str) -> tuple[str, str] | None:
         return None
     token, _, stream = name[len(_WORKER_CAPTURE_PREFIX):-len(_LIVE_SUFFIX)].rpartition(".")
     return (token, stream) if token and stream in ("stdout", "stderr") else None
-    token, _, stream = name[len(_WORKER_CAPTURE_PREFIX):-len(_LIVE_SUFFIX)].rpartition(".")
-    host, _, rest = token.partition("-") if token.count("-") < 2 else token.rsplit("-", 2)[0:1] + ["", "-".join(token.rsplit("-", 2)[1:])]
-    return None
 
 
 def parse_loose_name(name: str) -> tuple[int, str, bool] | None:

@@ -53,6 +53,15 @@ def test_a_full_log_is_retired_and_its_results_stay_readable(work_dir):
     assert [work_dir.read_output(c, "result") for c in range(7)] == [bytes([c]) * 10 for c in range(7)]
 
 
+def test_a_log_past_its_size_is_retired(work_dir):
+    log = ResultLog(work_dir.path, max_bytes=100)
+    for chunk in range(4):
+        work_dir.write_result(chunk, bytes([chunk]) * 40, log)  # 64 bytes a record
+    inodes = [os.stat(work_dir.file(loose_name(c, "result"))).st_ino for c in range(4)]
+    assert inodes[0] == inodes[1] != inodes[2] == inodes[3]
+    assert [work_dir.read_output(c, "result") for c in range(4)] == [bytes([c]) * 40 for c in range(4)]
+
+
 def test_a_torn_tail_hides_nothing_before_it(work_dir):
     log = ResultLog(work_dir.path)
     work_dir.write_result(0, b"first", log)
