@@ -21,7 +21,7 @@ _SNAP_TOLERANCE = 1e-6
 # Task sizing (see taskSizes): a new interpreter with numpy and rasterio costs 0.4-0.7 s
 # of CPU, so in array mode (one process per task) a task carries at least 64 blocks of
 # 256 x 256 (4 Mpix: seconds of work for anything but a plain copy); workers mode pays the
-# start-up once per worker and a chunk costs ~1 ms, so small tasks only buy load balance.
+# start-up once per worker and a chunk costs ~0.6 ms, so small tasks only buy load balance.
 MIN_TASK_PIXELS_ARRAY = 64 * 256 * 256
 MIN_TASK_PIXELS_WORKERS = 4 * 256 * 256
 TASKS_PER_WORKER_ARRAY = 4
