@@ -26,6 +26,7 @@ import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Collection
 from typing import Any
 
 _REISSUE = ".reissue"
@@ -67,11 +68,14 @@ class Claims:
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
 
-    def held(self) -> dict[int, tuple[str, float]]:
+    def held(self, finished: Collection[int] = ()) -> dict[int, tuple[str, float]]:
         """{chunk: (holder, heartbeat mtime)} of every first-run claim present. A claim's
         holder is read once per badge (its links share its inode, and a badge stays till the
-        map ends, so its inode is not reused), an O_EXCL claim once per chunk and inode. A
-        claim just made may show an empty holder."""
+        map ends, so its inode is not reused), an O_EXCL claim once per chunk and inode. The
+        claims of ``finished`` chunks whose holder is known are not looked at again (no
+        heartbeat matters there: mtime 0): finished chunks keep their claims, and a stat
+        each per poll is a round trip each on NFS. A claim just made may show an empty
+        holder."""
         found = {}
         try:
             entries = list(os.scandir(self.path))
@@ -81,6 +85,11 @@ class Claims:
             if not entry.name.isdigit():
                 continue
             chunk = int(entry.name)
+            if chunk in finished:
+                known = self._holders.get(entry.inode()) or self._holders.get((chunk, entry.inode()))
+                if known:
+                    found[chunk] = (known, 0.0)
+                    continue
             try:
                 info = entry.stat()
                 key = entry.inode() if info.st_nlink > 1 else (chunk, entry.inode())

@@ -106,7 +106,8 @@ class WorkersRun(MapRun):
         """(first-run claims, second runs' claims), read once a poll: on a shared filesystem
         every claim read is a round trip. A change the driver makes drops the copy."""
         if self._claims_view is None:
-            self._claims_view = (self.work_dir.claims.held(), self.work_dir.claims.duplicates())
+            self._claims_view = (self.work_dir.claims.held(self.finished),
+                                 self.work_dir.claims.duplicates())
         return self._claims_view
 
     def _unclaimed(self) -> list[int]:

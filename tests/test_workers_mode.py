@@ -62,6 +62,8 @@ def test_a_claim_shows_its_worker_and_takes_its_heartbeat(tmp_path):
     held = claims.held()
     assert held[chunk] == ("0 vm 11", 1_000_000)
     assert set(held) == {first, chunk}  # the worker's badge is not a claim
+    # A finished chunk's claim is not looked at again: its holder is known, its beat moot.
+    assert claims.held(finished={first}) == {first: ("0 vm 11", 0.0), chunk: ("0 vm 11", 1_000_000)}
 
 
 def test_a_link_whose_reply_was_lost_is_still_the_workers_claim(tmp_path, monkeypatch):
