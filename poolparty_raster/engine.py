@@ -17,7 +17,8 @@ from poolparty_raster.schedulers.base import (JobRecord, PollResult, Scheduler, 
                                               TaskState, TaskStatus, cancelling,
                                               contiguous_runs)
 from poolparty_raster.submissions import Submissions
-from poolparty_raster.workdir import Manifest, WorkDir, chunk_key, tail_lines
+from poolparty_raster.names import chunk_key
+from poolparty_raster.workdir import Manifest, WorkDir, tail_lines
 
 FIRST_TICK = 0.02      # seconds; the adaptive interval starts here and backs off by BACKOFF
 BACKOFF = 1.5

@@ -23,9 +23,11 @@ from typing import Any
 import cloudpickle
 from filelock import FileLock, Timeout
 
+from poolparty_raster import names
 from poolparty_raster import workdir as wd
 from poolparty_raster.engine import MapRun, RunOptions
 from poolparty_raster.errors import WorkDirBusyError, WorkDirMismatchError
+from poolparty_raster.files import atomic_write
 from poolparty_raster.outcome import ChunkOutcome, rebuild_exception
 from poolparty_raster.progress import Progress
 from poolparty_raster.sigterm import SIGTERM_GUARD
@@ -80,7 +82,7 @@ def _check_reusable(path: str) -> None:
     files, no manifest yet) is ours."""
     if not os.path.isdir(path) or os.path.exists(os.path.join(path, "manifest.json")):
         return
-    foreign = [name for name in os.listdir(path) if not wd.is_preparation_leftover(name)]
+    foreign = [name for name in os.listdir(path) if not names.is_preparation_leftover(name)]
     if foreign:
         raise WorkDirMismatchError(
             f"work_dir {path!r} exists, is not empty and holds no poolparty_raster map "
@@ -166,7 +168,7 @@ class MapHandle:
                                wd.function_digest(func_bytes))
         os.replace(writer.tmp_path, self.work_dir.tasks_path)
         script = render_script(self.work_dir.path, settings.python_path, os.environ, sys.path, os.getcwd())
-        wd.atomic_write(self.work_dir.script_path, script.encode())
+        atomic_write(self.work_dir.script_path, script.encode())
         # Schedulers append to this file; created here so that it is 0600 like the rest.
         os.close(os.open(self.work_dir.scheduler_log_path, os.O_WRONLY | os.O_CREAT, 0o600))
         self.work_dir.write_manifest(manifest)  # last: a manifest means the work_dir is complete

@@ -1,4 +1,5 @@
-"""The work_dir protocol: the only code that knows the work_dir's file names and formats.
+"""The work_dir protocol: the only code that reads and writes the work_dir's files (their
+names are spelled in names.py, the atomic writes and archive updates are in files.py).
 
 Layout (every file mode 0600, the directory 0700; see DESIGN.md)::
 
@@ -30,105 +31,27 @@ import io
 import json
 import os
 import pickle
-import shutil
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
 import cloudpickle
 
-from poolparty_raster import claims, resultlog
+from poolparty_raster import resultlog
 from poolparty_raster.claims import Claims
+from poolparty_raster.files import append_line, atomic_write, extend_archive, read_jsonl
+from poolparty_raster.names import (ARCHIVE_KINDS, chunk_key, loose_name, parse_loose_name,
+                                    parse_worker_capture)
 
-ARCHIVE_KINDS = ("result", "exception", "stdout", "stderr")
 _ARCHIVE_NAMES = {"result": "tasks.results.zip", "exception": "tasks.exceptions.zip",
                   "stdout": "tasks.stdout.zip", "stderr": "tasks.stderr.zip"}
-_LIVE_SUFFIX = ".part"
-_CHUNK_PREFIX = "chunk-"
-_WORKER_CAPTURE_PREFIX = "capture."
-
-
-def atomic_write(path: str, write: Callable[[IO[bytes]], Any] | bytes, durable: bool = True) -> None:
-    """Write ``path`` through a 0600 temporary file in the same directory, then rename it.
-
-    On any error (a full disk included) the temporary file is removed and nothing appears
-    under ``path``; an existing file there stays as it was. ``durable``: the data reaches the
-    disk before the rename, so that a machine that crashes does not leave a torn file under
-    the name either.
-    """
-    directory, name = os.path.split(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory or ".")
-    try:
-        with os.fdopen(fd, "w+b") as f:  # readable too: a zip appended to reads its directory
-            if isinstance(write, (bytes, bytearray, memoryview)):
-                f.write(write)
-            else:
-                write(f)
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def function_digest(func_bytes: bytes) -> str:
     return hashlib.sha256(func_bytes).hexdigest()
-
-
-def is_preparation_leftover(name: str) -> bool:
-    """What a driver killed while preparing a map leaves before manifest.json exists."""
-    return name in ("driver.lock", "log.jsonl", "scheduler.log", "script.py") or (
-        name.startswith(".") and name.endswith(".tmp"))
-
-
-def chunk_key(chunk: int) -> str:
-    return f"{chunk:06d}"
-
-
-def loose_name(chunk: int, kind: str) -> str:
-    return f"{_CHUNK_PREFIX}{chunk_key(chunk)}.{kind}"
-
-
-def live_capture_name(chunk: int, stream: str) -> str:
-    """Name of the file a running attempt streams its stdout or stderr into."""
-    return f"{_CHUNK_PREFIX}{chunk_key(chunk)}.{stream}.{claims.process_token()}{_LIVE_SUFFIX}"
-
-
-def worker_capture_name(worker_token: str, stream: str) -> str:
-    """Workers mode: the file a worker streams stdout or stderr into, whichever chunk it runs
-    (renaming it for each chunk cost two renames a chunk). It belongs to the chunk that the
-    worker's claim names (the claim holds the same token); a chunk's output moves to the
-    chunk's own file when it finishes."""
-    return f"{_WORKER_CAPTURE_PREFIX}{worker_token}.{stream}{_LIVE_SUFFIX}"
-
-
-def parse_worker_capture(name: str) -> tuple[str, str] | None:
-    """``capture.<host>-<pid>-<ns>.stderr.part`` -> ("<host>-<pid>-<ns>", "stderr")."""
-    if not (name.startswith(_WORKER_CAPTURE_PREFIX) and name.endswith(_LIVE_SUFFIX)):
-        return None
-    token, _, stream = name[len(_WORKER_CAPTURE_PREFIX):-len(_LIVE_SUFFIX)].rpartition(".")
-    return (token, stream) if token and stream in ("stdout", "stderr") else None
-
-
-def parse_loose_name(name: str) -> tuple[int, str, bool] | None:
-    """``chunk-000012.result`` -> (12, "result", False); a live capture -> (12, "stderr", True)."""
-    if not name.startswith(_CHUNK_PREFIX):
-        return None
-    parts = name[len(_CHUNK_PREFIX):].split(".")
-    if len(parts) < 2 or not parts[0].isdigit() or parts[1] not in ARCHIVE_KINDS:
-        return None
-    live = name.endswith(_LIVE_SUFFIX)
-    if not live and len(parts) != 2:
-        return None
-    return int(parts[0]), parts[1], live
 
 
 @dataclass(frozen=True)
@@ -417,89 +340,28 @@ class WorkDir:
             return io.BytesIO(self._logs.read(f.fileno(), parsed[0], name))
 
     def _extend_archive(self, kind: str, entries: dict[str, str]) -> None:
-        """The archive of this kind with ``entries`` ({entry: loose file name}) added: a copy
-        of the old archive's bytes with the new entries appended (re-encoding each old entry
-        cost more than all else a reduce does), or, where an entry replaces one (a chunk
-        run again), the old entries but those rewritten one by one."""
-        path = self.archive_path(kind)
-        try:
-            with zipfile.ZipFile(path) as old:
-                replaced = not entries.keys().isdisjoint(old.namelist())
-        except FileNotFoundError:
-            replaced = None
-
-        def write(f: IO[bytes]) -> None:
-            mode = "w"
-            if replaced is False:
-                with open(path, "rb") as old_bytes:
-                    shutil.copyfileobj(old_bytes, f)
-                mode = "a"
-            with zipfile.ZipFile(f, mode, compression=zipfile.ZIP_STORED, allowZip64=True) as out:
-                if replaced:
-                    with zipfile.ZipFile(path) as old:
-                        for info in old.infolist():
-                            if info.filename not in entries:
-                                with old.open(info) as src, out.open(info, "w") as dst:
-                                    _copy(src, dst)
-                for entry, name in entries.items():
-                    try:
-                        src = self._open_loose(name)
-                    except FileNotFoundError:
-                        if kind not in ("stdout", "stderr"):
-                            raise
-                        continue  # an attempt taken for dead lives on and renamed its capture
-                    with src, out.open(entry, "w", force_zip64=True) as dst:
-                        _copy(src, dst)
-
-        atomic_write(path, write)
+        extend_archive(self.archive_path(kind), entries, self._open_loose,
+                       may_vanish=kind in ("stdout", "stderr"))
 
     # -- records -----------------------------------------------------------------------
     def log(self, event: str, **fields: Any) -> None:
         """Append one event to log.jsonl. A reader skips a torn last line."""
-        _append_line(self.file("log.jsonl"), {"time": time.time(), "event": event, **fields})
+        append_line(self.file("log.jsonl"), {"time": time.time(), "event": event, **fields})
 
     def read_log(self) -> list[dict[str, Any]]:
-        return list(_read_jsonl(self.file("log.jsonl")))
+        return list(read_jsonl(self.file("log.jsonl")))
 
     def read_jobs(self) -> list[dict[str, Any]]:
         """The job records in submission order; a later line for a job id updates it."""
         jobs: dict[str, dict[str, Any]] = {}
-        for record in _read_jsonl(self.file("jobs.jsonl")):
+        for record in read_jsonl(self.file("jobs.jsonl")):
             jobs[record["job_id"]] = record
         return list(jobs.values())
 
     def append_job(self, record: dict[str, Any]) -> None:
         """Store a job record the moment the scheduler accepted it (append-only, like the log:
         one rewrite per job would cost O(n^2) for a map of n single jobs)."""
-        _append_line(self.file("jobs.jsonl"), record)
-
-
-def _append_line(path: str, record: dict[str, Any]) -> None:
-    """One JSON line, appended with a single write: only the driver writes these files, and a
-    line torn by a crash is skipped by the reader."""
-    line = json.dumps(record, default=str) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
-
-
-def _read_jsonl(path: str) -> Iterable[dict[str, Any]]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-    except FileNotFoundError:
-        return
-
-
-def _copy(src: IO[bytes], dst: IO[bytes], size: int = 1 << 20) -> None:
-    while block := src.read(size):
-        dst.write(block)
+        append_line(self.file("jobs.jsonl"), record)
 
 
 def dump_results(values: list[bytes]) -> bytes:

@@ -107,7 +107,7 @@ class Captures:
         self.paths: dict[str, str] = {}
 
     def start(self, chunk: int) -> None:
-        from poolparty_raster.workdir import live_capture_name, worker_capture_name
+        from poolparty_raster.names import live_capture_name, worker_capture_name
 
         if len(self.paths) == 2:  # both empty since the last chunk
             return
@@ -128,7 +128,7 @@ class Captures:
         """A capture that holds output becomes the chunk's loose file; an empty one waits for
         the next chunk. The fd leaves a published file first: closing it is what flushes it
         to an NFS server, and later output (a thread the task left) must not land in it."""
-        from poolparty_raster.workdir import loose_name
+        from poolparty_raster.names import loose_name
 
         sys.stdout.flush()
         sys.stderr.flush()

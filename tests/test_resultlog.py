@@ -15,7 +15,8 @@ import pytest
 import poolparty_raster as pp
 from poolparty_raster import resultlog
 from poolparty_raster.resultlog import ResultLog
-from poolparty_raster.workdir import WorkDir, loose_name
+from poolparty_raster.names import loose_name
+from poolparty_raster.workdir import WorkDir
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

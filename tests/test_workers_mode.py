@@ -135,7 +135,7 @@ def test_a_workers_capture_goes_to_the_chunk_it_ran(tmp_path):
 
 
 def test_a_dead_workers_captures_are_told_from_a_later_process_with_its_pid(tmp_path):
-    from poolparty_raster.workdir import worker_capture_name
+    from poolparty_raster.names import worker_capture_name
     from poolparty_raster.workers import holder_token
 
     work_dir = WorkDir(str(tmp_path / "w"))

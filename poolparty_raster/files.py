@@ -1,0 +1,107 @@
+"""File primitives of the work_dir protocol: writes that appear whole or not at all, JSON
+lines appended one write each, and zip archives extended under a temporary name."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterable
+from typing import IO, Any
+
+
+def atomic_write(path: str, write: Callable[[IO[bytes]], Any] | bytes, durable: bool = True) -> None:
+    """Write ``path`` through a 0600 temporary file in the same directory, then rename it.
+
+    On any error (a full disk included) the temporary file is removed and nothing appears
+    under ``path``; an existing file there stays as it was. ``durable``: the data reaches the
+    disk before the rename, so that a machine that crashes does not leave a torn file under
+    the name either.
+    """
+    directory, name = os.path.split(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory or ".")
+    try:
+        with os.fdopen(fd, "w+b") as f:  # readable too: a zip appended to reads its directory
+            if isinstance(write, (bytes, bytearray, memoryview)):
+                f.write(write)
+            else:
+                write(f)
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def extend_archive(path: str, entries: dict[str, str], open_source: Callable[[str], IO[bytes]],
+                   may_vanish: bool) -> None:
+    """The STORED archive ``path`` with ``entries`` ({entry: source name, opened with
+    ``open_source``}) added, renamed into place: a copy of the old archive's bytes with the
+    new entries appended (re-encoding each old entry cost more than all else a reduce does),
+    or, where an entry replaces one (a chunk run again), the old entries but those rewritten
+    one by one. ``may_vanish``: a source that is gone is skipped (a capture that an attempt
+    taken for dead renamed as it lived on), else its absence raises."""
+    try:
+        with zipfile.ZipFile(path) as old:
+            replaced = not entries.keys().isdisjoint(old.namelist())
+    except FileNotFoundError:
+        replaced = None
+
+    def write(f: IO[bytes]) -> None:
+        mode = "w"
+        if replaced is False:
+            with open(path, "rb") as old_bytes:
+                shutil.copyfileobj(old_bytes, f)
+            mode = "a"
+        with zipfile.ZipFile(f, mode, compression=zipfile.ZIP_STORED, allowZip64=True) as out:
+            if replaced:
+                with zipfile.ZipFile(path) as old:
+                    for info in old.infolist():
+                        if info.filename not in entries:
+                            with old.open(info) as src, out.open(info, "w") as dst:
+                                _copy(src, dst)
+            for entry, name in entries.items():
+                try:
+                    src = open_source(name)
+                except FileNotFoundError:
+                    if not may_vanish:
+                        raise
+                    continue
+                with src, out.open(entry, "w", force_zip64=True) as dst:
+                    _copy(src, dst)
+
+    atomic_write(path, write)
+
+
+def append_line(path: str, record: dict[str, Any]) -> None:
+    """One JSON line, appended with a single write: only the driver writes these files, and a
+    line torn by a crash is skipped by the reader."""
+    line = json.dumps(record, default=str) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def read_jsonl(path: str) -> Iterable[dict[str, Any]]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+    except FileNotFoundError:
+        return
+
+
+def _copy(src: IO[bytes], dst: IO[bytes], size: int = 1 << 20) -> None:
+    while block := src.read(size):
+        dst.write(block)
