@@ -17,7 +17,7 @@ from poolparty_raster.schedulers.base import (JobRecord, PollResult, Scheduler, 
                                               TaskState, TaskStatus, cancelling,
                                               contiguous_runs)
 from poolparty_raster.submissions import Submissions
-from poolparty_raster.names import chunk_key
+from poolparty_raster.names import capture_stream, chunk_key, parse_worker_capture
 from poolparty_raster.workdir import Manifest, WorkDir, tail_lines
 
 FIRST_TICK = 0.02      # seconds; the adaptive interval starts here and backs off by BACKOFF
@@ -64,13 +64,12 @@ class MapRun:
         self.archived = work_dir.archived_chunks()
         self.finished: set[int] = set(self.archived)
         self._resumed = sorted(self.archived)
-        self.unreduced: dict[int, list[str]] = {}  # chunk -> the kinds of its loose outputs
+        # chunk -> the kinds of loose output the scan that found its result saw: the worker
+        # writes the result last, so no other kind of the chunk's is anywhere else.
+        self.unreduced: dict[int, list[str]] = {}
         self.lost_chunks: set[int] = set()   # disjoint from finished
         self._lost_captures: dict[str, str] = {}
         self._fresh: list[int] = []  # finished chunks not yet handed to the consumer
-        # chunk -> the kinds of loose output the scan that found its result saw: the worker
-        # writes the result last, so no other kind of the chunk's is anywhere else.
-        self.kinds_seen: dict[int, list[str]] = {}
         self._last_poll: PollResult = {}
         self._poll_failures = 0
         self._unreadable = 0  # polls in a row whose output could not be read
@@ -194,7 +193,6 @@ class MapRun:
         for chunk, files in self.work_dir.scan().items():
             if "result" in files["final"] and chunk not in self.finished and chunk in self.chunks:
                 self.finished.add(chunk)
-                self.kinds_seen[chunk] = files["final"]
                 self.unreduced[chunk] = files["final"]
                 self.lost_chunks.discard(chunk)  # its result arrived after all
                 new.append(chunk)
@@ -202,7 +200,8 @@ class MapRun:
         if new:
             self.submissions.drop(new)
             self.progress.advance(sum(len(self.manifest.chunk_range(c)) for c in new))
-            if len(self._reducible()) >= max(REDUCE_AT_LEAST, len(self.archived)):
+            # The fresh chunks are all unreduced: counted without building _reducible().
+            if len(self.unreduced) - len(self._fresh) >= max(REDUCE_AT_LEAST, len(self.archived)):
                 self._reduce()
         return bool(new)
 
@@ -318,7 +317,7 @@ class MapRun:
         state = self.chunks[chunk]
         tail: list[str] = []
         for name in captures:
-            stream = "stderr" if ".stderr." in name else "stdout"
+            stream = capture_stream(name)
             if stream == "stderr":
                 try:
                     with open(self.work_dir.file(name), "rb") as f:
@@ -350,9 +349,11 @@ class MapRun:
                 if chunk in self.archived and files["final"]:  # a late duplicate: first result won
                     self.work_dir.discard_loose(chunk)
                 for name in files["live"]:  # captures of attempts cancelled or superseded
-                    self._lost_captures.setdefault(name, f"{chunk_key(chunk)}.orphan.{name.split('.')[1]}")
+                    entry = f"{chunk_key(chunk)}.orphan.{capture_stream(name)}"
+                    self._lost_captures.setdefault(name, entry)
             for name in self.work_dir.worker_captures():  # of workers gone between chunks
-                self._lost_captures.setdefault(name, name.removesuffix(".part"))
+                token, stream = parse_worker_capture(name)
+                self._lost_captures.setdefault(name, f"{token}.orphan.{stream}")
         chunks = self.unreduced if final else self._reducible()
         if chunks or self._lost_captures:
             self.work_dir.reduce(chunks, self._lost_captures)

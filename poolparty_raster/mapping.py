@@ -196,9 +196,8 @@ class MapHandle:
     def outcome(self, chunk: int) -> ChunkOutcome:
         first = self.manifest.chunk_starts[chunk]
         # A kind the scan did not see is not there: not looking for it saves two failed
-        # lookups a chunk (round trips on NFS). Chunks archived by an earlier driver are
-        # looked up in full.
-        seen = self.run.kinds_seen.pop(chunk, None)
+        # lookups a chunk (round trips on NFS). Archived chunks are looked up in full.
+        seen = self.run.unreduced.get(chunk)
 
         def read(kind: str) -> bytes | None:
             if seen is not None and kind not in seen:

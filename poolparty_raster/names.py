@@ -57,3 +57,14 @@ def parse_loose_name(name: str) -> tuple[int, str, bool] | None:
     if not live and len(parts) != 2:
         return None
     return int(parts[0]), parts[1], live
+
+
+def capture_stream(name: str) -> str:
+    """"stdout" or "stderr": the stream of a live capture, a chunk's or a worker's."""
+    parsed = parse_loose_name(name)
+    if parsed is not None and parsed[2]:
+        return parsed[1]
+    worker = parse_worker_capture(name)
+    if worker is None:
+        raise ValueError(f"{name!r} is not a live capture")
+    return worker[1]

@@ -51,8 +51,9 @@ class ResultLog:
 
     def publish(self, destination: str, chunk: int, payload: bytes) -> bool:
         """Append the record and link ``destination`` to the log. False (nothing published)
-        when the filesystem has no hard links: the caller writes a file. A result already under the name (a duplicate
-        run, or an NFS link retransmitted) is kept: the first result wins."""
+        when the filesystem has no hard links: the caller writes a file. A result already
+        under the name (a duplicate run, or an NFS link retransmitted) is kept: the first
+        result wins."""
         if not self.hard_links:
             return False
         path = self._append(chunk, payload)

@@ -43,8 +43,8 @@ import cloudpickle
 from poolparty_raster import resultlog
 from poolparty_raster.claims import Claims
 from poolparty_raster.files import append_line, atomic_write, extend_archive, read_jsonl
-from poolparty_raster.names import (ARCHIVE_KINDS, chunk_key, loose_name, parse_loose_name,
-                                    parse_worker_capture)
+from poolparty_raster.names import (ARCHIVE_KINDS, capture_stream, chunk_key, loose_name,
+                                    parse_loose_name, parse_worker_capture)
 
 _ARCHIVE_NAMES = {"result": "tasks.results.zip", "exception": "tasks.exceptions.zip",
                   "stdout": "tasks.stdout.zip", "stderr": "tasks.stderr.zip"}
@@ -304,8 +304,7 @@ class WorkDir:
             for kind in chunks[chunk]:
                 additions[kind][chunk_key(chunk)] = loose_name(chunk, kind)
         for capture, entry in lost_captures.items():
-            kind = "stderr" if ".stderr." in capture else "stdout"
-            additions[kind][entry] = capture
+            additions[capture_stream(capture)][entry] = capture
         for kind, entries in additions.items():
             if entries:
                 self._extend_archive(kind, entries)

@@ -282,6 +282,7 @@ def serving_a_map() -> bool:
 
 def main(work_dir_path: str, argv: Sequence[str]) -> int:
     from poolparty_raster import workdir
+    from poolparty_raster.claims import process_token
 
     global _serving_a_map
     _serving_a_map = True
@@ -293,8 +294,6 @@ def main(work_dir_path: str, argv: Sequence[str]) -> int:
               file=sys.stderr)
         return 0
     load_function = functools.cache(work_dir.load_function)  # once per process
-    from poolparty_raster.claims import process_token
-
     captures = Captures(work_dir, process_token() if manifest.mode == "workers" else None)
     try:
         if manifest.mode == "workers":
