@@ -3,6 +3,8 @@ and how a name is read back. The one place that spells them (workdir.py reads an
 files)."""
 from __future__ import annotations
 
+import functools
+
 from poolparty_raster import claims
 
 ARCHIVE_KINDS = ("result", "exception", "stdout", "stderr")
@@ -46,6 +48,7 @@ def parse_worker_capture(name: str) -> tuple[str, str] | None:
     return (token, stream) if token and stream in ("stdout", "stderr") else None
 
 
+@functools.lru_cache(maxsize=1 << 16)  # every scan parses every loose name again
 def parse_loose_name(name: str) -> tuple[int, str, bool] | None:
     """``chunk-000012.result`` -> (12, "result", False); a live capture -> (12, "stderr", True)."""
     if not name.startswith(_CHUNK_PREFIX):

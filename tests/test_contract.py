@@ -13,6 +13,7 @@ import cloudpickle
 import pytest
 
 import poolparty_raster as pp
+from poolparty_raster import engine
 from workdirlog import log_events
 
 # Tasks defined here travel by value: a worker need not import this module (and pytest).
@@ -238,7 +239,7 @@ def test_resume_runs_only_what_has_no_result(make_pool, tmp_path, backend):
         make_pool(work_dir=work_dir).map(record_and_maybe_die, tasks[:5], chunksize=2)
 
 
-def test_work_dir_is_private_and_small(make_pool, tmp_path, backend):
+def test_work_dir_is_private_and_small(make_pool, tmp_path, backend, monkeypatch):
     if backend == "serial":
         pytest.skip("SerialPool keeps no work_dir")
     pool = make_pool(keep_work_dir=True)
@@ -246,6 +247,7 @@ def test_work_dir_is_private_and_small(make_pool, tmp_path, backend):
     chunksize = None if backend.startswith("local") else 500
     assert pool.map(square, range(10_000), chunksize) == [x * x for x in range(10_000)]
     if backend == "local":  # more chunks than REDUCE_AT_LEAST: the driver reduces mid-map
+        monkeypatch.setattr(engine, "REDUCE_AT_LEAST", 64)  # the map stays small
         assert pool.map(square, range(100), chunksize=1) == [x * x for x in range(100)]
         reductions = [[e["event"] for e in log_events(kept)].count("reduced")
                       for kept in kept_dirs(tmp_path)]
