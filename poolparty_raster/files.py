@@ -102,6 +102,42 @@ def read_jsonl(path: str) -> Iterable[dict[str, Any]]:
         return
 
 
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """``os.write`` until every byte is written: a write to a regular file that stops short
+    (the disk filled) raises on the next one."""
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class ForwardWriter:
+    """A binary file written front to back through a buffer of ``buffer_bytes``, for zipfile:
+    it cannot seek, so zipfile streams each entry once with its sizes after the data (a data
+    descriptor) instead of writing its header, then seeking back to write it again; on a
+    seekable file that costs three system calls an entry, half a small entry's cost."""
+
+    def __init__(self, f: IO[bytes], buffer_bytes: int = 1 << 20):
+        self._file = f
+        self._buffer = bytearray()
+        self._limit = buffer_bytes
+        self._position = f.tell()
+
+    def write(self, data: bytes) -> int:
+        self._buffer += data
+        self._position += len(data)
+        if len(self._buffer) >= self._limit:
+            self.flush()
+        return len(data)
+
+    def tell(self) -> int:
+        return self._position
+
+    def flush(self) -> None:
+        self._file.write(self._buffer)
+        self._buffer.clear()
+        self._file.flush()
+
+
 def _copy(src: IO[bytes], dst: IO[bytes], size: int = 1 << 20) -> None:
     while block := src.read(size):
         dst.write(block)

@@ -26,6 +26,7 @@ import struct
 import zlib
 
 from poolparty_raster.claims import NO_HARD_LINKS, process_token
+from poolparty_raster.files import write_all
 
 MAGIC = b"PPRL"
 _HEADER = struct.Struct("<4sQQI")
@@ -46,7 +47,7 @@ class ResultLog:
         self.max_bytes, self.max_records = max_bytes, max_records
         self.path: str | None = None
         self.records = 0
-        self.size = 0  # bytes in the log, as of this worker's last record
+        self.size = 0  # bytes in the log: this worker alone appends to it
         self.hard_links = True  # False: this filesystem has none; the caller writes files
 
     def publish(self, destination: str, chunk: int, payload: bytes) -> bool:
@@ -89,13 +90,13 @@ class ResultLog:
                 self.path = None
                 continue
             try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(record)
-                    f.flush()
-                    self.size = f.tell()
+                write_all(fd, record)
             except BaseException:
                 self._retire()  # its end is unknown now: later records go to a new log
                 raise
+            finally:
+                os.close(fd)  # on NFS, what sends the record to the server
+            self.size += len(record)
             self.records += 1
             return self.path
         raise FileNotFoundError(errno.ENOENT, "the result log vanished twice", self.directory)
@@ -103,7 +104,7 @@ class ResultLog:
     def _start(self) -> None:
         path = os.path.join(self.directory, PREFIX + process_token())
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        self.path, self.records = path, 0
+        self.path, self.records, self.size = path, 0, 0
 
     def _retire(self) -> None:
         if self.path is not None:

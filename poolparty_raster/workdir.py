@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import itertools
 import json
 import os
 import pickle
@@ -42,7 +43,8 @@ import cloudpickle
 
 from poolparty_raster import resultlog
 from poolparty_raster.claims import Claims
-from poolparty_raster.files import append_line, atomic_write, extend_archive, read_jsonl
+from poolparty_raster.files import (ForwardWriter, append_line, atomic_write, extend_archive,
+                                    read_jsonl)
 from poolparty_raster.names import (ARCHIVE_KINDS, capture_stream, chunk_key, loose_name,
                                     parse_loose_name, parse_worker_capture)
 
@@ -80,7 +82,8 @@ class TasksWriter:
     def __init__(self, directory: str, func_bytes: bytes):
         fd, self.tmp_path = tempfile.mkstemp(prefix=".tasks.", suffix=".tmp", dir=directory)
         self._file = os.fdopen(fd, "wb")
-        self._zip = zipfile.ZipFile(self._file, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
+        self._stream = ForwardWriter(self._file)
+        self._zip = zipfile.ZipFile(self._stream, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
         self._hash = hashlib.sha256(func_bytes)
         self._zip.writestr("function.pkl", func_bytes)
         self.chunk_starts: list[int] = []
@@ -97,7 +100,7 @@ class TasksWriter:
     def finish(self) -> str:
         """Close the archive and return the digest of function and tasks."""
         self._zip.close()
-        self._file.flush()
+        self._stream.flush()
         os.fsync(self._file.fileno())
         self._file.close()
         return self._hash.hexdigest()
@@ -124,6 +127,10 @@ class WorkDir:
         self._archives: dict[str, tuple[tuple[int, int, int], zipfile.ZipFile]] = {}
         self.claims = Claims(self.file("claims"))  # workers mode: who runs which chunk
         self._logs = resultlog.LogIndex()  # where the results linked to result logs are
+        # The last scan: every name listed, the loose ones by chunk, and what scan() returns.
+        self._listed: set[str] = set()
+        self._loose: dict[int, set[str]] = {}
+        self._scanned: dict[int, dict[str, list[str]]] = {}
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
@@ -204,17 +211,34 @@ class WorkDir:
 
     # -- the driver's side -------------------------------------------------------------
     def scan(self) -> dict[int, dict[str, list[str]]]:
-        """Loose worker files by chunk: ``{chunk: {"final": [kinds], "live": [file names]}}``."""
-        found: dict[int, dict[str, list[str]]] = {}
-        with os.scandir(self.path) as entries:
-            for entry in entries:
-                parsed = parse_loose_name(entry.name)
-                if parsed is None:
-                    continue
-                chunk, kind, live = parsed
-                slot = found.setdefault(chunk, {"final": [], "live": []})
-                slot["live" if live else "final"].append(entry.name if live else kind)
-        return found
+        """Loose worker files by chunk: ``{chunk: {"final": [kinds], "live": [file names]}}``,
+        which the caller does not change. Every collect lists the work_dir, where loose
+        results wait for a reduction by the hundred: only names that came or went since the
+        last scan are read, and the entry of a chunk they touch is replaced, not changed (a
+        caller may keep one)."""
+        names = set(os.listdir(self.path))
+        touched = set()
+        for name, present in itertools.chain(((n, False) for n in self._listed - names),
+                                             ((n, True) for n in names - self._listed)):
+            parsed = parse_loose_name(name)
+            if parsed is not None:
+                chunk_names = self._loose.setdefault(parsed[0], set())
+                if present:
+                    chunk_names.add(name)
+                else:
+                    chunk_names.discard(name)
+                touched.add(parsed[0])
+        for chunk in touched:
+            slot: dict[str, list[str]] = {"final": [], "live": []}
+            for name in sorted(self._loose[chunk]):
+                _, kind, live = parse_loose_name(name)
+                slot["live" if live else "final"].append(name if live else kind)
+            if self._loose[chunk]:
+                self._scanned[chunk] = slot
+            else:
+                del self._loose[chunk], self._scanned[chunk]
+        self._listed = names
+        return self._scanned
 
     def worker_captures(self, worker_token: str | None = None) -> list[str]:
         """Workers mode's live captures, of one worker or of every worker."""
@@ -330,13 +354,18 @@ class WorkDir:
     def _open_loose(self, name: str) -> IO[bytes]:
         """A loose file's content: a result that is a link to a worker's result log reads
         as its chunk's record alone."""
-        f = open(self.file(name), "rb")
-        parsed = parse_loose_name(name)
-        if parsed is None or parsed[1] != "result" or f.read(len(resultlog.MAGIC)) != resultlog.MAGIC:
-            f.seek(0)
-            return f
-        with f:
-            return io.BytesIO(self._logs.read(f.fileno(), parsed[0], name))
+        fd = os.open(self.file(name), os.O_RDONLY)
+        try:
+            parsed = parse_loose_name(name)
+            if (parsed is None or parsed[1] != "result"
+                    or os.pread(fd, len(resultlog.MAGIC), 0) != resultlog.MAGIC):
+                return os.fdopen(fd, "rb")  # which closes the fd from here on
+            record = self._logs.read(fd, parsed[0], name)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        return io.BytesIO(record)
 
     def _extend_archive(self, kind: str, entries: dict[str, str]) -> None:
         extend_archive(self.archive_path(kind), entries, self._open_loose,

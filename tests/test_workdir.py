@@ -1,0 +1,45 @@
+"""The driver's view of a work_dir: what a scan reports as files come and go, and tasks.zip
+written in one pass."""
+from __future__ import annotations
+
+import os
+import zipfile
+
+import cloudpickle
+
+from poolparty_raster.names import live_capture_name
+from poolparty_raster.workdir import TasksWriter, WorkDir
+
+
+def test_a_scan_follows_loose_files_and_an_entry_it_handed_out_stays_as_it_was(tmp_path):
+    work_dir = WorkDir(str(tmp_path / "w"))
+    work_dir.create()
+    work_dir.write_loose(3, "stderr", b"warning\n")
+    capture = live_capture_name(5, "stdout")
+    open(work_dir.file(capture), "wb").close()
+    first = work_dir.scan()
+    kept = first[3]
+    assert first == {3: {"final": ["stderr"], "live": []},
+                     5: {"final": [], "live": [capture]}}
+    work_dir.write_result(3, b"\x80\x05N.")
+    work_dir.write_loose(4, "result", b"\x80\x05N.")
+    second = work_dir.scan()
+    assert second[3] == {"final": ["result", "stderr"], "live": []}
+    assert kept == {"final": ["stderr"], "live": []}  # what the first scan said of chunk 3
+    work_dir.discard_loose(3)
+    assert sorted(work_dir.scan()) == [4, 5]
+    assert sorted(WorkDir(work_dir.path).scan()) == [4, 5]  # a fresh view agrees
+
+
+def test_tasks_zip_written_in_one_pass_reads_back_every_chunk(tmp_path):
+    work_dir = WorkDir(str(tmp_path / "w"))
+    work_dir.create()
+    writer = TasksWriter(work_dir.path, cloudpickle.dumps(abs))
+    for chunk in range(300):
+        writer.add_chunk([chunk, -chunk])
+    writer.finish()
+    os.replace(writer.tmp_path, work_dir.tasks_path)
+    with zipfile.ZipFile(work_dir.tasks_path) as archive:
+        assert archive.testzip() is None  # every entry's checksum holds
+    assert work_dir.load_function() is abs
+    assert [work_dir.load_tasks(c) for c in (0, 299)] == [[0, 0], [299, -299]]
