@@ -19,8 +19,8 @@ so one that starts after the map ended (its work_dir removed) finds nothing to d
 """
 from __future__ import annotations
 
+import collections
 import errno
-import itertools
 import os
 import shutil
 import socket
@@ -55,6 +55,8 @@ class Claims:
         self.path = path
         self._holders: dict[Any, str] = {}  # badge inode, or (chunk, inode) -> holder
         self._cursor = 0  # a worker's: the next chunk it tries to claim directly
+        self._stride = 1  # a worker's: how far it steps after a claim (workers beside it + 1)
+        self._behind: collections.deque[int] = collections.deque()  # free at the last listing
         self._badge: tuple[str, str, int] | None = None  # a worker's: (name, path, inode)
         self._hard_links = True
 
@@ -145,34 +147,42 @@ class Claims:
         ended. ``done`` holds the chunks finished before this worker started (finished ones
         keep their claims).
 
-        Workers take chunks in order, so the next free one is usually just past this
-        worker's last: it is tried directly (one open each). After DIRECT_TRIES taken by
-        other workers, and once that runs past the last chunk (for what was freed behind:
-        a dead worker's chunk, one to redo, a straggler's second run), the worker lists
-        claims/ instead; listing it for every claim made a map of n chunks cost n^2."""
-        tries = 0
-        while self._cursor < num_chunks and tries < DIRECT_TRIES:
-            chunk, self._cursor = self._cursor, self._cursor + 1
-            if chunk in done:
-                continue
-            path = self.path_of(chunk)
-            tries += 1
-            try:
-                if self._create(path, worker):
-                    return chunk, path
-            except FileNotFoundError:  # the driver removed the claims: the map is over
-                return None
-        claimed = self._claim_by_listing(num_chunks, worker, done)
-        if claimed is not None:
-            self._cursor = max(self._cursor, claimed[0] + 1)
-        return claimed
+        Workers take chunks in order, so the next free one is usually just ahead of this
+        worker's last: it is tried directly (one link each). Workers side by side would each
+        try first the chunk another just took (a failed link and a stat a chunk): one that
+        stepped over k taken chunks to its claim has k others beside it, and steps k + 1
+        chunks from then on, so that they interleave. After DIRECT_TRIES taken by other
+        workers, and once that runs past the last chunk (for what was freed behind, or
+        stepped over: a dead worker's chunk, one to redo, a straggler's second run), the
+        worker lists claims/ instead, and tries the free chunks behind it that the listing
+        showed before it lists again; listing it for every claim made a map of n chunks cost
+        n^2."""
+        try:
+            tries = 0
+            while self._behind and tries < DIRECT_TRIES:
+                chunk = self._behind.popleft()
+                tries += 1
+                if self._create(self.path_of(chunk), worker):
+                    return chunk, self.path_of(chunk)
+            stepped = 0
+            while self._cursor < num_chunks and tries < DIRECT_TRIES:
+                chunk, self._cursor = self._cursor, self._cursor + 1
+                if chunk in done:
+                    continue
+                tries += 1
+                if self._create(self.path_of(chunk), worker):
+                    self._stride = stepped + 1 if stepped else self._stride
+                    self._cursor = chunk + self._stride
+                    return chunk, self.path_of(chunk)
+                stepped += 1
+            return self._claim_by_listing(num_chunks, worker, done)
+        except FileNotFoundError:  # the driver removed the claims: the map is over
+            return None
 
     def _claim_by_listing(self, num_chunks: int, worker: str,
                           done: set[int]) -> tuple[int, str] | None:
-        try:
-            names = os.listdir(self.path)
-        except FileNotFoundError:
-            return None
+        self._stride = 1
+        names = os.listdir(self.path)
         claimed: set[int] = set()
         redo: set[int] = set()
         reissued: set[int] = set()
@@ -183,14 +193,15 @@ class Claims:
             if stem.isdigit() and dot + suffix in by_suffix:
                 by_suffix[dot + suffix].add(int(stem))
         free = sorted(set(range(num_chunks)).difference(claimed, done - redo))
-        seconds = (c for c in sorted(reissued - duplicated) if c not in done)
-        for chunk, path in itertools.chain(((c, self.path_of(c)) for c in free),
-                                           ((c, self.path_of(c) + _DUPLICATE) for c in seconds)):
-            try:
-                if self._create(path, worker):
-                    return chunk, path
-            except FileNotFoundError:
-                return None
+        for index, chunk in enumerate(free):
+            if self._create(self.path_of(chunk), worker):
+                self._cursor = max(self._cursor, chunk + 1)
+                # Never a chunk at or past the cursor: the cursor reaches those.
+                self._behind = collections.deque(c for c in free[index + 1:] if c < self._cursor)
+                return chunk, self.path_of(chunk)
+        for chunk in sorted(reissued - duplicated):
+            if chunk not in done and self._create(self.path_of(chunk) + _DUPLICATE, worker):
+                return chunk, self.path_of(chunk) + _DUPLICATE
         return None
 
     def _create(self, path: str, worker: str) -> bool:

@@ -99,6 +99,30 @@ def test_a_worker_takes_chunks_freed_behind_it_and_skips_finished_ones(tmp_path)
     assert other.claim_next(5, "1", set()) is None  # the map ended
 
 
+def test_workers_side_by_side_interleave_and_one_left_alone_takes_what_it_stepped_over(
+        tmp_path, monkeypatch):
+    claims = WorkDir(str(tmp_path / "w")).claims
+    os.makedirs(os.path.dirname(claims.path))
+    claims.create()
+    other = type(claims)(claims.path)
+    links = []
+    real_link = os.link
+    monkeypatch.setattr(os, "link", lambda src, dst: (links.append(dst), real_link(src, dst))[1])
+    # Each first tries the chunk the other just took, once; from then on they alternate.
+    assert [claims.claim_next(10, "0", set())[0], other.claim_next(10, "1", set())[0],
+            claims.claim_next(10, "0", set())[0]] == [0, 1, 2]
+    links.clear()
+    assert [other.claim_next(10, "1", set())[0], claims.claim_next(10, "0", set())[0],
+            other.claim_next(10, "1", set())[0]] == [3, 4, 5]
+    assert len(links) == 3  # a link a claim, none refused
+    # The other worker ends: this one steps over what it would have taken, then lists.
+    taken = []
+    while (claim := claims.claim_next(10, "0", set())) is not None:
+        taken.append(claim[0])
+    assert taken == [6, 8, 7, 9]
+    assert sorted(claims.held()) == list(range(10))
+
+
 def pid_of_task(x):
     return os.getpid()
 
