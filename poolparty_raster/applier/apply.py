@@ -9,10 +9,13 @@ a pool pulls tasks lazily (multiprocessing's pools, threads, whose blocks come b
 only a bounded number are out at a time."""
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+
+import cloudpickle
 
 from poolparty_raster.applier.blockfiles import WORKER_FILE_BYTES, readRegion
 from poolparty_raster.applier.controls import CW_NONE, CW_THREADS, ApplierControls
@@ -24,8 +27,8 @@ from poolparty_raster.applier.poolfactory import (Scratch, isWorkersMode, makePo
 from poolparty_raster.applier.reader import inputSpecs
 from poolparty_raster.applier.structures import (ApplierBlockDefn, ApplierReturn,
                                                  FilenameAssociations, Timers)
-from poolparty_raster.applier.task import (TaskPart, TaskResult, TaskRunner, TaskSpec,
-                                           copiedOtherArgs, iterTaskBlocks, newStats)
+from poolparty_raster.applier.task import (PackedTaskPart, TaskPart, TaskResult, TaskRunner,
+                                           TaskSpec, iterTaskBlocks, newStats)
 from poolparty_raster.applier.writer import OutputFile, finishAll, openOutputs
 
 # Tasks handed out but not yet written, per worker, where tasks are handed out lazily.
@@ -155,17 +158,21 @@ def _collect(pool: Any, runner: TaskRunner, feeder: _Feeder, scratch: Scratch | 
              progress: _Progress) -> dict[int, Any]:
     otherArgsByTask: dict[int, Any] = {}
     results: Any = None
+    clock = time.perf_counter  # per task, where a context manager costs more than the work
     try:
         results = iter(pool.imap_unordered(runner, feeder.tasks()))
         while True:
-            with timings.interval("waiting"):
-                result = next(results, None)
-            if result is None:
+            start = clock()
+            packed = next(results, None)
+            timings.add("waiting", clock() - start)
+            if packed is None:
                 break
-            with timings.interval("writing"):
-                for blockDefn, arrays in _resultBlocks(result, scratch, spec):
-                    for key, array in arrays.items():
-                        outputs[key].write(blockDefn, array)
+            result = TaskResult.unpacked(packed, feeder.groups[packed[0]])
+            start = clock()
+            for blockDefn, arrays in _resultBlocks(result, scratch, spec):
+                for key, array in arrays.items():
+                    outputs[key].write(blockDefn, array)
+            timings.add("writing", clock() - start)
             _addStats(outputs, result.stats)
             timings.merge(result.timings)
             otherArgsByTask[result.taskIndex] = result.otherArgs
@@ -209,19 +216,21 @@ class _Feeder:
     def __init__(self, groups: list[list[ApplierBlockDefn]], otherArgs: Any, pickled: bool,
                  limit: int | None):
         self.groups = groups
-        self.otherArgs = otherArgs
+        # Process pools: pickled once; every task unpickles its own copy from the same bytes.
+        self.otherArgs = cloudpickle.dumps(otherArgs) if pickled else otherArgs
         self.pickled = pickled
         self.slots = threading.Semaphore(limit) if limit else None
         self.driverThread = threading.get_ident()
         self.aborted = False
 
-    def tasks(self) -> Iterator[TaskPart]:
+    def tasks(self) -> Iterator[PackedTaskPart]:
         for index, group in enumerate(self.groups):
             if self.slots is not None and threading.get_ident() != self.driverThread:
                 self.slots.acquire()
             if self.aborted:
                 return
-            yield TaskPart(index, group, copiedOtherArgs(self.otherArgs, self.pickled))
+            otherArgs = self.otherArgs if self.pickled else copy.deepcopy(self.otherArgs)
+            yield TaskPart(index, group, otherArgs).packed()
 
     def done(self) -> None:
         if self.slots is not None:

@@ -3,7 +3,7 @@
 A worker appends each task's arrays, C order, block by block and outputs in ``outputNames``
 order, to its process's block file in the shared scratch directory, as one region; each
 array's dtype and band count travel in the task's result (its rows and columns are the
-block's), so reading a block is one ``fromfile`` (parsing an ``.npy`` header cost nearly as
+block's), so reading a block is one ``preadv`` (parsing an ``.npy`` header cost nearly as
 much as reading an uncompressed block).
 
 A region is committed by the task result that names it (file, offset, region number), which
@@ -21,8 +21,8 @@ scratch directory at the end of the apply.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -30,6 +30,7 @@ import numpy as np
 
 from poolparty_raster.applier.structures import ApplierBlockDefn, Timers
 from poolparty_raster.claims import process_token
+from poolparty_raster.files import write_all
 
 Key = tuple[str, int | None]
 Layout = list[tuple[str, int]]   # per output: (dtype string, bands)
@@ -60,6 +61,7 @@ class BlockWriter:
         self.pid = os.getpid()
         self.name: str | None = None
         self.regions = 0
+        self.size = 0
 
     def write(self, blocks: Iterator[tuple[ApplierBlockDefn, dict[Key, np.ndarray]]],
               outputNames: list[Key], timings: Timers, layouts: list[Layout]) -> Region:
@@ -67,24 +69,26 @@ class BlockWriter:
         ``layouts``. Raises what the blocks raise; the file then takes no more regions."""
         if self.name is None:
             self._start()
-        path = os.path.join(self.directory, self.name)
+        region = Region(self.name, self.size, self.regions + 1, False)
+        fd = os.open(os.path.join(self.directory, self.name), os.O_WRONLY | os.O_APPEND)
         try:
-            with open(path, "ab") as f:
-                region = Region(self.name, f.tell(), self.regions + 1, False)
-                for _, arrays in blocks:
-                    with timings.interval("blockfile"):
-                        layout = []
-                        for key in outputNames:
-                            array = np.ascontiguousarray(arrays[key])
-                            f.write(memoryview(array).cast("B"))
-                            layout.append((array.dtype.str, array.shape[0]))
-                        layouts.append(layout)
-                size = f.tell()
+            for _, arrays in blocks:
+                start = time.perf_counter()
+                layout = []
+                for key in outputNames:
+                    array = np.ascontiguousarray(arrays[key])
+                    write_all(fd, memoryview(array))
+                    self.size += array.nbytes
+                    layout.append((array.dtype.str, array.shape[0]))
+                layouts.append(layout)
+                timings.add("blockfile", time.perf_counter() - start)
         except BaseException:
             self.name = None  # its end is unknown now: the next task starts a new file
             raise
+        finally:
+            os.close(fd)  # on NFS, what sends the region to the server
         self.regions = region.number
-        if size >= self.fileBytes:
+        if self.size >= self.fileBytes:
             region.last = True
             self.name = None
         return region
@@ -93,7 +97,7 @@ class BlockWriter:
         self.name = process_token() + SUFFIX
         os.close(os.open(os.path.join(self.directory, self.name),
                          os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        self.regions = 0
+        self.regions = self.size = 0  # this process alone appends to it
 
 
 _writer: BlockWriter | None = None
@@ -111,19 +115,25 @@ def writerFor(directory: str, fileBytes: int) -> BlockWriter:
 
 def readRegion(path: str, offset: int, blocks: list[ApplierBlockDefn], layouts: list[Layout],
                outputNames: list[Key]) -> Iterator[tuple[ApplierBlockDefn, dict[Key, np.ndarray]]]:
-    """The driver's side: one block's arrays at a time."""
-    with open(path, "rb") as f:
-        f.seek(offset)
+    """The driver's side: one block's arrays at a time, each read straight into its array
+    (one system call an array)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
         for blockDefn, layout in zip(blocks, layouts, strict=True):
             arrays = {}
             for key, (dtype, bands) in zip(outputNames, layout, strict=True):
-                shape = (bands, blockDefn.nrows, blockDefn.ncols)
-                array = np.fromfile(f, dtype=dtype, count=math.prod(shape))
-                if array.size != math.prod(shape):
-                    raise OSError(f"block file {path} ends inside the block at "
-                                  f"top={blockDefn.top}, left={blockDefn.left}")
-                arrays[key] = array.reshape(shape)
+                array = np.empty((bands, blockDefn.nrows, blockDefn.ncols), dtype=dtype)
+                view = memoryview(array).cast("B")
+                while view:  # a read stops short at 2 GiB, or at the file's end
+                    count = os.preadv(fd, [view], offset)
+                    if count == 0:
+                        raise OSError(f"block file {path} ends inside the block at "
+                                      f"top={blockDefn.top}, left={blockDefn.left}")
+                    view, offset = view[count:], offset + count
+                arrays[key] = array
             yield blockDefn, arrays
+    finally:
+        os.close(fd)
 
 
 class Ledger:

@@ -6,7 +6,6 @@ holds a whole task's outputs."""
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import os
 import time
@@ -51,11 +50,26 @@ class TaskSpec:
 @dataclass
 class TaskPart:
     """One task: its index, its blocks, and its own copy of otherArgs (pickled bytes for
-    process pools, so that every task gets an independent copy however the pool batches)."""
+    process pools, so that every task gets an independent copy however the pool batches).
+    It goes to the pool ``packed`` as builtins: cloudpickle pickles a tuple of ints and bytes
+    at pickle's own speed, where each class in it costs a module lookup (with 1-block tasks,
+    most of what preparing a task costs the driver)."""
 
     taskIndex: int
     blocks: list[ApplierBlockDefn]
     otherArgs: Any
+
+    def packed(self) -> PackedTaskPart:
+        return (self.taskIndex, tuple((b.top, b.left, b.nrows, b.ncols) for b in self.blocks),
+                self.otherArgs)
+
+    @classmethod
+    def unpacked(cls, packed: PackedTaskPart) -> TaskPart:
+        taskIndex, blocks, otherArgs = packed
+        return cls(taskIndex, [ApplierBlockDefn(*b) for b in blocks], otherArgs)
+
+
+PackedTaskPart = tuple[int, tuple[tuple[int, int, int, int], ...], Any]
 
 
 @dataclass
@@ -74,6 +88,24 @@ class TaskResult:
     layouts: list[Layout] = field(default_factory=list)
     timings: Timers = field(default_factory=Timers)
 
+    def packed(self) -> tuple[Any, ...]:
+        """What goes back to the driver: builtins, as a TaskPart goes out, but for the
+        statistics, the arrays in-band and the user's otherArgs; the driver knows the
+        blocks."""
+        region = self.region
+        if region is not None:  # not dataclasses.astuple: it deep-copies, at 20 us a region
+            region = (region.name, region.offset, region.number, region.last)
+        return (self.taskIndex, self.otherArgs, self.stats, self.arrays, region, self.layouts,
+                dict(self.timings.pairs))
+
+    @classmethod
+    def unpacked(cls, packed: tuple[Any, ...], blocks: list[ApplierBlockDefn]) -> TaskResult:
+        taskIndex, otherArgs, stats, arrays, region, layouts, pairs = packed
+        timings = Timers()
+        timings.pairs.update(pairs)
+        return cls(taskIndex, blocks, otherArgs, stats, arrays,
+                   None if region is None else Region(*region), layouts, timings)
+
 
 class TaskRunner:
     """The function every pool runs. Holds the spec cloudpickled, so user functions defined
@@ -83,9 +115,10 @@ class TaskRunner:
         self._spec = spec if not pickled else None
         self._bytes = cloudpickle.dumps(spec) if pickled else None
         self._readers: list[InputReader] | None = None
+        self._scratchSeen: bool | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"_spec": None, "_bytes": self._bytes, "_readers": None}
+        return {"_spec": None, "_bytes": self._bytes, "_readers": None, "_scratchSeen": None}
 
     def readers(self) -> list[InputReader] | None:
         """In a worker process the inputs stay open from task to task (a long-lived worker
@@ -102,18 +135,28 @@ class TaskRunner:
             weakref.finalize(self, stack.close)
         return self._readers
 
+    def _scratchVisible(self) -> bool:
+        """Whether this process sees the scratch directory; asked once per process (a
+        stat a task is a round trip each on NFS)."""
+        if self._scratchSeen is None:
+            self._scratchSeen = (self.spec.scratchDir is not None
+                                 and os.path.isdir(self.spec.scratchDir))
+        return self._scratchSeen
+
     @functools.cached_property
     def spec(self) -> TaskSpec:
         return self._spec if self._spec is not None else cloudpickle.loads(self._bytes)
 
-    def __call__(self, part: TaskPart) -> TaskResult:
+    def __call__(self, packed: PackedTaskPart) -> tuple[Any, ...]:
+        """A packed TaskPart in, a packed TaskResult out."""
+        part = TaskPart.unpacked(packed)
         if self._bytes is None:  # threads: the driver's cap covers them (it is process-wide)
-            return self._run(part)
+            return self._run(part).packed()
         if serving_a_map():  # capped once for the process's life (a GDAL Env costs ~0.2 ms)
             _capThisProcess(self.spec.gdalCacheBytes)
-            return self._run(part)
+            return self._run(part).packed()
         with CacheCap(self.spec.gdalCacheBytes):  # a process of the caller's, e.g. their pool
-            return self._run(part)
+            return self._run(part).packed()
 
     def _run(self, part: TaskPart) -> TaskResult:
         spec = self.spec
@@ -123,10 +166,11 @@ class TaskRunner:
         timings = Timers()
         stats = newStats(spec)
         result = TaskResult(part.taskIndex, part.blocks, otherArgs, stats, timings=timings)
-        with timings.interval("opening"):
-            readers = self.readers()
+        start = time.perf_counter()
+        readers = self.readers()
+        timings.add("opening", time.perf_counter() - start)
         blocks = iterTaskBlocks(spec, part.blocks, otherArgs, timings, stats, readers)
-        if spec.scratchDir is not None and os.path.isdir(spec.scratchDir):
+        if self._scratchVisible():
             writer = writerFor(spec.scratchDir, spec.blockFileBytes)
             result.region = writer.write(blocks, spec.outputNames, timings, result.layouts)
         else:  # threads, or a pool whose workers cannot see the scratch directory
@@ -233,7 +277,3 @@ def _innerOutputs(outputs: BlockAssociations, names: list[Key], blockDefn: Appli
 def _label(key: Key) -> str:
     return key[0] if key[1] is None else f"{key[0]}[{key[1]}]"
 
-
-def copiedOtherArgs(otherArgs: Any, pickled: bool) -> Any:
-    """Each task's own copy: bytes for process pools (unpickled in the worker)."""
-    return cloudpickle.dumps(otherArgs) if pickled else copy.deepcopy(otherArgs)

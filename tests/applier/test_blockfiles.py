@@ -87,3 +87,11 @@ def test_a_task_that_fails_while_writing_leaves_the_earlier_regions_readable(tmp
     region, blocks, arrays, layouts = kept
     got = read(tmp_path, region, blocks, layouts)
     np.testing.assert_array_equal(got[1][1][NAMES[0]], arrays[1][NAMES[0]])
+
+
+def test_a_region_cut_short_reads_as_an_error_naming_the_block(tmp_path):
+    writer = BlockWriter(str(tmp_path), fileBytes=10_000)
+    region, blocks, _, layouts = write(writer, 0, 2)
+    os.truncate(tmp_path / region.name, os.path.getsize(tmp_path / region.name) - 1)
+    with pytest.raises(OSError, match="ends inside the block at top=4, left=0"):
+        read(tmp_path, region, blocks, layouts)

@@ -10,6 +10,7 @@ from rasterhelpers import readRaster, writeRaster
 
 from poolparty_raster import applier
 from poolparty_raster.applier import grid, poolfactory
+from poolparty_raster.applier.task import TaskPart
 
 
 class RecordingPool:
@@ -52,7 +53,8 @@ def test_set_pool_sizes_tasks_by_its_parallelism(tmp_path):
     assert grid.taskSizes(10_000, 50, False, "array", 256 * 256)[0] == 64  # the minimum
     pool = RecordingPool(parallelism=3)
     runOn(tmp_path, pool, singleBlockComputeWorkers=True)
-    assert len(pool.tasks) == 100 and all(len(t.blocks) == 1 for t in pool.tasks)
+    assert len(pool.tasks) == 100 and all(
+        len(TaskPart.unpacked(t).blocks) == 1 for t in pool.tasks)
     # numComputeWorkers with setPool: the user's word for how many run at once.
     style = applier.ConcurrencyStyle(numComputeWorkers=7, computeWorkerKind=applier.CW_SUBPROC)
     assert poolfactory.poolWidth(RecordingPool(parallelism=3), style) == 7
