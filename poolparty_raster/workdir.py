@@ -133,7 +133,9 @@ class WorkDir:
         self._scanned: dict[int, dict[str, list[str]]] = {}
 
     def file(self, name: str) -> str:
-        return os.path.join(self.path, name)
+        """The path of a file directly in the work_dir (asked several times a chunk, where
+        os.path.join's generality costs more than the rest)."""
+        return f"{self.path}{os.sep}{name}"
 
     @property
     def tasks_path(self) -> str:

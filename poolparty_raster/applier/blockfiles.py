@@ -70,7 +70,7 @@ class BlockWriter:
         if self.name is None:
             self._start()
         region = Region(self.name, self.size, self.regions + 1, False)
-        fd = os.open(os.path.join(self.directory, self.name), os.O_WRONLY | os.O_APPEND)
+        fd = os.open(f"{self.directory}{os.sep}{self.name}", os.O_WRONLY | os.O_APPEND)
         try:
             for _, arrays in blocks:
                 start = time.perf_counter()
