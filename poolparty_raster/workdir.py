@@ -44,7 +44,7 @@ import cloudpickle
 from poolparty_raster import resultlog
 from poolparty_raster.claims import Claims
 from poolparty_raster.files import (ForwardWriter, append_line, atomic_write, extend_archive,
-                                    read_jsonl)
+                                    read_jsonl, read_stored)
 from poolparty_raster.names import (ARCHIVE_KINDS, capture_stream, chunk_key, loose_name,
                                     parse_loose_name, parse_worker_capture)
 
@@ -193,10 +193,10 @@ class WorkDir:
         self._archives = {}
 
     def load_function(self) -> Callable[[Any], Any]:
-        return cloudpickle.loads(self._tasks_zip().read("function.pkl"))
+        return cloudpickle.loads(read_stored(self._tasks_zip(), "function.pkl"))
 
     def load_tasks(self, chunk: int) -> list[Any]:
-        return cloudpickle.loads(self._tasks_zip().read(f"chunks/{chunk_key(chunk)}.pkl"))
+        return cloudpickle.loads(read_stored(self._tasks_zip(), f"chunks/{chunk_key(chunk)}.pkl"))
 
     def write_loose(self, chunk: int, kind: str, data: bytes) -> None:
         # Not durable: a loose file that a node's crash tears is read as unreadable and its

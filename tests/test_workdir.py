@@ -6,7 +6,9 @@ import os
 import zipfile
 
 import cloudpickle
+import pytest
 
+from poolparty_raster.files import read_stored
 from poolparty_raster.names import live_capture_name
 from poolparty_raster.workdir import TasksWriter, WorkDir
 
@@ -43,3 +45,22 @@ def test_tasks_zip_written_in_one_pass_reads_back_every_chunk(tmp_path):
         assert archive.testzip() is None  # every entry's checksum holds
     assert work_dir.load_function() is abs
     assert [work_dir.load_tasks(c) for c in (0, 299)] == [[0, 0], [299, -299]]
+
+
+def test_an_entry_read_at_its_offset_is_checked_and_a_compressed_one_still_reads(tmp_path):
+    path = str(tmp_path / "a.zip")
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("stored", b"s" * 100)
+        archive.writestr("big", b"b" * 100, compress_type=zipfile.ZIP_STORED)
+        archive.writestr("deflated", b"d" * 1000, compress_type=zipfile.ZIP_DEFLATED)
+        with archive.open("zip64", "w", force_zip64=True) as entry:
+            entry.write(b"z" * 100)
+    with zipfile.ZipFile(path) as archive:
+        assert [read_stored(archive, n) for n in ("stored", "deflated", "zip64")] == [
+            b"s" * 100, b"d" * 1000, b"z" * 100]
+        offset = archive.getinfo("big").header_offset + 30 + len("big") + 50
+    with open(path, "r+b") as f:  # one byte of an entry's data changes on disk
+        f.seek(offset)
+        f.write(b"X")
+    with zipfile.ZipFile(path) as archive, pytest.raises(zipfile.BadZipFile, match="big"):
+        read_stored(archive, "big")
