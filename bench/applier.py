@@ -105,27 +105,27 @@ def _copy_rows(side: int, repeats: int, quick: bool, tmp: str) -> list[Row]:
             # Identical runs differ by up to ~10 % on this shared machine: 5 repetitions,
             # 15 for the ~0.3 s uncompressed copies, for a steadier median.
             n = 1 if quick else (15 if codec == "NONE" else 5)
-            cpu: dict[str, float] = {}
             t = interleaved({
                 "read": lambda: rasters.floor_read(src),
                 "floor": lambda: rasters.floor_copy(src, dst_floor, options),
                 "capped": lambda: _cappedFloor(src, dst_floor, options, cap),
                 "applier": lambda: run_applier(copy_block, src, dst_app,
                                                controls_for({**options, **SERIAL})),
-            }, n, warmup=not quick, cpu=cpu,
+            }, n, warmup=not quick,
                 outputs={"floor": dst_floor, "capped": dst_floor, "applier": dst_app})
-            ratio = t["applier"] / t["floor"]
-            cpuRatio = cpu["applier"] / cpu["floor"]
+            ratio = t.ratio("applier", "floor")
+            cpuRatio = t.ratio("applier", "floor", cpu=True)
             out.append((f"{dtype} {mpix:.0f} Mpix, {codec}: rasterio loop read / read+write",
                         f"{t['read']:.2f} s / {t['floor']:.2f} s ({mpix / t['floor']:.0f} Mpix/s)",
                         "floor", "-"))
             out.append((f"{dtype} {codec}: applier serial copy / rasterio read+write loop",
                         f"{ratio:.3f}x ({t['applier']:.2f} s); CPU time {cpuRatio:.3f}x "
-                        f"({cpu['applier']:.2f} s vs {cpu['floor']:.2f} s)", "<= 1.05x",
+                        f"({t.cpu_median('applier'):.2f} s vs {t.cpu_median('floor'):.2f} s)", "<= 1.05x",
                         verdict(ratio <= 1.05)))
             out.append((f"{dtype} {codec}: applier / the same loop with GDAL's cache capped "
-                        "as the applier caps it", f"{t['applier'] / t['capped']:.3f}x (loop "
-                        f"{t['capped']:.2f} s); CPU time {cpu['applier'] / cpu['capped']:.3f}x",
+                        "as the applier caps it", f"{t.ratio('applier', 'capped'):.3f}x (loop "
+                        f"{t['capped']:.2f} s); CPU time "
+                        f"{t.ratio('applier', 'capped', cpu=True):.3f}x",
                         "reported", "-"))
     return out
 
@@ -160,7 +160,7 @@ def _parallel_copy_rows(side: int, repeats: int, tmp: str) -> list[Row]:
                                      controls_for({**options, **SERIAL}, workers=2)),
         "serial": lambda: run_applier(copy_block, src, dst["serial"], controls_for(options)),
     }, repeats, outputs=dst)
-    ratio = {k: t[k] / t["floor"] for k in ("w2", "w2one", "serial")}
+    ratio = {k: t.ratio(k, "floor") for k in ("w2", "w2one", "serial")}
     return [
         ("int16 DEFLATE copy, applier on 2 local workers / serial rasterio loop",
          f"{ratio['w2']:.2f}x ({t['w2']:.2f} s vs {t['floor']:.2f} s)", "<= 0.6x",
@@ -202,8 +202,8 @@ def _compute_rows(side: int, repeats: int, tmp: str) -> list[Row]:
                 "loop": loop,
                 "mp": lambda: mp_pool.map(call, windows, chunksize=8),
             }, repeats, outputs=dst)
-            speedup, wm = t["serial"] / t["w2"], t["serial"] / t["wm"]
-            ceiling = t["loop"] / t["mp"]
+            speedup, wm = t.ratio("serial", "w2"), t.ratio("serial", "wm")
+            ceiling = t.ratio("loop", "mp")
             out.append((f"{name} block function: serial / 2 local workers (CW_SUBPROC)",
                         f"{speedup:.2f}x ({t['serial']:.1f} s vs {t['w2']:.1f} s)",
                         f">= {target}x", verdict(speedup >= target)))

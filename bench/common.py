@@ -1,7 +1,8 @@
 """Shared by every suite: interleaved timing, table rows, verdicts, peak-memory probes.
 
 Absolute times on a shared 2-core machine drift from minute to minute, so every comparison
-runs its candidates A B C, C B A, ... in the same process and reports the median ratio.
+runs its candidates A B C, C B A, ... in the same process and reports the median of the
+ratios of neighbouring runs.
 """
 from __future__ import annotations
 
@@ -19,20 +20,38 @@ Row = tuple[str, str, str, str]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+class Timings(dict):
+    """Each arm's median seconds (``timings[name]``), with every repetition kept for ratios.
+
+    ``ratio(a, b)`` is the median of the per-repetition ratios ``a_i / b_i``: arms timed next
+    to each other see the same machine, so a ratio of neighbours cancels the drift of this
+    shared machine from minute to minute, where the ratio of two medians (picked from
+    different repetitions) keeps it."""
+
+    def __init__(self, wall: dict[str, list[float]], cpu: dict[str, list[float]]):
+        super().__init__({name: statistics.median(values) for name, values in wall.items()})
+        self.wall, self.cpu = wall, cpu
+
+    def ratio(self, a: str, b: str, cpu: bool = False) -> float:
+        samples = self.cpu if cpu else self.wall
+        return statistics.median(x / y for x, y in zip(samples[a], samples[b]))
+
+    def cpu_median(self, name: str) -> float:
+        """Median CPU seconds of this process (meaningful for in-process, single-threaded
+        arms: on a shared machine it is far steadier than wall time)."""
+        return statistics.median(self.cpu[name])
+
+
 def interleaved(runs: dict[str, Callable[[], Any]], repeats: int, warmup: bool = False,
-                outputs: dict[str, str] | None = None,
-                cpu: dict[str, float] | None = None) -> dict[str, float]:
-    """Median seconds of each run, in the order A B C, C B A, A B C, ... (so that drift hits
-    all alike and no arm always follows the same one).
+                outputs: dict[str, str] | None = None) -> Timings:
+    """Each run timed ``repeats`` times, in the order A B C, C B A, A B C, ... (so that drift
+    hits all alike and no arm always follows the same one).
 
     ``warmup`` runs each once unmeasured first (page cache, imports, lazy pool threads).
     ``outputs`` names the file an arm writes: it is removed, and the dirty pages of earlier
     runs flushed (``os.sync``), before the arm is timed; otherwise an arm pays for replacing
-    the last run's file, or for the writeback of the arm before it. ``cpu``, if given,
-    receives each arm's median CPU seconds of this process (meaningful for in-process,
-    single-threaded arms: on a shared machine it is far steadier than wall time)."""
+    the last run's file, or for the writeback of the arm before it."""
     outputs = outputs or {}
-    cpuTimes: dict[str, list[float]] = {name: [] for name in runs}
 
     def once(name: str) -> tuple[float, float]:
         if name in outputs:
@@ -45,15 +64,14 @@ def interleaved(runs: dict[str, Callable[[], Any]], repeats: int, warmup: bool =
     if warmup:
         for name in runs:
             once(name)
-    times: dict[str, list[float]] = {name: [] for name in runs}
+    wall: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
     for repeat in range(repeats):
         for name in list(runs) if repeat % 2 == 0 else list(runs)[::-1]:
-            wall, cpuSeconds = once(name)
-            times[name].append(wall)
-            cpuTimes[name].append(cpuSeconds)
-    if cpu is not None:
-        cpu.update({name: statistics.median(v) for name, v in cpuTimes.items()})
-    return {name: statistics.median(values) for name, values in times.items()}
+            wallSeconds, cpuSeconds = once(name)
+            wall[name].append(wallSeconds)
+            cpu[name].append(cpuSeconds)
+    return Timings(wall, cpu)
 
 
 def verdict(ok: bool) -> str:

@@ -57,14 +57,14 @@ def rows(quick: bool) -> list[Row]:
                          "local": lambda: local.map(trivial, range(n_trivial)),
                          "array": lambda: local_array.map(trivial, range(n_trivial))},
                         repeats, warmup=True)
-        cold, warm = t["local"] / t["mp_cold"], t["local"] / t["mp"]
+        cold, warm = t.ratio("local", "mp_cold"), t.ratio("local", "mp")
         out.append((f"{n_trivial} trivial tasks, LocalPool(2) (workers mode, its default) / "
                     "multiprocessing.Pool(2) started in the run",
                     f"{cold:.1f}x ({t['local']:.3f} s vs {t['mp_cold']:.3f} s)", "<= 3x", verdict(cold <= 3)))
         out.append(("same / an already running multiprocessing.Pool(2)",
                     f"{warm:.0f}x (vs {t['mp'] * 1000:.1f} ms)", "<= 3x", verdict(warm <= 3)))
         out.append(("same, LocalPool(2, mode='array') (a process per chunk) / multiprocessing "
-                    "started in the run", f"{t['array'] / t['mp_cold']:.1f}x ({t['array']:.3f} s)",
+                    "started in the run", f"{t.ratio('array', 'mp_cold'):.1f}x ({t['array']:.3f} s)",
                     "reported", "-"))
         t = interleaved({"local": lambda: local.map(trivial, [1]),
                          "mp": lambda: mp_pool.map(trivial, [1])}, 2 if quick else 5)

@@ -26,7 +26,7 @@ def _trivial_rows(quick: bool) -> list[Row]:
         workers.map(trivial, range(4))  # the fork server both pools share starts once, untimed
         t = interleaved({"workers": lambda: workers.map(trivial, range(n), chunksize=1),
                          "array": lambda: array.map(trivial, range(n), chunksize=1)}, repeats)
-    speedup = t["array"] / t["workers"]
+    speedup = t.ratio("array", "workers")
     return [(f"{n:,} trivial tasks in {n:,} chunks, LocalPool(2): array mode / workers mode",
              f"{speedup:.1f}x faster ({t['workers']:.2f} s vs {t['array']:.1f} s; "
              f"{t['workers'] / n * 1000:.1f} ms a chunk)", ">= 5x", verdict(speedup >= 5))]
@@ -55,7 +55,7 @@ def _raster_rows(quick: bool) -> list[Row]:
                     "single": lambda: run_applier(copy_block, src, single, controls_for(
                         options, single_block=True, pool=pool)),
                 }, repeats, outputs={"large": large, "single": single})
-                ratio = t["single"] / t["large"]
+                ratio = t.ratio("single", "large")
                 blocks = len(rasters.windows(side, side))
                 out.append((f"int16 copy, {label}, workers mode: {blocks} 1-block chunks / large chunks",
                             f"{ratio:.2f}x ({t['single']:.2f} s vs {t['large']:.2f} s)",
