@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+import time
 import types
 from typing import Any
 
@@ -27,10 +28,12 @@ from poolparty_raster.applier.gdalcache import (effectiveCap, inputCacheBytes,
                                                 outputCacheBytes)
 from poolparty_raster.applier.grid import describeRasters
 
-# Work per block of the compute benchmarks: chosen so that the serial run takes several
-# seconds of CPU on 41 Mpix (6-8 s here), far more than the I/O, as a compute-bound job
-# would. (80 and 5 rounds took 100 s and 37 s serially, too long to repeat interleaved.)
-NUMPY_ROUNDS = 6
+# Work of the compute benchmarks: several seconds of CPU serially on 41 Mpix, far more than
+# the I/O, as a compute-bound job would. numpy's speed differs between machines by its SIMD
+# (6 rounds took 4-7 s serially on one machine here, 1 s on another with AVX-512), so its
+# rounds are calibrated where the benchmark runs; pure Python's varies far less: 1 round of
+# the GIL-bound function takes 6-10 s. (5 rounds of it took 37 s, too long to interleave.)
+NUMPY_SECONDS = 4.0
 GIL_ROUNDS = 1
 SERIAL = {"NUM_THREADS": "1"}
 
@@ -39,12 +42,37 @@ def copy_block(info: Any, inputs: Any, outputs: Any) -> None:
     outputs.out = inputs.img
 
 
-def numpy_heavy(info: Any, inputs: Any, outputs: Any) -> None:
-    """Vectorised float maths: numpy's ufuncs, one thread each (no BLAS in play)."""
-    a = inputs.img.astype(np.float32)
-    for _ in range(NUMPY_ROUNDS):
-        a = np.sqrt(np.abs(np.sin(a) * 3.0 + np.cos(a * 0.5))) + np.log1p(np.abs(a))
-    outputs.out = a
+class NumpyHeavy:
+    """A block function of vectorised float maths, ``rounds`` times over the block: numpy's
+    ufuncs, one thread each (no BLAS in play). An instance pickles with its rounds, so
+    workers run the same work as the driver."""
+
+    def __init__(self, rounds: int):
+        self.rounds = rounds
+
+    def __call__(self, info: Any, inputs: Any, outputs: Any) -> None:
+        a = inputs.img.astype(np.float32)
+        for _ in range(self.rounds):
+            a = np.sqrt(np.abs(np.sin(a) * 3.0 + np.cos(a * 0.5))) + np.log1p(np.abs(a))
+        outputs.out = a
+
+
+def calibrated_numpy_heavy(src: str, windows: list[Any], seconds: float) -> NumpyHeavy:
+    """The NumpyHeavy whose rounds make all ``windows`` of ``src`` take about ``seconds``
+    serially on this machine (timed on 16 windows spread over the raster, at 4 rounds,
+    for half a second at least)."""
+    sample = windows[::max(1, len(windows) // 16)][:16]
+    with rasterio.open(src) as dataset:
+        inputs = [types.SimpleNamespace(img=dataset.read(window=window)) for window in sample]
+    probe, outputs = NumpyHeavy(4), types.SimpleNamespace()
+    probe(None, inputs[0], outputs)  # warm up
+    rounds, start = 0, time.perf_counter()
+    while rounds == 0 or time.perf_counter() - start < 0.5:
+        for block in inputs:
+            probe(None, block, outputs)
+        rounds += probe.rounds * len(inputs)
+    perRound = (time.perf_counter() - start) / rounds
+    return NumpyHeavy(max(1, round(seconds / (perRound * len(windows)))))
 
 
 def gil_bound(info: Any, inputs: Any, outputs: Any) -> None:
@@ -87,7 +115,7 @@ def rows(quick: bool) -> list[Row]:
     tmp = tempfile.mkdtemp(prefix="pp-bench-applier-")
     try:
         return (_copy_rows(side, repeats, quick, tmp) + _parallel_copy_rows(side, repeats, tmp)
-                + _compute_rows(side, repeats, tmp))
+                + _compute_rows(side, 1 if quick else 5, tmp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -181,11 +209,15 @@ def _compute_rows(side: int, repeats: int, tmp: str) -> list[Row]:
     src = rasters.make("int16", side, "NONE")
     options = rasters.creation_options("NONE")
     out = []
+    windows = rasters.windows(side, side)
+    # Before the pools start: their processes' imports would slow the timing down.
+    numpy_heavy = calibrated_numpy_heavy(  # the quick raster in proportion
+        src, windows, NUMPY_SECONDS * (side / rasters.FULL_SIDE) ** 2)
     with LocalPool(2, mode="workers", progress=False) as workers_pool, \
             multiprocessing.get_context("spawn").Pool(2, _openSource, (src,)) as mp_pool:
-        windows = rasters.windows(side, side)
-        for name, function, target in (("numpy-heavy", numpy_heavy, 1.75),
-                                       ("GIL-bound", gil_bound, 1.7)):
+        for name, function, target in (
+                (f"numpy-heavy ({numpy_heavy.rounds} rounds)", numpy_heavy, 1.75),
+                ("GIL-bound", gil_bound, 1.7)):
             dst = {k: os.path.join(tmp, f"{k}.tif") for k in ("serial", "w2", "wm")}
             call = functools.partial(_computeWindow, function)
 
@@ -201,7 +233,7 @@ def _compute_rows(side: int, repeats: int, tmp: str) -> list[Row]:
                                           controls_for(options, pool=workers_pool)),
                 "loop": loop,
                 "mp": lambda: mp_pool.map(call, windows, chunksize=8),
-            }, repeats, outputs=dst)
+            }, repeats, warmup=True, outputs=dst)  # the first to run starts the fork server
             speedup, wm = t.ratio("serial", "w2"), t.ratio("serial", "wm")
             ceiling = t.ratio("loop", "mp")
             out.append((f"{name} block function: serial / 2 local workers (CW_SUBPROC)",
