@@ -82,12 +82,20 @@ def extend_archive(path: str, entries: dict[str, str], open_source: Callable[[st
 
 
 def append_line(path: str, record: dict[str, Any]) -> None:
-    """One JSON line, appended with a single write: only the driver writes these files, and a
-    line torn by a crash is skipped by the reader."""
-    line = json.dumps(record, default=str) + "\n"
+    """One JSON line, appended whole: only the driver writes these files. A write that fails
+    part-way (a full disk) is cut off again, so that the next line does not join a torn one
+    and both become unreadable; a line torn by a crash is skipped by the reader."""
+    line = (json.dumps(record, default=str) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        os.write(fd, line.encode())
+        size = os.fstat(fd).st_size
+        try:
+            written = 0
+            while written < len(line):
+                written += os.write(fd, line[written:])
+        except BaseException:
+            os.ftruncate(fd, size)
+            raise
     finally:
         os.close(fd)
 

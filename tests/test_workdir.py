@@ -64,3 +64,26 @@ def test_an_entry_read_at_its_offset_is_checked_and_a_compressed_one_still_reads
         f.write(b"X")
     with zipfile.ZipFile(path) as archive, pytest.raises(zipfile.BadZipFile, match="big"):
         read_stored(archive, "big")
+
+
+def test_a_line_cut_off_by_a_full_disk_leaves_the_earlier_lines_and_the_next_one_readable(
+        tmp_path, monkeypatch):
+    import errno
+
+    from poolparty_raster import files
+    path = str(tmp_path / "jobs.jsonl")
+    files.append_line(path, {"job_id": "1"})
+    real_write = os.write
+    calls = []
+
+    def half_then_full(fd, data):
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, data[:len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "write", half_then_full)
+    with pytest.raises(OSError, match="No space"):
+        files.append_line(path, {"job_id": "2"})
+    monkeypatch.setattr(os, "write", real_write)
+    files.append_line(path, {"job_id": "3"})  # space again
+    assert [r["job_id"] for r in files.read_jsonl(path)] == ["1", "3"]
