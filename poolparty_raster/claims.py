@@ -119,8 +119,15 @@ class Claims:
         return found
 
     def release(self, chunk: int) -> None:
-        """Free a dead worker's chunk for another worker to claim."""
+        """Free a dead worker's chunk for another worker to claim. The holder read for its
+        claim is forgotten: a new O_EXCL claim file of the chunk may get the freed inode."""
         self._unlink(self.path_of(chunk))
+        for key in [k for k in self._holders if isinstance(k, tuple) and k[0] == chunk]:
+            del self._holders[key]
+
+    def release_second_run(self, chunk: int) -> None:
+        """Free a re-issued chunk's second run (its worker died) for another worker."""
+        self._unlink(self.path_of(chunk) + _DUPLICATE)
 
     def reissue(self, chunk: int) -> None:
         """Let one more worker run a straggling chunk."""

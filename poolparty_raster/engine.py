@@ -109,6 +109,18 @@ class MapRun:
             self._cancel_all(reason=type(exc).__name__)
             raise
 
+    def supersede_earlier_jobs(self) -> None:
+        """The map is resumed in the other mode: the earlier driver's jobs number members of
+        the other kind (chunks, or workers), so they are cancelled and forgotten, not
+        reattached (their results so far are kept, as always)."""
+        jobs = self.submissions.jobs
+        if jobs:
+            with cancelling():
+                self.scheduler.cancel(self.spec, jobs)
+            self.work_dir.log("superseded", jobs=[job["job_id"] for job in jobs])
+            self.work_dir.forget_jobs()
+            self.submissions.jobs = []
+
     def _drive(self) -> Iterator[int]:
         self.start()
         yield from self._take_fresh()  # what start() found already done
@@ -201,12 +213,17 @@ class MapRun:
                 new.append(chunk)
         self._fresh.extend(new)
         if new:
-            self.submissions.drop(new)
+            self._no_longer_needed(new)
             self.progress.advance(sum(len(self.manifest.chunk_range(c)) for c in new))
             # The fresh chunks are all unreduced: counted without building _reducible().
             if len(self.unreduced) - len(self._fresh) >= max(REDUCE_AT_LEAST, len(self.archived)):
                 self._reduce()
         return bool(new)
+
+    def _no_longer_needed(self, chunks: list[int]) -> None:
+        """Finished chunks waiting for a resubmission (their earlier run delivered after all)
+        are not submitted."""
+        self.submissions.drop(chunks)
 
     def _reducible(self) -> dict[int, list[str]]:
         """Unreduced chunks the consumer has had: it reads the fresh ones next, and a loose
@@ -378,15 +395,18 @@ class MapRun:
                 leftovers.setdefault(state.job_id, []).append(chunk)
         self._cancel_elements(leftovers)
 
-    def _cancel_elements(self, elements: dict[str, list[int]]) -> None:
-        """Cancel ``{job_id: [chunk or worker, ...]}``; at the end of a map that succeeded, a
-        failing cancel is logged, not raised."""
+    def _cancel_elements(self, elements: dict[str, list[int]]) -> set[str]:
+        """Cancel ``{job_id: [chunk or worker, ...]}``; a failing cancel is logged, not raised
+        (at the end of a map that succeeded, say). Returns the jobs whose cancel failed."""
+        failed = set()
         for job_id, members in elements.items():
             try:
                 self.scheduler.cancel(self.spec, [self.submissions.record(job_id)], members)
                 self.work_dir.log("cancelled_leftovers", job_id=job_id, elements=members)
             except Exception as exc:
                 self.work_dir.log("cancel_failed", job_id=job_id, error=str(exc))
+                failed.add(job_id)
+        return failed
 
     def _cancel_all(self, reason: str) -> None:
         """Cancel everything of the map, also when no job was recorded (a scheduler may hold

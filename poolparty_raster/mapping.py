@@ -106,6 +106,7 @@ class MapHandle:
         chunk_starts = starts or chunk_boundaries(
             len(tasks), chunksize or default_chunksize(len(tasks), parallelism()))
         created = not os.path.exists(path)
+        self._mode_changed = False  # resumed in the other mode (set by _prepare)
         self.work_dir = wd.WorkDir(path)
         self.work_dir.create()
         self._lock = FileLock(self.work_dir.file("driver.lock"), mode=0o600)
@@ -152,6 +153,12 @@ class MapHandle:
         existing = self.work_dir.read_manifest()
         if existing is not None:
             writer.discard()
+            if existing.format != wd.FORMAT:
+                raise WorkDirMismatchError(
+                    f"work_dir {self.work_dir.path} was written by another version of "
+                    f"poolparty_raster (format {existing.format}; this version reads format "
+                    f"{wd.FORMAT}), so it cannot be resumed. Use a new work_dir, or finish the "
+                    f"map with the version that started it.")
             if existing.digest != digest and not self._same_map(existing, func_bytes, tasks):
                 raise WorkDirMismatchError(
                     f"work_dir {self.work_dir.path} holds a different map (another function, other "
@@ -159,6 +166,7 @@ class MapHandle:
                     f"results are not needed.")
             self.work_dir.log("resumed", mode=settings.mode)
             if existing.mode != settings.mode:  # results are the same whichever way chunks run
+                self._mode_changed = True
                 existing = dataclasses.replace(existing, mode=settings.mode)
                 self.work_dir.write_manifest(existing)
             return existing
@@ -203,13 +211,13 @@ class MapHandle:
             if seen is not None and kind not in seen:
                 return None
             return self.work_dir.read_output(chunk, kind)
-        values = wd.load_results(read("result"))
-        errors = {}
-        raw = read("exception")
-        if raw is not None:
+        values, records = wd.load_results(read("result"))
+        if records:
             self.failed = True
-            for record in wd.load_exceptions(raw):
-                errors[record["index"]] = rebuild_exception(record, self.work_dir.path)
+        elif seen is not None and "exception" in seen:  # another run's, which this one disowns
+            self.work_dir.discard_loose(chunk, ("exception",))
+            self.run.unreduced[chunk] = [kind for kind in seen if kind != "exception"]
+        errors = {r["index"]: rebuild_exception(r, self.work_dir.path) for r in records}
         stderr = read("stderr")
         self.wrote_stderr = self.wrote_stderr or bool(stderr)
         return ChunkOutcome(chunk, first, values, errors)
@@ -259,6 +267,8 @@ class MapHandle:
     def start(self) -> None:
         self._holds_sigterm = SIGTERM_GUARD.hold()  # until close(): jobs run from now on
         try:
+            if self._mode_changed:
+                self.run.supersede_earlier_jobs()
             self.run.start()
         except BaseException:
             self.failed = True

@@ -56,6 +56,10 @@ def function_digest(func_bytes: bytes) -> str:
     return hashlib.sha256(func_bytes).hexdigest()
 
 
+# The on-disk format: 2 since a chunk's result carries its exception records.
+FORMAT = 2
+
+
 @dataclass(frozen=True)
 class Manifest:
     """What map a work_dir holds. ``chunk_starts[i]`` is the input index of chunk i's first task."""
@@ -66,6 +70,7 @@ class Manifest:
     job_name: str
     mode: str = "array"  # "array": one job per chunk; "workers": jobs claim chunks until none is left
     function_digest: str = ""
+    format: int = FORMAT
 
     @property
     def num_chunks(self) -> int:
@@ -166,10 +171,10 @@ class WorkDir:
         except FileNotFoundError:
             return None
         return Manifest(raw["digest"], raw["num_tasks"], raw["chunk_starts"], raw["job_name"],
-                        raw.get("mode", "array"), raw.get("function_digest", ""))
+                        raw.get("mode", "array"), raw.get("function_digest", ""), raw["format"])
 
     def write_manifest(self, manifest: Manifest) -> None:
-        data = json.dumps({"format": 1, "digest": manifest.digest, "num_tasks": manifest.num_tasks,
+        data = json.dumps({"format": manifest.format, "digest": manifest.digest, "num_tasks": manifest.num_tasks,
                            "chunk_starts": manifest.chunk_starts, "job_name": manifest.job_name,
                            "mode": manifest.mode, "function_digest": manifest.function_digest})
         atomic_write(self.file("manifest.json"), data.encode())
@@ -307,9 +312,10 @@ class WorkDir:
             cached = self._archives[kind] = (version, opened)
         return cached[1]
 
-    def discard_loose(self, chunk: int) -> None:
-        """Remove a chunk's loose outputs (unreadable ones, or a late duplicate's)."""
-        for kind in ARCHIVE_KINDS:
+    def discard_loose(self, chunk: int, kinds: tuple[str, ...] = ARCHIVE_KINDS) -> None:
+        """Remove a chunk's loose outputs of these kinds (unreadable ones, a late duplicate's,
+        or an exception file that the chunk's result disowns)."""
+        for kind in kinds:
             try:
                 os.unlink(self.file(loose_name(chunk, kind)))
             except FileNotFoundError:
@@ -388,19 +394,28 @@ class WorkDir:
             jobs[record["job_id"]] = record
         return list(jobs.values())
 
+    def forget_jobs(self) -> None:
+        """Empty the job records (their jobs were cancelled: nothing is to reattach)."""
+        atomic_write(self.file("jobs.jsonl"), b"")
+
     def append_job(self, record: dict[str, Any]) -> None:
         """Store a job record the moment the scheduler accepted it (append-only, like the log:
         one rewrite per job would cost O(n^2) for a map of n single jobs)."""
         append_line(self.file("jobs.jsonl"), record)
 
 
-def dump_results(values: list[bytes]) -> bytes:
-    """A chunk's result file: the list of each task's cloudpickled value."""
-    return pickle.dumps(values, protocol=5)
+def dump_results(values: list[bytes | None], errors: list[dict[str, Any]]) -> bytes:
+    """A chunk's result file: each task's pickled value (None where it raised) and the
+    records of the exceptions raised. They travel together because the result is the commit:
+    an ``.exception`` file (kept for ``inspect`` and the archive) may come from another run of
+    the chunk, one killed before its result, or a straggler's second run."""
+    return pickle.dumps((values, errors), protocol=5)
 
 
-def load_results(data: bytes) -> list[Any]:
-    return [None if v is None else cloudpickle.loads(v) for v in pickle.loads(data)]
+def load_results(data: bytes) -> tuple[list[Any], list[dict[str, Any]]]:
+    """(values, exception records) of a chunk's result file."""
+    values, errors = pickle.loads(data)
+    return [None if v is None else cloudpickle.loads(v) for v in values], errors
 
 
 def dump_exceptions(records: list[dict[str, Any]]) -> bytes:

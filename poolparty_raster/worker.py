@@ -224,7 +224,7 @@ def run_and_store(work_dir: Any, manifest: Any, load_function: Callable[[], Any]
         work_dir.write_loose(chunk, "exception", workdir.dump_exceptions(errors))
     captures.finish(chunk)
     # The result goes last: its presence is what tells the driver the chunk is finished.
-    work_dir.write_result(chunk, workdir.dump_results(values), results)
+    work_dir.write_result(chunk, workdir.dump_results(values, errors), results)
     return loaded
 
 

@@ -4,9 +4,14 @@ The driver's part, in the spirit of a worker manager:
 - keep up to ``max_workers`` worker jobs while unclaimed chunks remain, never more pending
   workers than unclaimed chunks (surplus pending ones are cancelled), never submitting faster
   than ``min_seconds_between_submissions``;
-- a worker that died holding a claim (gone from the queue, or its heartbeat unchanged for
-  STALE_AFTER seconds of the driver's clock) has the claim released, so another worker takes the
-  chunk, counting toward ``max_num_resubmissions`` for that chunk; a hung one is cancelled;
+- a worker that died holding a claim (gone from the queue) has the claim released, so another
+  worker takes the chunk, counting toward ``max_num_resubmissions`` for that chunk; one that
+  ended well is given SUCCEEDED_GRACE for its last result to show (a shared filesystem's
+  directory cache); the second run of a straggler is watched the same way;
+- a worker whose heartbeat stopped for STALE_AFTER seconds of the driver's clock while its job
+  still runs may be hung, or only busy in one long call that holds the GIL (the heartbeat is a
+  thread): its chunk is issued once more, as a straggler's is, and it is left to run, not
+  cancelled and not charged; the first result wins;
 - workers that keep ending without claiming anything (a broken environment on the nodes) are
   not resubmitted for ever: the map fails, quoting the scheduler's reason;
 - stragglers: when nothing is left to claim, a chunk running far longer than the others took
@@ -20,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from poolparty_raster.engine import MapRun
+from poolparty_raster.engine import SUCCEEDED_GRACE, MapRun
 from poolparty_raster.errors import SchedulerError
 from poolparty_raster.schedulers.base import JobRecord, TaskState
 from poolparty_raster.worker import HEARTBEAT_SECONDS
@@ -46,6 +51,8 @@ class _Worker:
     reason: str = ""
     absent_polls: int = 0
     absent_since: float | None = None
+    surplus: bool = False    # cancelled while pending: it counts for nothing, its end for no one
+    ended_well_at: float | None = None  # when it was seen to end with exit code 0
 
 
 def holder_id(holder: str) -> int | None:
@@ -67,7 +74,8 @@ class WorkersRun(MapRun):
     def __init__(self, *args: Any, scaling: WorkerScaling, parallelism: int, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.max_workers = scaling.max_workers or parallelism
-        self.min_workers = min(scaling.min_workers, self.max_workers)
+        # At least one: a map with chunks left and no worker at all never waits out the gap.
+        self.min_workers = max(1, min(scaling.min_workers, self.max_workers))
         self.min_gap = scaling.min_seconds_between_submissions
         self.workers: dict[int, _Worker] = {}
         self.releases: dict[int, int] = {}
@@ -77,7 +85,8 @@ class WorkersRun(MapRun):
         self._claim_seen: dict[int, float] = {}            # chunk -> when the driver first saw its claim
         self._beats: dict[int, tuple[float, float]] = {}   # chunk -> (claim mtime, when it last changed)
         self._durations: list[float] = []
-        self._reissued: set[int] = set()
+        self._reissued: set[int] = set()       # chunks a second run may take
+        self._reissue_spent: set[int] = set()  # chunks whose second runs used up their budget
         self._claims_view: tuple[dict[int, tuple[str, float]], dict[int, str]] | None = None
 
     # -- submission --------------------------------------------------------------------
@@ -99,8 +108,30 @@ class WorkersRun(MapRun):
     def _submit_waiting(self) -> None:
         self.submissions.submit(self._accepted, nothing_queued=not self._alive())
 
+    def _no_longer_needed(self, chunks: list[int]) -> None:
+        """What waits to be submitted here are workers, whom a finished chunk does not
+        concern."""
+
     def _alive(self) -> dict[int, _Worker]:
+        """Workers the scheduler has not seen end (surplus ones being cancelled included: one
+        that started meanwhile may hold a claim)."""
         return {w: s for w, s in self.workers.items() if s.state in (TaskState.PENDING, TaskState.RUNNING)}
+
+    def _counted(self) -> dict[int, _Worker]:
+        """The alive workers that scaling counts: not those cancelled as surplus."""
+        return {w: s for w, s in self._alive().items() if not s.surplus}
+
+    def _pending(self) -> list[int]:
+        """Counted workers still waiting to start: the scheduler said so at the last poll,
+        and they hold no claim (one that does has started since)."""
+        holders = self._holders()
+        return sorted(w for w, s in self._counted().items()
+                      if s.state is TaskState.PENDING and w not in holders)
+
+    def _holders(self) -> set[int | None]:
+        """The workers holding a claim, of a first or a second run."""
+        claims, duplicated = self._claims()
+        return {holder_id(h) for h, _ in claims.values()} | set(map(holder_id, duplicated.values()))
 
     def _claims(self) -> tuple[dict[int, tuple[str, float]], dict[int, str]]:
         """(first-run claims, second runs' claims), read once a poll: on a shared filesystem
@@ -111,17 +142,17 @@ class WorkersRun(MapRun):
         return self._claims_view
 
     def _unclaimed(self) -> list[int]:
+        """Chunks a worker could take now: unclaimed, or re-issued and not yet taken again."""
         claims, duplicated = self._claims()
-        free = [c for c in self._outstanding() if c not in claims]
-        return free + [c for c in self._reissued if c not in duplicated and c in self._outstanding()]
+        return [c for c in self._outstanding()
+                if c not in claims or (c in self._reissued and c not in duplicated)]
 
     def _scale(self) -> None:
         unclaimed = self._unclaimed()
         if not unclaimed or self.submissions.waiting:
             return
-        alive = self._alive()
-        pending = sum(1 for w in alive.values() if w.state is TaskState.PENDING)
-        wanted = min(self.max_workers - len(alive), len(unclaimed) - pending)
+        alive = self._counted()
+        wanted = min(self.max_workers - len(alive), len(unclaimed) - len(self._pending()))
         if time.monotonic() - self._last_submission < self.min_gap:
             wanted = min(wanted, self.min_workers - len(alive))  # the gap paces growth above it
         if wanted <= 0:
@@ -133,14 +164,18 @@ class WorkersRun(MapRun):
         self._submit_waiting()
 
     def _trim_pending(self) -> None:
-        """Never more pending workers than unclaimed chunks: cancel the newest surplus."""
-        pending = sorted(w for w, s in self._alive().items() if s.state is TaskState.PENDING)
-        surplus = pending[len(self._unclaimed()):]
+        """Never more pending workers than unclaimed chunks: cancel the newest surplus. A
+        cancelled worker stays tracked until the scheduler reports it gone: one that started
+        just before the cancel may hold a claim, which is released only once it is gone (and
+        not charged to the chunk: the driver ended that run)."""
+        surplus = self._pending()[len(self._unclaimed()):]
         by_job: dict[str, list[int]] = {}
         for worker in surplus:
             by_job.setdefault(self.workers[worker].job_id, []).append(worker)
-            self.workers[worker].state, self.workers[worker].reason = TaskState.FINISHED, "surplus"
-        self._cancel_elements(by_job)
+        failed = self._cancel_elements(by_job)
+        for worker in surplus:
+            if self.workers[worker].job_id not in failed:  # else: tried again next poll
+                self.workers[worker].surplus, self.workers[worker].reason = True, "surplus"
 
     # -- observation -------------------------------------------------------------------
     def _collect(self) -> bool:
@@ -180,6 +215,8 @@ class WorkersRun(MapRun):
                 lag = self.scheduler.filesystem_lag
                 if (lag == 0 or worker.absent_polls >= 2) and now - worker.absent_since >= lag:
                     ended.append((worker_id, status.reason if status else "gone from the queue"))
+                    if status is not None and status.succeeded:
+                        worker.ended_well_at = now
             else:
                 worker.state, worker.absent_polls, worker.absent_since = status.state, 0, None
         for worker_id, reason in ended:
@@ -196,12 +233,10 @@ class WorkersRun(MapRun):
     def _count_failed_starts(self, ended: list[int]) -> None:
         """Workers that end without ever holding a claim, while chunks wait, failed to start
         (not an earlier driver's: their claims went with that map's end)."""
-        ended = [w for w in ended if w not in self._earlier_workers]
+        ended = [w for w in ended if w not in self._earlier_workers and not self.workers[w].surplus]
         if not ended or not self._unclaimed():
             return
-        claims, duplicated = self._claims()
-        holders = {holder_id(h) for h, _ in claims.values()}
-        holders |= {holder_id(h) for h in duplicated.values()}
+        holders = self._holders()
         for worker in ended:
             self.failed_starts = 0 if worker in holders else self.failed_starts + 1
         if self.failed_starts > self.max_workers + self.options.max_num_resubmissions:
@@ -215,33 +250,57 @@ class WorkersRun(MapRun):
             self.lost_chunks.update(self._outstanding())
 
     def _release_dead_claims(self) -> bool:
-        """Free the chunks held by workers that are gone or silent; give up on hopeless ones."""
-        alive = self._alive()
+        """Free the chunks held by workers that are gone; issue once more those whose worker
+        went silent; give up on hopeless ones."""
         now = time.monotonic()
         released = False
-        for chunk, (holder, mtime) in self._claims()[0].items():
+        claims, duplicated = self._claims()
+        for chunk, (holder, mtime) in claims.items():
             if chunk in self.finished or chunk in self.lost_chunks:
                 continue
             self._claim_seen.setdefault(chunk, now)
             if self._beats.get(chunk, (None,))[0] != mtime:
                 self._beats[chunk] = (mtime, now)
+            silence = now - self._beats[chunk][1]
             worker = holder_id(holder)
-            gone = worker is not None and worker not in alive
-            silent = now - self._beats[chunk][1] > STALE_AFTER + self.scheduler.filesystem_lag
-            if not (gone or silent):
+            if not self._holder_gone(worker, now):
+                if silence > STALE_AFTER + self.scheduler.filesystem_lag:
+                    self._reissue(chunk, f"no heartbeat for {silence:.0f} s")
                 continue
             self._collect()
             if chunk in self.finished:
                 continue
-            if silent and not gone and worker in self.workers:  # hung: free its allocation
-                self._cancel_elements({self.workers[worker].job_id: [worker]})
-            reason = (self.workers[worker].reason if gone and worker in self.workers else
-                      f"no heartbeat for {now - self._beats[chunk][1]:.0f} s")
+            surplus = worker in self.workers and self.workers[worker].surplus
             token = holder_token(holder)
             captures = self.work_dir.worker_captures(token) if token else []
-            self._release(chunk, holder, reason or "its worker is gone", captures)
+            self._release(chunk, holder, self._end_reason(worker), captures, charged=not surplus)
             released = True
+        for chunk, holder in duplicated.items():
+            if chunk in self.finished or chunk in self.lost_chunks:
+                continue
+            worker = holder_id(holder)
+            if not self._holder_gone(worker, now):
+                continue
+            self._collect()
+            if chunk not in self.finished:
+                self._release_second_run(chunk, holder, self._end_reason(worker))
+                released = True
         return released
+
+    def _holder_gone(self, worker: int | None, now: float) -> bool:
+        """Whether a claim's worker is gone for good. One that ended well wrote the results
+        of all it claimed: its last may take SUCCEEDED_GRACE to show on a shared filesystem."""
+        if worker is None or worker in self._alive():
+            return False
+        state = self.workers.get(worker)
+        lag = self.scheduler.filesystem_lag
+        if state is not None and state.ended_well_at is not None and lag > 0:
+            return now - state.ended_well_at >= max(lag, SUCCEEDED_GRACE)
+        return True
+
+    def _end_reason(self, worker: int | None) -> str:
+        state = self.workers.get(worker) if worker is not None else None
+        return (state.reason if state is not None else "") or "its worker is gone"
 
     def _retry_or_lose(self, dead: list[tuple[int, str]]) -> None:
         """This run submits workers, not chunks: a chunk to run again (its output unreadable)
@@ -251,22 +310,38 @@ class WorkersRun(MapRun):
             self.work_dir.claims.redo(chunk)  # workers count it done: its result is archived
             self._release(chunk, claims.get(chunk, ("",))[0], reason, [])
 
-    def _release(self, chunk: int, holder: str, reason: str, captures: list[str]) -> None:
+    def _release(self, chunk: int, holder: str, reason: str, captures: list[str],
+                 charged: bool = True) -> None:
         """Free the chunk (or give up on it); ``captures``: its dead worker's, which hold
-        what the chunk printed."""
-        self.releases[chunk] = self.releases.get(chunk, 0) + 1
-        self.chunks[chunk].attempts = self.releases[chunk]
+        what the chunk printed. ``charged``: the run counts toward ``max_num_resubmissions``
+        (not when the driver itself cancelled its worker)."""
+        if charged:
+            self.releases[chunk] = self.releases.get(chunk, 0) + 1
+            self.chunks[chunk].attempts = self.releases[chunk]
         self._archive_dead_attempt(chunk, reason, captures)
-        self.work_dir.log("lost", chunk=chunk, holder=holder, reason=reason)
+        self.work_dir.log("lost", chunk=chunk, holder=holder, reason=reason, charged=charged)
         self._claim_seen.pop(chunk, None)
         self._beats.pop(chunk, None)
-        if self.releases[chunk] > self.options.max_num_resubmissions:
+        if self.releases.get(chunk, 0) > self.options.max_num_resubmissions:
             self.lost_chunks.add(chunk)  # its claim stays, so no worker takes it again
             self.progress.note_failed(len(self.manifest.chunk_range(chunk)))
         else:
             self.work_dir.claims.release(chunk)
             self._claims_view = None
             self.progress.note_resubmitted(1)
+
+    def _release_second_run(self, chunk: int, holder: str, reason: str) -> None:
+        """The second run of a re-issued chunk died: another worker may take it, unless the
+        chunk has used up its resubmissions (its first run goes on either way)."""
+        self.releases[chunk] = self.releases.get(chunk, 0) + 1
+        self._archive_dead_attempt(chunk, f"second run: {reason}", [])
+        self.work_dir.log("lost", chunk=chunk, holder=holder, reason=reason, second_run=True)
+        if self.releases[chunk] > self.options.max_num_resubmissions:
+            self.work_dir.claims.withdraw_reissue(chunk)
+            self._reissued.discard(chunk)
+            self._reissue_spent.add(chunk)
+        self.work_dir.claims.release_second_run(chunk)
+        self._claims_view = None
 
     def _reissue_stragglers(self) -> None:
         if len(self._durations) < MIN_DURATIONS or self._unclaimed():
@@ -275,18 +350,25 @@ class WorkersRun(MapRun):
         now = time.monotonic()
         for chunk in self._outstanding():
             running = now - self._claim_seen.get(chunk, now)
-            if chunk not in self._reissued and running > limit:
-                self.work_dir.claims.reissue(chunk)
-                self._reissued.add(chunk)
-                self.work_dir.log("reissued", chunk=chunk, running=round(running, 1),
-                                  median=round(statistics.median(self._durations), 1))
+            if running > limit:
+                self._reissue(chunk, f"running {running:.0f} s, the median chunk "
+                                     f"{statistics.median(self._durations):.0f} s")
+
+    def _reissue(self, chunk: int, reason: str) -> None:
+        """Let one more worker run the chunk (once per chunk); the first result wins."""
+        if chunk in self._reissued or chunk in self._reissue_spent:
+            return
+        self.work_dir.claims.reissue(chunk)
+        self._reissued.add(chunk)
+        self._claims_view = None
+        self.work_dir.log("reissued", chunk=chunk, reason=reason)
 
     # -- endings -----------------------------------------------------------------------
     def _cancel_leftovers(self) -> None:
         """Cancel workers still queued (nothing is left for them) and the workers of both runs
         of each re-issued chunk (the one that delivered would find nothing more to claim, the
         other runs for nothing); other running workers find nothing to claim and exit."""
-        doomed = {w for w, s in self.workers.items() if s.state is TaskState.PENDING}
+        doomed = {w for w, s in self.workers.items() if s.state is TaskState.PENDING and not s.surplus}
         claims, duplicates = self.work_dir.claims.held(), self.work_dir.claims.duplicates()
         for chunk in self._reissued:
             runs = [claims.get(chunk, ("",))[0], duplicates.get(chunk, "")]

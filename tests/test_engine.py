@@ -63,6 +63,53 @@ def test_unreadable_result_is_computed_again(tmp_path, mode):
     assert [e["chunk"] for e in log_events(work_dir) if e["event"] == "unreadable_output"] == [0]
 
 
+def raises_then_dies_before_its_result(args):
+    x, flag = args
+    if x == 0 and os.path.exists(flag):
+        os.unlink(flag)
+        from poolparty_raster.workdir import WorkDir
+        # This process dies after its chunk's exception file, before its result.
+        WorkDir.write_result = lambda *args, **kwargs: os._exit(3)
+        raise ValueError("raised by the attempt that died")
+    return x
+
+
+@pytest.mark.parametrize("mode", ["array", "workers"])
+def test_an_exception_of_an_attempt_that_died_is_not_paired_with_the_next_ones_result(
+        tmp_path, mode):
+    flag, work_dir = tmp_path / "flag", str(tmp_path / "w")
+    flag.touch()
+    tasks = [(x, str(flag)) for x in range(4)]
+    pool = pp.LocalPool(2, work_dir=work_dir, keep_work_dir=True, mode=mode, **FAST)
+    assert pool.map(raises_then_dies_before_its_result, tasks, 2) == list(range(4))
+    assert [e["chunk"] for e in log_events(work_dir) if e["event"] == "lost"] == [0]
+    assert not os.path.exists(os.path.join(work_dir, "tasks.exceptions.zip"))
+
+
+def silent_for_a_while(args):
+    x, flag = args
+    if x == 1 and os.path.exists(flag):
+        os.unlink(flag)
+        os.utime = lambda *args, **kwargs: None  # this worker's heartbeat stops
+        time.sleep(4)
+        return "the silent run"
+    return x
+
+
+def test_a_silent_worker_has_its_chunk_issued_once_more_and_is_neither_cancelled_nor_charged(
+        tmp_path, monkeypatch):
+    # A worker whose heartbeat stops may be hung, or busy in one long call that holds the GIL.
+    monkeypatch.setattr(workers, "STALE_AFTER", 1.0)
+    flag, work_dir = tmp_path / "flag", str(tmp_path / "w")
+    flag.touch()
+    pool = pp.LocalPool(2, mode="workers", work_dir=work_dir, keep_work_dir=True,
+                        max_num_resubmissions=0, **FAST)
+    assert pool.map(silent_for_a_while, [(x, str(flag)) for x in range(3)], 1) == [0, 1, 2]
+    events = log_events(work_dir)
+    assert [e["chunk"] for e in events if e["event"] == "reissued"] == [1]
+    assert not [e for e in events if e["event"] == "lost"]
+
+
 RESUMER = textwrap.dedent("""
     import os, sys
     import poolparty_raster as pp
@@ -127,6 +174,32 @@ def test_straggling_chunk_is_issued_once_more_and_the_first_result_wins(tmp_path
     tasks = [(x, str(tmp_path / "marker")) for x in range(8)]
     assert pool.map(straggles_once, tasks, chunksize=1) == list(range(8))
     assert [e["chunk"] for e in log_events(work_dir) if e["event"] == "reissued"] == [5]
+
+
+def straggles_and_its_second_run_dies(args):
+    x, markers = args
+    if x != 5:
+        time.sleep(0.1)
+        return "quick"
+    runs = len(os.listdir(markers))
+    open(os.path.join(markers, str(runs)), "w").close()
+    if runs == 0:
+        time.sleep(120)
+        return "first run"
+    if runs == 1:
+        os._exit(3)  # the second run's worker dies
+    return "third run"
+
+
+def test_a_straggler_whose_second_run_died_is_issued_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(workers, "STRAGGLER_MIN_SECONDS", 1.0)
+    markers, work_dir = tmp_path / "markers", str(tmp_path / "w")
+    markers.mkdir()
+    pool = pp.LocalPool(2, mode="workers", work_dir=work_dir, keep_work_dir=True, **FAST)
+    results = pool.map(straggles_and_its_second_run_dies, [(x, str(markers)) for x in range(8)], 1)
+    assert results[5] == "third run"  # not the first run's, two minutes later
+    assert [e["chunk"] for e in log_events(work_dir)
+            if e["event"] == "lost" and e.get("second_run")] == [5]
 
 
 def test_workers_that_never_start_fail_the_map_instead_of_being_resubmitted_for_ever():

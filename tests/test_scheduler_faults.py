@@ -182,13 +182,22 @@ def test_throttle_caps_the_chunks_running_at_once(cluster):
     assert running_at_once(queue) <= 2  # of the queue's 4 slots
 
 
-def test_workers_mode_leaves_no_job_behind(cluster):
+def naps_long_on_the_last(x):
+    time.sleep(3 if x == 3 else 0.3)
+    return x
+
+
+def test_surplus_pending_workers_are_cancelled_as_soon_as_nothing_is_left_for_them(cluster):
     queue, pool_class, _ = cluster
     queue.set_limits(slots=1)  # the first worker claims every chunk while the others wait
     pool = pool_class(mode="workers", max_workers=3, **FAST)
-    assert pool.map(nap, range(4), chunksize=1) == list(range(4))
+    assert pool.map(naps_long_on_the_last, range(4), chunksize=1) == list(range(4))
     assert queue.wait_idle(30)
-    assert not [j for j in queue.jobs() if j["state"] in ("PENDING", "RUNNING", "ERROR")]
+    assert sum(len(s["tasks"] or [None]) for s in queue.submissions) == 3  # None: a lone job
+    (worker,) = [j for j in queue.jobs() if j["start"]]  # the two others never started
+    cancels = queue.calls_to("scancel" if "slurm" in queue.scheduler else "qdel")
+    # cancelled while the first worker still ran the last chunk, not at the map's end
+    assert cancels and cancels[0]["time"] < worker["end"] - 1.0
 
 
 def test_map_larger_than_max_array_size_is_split(dummy_slurm):
@@ -247,17 +256,6 @@ def test_resumed_driver_reattaches_to_running_jobs(dummy_slurm, tmp_path):
     assert len(dummy_slurm.submissions) == 1  # the killed driver's jobs finished the map
 
 
-def test_workers_mode_scales_within_its_bounds(dummy_slurm):
-    pool = pp.SlurmArrayPool(mode="workers", min_workers=1, max_workers=2,
-                             min_seconds_between_submissions=0.5, **FAST)
-    assert pool.map(nap, range(12), chunksize=1) == list(range(12))
-    submissions = dummy_slurm.submissions
-    assert len(submissions[0]["tasks"]) == 2  # never more than max_workers at once
-    assert sum(len(s["tasks"]) for s in submissions) < 12  # workers ran several chunks each
-    gaps = [b["time"] - a["time"] for a, b in zip(submissions, submissions[1:])]
-    assert all(gap >= 0.5 for gap in gaps)
-
-
 def dies_once(args):
     x, flag = args
     if x == 1 and os.path.exists(flag):
@@ -267,14 +265,62 @@ def dies_once(args):
     return x
 
 
-def test_workers_below_the_minimum_are_replaced_at_once(dummy_slurm, tmp_path):
+def test_workers_mode_paces_growth_above_the_minimum(dummy_slurm, tmp_path):
     flag = tmp_path / "flag"
     flag.touch()
-    pool = pp.SlurmArrayPool(mode="workers", min_workers=2, max_workers=2,
+    pool = pp.SlurmArrayPool(mode="workers", min_workers=1, max_workers=2,
+                             min_seconds_between_submissions=2.0, **FAST)
+    assert pool.map(dies_once, [(x, str(flag)) for x in range(12)], chunksize=1) == list(range(12))
+    first, replacement = dummy_slurm.submissions  # worker 1 died on its first chunk
+    assert len(first["tasks"]) == 2  # max_workers at once
+    # one worker still ran: the second waited for the gap since the last submission
+    assert replacement["time"] - first["time"] >= 2.0
+
+
+@pytest.mark.parametrize("min_workers,max_workers", [(2, 2), (0, 1)])
+def test_workers_below_the_minimum_are_replaced_at_once(dummy_slurm, tmp_path, min_workers,
+                                                        max_workers):
+    flag = tmp_path / "flag"
+    flag.touch()
+    pool = pp.SlurmArrayPool(mode="workers", min_workers=min_workers, max_workers=max_workers,
                              min_seconds_between_submissions=3600, **FAST)
     assert pool.map(dies_once, [(x, str(flag)) for x in range(6)], chunksize=1) == list(range(6))
-    # the hour between submissions paces growth above the minimum, not a replacement
+    # the hour between submissions paces growth above the minimum (and above one worker),
+    # not a replacement
     assert len(dummy_slurm.submissions) == 2
+
+
+MODE_SWITCH = textwrap.dedent("""
+    import sys, time
+    import poolparty_raster as pp
+
+    def slow(x):
+        time.sleep(3)
+        return x * 10
+
+    if __name__ == "__main__":
+        print(pp.SlurmArrayPool(work_dir=sys.argv[1], mode=sys.argv[2], polling_interval=0.3,
+                                progress=False).map(slow, range(3), chunksize=1))
+""")
+
+
+def test_a_map_resumed_in_the_other_mode_cancels_the_earlier_drivers_jobs(dummy_slurm, tmp_path):
+    script = tmp_path / "switch.py"
+    script.write_text(MODE_SWITCH)
+    work_dir = tmp_path / "w"
+    driver = subprocess.Popen([sys.executable, str(script), str(work_dir), "workers"], cwd=tmp_path)
+    deadline = time.monotonic() + 60
+    while not (work_dir / "jobs.jsonl").exists():
+        assert time.monotonic() < deadline and driver.poll() is None
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)  # its workers run on
+    driver.wait(30)
+    resumed = subprocess.run([sys.executable, str(script), str(work_dir), "array"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.strip() == "[0, 10, 20]"
+    earlier = dummy_slurm.submissions[0]["job_id"]
+    assert {j["state"] for j in dummy_slurm.jobs() if j["job_id"] == earlier} == {"CANCELLED"}
 
 
 def test_real_slurm_map_larger_than_max_array_size(real_slurm, tmp_path):

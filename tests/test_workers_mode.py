@@ -99,6 +99,23 @@ def test_a_worker_takes_chunks_freed_behind_it_and_skips_finished_ones(tmp_path)
     assert other.claim_next(5, "1", set()) is None  # the map ended
 
 
+def test_a_released_claim_file_is_read_again_for_the_worker_that_claims_it_next(
+        tmp_path, monkeypatch):
+    # Without hard links a claim is a file of its own; the one a dead worker held is removed,
+    # and the next claim of that chunk may get its inode back (ext4 hands it out again).
+    monkeypatch.setattr(os, "link", _no_hard_links)
+    claims = WorkDir(str(tmp_path / "w")).claims
+    os.makedirs(os.path.dirname(claims.path))
+    claims.create()
+    dead, alive = type(claims)(claims.path), type(claims)(claims.path)
+    assert dead.claim_next(2, "0 vm 11 t0", set())[0] == 0
+    assert alive.claim_next(2, "1 vm 12 t1", set())[0] == 1
+    assert claims.held()[0][0] == "0 vm 11 t0"
+    claims.release(0)  # what the driver does once worker 0 is gone
+    assert alive.claim_next(2, "1 vm 12 t1", set())[0] == 0
+    assert claims.held()[0][0] == "1 vm 12 t1"
+
+
 def test_workers_side_by_side_interleave_and_one_left_alone_takes_what_it_stepped_over(
         tmp_path, monkeypatch):
     claims = WorkDir(str(tmp_path / "w")).claims
