@@ -18,13 +18,13 @@ from typing import Any
 import cloudpickle
 
 from poolparty_raster.applier.blockfiles import WORKER_FILE_BYTES, readRegion
-from poolparty_raster.applier.controls import CW_NONE, CW_THREADS, ApplierControls
+from poolparty_raster.applier.controls import CW_NONE, ApplierControls
 from poolparty_raster.applier.gdalcache import CacheCap, inputCacheBytes, userChoseCache
 from poolparty_raster.applier.grid import (computeWorkingGrid, describeRasters, groupBlocks,
                                            makeBlocks, referenceName, taskSizes)
-from poolparty_raster.applier.poolfactory import (Scratch, isWorkersMode, makePool, poolWidth,
+from poolparty_raster.applier.poolfactory import (Scratch, howTasksRun, makePool, poolWidth,
                                                   throttles)
-from poolparty_raster.applier.reader import inputSpecs
+from poolparty_raster.applier.reader import checkInputNoData, inputSpecs
 from poolparty_raster.applier.structures import (ApplierBlockDefn, ApplierReturn,
                                                  FilenameAssociations, Timers)
 from poolparty_raster.applier.task import (PackedTaskPart, TaskPart, TaskResult, TaskRunner,
@@ -58,6 +58,8 @@ def apply(userFunction: Callable[..., Any], infiles: FilenameAssociations,
     with timings.interval("setup"):
         filenames = [filename for _, _, filename in infiles]
         infos = describeRasters([*filenames, referenceName(infiles, controls)])
+        specs = inputSpecs(infiles, controls)
+        checkInputNoData(specs, infos)
         grid = computeWorkingGrid(infiles, controls, infos)
         blocks = makeBlocks(grid, controls.windowxsize, controls.windowysize)
         cacheBytes = None if userChoseCache() else inputCacheBytes(
@@ -65,7 +67,7 @@ def apply(userFunction: Callable[..., Any], infiles: FilenameAssociations,
             controls.overlap)
         cacheCap = CacheCap(cacheBytes)
         outputs = openOutputs(outfiles, grid, controls, cacheCap)
-    spec = TaskSpec(userFunction, inputSpecs(infiles, controls), list(outputs), grid,
+    spec = TaskSpec(userFunction, specs, list(outputs), grid,
                     controls.windowxsize, controls.windowysize, controls.overlap,
                     otherArgs is not None,
                     {k: o.statsIgnore for k, o in outputs.items() if o.calcStats},
@@ -78,8 +80,6 @@ def apply(userFunction: Callable[..., Any], infiles: FilenameAssociations,
         for output in outputs.values():
             output.abort()
         raise
-    finally:
-        progress.reset()
     timings.pairs["walltime"].append(time.perf_counter() - started)
     return ApplierReturn(timings, otherArgsList)
 
@@ -118,8 +118,10 @@ def _runOnPool(spec: TaskSpec, blocks: list[ApplierBlockDefn], otherArgs: Any,
     ownPool = pool is None
     if ownPool:
         pool = makePool(style, controls.jobName)
-    # Threads share this process: the spec goes as it is, blocks come back in-band.
-    threads = ownPool and style.computeWorkerKind == CW_THREADS
+    how = howTasksRun(pool)
+    # Threads share this process: the spec goes as it is, blocks come back in-band, and
+    # each task opens its own inputs.
+    threads = how == "threads"
     scratch = None
     try:
         if not threads:
@@ -127,7 +129,6 @@ def _runOnPool(spec: TaskSpec, blocks: list[ApplierBlockDefn], otherArgs: Any,
             spec.scratchDir = scratch.workerPath
         width = poolWidth(pool, style)
         blockPixels = controls.windowxsize * controls.windowysize
-        how = "threads" if threads else "workers" if isWorkersMode(pool) else "array"
         # Long-lived workers share a block file between tasks; elsewhere a task's process
         # may run nothing more, and a file it left open would stay till the end.
         spec.blockFileBytes = WORKER_FILE_BYTES if how == "workers" else 0
@@ -243,21 +244,26 @@ class _Feeder:
 
 
 class _Progress:
-    """Drives a RIOS-style progress object (setTotalSteps, setProgress, reset) in percent."""
+    """Drives a RIOS progress object as RIOS 2's applier does: ``setProgress(percent)``
+    alone (RIOS's own progress classes count to 100 unless told otherwise), from 0 to 100
+    in whole percent of the blocks written, only when the percentage changes. Objects with
+    nothing but setProgress work, as with RIOS."""
 
     def __init__(self, progress: Any, numBlocks: int):
         self.progress = progress
         self.numBlocks = max(numBlocks, 1)
         self.blocksDone = 0
-        if progress is not None:
-            progress.setTotalSteps(100)
-            progress.setProgress(0)
+        self.lastPercent: int | None = None
+        self._report()
 
     def advance(self, numBlocks: int) -> None:
-        if self.progress is not None:
-            self.blocksDone += numBlocks
-            self.progress.setProgress(int(100 * self.blocksDone / self.numBlocks))
+        self.blocksDone += numBlocks
+        self._report()
 
-    def reset(self) -> None:
-        if self.progress is not None:
-            self.progress.reset()
+    def _report(self) -> None:
+        if self.progress is None:
+            return
+        percent = round(100 * self.blocksDone / self.numBlocks)
+        if percent != self.lastPercent:
+            self.progress.setProgress(percent)
+            self.lastPercent = percent

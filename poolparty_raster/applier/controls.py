@@ -1,96 +1,33 @@
-"""ApplierControls and ConcurrencyStyle: RIOS's option objects, plus ``setPool``."""
+"""ApplierControls: RIOS's option object, plus ``setPool``; ConcurrencyStyle and the CW_*
+kinds (concurrency.py) are importable from here too."""
 from __future__ import annotations
 
-import warnings
 from typing import Any
+
+from poolparty_raster.applier.concurrency import (ALL_KINDS, CW_AWSBATCH,  # noqa: F401
+                                                  CW_ECS, CW_NONE, CW_PBS, CW_SGE, CW_SLURM,
+                                                  CW_SUBPROC, CW_THREADS, ConcurrencyStyle)
+from poolparty_raster.applier.sitedefaults import (DEFAULT_MINOVERVIEWDIM,  # noqa: F401
+                                                   DEFAULT_OVERVIEWLEVELS, optionDict,
+                                                   siteDefaults)
 
 # Footprint types: how the working grid's extent follows from the inputs' extents.
 INTERSECTION = 0
 UNION = 1
 BOUNDS_FROM_REFERENCE = 2
 
-# Compute worker kinds (strings, as in RIOS).
-CW_NONE = "CW_NONE"
-CW_THREADS = "CW_THREADS"
-CW_SUBPROC = "CW_SUBPROC"
-CW_SLURM = "CW_SLURM"
-CW_PBS = "CW_PBS"
-CW_SGE = "CW_SGE"
-CW_ECS = "CW_ECS"
-CW_AWSBATCH = "CW_AWSBATCH"
-ALL_KINDS = (CW_NONE, CW_THREADS, CW_SUBPROC, CW_SLURM, CW_PBS, CW_SGE, CW_ECS, CW_AWSBATCH)
-
 DEFAULT_WINDOWSIZE = 256
-DEFAULT_OVERVIEWLEVELS = (4, 8, 16, 32, 64, 128, 256, 512)
-DEFAULT_MINOVERVIEWDIM = 33
 RESAMPLE_METHODS = ("near", "bilinear", "cubic", "cubicspline", "lanczos", "average", "mode",
                     "min", "max", "med", "q1", "q3", "sum", "rms")
 
 
-# RIOS's defaults for the options that only its network channel uses; a value other than
-# these is something the user asked for, and is told it is ignored here.
-_RIOS_TIMEOUTS = {"readBufferInsertTimeout": 10, "readBufferPopTimeout": 10,
-                  "computeBufferInsertTimeout": 10, "computeBufferPopTimeout": 20,
-                  "computeBarrierTimeout": 600}
-
-
-class ConcurrencyStyle:
-    """How blocks are spread over workers; RIOS's signature.
-
-    numComputeWorkers: threads, or worker jobs for pool kinds (0: the pool's default).
-    computeWorkerKind: one of the CW_* constants; CW_NONE runs every block in the calling
-    process with nothing pickled. singleBlockComputeWorkers: one block per pool task (RIOS's
-    one-job-per-block meaning) instead of many. computeWorkerExtraParams: keyword arguments
-    for the pool class's constructor; they win over what this style implies.
-
-    Compute workers always read their own inputs here, and there is no network channel, so
-    numReadWorkers, computeWorkersRead, haveSharedTemp, the buffer time-outs and the barrier
-    time-out are accepted for compatibility and ignored (one warning names those that were
-    set to something other than RIOS's defaults).
-    """
-
-    def __init__(self, numReadWorkers: int = 0, numComputeWorkers: int = 0,
-                 computeWorkerKind: str = CW_NONE, computeWorkersRead: bool = False,
-                 singleBlockComputeWorkers: bool = False, haveSharedTemp: bool = True,
-                 readBufferInsertTimeout: float | None = 10,
-                 readBufferPopTimeout: float | None = 10,
-                 computeBufferInsertTimeout: float | None = 10,
-                 computeBufferPopTimeout: float | None = 20,
-                 computeBarrierTimeout: float | None = 600,
-                 computeWorkerExtraParams: dict[str, Any] | None = None):
-        if computeWorkerKind not in ALL_KINDS:
-            raise ValueError(f"unknown computeWorkerKind {computeWorkerKind!r}; "
-                             f"expected one of {', '.join(ALL_KINDS)}")
-        if numComputeWorkers < 0 or numReadWorkers < 0:
-            raise ValueError("numComputeWorkers and numReadWorkers must be >= 0")
-        if computeWorkerKind == CW_NONE and numComputeWorkers:
-            raise ValueError("numComputeWorkers > 0 needs a computeWorkerKind other than CW_NONE")
-        self.numReadWorkers = numReadWorkers
-        self.numComputeWorkers = numComputeWorkers
-        self.computeWorkerKind = computeWorkerKind
-        self.computeWorkersRead = computeWorkersRead
-        self.singleBlockComputeWorkers = singleBlockComputeWorkers
-        self.haveSharedTemp = haveSharedTemp
-        self.computeWorkerExtraParams = dict(computeWorkerExtraParams or {})
-        given = dict(readBufferInsertTimeout=readBufferInsertTimeout,
-                     readBufferPopTimeout=readBufferPopTimeout,
-                     computeBufferInsertTimeout=computeBufferInsertTimeout,
-                     computeBufferPopTimeout=computeBufferPopTimeout,
-                     computeBarrierTimeout=computeBarrierTimeout)
-        vars(self).update(given)
-        ignored = [f"{k}={v!r}" for k, v in given.items() if v != _RIOS_TIMEOUTS[k]]
-        if numReadWorkers:
-            ignored.insert(0, f"numReadWorkers={numReadWorkers}")
-        if ignored:
-            warnings.warn(f"poolparty_raster.applier ignores {', '.join(ignored)}: compute "
-                          "workers read their own inputs and there is no network channel, "
-                          "so there are no read workers, buffers or barrier to time out",
-                          UserWarning, stacklevel=2)
-
-
 class ApplierControls:
     """Options for ``apply``. Setters taking ``imagename`` (a symbolic name from infiles or
-    outfiles) set the option for that image only; without it they set the default."""
+    outfiles) set the option for that image only; without it they set the default.
+
+    The defaults a site sets for RIOS through its RIOS_DFLT_* environment variables (output
+    driver, creation options per driver, overview levels, minimum size and aggregation
+    type; see sitedefaults.py) are read when the controls are created."""
 
     def __init__(self) -> None:
         self.windowxsize = DEFAULT_WINDOWSIZE
@@ -104,14 +41,16 @@ class ApplierControls:
         self.pool: Any = None
         self.loggingstream: Any = None
         self.tempdir: str | None = None
+        self.site = site = siteDefaults()
         self._perImage: dict[str, dict[str | None, Any]] = {
             "resampleMethod": {None: "near"}, "inputNoData": {None: None},
-            "statsIgnore": {None: 0}, "driverName": {None: "GTiff"},
-            "creationOptions": {None: None}, "calcStats": {None: True},
-            "omitPyramids": {None: False}, "overviewAggType": {None: "NEAREST"},
-            "overviewLevels": {None: DEFAULT_OVERVIEWLEVELS},
-            "overviewMinDim": {None: DEFAULT_MINOVERVIEWDIM}, "approxStats": {None: False},
-            "layerselection": {None: None},
+            "statsIgnore": {None: 0}, "driverName": {None: site.driverName},
+            "creationOptions": {None: None}, "omitPyramids": {None: False},
+            "omitBasicStats": {None: False}, "omitHistogram": {None: False},
+            "overviewAggType": {None: None}, "overviewLevels": {None: site.overviewLevels},
+            "overviewMinDim": {None: site.overviewMinDim}, "approxStats": {None: False},
+            "layerselection": {None: None}, "singlePassPyramids": {None: None},
+            "singlePassBasicStats": {None: None}, "singlePassHistogram": {None: None},
         }
 
     def getOptionForImagename(self, option: str, imagename: str | None) -> Any:
@@ -129,6 +68,26 @@ class ApplierControls:
     @property
     def minOverviewDim(self) -> int:
         return self._perImage["overviewMinDim"][None]
+
+    overviewMinDim = minOverviewDim
+
+    # -- what the writer asks ------------------------------------------------------------
+    def creationOptionsFor(self, imagename: str | None, driverName: str) -> dict[str, str] | None:
+        """The script's options for this image, else the site's for the driver
+        (RIOS_DFLT_CREOPT_<driver>), else None: this package's defaults."""
+        own = self.getOptionForImagename("creationOptions", imagename)
+        return own if own is not None else self.site.creationOptions.get(driverName)
+
+    def overviewAggTypeFor(self, imagename: str | None) -> str:
+        """The aggregation type set for this image, else RIOS 2's default: NEAREST where it
+        writes overviews block by block (its default), the site's RIOS_DFLT_OVERVIEWAGGTYPE
+        where it leaves them to GDAL after the last block (setSinglePassPyramids(False))."""
+        aggType = self.getOptionForImagename("overviewAggType", imagename)
+        if aggType is not None:
+            return aggType
+        if self.getOptionForImagename("singlePassPyramids", imagename) is False:
+            return self.site.overviewAggType
+        return "NEAREST"
 
     # -- blocks and the working grid -----------------------------------------------------
     def setWindowXsize(self, windowxsize: int) -> None:
@@ -198,28 +157,61 @@ class ApplierControls:
         self._set("statsIgnore", statsIgnore, imagename)
 
     def setOutputDriverName(self, driverName: str, imagename: str | None = None) -> None:
-        """Any GDAL driver rasterio can create with, or "COG" (default "GTiff")."""
+        """Any GDAL driver rasterio can create with, or "COG" (default GTiff, or the
+        site's RIOS_DFLT_DRIVER)."""
         self._set("driverName", driverName, imagename)
 
     def setCreationOptions(self, creationOptions: list[str] | dict[str, str] | None,
                            imagename: str | None = None) -> None:
-        """GDAL creation options ("KEY=VALUE" strings or a dict). For GTiff they replace the
-        default COMPRESS/PREDICTOR; TILED, BLOCKXSIZE/BLOCKYSIZE (= the window), BIGTIFF and
-        NUM_THREADS are added when not given."""
+        """GDAL creation options ("KEY=VALUE" strings or a dict; None: the site's
+        RIOS_DFLT_CREOPT_<driver>, else ours). For GTiff they replace the default COMPRESS/
+        PREDICTOR; TILED, BLOCKXSIZE/BLOCKYSIZE (= the window), BIGTIFF and NUM_THREADS
+        are added when not given."""
         if isinstance(creationOptions, (list, tuple)):
-            creationOptions = dict(opt.split("=", 1) for opt in creationOptions)
+            creationOptions = optionDict(creationOptions)
         if creationOptions is not None:
             creationOptions = {str(k).upper(): str(v) for k, v in creationOptions.items()}
         self._set("creationOptions", creationOptions, imagename)
 
     def setCalcStats(self, calcStats: bool, imagename: str | None = None) -> None:
-        """Statistics, histogram and overviews (default on). As in RIOS, False also skips
-        the overviews."""
-        self._set("calcStats", bool(calcStats), imagename)
+        """Statistics, histogram and overviews (default on). As in RIOS 2, it sets the three
+        omit options (setOmitPyramids, setOmitBasicStats, setOmitHistogram) at once."""
+        for option in ("omitPyramids", "omitBasicStats", "omitHistogram"):
+            self._set(option, not calcStats, imagename)
 
     def setOmitPyramids(self, omitPyramids: bool, imagename: str | None = None) -> None:
         """Skip building overviews (default: built, as RIOS does)."""
         self._set("omitPyramids", bool(omitPyramids), imagename)
+
+    def setOmitBasicStats(self, omitBasicStats: bool, imagename: str | None = None) -> None:
+        """Leave out STATISTICS_MINIMUM/MAXIMUM/MEAN/STDDEV (default: written)."""
+        self._set("omitBasicStats", bool(omitBasicStats), imagename)
+
+    def setOmitHistogram(self, omitHistogram: bool, imagename: str | None = None) -> None:
+        """Leave out the histogram, and the median and mode taken from it (default:
+        written)."""
+        self._set("omitHistogram", bool(omitHistogram), imagename)
+
+    # RIOS 2.0.5's single-pass switches choose between gathering as blocks are written and
+    # a second pass with GDAL; the outputs are the same either way, so scripts may set them.
+    def setSinglePassPyramids(self, singlePassPyramids: bool | None,
+                              imagename: str | None = None) -> None:
+        """Accepted: overviews are built by GDAL after the last block (the same pixels as
+        RIOS's single pass, for NEAREST). False makes RIOS_DFLT_OVERVIEWAGGTYPE the
+        default aggregation type, as in RIOS."""
+        self._set("singlePassPyramids", singlePassPyramids, imagename)
+
+    def setSinglePassBasicStats(self, singlePassBasicStats: bool | None,
+                                imagename: str | None = None) -> None:
+        """Accepted: statistics are always gathered in a single pass, exactly, as the
+        workers compute the blocks."""
+        self._set("singlePassBasicStats", singlePassBasicStats, imagename)
+
+    def setSinglePassHistogram(self, singlePassHistogram: bool | None,
+                               imagename: str | None = None) -> None:
+        """Accepted: integer bands' histograms are always counted in a single pass, as the
+        workers compute the blocks; float bands get none (as the README says)."""
+        self._set("singlePassHistogram", singlePassHistogram, imagename)
 
     def setApproxStats(self, approxStats: bool, imagename: str | None = None) -> None:
         """Accepted for RIOS scripts; statistics here are always exact (they are gathered
@@ -232,16 +224,19 @@ class ApplierControls:
         self._set("overviewLevels", tuple(int(lv) for lv in overviewLevels), imagename)
 
     def setOverviewMinDim(self, minOverviewDim: int, imagename: str | None = None) -> None:
-        """Smallest overview side to build (default 33)."""
+        """Overview levels are kept while the smaller image side divided by the level
+        exceeds this many pixels (default 128, as RIOS 2, or RIOS_DFLT_MINOVERLEVELDIM)."""
         self._set("overviewMinDim", int(minOverviewDim), imagename)
 
     def setOverviewAggregationType(self, aggType: str | None, imagename: str | None = None) -> None:
-        """Overview resampling, as GDAL names it (default "NEAREST"; None: the default)."""
-        self._set("overviewAggType", aggType or "NEAREST", imagename)
+        """Overview resampling, as GDAL names it ("NEAREST", "AVERAGE", ...; None: RIOS's
+        default, see overviewAggTypeFor)."""
+        self._set("overviewAggType", aggType, imagename)
 
     # -- running -------------------------------------------------------------------------
     def setProgress(self, progress: Any) -> None:
-        """A RIOS-style progress object (setTotalSteps, setProgress, reset)."""
+        """A RIOS-style progress object: as RIOS's applier does, only its
+        ``setProgress(percent)`` is called, with 0 to 100, when the percentage changes."""
         self.progress = progress
 
     def setJobName(self, jobName: str) -> None:
@@ -261,9 +256,13 @@ class ApplierControls:
             self.concurrency = ConcurrencyStyle()
 
     def setPool(self, pool: Any) -> None:
-        """Run the tasks on this pool (anything with ``imap_unordered(func, iterable)``);
-        it overrides the concurrency style's worker kind and is not closed by ``apply``.
-        Tasks are sized by ``pool.parallelism`` where the pool has it."""
+        """Run the tasks on this pool (anything with ``imap_unordered(func, iterable)``:
+        this package's pools, multiprocessing's Pool and ThreadPool); it overrides the
+        concurrency style's worker kind and is not closed by ``apply``. Tasks are sized by
+        ``pool.parallelism`` where the pool has it."""
+        if not callable(getattr(pool, "imap_unordered", None)):
+            raise TypeError(f"setPool needs a pool with imap_unordered(func, iterable), such "
+                            f"as multiprocessing.pool.ThreadPool; got {type(pool).__name__}")
         self.pool = pool
 
     def setTempdir(self, tempdir: str) -> None:
@@ -283,6 +282,19 @@ class ApplierControls:
 
     def setAutoColorTableType(self, autoColorTableType: Any, imagename: str | None = None) -> None:
         raise NotImplementedError("setAutoColorTableType is not supported by poolparty_raster")
+
+    def setAllowOverviewsGdalwarp(self, allowOverviewsGdalwarp: bool) -> None:
+        """False (RIOS's default) is what happens here: resampling reads the inputs' full
+        resolution, never their overviews. True is not supported."""
+        if allowOverviewsGdalwarp:
+            raise NotImplementedError("setAllowOverviewsGdalwarp(True) is not supported by "
+                                      "poolparty_raster: inputs are always resampled from "
+                                      "their full resolution")
+
+    def setCallBeforeClose(self, func: Any, args: tuple = (), imagename: str | None = None) -> None:
+        raise NotImplementedError("setCallBeforeClose is not supported by poolparty_raster: "
+                                  "outputs are written with rasterio, not GDAL Datasets; "
+                                  "open the output after apply returns")
 
     def setReferencePixgrid(self, referencePixgrid: Any) -> None:
         raise NotImplementedError("setReferencePixgrid is not supported by poolparty_raster; "

@@ -52,8 +52,8 @@ class WorkingGrid:
 @dataclass(frozen=True)
 class RasterInfo:
     """What the driver needs of an input file, read with one open: its grid, its bounds
-    (left, bottom, right, top) in its CRS, its bytes per pixel over all bands and its
-    first band's block shape (rows, cols)."""
+    (left, bottom, right, top) in its CRS, its bytes per pixel over all bands, its first
+    band's block shape (rows, cols), and each band's dtype name and nodata value."""
 
     transform: Affine
     crs: CRS | None
@@ -62,6 +62,8 @@ class RasterInfo:
     bounds: tuple[float, float, float, float]
     pixelBytes: int
     blockShape: tuple[int, int]
+    dtypes: tuple[str, ...] = ()
+    nodatavals: tuple[float | None, ...] = ()
 
     @property
     def grid(self) -> WorkingGrid:
@@ -77,7 +79,8 @@ def describeRasters(filenames: list[str]) -> dict[str, RasterInfo]:
             pixelBytes = sum(np.dtype(d).itemsize for d in src.dtypes)
             infos[filename] = RasterInfo(src.transform, src.crs, src.width, src.height,
                                          tuple(src.bounds), pixelBytes,
-                                         tuple(src.block_shapes[0]))
+                                         tuple(src.block_shapes[0]), tuple(src.dtypes),
+                                         tuple(src.nodatavals))
     return infos
 
 

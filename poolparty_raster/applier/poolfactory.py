@@ -76,6 +76,26 @@ def isWorkersMode(pool: Any) -> bool:
     return getattr(pool, "mode", None) == "workers"
 
 
+def howTasksRun(pool: Any) -> str:
+    """How a pool runs tasks, which decides how they travel and how large they are (see
+    grid.taskSizes):
+
+    "threads": threads of this process (multiprocessing's ThreadPool, whoever made it).
+    They share the process, so the spec and the arrays go in-band, and each task opens its
+    own inputs: a block file or an open dataset shared between threads would be written or
+    read by two at once. "workers": long-lived processes that run task after task (this
+    package's pools in workers mode; multiprocessing's Pool unless its processes are
+    replaced every few tasks), which pay their start-up once. "array": a new process per
+    task, or a pool we know nothing of (the cautious sizing)."""
+    if isinstance(pool, ThreadPool):
+        return "threads"
+    if isWorkersMode(pool):
+        return "workers"
+    if isinstance(pool, MultiprocessingPool) and getattr(pool, "_maxtasksperchild", None) is None:
+        return "workers"
+    return "array"
+
+
 def throttles(pool: Any) -> bool:
     """Whether handing out tasks lazily bounds the results in flight: multiprocessing's
     pools pull tasks from a handler thread and return results as they finish. This

@@ -17,7 +17,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from poolparty_raster.applier.grid import WorkingGrid, onGrid
+from poolparty_raster.applier.grid import RasterInfo, WorkingGrid, onGrid
 from poolparty_raster.applier.structures import FilenameAssociations
 
 _RESAMPLING_NAMES = {"near": "nearest", "cubicspline": "cubic_spline"}
@@ -59,8 +59,9 @@ class InputReader:
             raise ValueError(f"{self.spec.filename} has {src.count} bands; layers {layers} "
                              "were selected")
         self.layers = None if self.spec.layers is None else layers
-        self.nodata = _nodataList(self.spec.nodataOverride, src, layers)
+        self.nodata = nodataList(self.spec, src.nodatavals, layers)
         self.dtype = np.dtype(src.dtypes[layers[0] - 1])
+        checkNoDataFits(self.spec, self.nodata, self.dtype)
         offset = onGrid(src.transform, src.crs, self.grid)
         if offset is None:
             self._warped(src, layers)
@@ -124,17 +125,69 @@ class InputReader:
         return out
 
 
-def _nodataList(override: Any, src: Any, layers: list[int]) -> list[Any]:
+def nodataList(spec: InputSpec, nodatavals: tuple[Any, ...], layers: list[int]) -> list[Any]:
     """One nodata value per band read: the override (a scalar for all, or a list per band),
-    else the file's."""
+    else the file's (``nodatavals``, per band of the file)."""
+    override = spec.nodataOverride
     if override is None:
-        return [src.nodatavals[b - 1] for b in layers]
+        return [nodatavals[b - 1] for b in layers]
     if isinstance(override, list):
         if len(override) != len(layers):
-            raise ValueError(f"{src.name}: {len(override)} nodata values given for "
-                             f"{len(layers)} bands")
+            raise ValueError(f"input {_label(spec)} ({spec.filename}): {len(override)} "
+                             f"nodata values given for {len(layers)} bands")
         return list(override)
     return [override] * len(layers)
+
+
+def checkNoDataFits(spec: InputSpec, nodata: list[Any], dtype: np.dtype) -> None:
+    """A ValueError naming the input, the value and the dtype where the arrays read
+    (``dtype``) cannot hold a band's nodata value exactly: pixels outside the input are
+    filled with it, and comparing the data with a value it cannot hold finds nothing."""
+    for band, value in enumerate(nodata, start=1):
+        if value is None or _holds(dtype, value):
+            continue
+        if spec.nodataOverride is not None:
+            where = f"setInputNoDataValue gives {value!r} for band {band} of"
+            advice = "give a value the dtype can hold"
+        else:
+            where = f"the file sets nodata {value!r} for band {band} of"
+            advice = "override it with setInputNoDataValue"
+        raise ValueError(f"{where} input {_label(spec)} ({spec.filename}), whose "
+                         f"{np.dtype(dtype).name} arrays cannot hold it: {advice}")
+
+
+def checkInputNoData(specs: list[InputSpec], infos: dict[str, RasterInfo]) -> None:
+    """The driver's check of every input's nodata values, before any block is read, with
+    what ``describeRasters`` found: a bad value would otherwise fail every task."""
+    for spec in specs:
+        info = infos[spec.filename]
+        layers = spec.layers or list(range(1, len(info.dtypes) + 1))
+        if max(layers) <= len(info.dtypes):  # else the reader says which layers are missing
+            checkNoDataFits(spec, nodataList(spec, info.nodatavals, layers),
+                            np.dtype(info.dtypes[layers[0] - 1]))
+
+
+def _holds(dtype: np.dtype, value: Any) -> bool:
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu":
+        try:
+            exact = value if isinstance(value, (int, np.integer)) else float(value)
+        except (TypeError, ValueError):
+            return False
+        if isinstance(exact, float):
+            if not exact.is_integer():  # NaN and infinities too
+                return False
+            exact = int(exact)
+        info = np.iinfo(dtype)
+        return info.min <= exact <= info.max
+    if dtype.kind == "f":
+        value = float(value)
+        return not math.isfinite(value) or abs(value) <= np.finfo(dtype).max
+    return True
+
+
+def _label(spec: InputSpec) -> str:
+    return spec.name if spec.seqNum is None else f"{spec.name}[{spec.seqNum}]"
 
 
 def _fixedScale(src: Any, grid: WorkingGrid, transform: Affine, width: int,

@@ -102,21 +102,24 @@ class BandStats:
         if other.count:
             self._combine(other.count, other.mean, other.m2, other.minimum, other.maximum)
 
-    def gdalMetadata(self, dtype: np.dtype) -> dict[str, str]:
-        """The band metadata RIOS writes: STATISTICS_MINIMUM/MAXIMUM/MEAN/STDDEV (population
-        standard deviation, as GDAL's), STATISTICS_SKIPFACTORX/Y, STATISTICS_EXCLUDEDVALUES,
-        and for integer bands the histogram (STATISTICS_HISTOBINVALUES/HISTOMIN/HISTOMAX/
-        HISTONUMBINS/HISTOBINFUNCTION) with STATISTICS_MEDIAN and STATISTICS_MODE. Empty if
-        every pixel was ignored."""
+    def gdalMetadata(self, dtype: np.dtype, basic: bool = True,
+                     histogram: bool = True) -> dict[str, str]:
+        """The band metadata RIOS writes: with ``basic``, STATISTICS_MINIMUM/MAXIMUM/MEAN/
+        STDDEV (population standard deviation, as GDAL's), STATISTICS_SKIPFACTORX/Y and
+        STATISTICS_EXCLUDEDVALUES; with ``histogram``, for integer bands, the histogram
+        (STATISTICS_HISTOBINVALUES/HISTOMIN/HISTOMAX/HISTONUMBINS/HISTOBINFUNCTION) with
+        STATISTICS_MEDIAN and STATISTICS_MODE. Empty if every pixel was ignored."""
         if self.count == 0:
             return {}
-        tags = {"STATISTICS_MINIMUM": repr(self.minimum), "STATISTICS_MAXIMUM": repr(self.maximum),
-                "STATISTICS_MEAN": repr(self.mean),
-                "STATISTICS_STDDEV": repr(math.sqrt(self.m2 / self.count)),
-                "STATISTICS_SKIPFACTORX": "1", "STATISTICS_SKIPFACTORY": "1"}
-        if self.ignore is not None:
-            tags["STATISTICS_EXCLUDEDVALUES"] = repr(self.ignore)
-        if self.counts is not None and np.dtype(dtype).kind in "iu":
+        tags = {}
+        if basic:
+            tags = {"STATISTICS_MINIMUM": repr(self.minimum),
+                    "STATISTICS_MAXIMUM": repr(self.maximum), "STATISTICS_MEAN": repr(self.mean),
+                    "STATISTICS_STDDEV": repr(math.sqrt(self.m2 / self.count)),
+                    "STATISTICS_SKIPFACTORX": "1", "STATISTICS_SKIPFACTORY": "1"}
+            if self.ignore is not None:
+                tags["STATISTICS_EXCLUDEDVALUES"] = repr(self.ignore)
+        if histogram and self.counts is not None and np.dtype(dtype).kind in "iu":
             tags.update(_histogramTags(np.dtype(dtype), self.histStart, self.counts))
         return tags
 

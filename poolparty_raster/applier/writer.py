@@ -84,9 +84,11 @@ class OutputFile:
         option = lambda key: controls.getOptionForImagename(key, name)  # noqa: E731
         self.driver = option("driverName")
         self.statsIgnore = option("statsIgnore")
-        self.calcStats = option("calcStats")
-        # RIOS: no statistics means no pyramids either.
-        self.buildPyramids = self.calcStats and not option("omitPyramids")
+        self.basicStats = not option("omitBasicStats")
+        self.histogram = not option("omitHistogram")
+        # Whether the workers gather statistics for this output at all.
+        self.calcStats = self.basicStats or self.histogram
+        self.buildPyramids = not option("omitPyramids")
         directory, base = os.path.split(self.filename)
         stem, ext = os.path.splitext(base)
         self._finalStem = os.path.join(directory, stem)
@@ -124,7 +126,7 @@ class OutputFile:
                                                 self.controls.windowysize,
                                                 self._count * dtype.itemsize))
         gdalDriver = "GTiff" if self.driver == "COG" else self.driver
-        user = self.controls.getOptionForImagename("creationOptions", self.name)
+        user = self.controls.creationOptionsFor(self.name, self.driver)
         # COG: the user's options are for the conversion; the intermediate is our tiled GTiff.
         options = creationOptions(gdalDriver, dtype, None if self.driver == "COG" else user,
                                   self.controls.windowxsize, self.controls.windowysize)
@@ -144,7 +146,7 @@ class OutputFile:
         if self.calcStats:
             with timings.interval("basicstats"):
                 for bandNum, bandStats in enumerate(self.stats, start=1):
-                    tags = bandStats.gdalMetadata(self.dtype)
+                    tags = bandStats.gdalMetadata(self.dtype, self.basicStats, self.histogram)
                     if tags:
                         self.ds.update_tags(bandNum, **tags)
         with timings.interval("closing"):
@@ -171,13 +173,13 @@ class OutputFile:
         smaller = min(self.grid.width, self.grid.height)
         levels = [lv for lv in option("overviewLevels") if smaller // lv > option("overviewMinDim")]
         if levels:
-            aggType = option("overviewAggType") or "NEAREST"
+            aggType = self.controls.overviewAggTypeFor(self.name)
             self.ds.build_overviews(levels, Resampling[_overviewResampling(aggType)])
 
     def _toCog(self) -> None:
         """rasterio's COG driver holds the whole raster in memory, so the tiled GTiff
         written block by block is converted at the end instead, on all cores."""
-        options = dict(self.controls.getOptionForImagename("creationOptions", self.name) or {})
+        options = dict(self.controls.creationOptionsFor(self.name, "COG") or {})
         options.setdefault("NUM_THREADS", "ALL_CPUS")
         options.setdefault("BIGTIFF", "IF_SAFER")
         if not self.buildPyramids:

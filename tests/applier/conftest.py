@@ -1,9 +1,20 @@
 """Synthetic rasters for the applier tests, written with rasterio into tmp_path."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from rasterhelpers import writeRaster
+
+
+@pytest.fixture(autouse=True)
+def noSiteConfiguration(monkeypatch):
+    """RIOS's site variables (RIOS_DFLT_*) of the machine running the tests would change
+    the defaults the tests assert; a test sets those it is about."""
+    for name in list(os.environ):
+        if name.startswith("RIOS_DFLT_"):
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture

@@ -4,6 +4,8 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import traceback
+from multiprocessing.pool import ThreadPool
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ import pytest
 from rasterhelpers import readRaster, writeRaster
 
 from poolparty_raster import applier
+from poolparty_raster.applier import grid
 
 
 def _style(kind, extra=None, **kwargs):
@@ -68,6 +71,8 @@ CLUSTER_RUNNERS = {
 # The failure path is the same code on every pool (the pool re-raises; apply aborts the
 # outputs): one of each kind of runner keeps the suite fast.
 FAILURE_RUNNERS = ["none", "threads", "mp-pool", "subproc-workers", "dummy-slurm"]
+# Those whose tasks run in other processes: the traceback comes back as text.
+REMOTE_RUNNERS = ["mp-pool", "subproc-workers", "dummy-slurm"]
 
 
 def _configure(request):
@@ -128,15 +133,36 @@ def runMixed(tmp_path, configure, out):
     otherArgs.blocks = 0
     result = applier.apply(mixed, infiles, outfiles, otherArgs, controls)
     assert sum(o.blocks for o in result.otherArgsList) == 6 * 5
-    return {name: readRaster(path) for name, _, path in outfiles}
+    return {name: readRaster(path) for name, _, path in outfiles}, result
 
 
-def test_runners_give_identical_outputs(tmp_path, configure):
-    reference = runMixed(tmp_path, RUNNERS["none"], _mkdir(tmp_path / "serial"))
-    results = runMixed(tmp_path, configure, _mkdir(tmp_path / "other"))
+def assertIdentical(results, reference):
     for name, array in reference.items():
         assert results[name].dtype == array.dtype
         assert results[name].tobytes() == array.tobytes(), name
+
+
+def test_runners_give_identical_outputs(tmp_path, configure):
+    reference, _ = runMixed(tmp_path, RUNNERS["none"], _mkdir(tmp_path / "serial"))
+    results, _ = runMixed(tmp_path, configure, _mkdir(tmp_path / "other"))
+    assertIdentical(results, reference)
+
+
+@pytest.mark.parametrize("singleBlock", [False, True], ids=["sized", "single-block"])
+def test_a_users_thread_pool_runs_as_threads(tmp_path, singleBlock):
+    # Threads share the process: a block file or an open dataset shared between them
+    # would be written or read by two at once. Several tasks must run, and agree.
+    reference, _ = runMixed(tmp_path, RUNNERS["none"], _mkdir(tmp_path / "serial"))
+    with ThreadPool(2) as pool:
+        def configure(controls):
+            controls.setPool(pool)
+            controls.setConcurrencyStyle(applier.ConcurrencyStyle(
+                singleBlockComputeWorkers=singleBlock))
+        results, result = runMixed(tmp_path, configure, _mkdir(tmp_path / "threads"))
+    assertIdentical(results, reference)
+    # Sized as threads (nothing to amortise): several tasks per thread, not one task.
+    sizes = [1] * 30 if singleBlock else grid.taskSizes(30, 2, False, "threads", 16 * 16)
+    assert len(result.otherArgsList) == len(sizes) > 2 * 2
 
 
 def failOnOneBlock(info, inputs, outputs):
@@ -145,7 +171,7 @@ def failOnOneBlock(info, inputs, outputs):
     outputs.out = inputs.img
 
 
-def test_failure_reports_block_and_leaves_no_output(tmp_path, configureForFailure):
+def test_failure_reports_block_and_leaves_no_output(tmp_path, configureForFailure, request):
     configure = configureForFailure
     infiles = applier.FilenameAssociations()
     infiles.img = writeRaster(tmp_path / "img.tif", np.ones((1, 70, 90), np.uint8))
@@ -169,6 +195,13 @@ def test_failure_reports_block_and_leaves_no_output(tmp_path, configureForFailur
         applier.apply(both, infiles, outfiles, controls=controls)
     notes = "\n".join(getattr(caught.value, "__notes__", []))
     assert "top=32, left=48" in notes
+    # Where the function ran: the remote traceback as the cause, or (in this process)
+    # the exception's own traceback.
+    cause = caught.value.__cause__
+    if request.node.callspec.params["configureForFailure"] in REMOTE_RUNNERS:
+        assert cause is not None
+    where = str(cause) if cause else "".join(traceback.format_tb(caught.value.__traceback__))
+    assert "failOnOneBlock" in where and 'raise ZeroDivisionError("synthetic failure")' in where
     assert os.listdir(out) == ["old.tif"]
     assert hashlib.sha256(Path(outfiles.old).read_bytes()).hexdigest() == before
 

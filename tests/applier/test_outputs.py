@@ -45,7 +45,7 @@ def runDouble(withHoles, tmp_path, name="out.tif", **setters):
 
 def test_nodata_in_nodata_out_with_stats_and_overviews(withHoles, tmp_path):
     _, array = withHoles
-    out = runDouble(withHoles, tmp_path, setOverviewLevels=([2, 4],))
+    out = runDouble(withHoles, tmp_path, setOverviewLevels=([2, 4],), setOverviewMinDim=(33,))
     expected = np.where(array == NODATA, NODATA, array * 2)
     np.testing.assert_array_equal(readRaster(out), expected)
     valid = expected[expected != NODATA].astype(np.float64)
@@ -59,9 +59,12 @@ def test_nodata_in_nodata_out_with_stats_and_overviews(withHoles, tmp_path):
     assert float(tags["STATISTICS_STDDEV"]) == pytest.approx(valid.std(), rel=1e-12)
 
 
-def test_default_overview_levels_follow_rios(tmp_path):
-    # 300 x 160: 160 // 4 = 40 > 33 keeps level 4; 160 // 8 = 20 does not.
-    filename = writeRaster(tmp_path / "big.tif", np.ones((1, 160, 300), np.uint8))
+@pytest.mark.parametrize("rows, cols, levels", [
+    (600, 1100, [4]),   # 600 // 4 = 150 > 128 keeps level 4; 600 // 8 = 75 does not
+    (160, 300, []),     # 160 // 4 = 40: no overview is worth having (RIOS 1 kept it, at 33)
+])
+def test_default_overview_levels_follow_rios_2(tmp_path, rows, cols, levels):
+    filename = writeRaster(tmp_path / "big.tif", np.ones((1, rows, cols), np.uint8))
     infiles = applier.FilenameAssociations()
     infiles.img = filename
     outfiles = applier.FilenameAssociations()
@@ -69,7 +72,10 @@ def test_default_overview_levels_follow_rios(tmp_path):
     applier.apply(lambda info, inputs, outputs: setattr(outputs, "out", inputs.img),
                   infiles, outfiles)
     with rasterio.open(outfiles.out) as ds:
-        assert ds.overviews(1) == [4]
+        assert ds.overviews(1) == levels
+    controls = applier.ApplierControls()
+    assert controls.overviewLevels == (4, 8, 16, 32, 64, 128, 256, 512)
+    assert controls.overviewMinDim == 128
 
 
 def test_stats_and_overviews_switched_off(withHoles, tmp_path):
@@ -106,20 +112,23 @@ def histogram(info, inputs, outputs, otherArgs):
     otherArgs.hist += np.bincount(inputs.img[0].ravel(), minlength=256)
 
 
-@pytest.mark.parametrize("kind", [applier.CW_NONE, applier.CW_THREADS])
+@pytest.mark.parametrize("kind", [applier.CW_NONE, applier.CW_THREADS, applier.CW_SUBPROC])
 def test_other_args_histogram(tmp_path, kind):
+    # 600 x 1030 in 64 x 64 windows: 170 blocks, several tasks on every pool (a process
+    # pool's task takes at least 0.25 Mpix), edge blocks that do not fill a window.
     rng = np.random.default_rng(7)
-    array = rng.integers(0, 256, size=(1, 130, 170), dtype=np.uint8)
+    array = rng.integers(0, 256, size=(1, 600, 1030), dtype=np.uint8)
     infiles = applier.FilenameAssociations()
     infiles.img = writeRaster(tmp_path / "img.tif", array)
     otherArgs = applier.OtherInputs()
     otherArgs.hist = np.zeros(256, np.int64)
     controls = applier.ApplierControls()
-    controls.setWindowXsize(16)
-    controls.setWindowYsize(16)
+    controls.setWindowXsize(64)
+    controls.setWindowYsize(64)
     if kind != applier.CW_NONE:
+        extra = {"progress": False} if kind == applier.CW_SUBPROC else {}
         controls.setConcurrencyStyle(applier.ConcurrencyStyle(
-            numComputeWorkers=2, computeWorkerKind=kind))
+            numComputeWorkers=2, computeWorkerKind=kind, computeWorkerExtraParams=extra))
     result = applier.apply(histogram, infiles, applier.FilenameAssociations(), otherArgs,
                            controls)
     merged = sum(o.hist for o in result.otherArgsList)

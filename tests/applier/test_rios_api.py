@@ -111,35 +111,6 @@ def test_select_layers_and_per_band_nodata(tmp_path):
     assert seen["nodata"] == [9, 7]
 
 
-def test_per_band_nodata_when_resampling(tmp_path):
-    # Two bands, nodata 5 in band 1 and 6 in band 2, on a grid shifted by half a pixel:
-    # bilinear resampling must leave each band's nodata out of its own averages.
-    array = np.stack([np.full((30, 30), 100, np.float32), np.full((30, 30), 200, np.float32)])
-    array[0, 10:20, 10:20] = 5
-    array[1, 10:20, 10:20] = 6
-    half = Affine(PIXEL, 0, ORIGIN[0] + PIXEL / 2, 0, -PIXEL, ORIGIN[1] - PIXEL / 2)
-    other = writeRaster(tmp_path / "other.tif", array, transform=half)
-    ref = writeRaster(tmp_path / "ref.tif", np.zeros((1, 30, 30), np.float32))
-
-    def take(info, inputs, outputs):
-        outputs.out = inputs.other
-    infiles = applier.FilenameAssociations()
-    infiles.ref, infiles.other = ref, other
-    outfiles = applier.FilenameAssociations()
-    outfiles.out = str(tmp_path / "out.tif")
-    controls = applier.ApplierControls()
-    controls.setReferenceImage("ref")
-    controls.setFootprintType(applier.BOUNDS_FROM_REFERENCE)
-    controls.setResampleMethod("bilinear")
-    controls.setInputNoDataValue([5, 6], "other")
-    controls.setStatsIgnore(None)
-    applier.apply(take, infiles, outfiles, controls=controls)
-    out = readRaster(outfiles.out)
-    # Away from the image's edge every value is the band's own value or its nodata.
-    inner = out[:, 2:28, 2:28]
-    assert set(np.unique(inner[0])) <= {100, 5} and set(np.unique(inner[1])) <= {200, 6}
-
-
 def test_structures_as_in_rios():
     infiles = applier.FilenameAssociations()
     infiles.img = "a.tif"
@@ -193,6 +164,40 @@ def test_info_attributes(tmp_path):
     x0, y0 = ORIGIN
     assert (70, 50, 32, 32, x0, y0, x0 + 32 * PIXEL, y0 - 32 * PIXEL) in seen
     assert (70, 50, 6, 18, x0 + 64 * PIXEL, y0 - 32 * PIXEL, x0 + 70 * PIXEL, y0 - 50 * PIXEL) in seen
+
+
+def test_info_block_grid_and_georeferencing_on_a_multi_block_run(tmp_path):
+    # 50 rows x 70 cols in 32 x 32 windows: 2 rows of 3 blocks, the last ones partial.
+    filename = writeRaster(tmp_path / "in.tif", np.ones((1, 50, 70), np.uint8))
+    seen = {}
+
+    def look(info, inputs, outputs):
+        b = info.blockDefn
+        seen[b.top, b.left] = dict(
+            total=info.getTotalBlocks(), count=info.getBlockCount(),
+            first=info.isFirstBlock(), last=info.isLastBlock(), size=info.getBlockSize(),
+            transform=info.getTransform(), projection=info.getProjection(),
+            totalSize=info.getTotalSize(), pixel=info.getPixelSize(),
+            window=info.getWindowSize())
+        outputs.out = inputs.img
+    infiles = applier.FilenameAssociations()
+    infiles.img = filename
+    outfiles = applier.FilenameAssociations()
+    outfiles.out = str(tmp_path / "out.tif")
+    controls = applier.ApplierControls()
+    controls.setWindowSize(32, 32)
+    applier.apply(look, infiles, outfiles, controls=controls)
+    assert sorted(seen) == [(0, 0), (0, 32), (0, 64), (32, 0), (32, 32), (32, 64)]
+    with rasterio.open(filename) as ds:
+        gdalTransform, crs = ds.transform.to_gdal(), ds.crs
+    for (top, left), s in seen.items():
+        assert s["total"] == (3, 2) and s["count"] == (left // 32, top // 32)
+        assert s["first"] == ((top, left) == (0, 0))
+        assert s["last"] == ((top, left) == (32, 64))
+        assert s["size"] == (6 if left == 64 else 32, 18 if top == 32 else 32)
+        assert s["transform"] == gdalTransform == (ORIGIN[0], PIXEL, 0.0, ORIGIN[1], 0.0, -PIXEL)
+        assert rasterio.crs.CRS.from_wkt(s["projection"]) == crs
+        assert (s["totalSize"], s["pixel"], s["window"]) == ((70, 50), (PIXEL, PIXEL), (32, 32))
 
 
 def test_inputs_on_different_grids_need_a_reference(tmp_path):

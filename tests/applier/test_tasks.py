@@ -2,6 +2,7 @@
 numComputeWorkers as workers mode, blocks streamed through files that are cleaned up."""
 from __future__ import annotations
 
+import multiprocessing
 import os
 
 import numpy as np
@@ -59,6 +60,28 @@ def test_set_pool_sizes_tasks_by_its_parallelism(tmp_path):
     style = applier.ConcurrencyStyle(numComputeWorkers=7, computeWorkerKind=applier.CW_SUBPROC)
     assert poolfactory.poolWidth(RecordingPool(parallelism=3), style) == 7
     assert poolfactory.poolWidth(RecordingPool(parallelism=3), applier.ConcurrencyStyle()) == 3
+
+
+def countTasks(info, inputs, outputs, otherArgs):
+    outputs.out = inputs.img
+
+
+def test_a_multiprocessing_pool_is_sized_as_long_lived_workers(tmp_path):
+    # Its processes live from task to task: start-up is paid once per process, so tasks
+    # are sized as in workers mode (8 per slot, >= 0.25 Mpix), not as one process each
+    # (>= 4 Mpix, which left Pool(8) on a 4096 x 4096 raster with 4 tasks).
+    assert len(grid.taskSizes(256, 8, False, "workers", 256 * 256)) >= 8 * 8
+    array = np.arange(1024 * 1024, dtype=np.int32).reshape(1, 1024, 1024) % 251
+    infiles, outfiles = applier.FilenameAssociations(), applier.FilenameAssociations()
+    infiles.img = writeRaster(tmp_path / "in.tif", array.astype(np.uint8))
+    outfiles.out = str(tmp_path / "out.tif")
+    controls = applier.ApplierControls()
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        controls.setPool(pool)
+        result = applier.apply(countTasks, infiles, outfiles, applier.OtherInputs(), controls)
+    # 16 blocks of 256 x 256 on 2 processes: tasks of 4 blocks (array mode: one task).
+    assert len(result.otherArgsList) == len(grid.taskSizes(16, 2, False, "workers", 256 * 256)) == 4
+    np.testing.assert_array_equal(readRaster(outfiles.out), array)
 
 
 def test_tasks_are_capped_whatever_the_raster_size():

@@ -1,0 +1,77 @@
+"""ConcurrencyStyle: RIOS's description of how blocks are spread over workers, and the
+compute worker kinds."""
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+# Compute worker kinds (strings, as in RIOS).
+CW_NONE = "CW_NONE"
+CW_THREADS = "CW_THREADS"
+CW_SUBPROC = "CW_SUBPROC"
+CW_SLURM = "CW_SLURM"
+CW_PBS = "CW_PBS"
+CW_SGE = "CW_SGE"
+CW_ECS = "CW_ECS"
+CW_AWSBATCH = "CW_AWSBATCH"
+ALL_KINDS = (CW_NONE, CW_THREADS, CW_SUBPROC, CW_SLURM, CW_PBS, CW_SGE, CW_ECS, CW_AWSBATCH)
+
+# RIOS's defaults for the options that only its network channel uses; a value other than
+# these is something the user asked for, and is told it is ignored here.
+_RIOS_TIMEOUTS = {"readBufferInsertTimeout": 10, "readBufferPopTimeout": 10,
+                  "computeBufferInsertTimeout": 10, "computeBufferPopTimeout": 20,
+                  "computeBarrierTimeout": 600}
+
+
+class ConcurrencyStyle:
+    """How blocks are spread over workers; RIOS's signature.
+
+    numComputeWorkers: threads, or worker jobs for pool kinds (0: the pool's default).
+    computeWorkerKind: one of the CW_* constants; CW_NONE runs every block in the calling
+    process with nothing pickled. singleBlockComputeWorkers: one block per pool task (RIOS's
+    one-job-per-block meaning) instead of many. computeWorkerExtraParams: keyword arguments
+    for the pool class's constructor; they win over what this style implies.
+
+    Compute workers always read their own inputs here, and there is no network channel, so
+    numReadWorkers, computeWorkersRead, haveSharedTemp, the buffer time-outs and the barrier
+    time-out are accepted for compatibility and ignored (one warning names those that were
+    set to something other than RIOS's defaults).
+    """
+
+    def __init__(self, numReadWorkers: int = 0, numComputeWorkers: int = 0,
+                 computeWorkerKind: str = CW_NONE, computeWorkersRead: bool = False,
+                 singleBlockComputeWorkers: bool = False, haveSharedTemp: bool = True,
+                 readBufferInsertTimeout: float | None = 10,
+                 readBufferPopTimeout: float | None = 10,
+                 computeBufferInsertTimeout: float | None = 10,
+                 computeBufferPopTimeout: float | None = 20,
+                 computeBarrierTimeout: float | None = 600,
+                 computeWorkerExtraParams: dict[str, Any] | None = None):
+        if computeWorkerKind not in ALL_KINDS:
+            raise ValueError(f"unknown computeWorkerKind {computeWorkerKind!r}; "
+                             f"expected one of {', '.join(ALL_KINDS)}")
+        if numComputeWorkers < 0 or numReadWorkers < 0:
+            raise ValueError("numComputeWorkers and numReadWorkers must be >= 0")
+        if computeWorkerKind == CW_NONE and numComputeWorkers:
+            raise ValueError("numComputeWorkers > 0 needs a computeWorkerKind other than CW_NONE")
+        self.numReadWorkers = numReadWorkers
+        self.numComputeWorkers = numComputeWorkers
+        self.computeWorkerKind = computeWorkerKind
+        self.computeWorkersRead = computeWorkersRead
+        self.singleBlockComputeWorkers = singleBlockComputeWorkers
+        self.haveSharedTemp = haveSharedTemp
+        self.computeWorkerExtraParams = dict(computeWorkerExtraParams or {})
+        given = dict(readBufferInsertTimeout=readBufferInsertTimeout,
+                     readBufferPopTimeout=readBufferPopTimeout,
+                     computeBufferInsertTimeout=computeBufferInsertTimeout,
+                     computeBufferPopTimeout=computeBufferPopTimeout,
+                     computeBarrierTimeout=computeBarrierTimeout)
+        vars(self).update(given)
+        ignored = [f"{k}={v!r}" for k, v in given.items() if v != _RIOS_TIMEOUTS[k]]
+        if numReadWorkers:
+            ignored.insert(0, f"numReadWorkers={numReadWorkers}")
+        if ignored:
+            warnings.warn(f"poolparty_raster.applier ignores {', '.join(ignored)}: compute "
+                          "workers read their own inputs and there is no network channel, "
+                          "so there are no read workers, buffers or barrier to time out",
+                          UserWarning, stacklevel=2)
