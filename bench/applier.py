@@ -22,7 +22,7 @@ import numpy as np
 import rasterio
 
 from bench import rasters
-from bench.common import Row, interleaved, verdict
+from bench.common import Row, interleaved, repetitions, timed, verdict
 from poolparty_raster import LocalPool, applier
 from poolparty_raster.applier.gdalcache import (effectiveCap, inputCacheBytes,
                                                 outputCacheBytes)
@@ -111,16 +111,16 @@ def run_applier(function: Any, src: str, dst: str, controls: applier.ApplierCont
 
 def rows(quick: bool) -> list[Row]:
     side = rasters.QUICK_SIDE if quick else rasters.FULL_SIDE
-    repeats = 1 if quick else 3
+    repeats = 1 if quick else 5
     tmp = tempfile.mkdtemp(prefix="pp-bench-applier-")
     try:
-        return (_copy_rows(side, repeats, quick, tmp) + _parallel_copy_rows(side, repeats, tmp)
+        return (_copy_rows(side, quick, tmp) + _parallel_copy_rows(side, repeats, tmp)
                 + _compute_rows(side, 1 if quick else 5, tmp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _copy_rows(side: int, repeats: int, quick: bool, tmp: str) -> list[Row]:
+def _copy_rows(side: int, quick: bool, tmp: str) -> list[Row]:
     out = []
     mpix = side * side / 1e6
     codecs = list(rasters.CODECS)[:2] if quick else list(rasters.CODECS)
@@ -130,9 +130,7 @@ def _copy_rows(side: int, repeats: int, quick: bool, tmp: str) -> list[Row]:
             options = rasters.creation_options(codec)
             cap = _applierCacheCap(src)
             dst_floor, dst_app = os.path.join(tmp, "floor.tif"), os.path.join(tmp, "app.tif")
-            # Identical runs differ by up to ~10 % on this shared machine: 5 repetitions,
-            # 15 for the ~0.3 s uncompressed copies, for a steadier median.
-            n = 1 if quick else (15 if codec == "NONE" else 5)
+            n = repetitions(timed(lambda: rasters.floor_copy(src, dst_floor, options)), quick)
             t = interleaved({
                 "read": lambda: rasters.floor_read(src),
                 "floor": lambda: rasters.floor_copy(src, dst_floor, options),

@@ -9,7 +9,7 @@ import tempfile
 import poolparty_raster as pp
 from bench import rasters
 from bench.applier import controls_for, copy_block, run_applier
-from bench.common import Row, interleaved, verdict
+from bench.common import Row, interleaved, repetitions, timed, verdict
 from bench.pools import trivial
 
 
@@ -38,7 +38,6 @@ def _raster_rows(quick: bool) -> list[Row]:
     NUM_THREADS=ALL_CPUS: what a user gets) and no compression, where per-chunk cost shows
     most because nothing else takes time."""
     side = rasters.QUICK_SIDE if quick else rasters.FULL_SIDE
-    repeats = 1 if quick else 3
     tmp = tempfile.mkdtemp(prefix="pp-bench-workers-")
     out = []
     try:
@@ -49,12 +48,14 @@ def _raster_rows(quick: bool) -> list[Row]:
                 src = rasters.make("int16", side, codec)
                 options = {**rasters.creation_options(codec), **extra}
                 large, single = os.path.join(tmp, "large.tif"), os.path.join(tmp, "single.tif")
-                t = interleaved({
+                runs = {
                     "large": lambda: run_applier(copy_block, src, large,
                                                  controls_for(options, pool=pool)),
                     "single": lambda: run_applier(copy_block, src, single, controls_for(
                         options, single_block=True, pool=pool)),
-                }, repeats, outputs={"large": large, "single": single})
+                }
+                t = interleaved(runs, repetitions(timed(runs["large"]), quick),
+                                outputs={"large": large, "single": single})
                 ratio = t.ratio("single", "large")
                 blocks = len(rasters.windows(side, side))
                 out.append((f"int16 copy, {label}, workers mode: {blocks} 1-block chunks / large chunks",

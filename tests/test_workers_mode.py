@@ -1,10 +1,12 @@
 """Workers mode: claims are exclusive under contention, and scaling follows its rules."""
 from __future__ import annotations
 
+import collections
 import errno
 import multiprocessing
 import os
 import sys
+import uuid
 import zipfile
 
 import cloudpickle
@@ -138,6 +140,26 @@ def test_workers_side_by_side_interleave_and_one_left_alone_takes_what_it_steppe
         taken.append(claim[0])
     assert taken == [6, 8, 7, 9]
     assert sorted(claims.held()) == list(range(10))
+
+
+def record_run(args):
+    x, records, flag = args
+    open(os.path.join(records, f"{x}.{uuid.uuid4().hex}"), "w").close()
+    if x == 57 and os.path.exists(flag):
+        os.unlink(flag)
+        os._exit(3)  # this worker dies in the middle of its chunk
+    return x
+
+
+def test_each_chunk_runs_exactly_once_unless_its_worker_died(tmp_path):
+    records, flag = tmp_path / "records", tmp_path / "flag"
+    records.mkdir()
+    flag.touch()
+    pool = pp.LocalPool(4, mode="workers", progress=False, polling_interval=0.2)
+    tasks = [(x, str(records), str(flag)) for x in range(200)]
+    assert pool.map(record_run, tasks, chunksize=1) == list(range(200))
+    runs = collections.Counter(int(name.split(".")[0]) for name in os.listdir(records))
+    assert runs == {x: 2 if x == 57 else 1 for x in range(200)}
 
 
 def pid_of_task(x):

@@ -146,6 +146,16 @@ def test_timers_report_levels(tmp_path):
     assert "N,Min" not in report0
 
 
+def copyIn32PixelWindows(function, filename, tmp_path):
+    infiles = applier.FilenameAssociations()
+    infiles.img = filename
+    outfiles = applier.FilenameAssociations()
+    outfiles.out = str(tmp_path / "out.tif")
+    controls = applier.ApplierControls()
+    controls.setWindowSize(32, 32)
+    applier.apply(function, infiles, outfiles, controls=controls)
+
+
 def test_info_attributes(tmp_path):
     filename = writeRaster(tmp_path / "in.tif", np.ones((1, 50, 70), np.uint8))
     seen = []
@@ -154,13 +164,7 @@ def test_info_attributes(tmp_path):
         seen.append((info.xsize, info.ysize, info.blockwidth, info.blockheight,
                      info.blocktl.x, info.blocktl.y, info.blockbr.x, info.blockbr.y))
         outputs.out = inputs.img
-    infiles = applier.FilenameAssociations()
-    infiles.img = filename
-    outfiles = applier.FilenameAssociations()
-    outfiles.out = str(tmp_path / "out.tif")
-    controls = applier.ApplierControls()
-    controls.setWindowSize(32, 32)
-    applier.apply(look, infiles, outfiles, controls=controls)
+    copyIn32PixelWindows(look, filename, tmp_path)
     x0, y0 = ORIGIN
     assert (70, 50, 32, 32, x0, y0, x0 + 32 * PIXEL, y0 - 32 * PIXEL) in seen
     assert (70, 50, 6, 18, x0 + 64 * PIXEL, y0 - 32 * PIXEL, x0 + 70 * PIXEL, y0 - 50 * PIXEL) in seen
@@ -180,13 +184,7 @@ def test_info_block_grid_and_georeferencing_on_a_multi_block_run(tmp_path):
             totalSize=info.getTotalSize(), pixel=info.getPixelSize(),
             window=info.getWindowSize())
         outputs.out = inputs.img
-    infiles = applier.FilenameAssociations()
-    infiles.img = filename
-    outfiles = applier.FilenameAssociations()
-    outfiles.out = str(tmp_path / "out.tif")
-    controls = applier.ApplierControls()
-    controls.setWindowSize(32, 32)
-    applier.apply(look, infiles, outfiles, controls=controls)
+    copyIn32PixelWindows(look, filename, tmp_path)
     assert sorted(seen) == [(0, 0), (0, 32), (0, 64), (32, 0), (32, 32), (32, 64)]
     with rasterio.open(filename) as ds:
         gdalTransform, crs = ds.transform.to_gdal(), ds.crs
