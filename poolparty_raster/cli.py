@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+
+from filelock import FileLock, Timeout
 
 from poolparty_raster.workdir import WorkDir, load_exceptions
 
@@ -62,7 +66,7 @@ def inspect(path: str, task: int | None) -> str:
                 tasks = manifest.chunk_range(chunk)
                 lines.append(f"chunk {chunk} (tasks {tasks.start}-{tasks.stop - 1}): {', '.join(kinds)}")
         deaths = [e for e in work_dir.read_log() if e["event"] in ("lost", "error_state")]
-        lines += [f"chunk {e.get('chunk')}: {e['event']} ({e.get('reason', '')})" for e in deaths]
+        lines += [f"{_subject(e)}: {e['event']} ({e.get('reason', '')})" for e in deaths]
         return "\n".join(lines) or "no task raised, wrote to stderr or died"
     if not 0 <= task < manifest.num_tasks:
         raise SystemExit(f"poolparty-raster: task {task} is not in 0..{manifest.num_tasks - 1}")
@@ -82,17 +86,33 @@ def inspect(path: str, task: int | None) -> str:
     return "\n".join(out)
 
 
-def clean(paths: list[str], force: bool) -> str:
-    removed = []
-    for path in paths:
-        work_dir = _open(path)
-        manifest = work_dir.read_manifest()
-        complete = len(work_dir.archived_chunks()) == manifest.num_chunks
-        if not complete and not force:
-            raise SystemExit(f"poolparty-raster: {path} holds an unfinished map; --force removes it anyway")
-        shutil.rmtree(work_dir.path)
-        removed.append(path)
-    return "\n".join(f"removed {p}" for p in removed)
+def _subject(event: dict) -> str:
+    """What an event of the log is about: a chunk, or (workers mode) a worker job."""
+    return f"worker {event['worker']}" if "worker" in event else f"chunk {event.get('chunk')}"
+
+
+def clean(paths: list[str], force: bool) -> Iterator[str]:
+    """Remove the work_dirs, saying so as each goes. Every one is checked first, so that a
+    refusal removes none: a map a driver is running (its lock is held) is never removed,
+    --force or not; an unfinished one only with --force."""
+    with contextlib.ExitStack() as locks:
+        work_dirs = []
+        for path in paths:
+            work_dir = _open(path)
+            try:
+                locks.enter_context(FileLock(work_dir.file("driver.lock"), mode=0o600,
+                                             timeout=0))
+            except Timeout:
+                raise SystemExit(f"poolparty-raster: a driver is running the map in {path}; "
+                                 "stop it first (clean never removes a running map)") from None
+            manifest = work_dir.read_manifest()
+            if len(work_dir.finished_chunks()) < manifest.num_chunks and not force:
+                raise SystemExit(f"poolparty-raster: {path} holds an unfinished map; --force "
+                                 "removes it anyway")
+            work_dirs.append(work_dir)
+        for work_dir in work_dirs:
+            shutil.rmtree(work_dir.path)
+            yield f"removed {work_dir.path}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "inspect":
         print(inspect(os.path.abspath(args.work_dir), args.task))
     else:
-        print(clean([os.path.abspath(p) for p in args.work_dirs], args.force))
+        for line in clean([os.path.abspath(p) for p in args.work_dirs], args.force):
+            print(line, flush=True)
     return 0
 
 

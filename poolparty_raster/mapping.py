@@ -28,7 +28,7 @@ from poolparty_raster import workdir as wd
 from poolparty_raster.engine import MapRun, RunOptions
 from poolparty_raster.errors import WorkDirBusyError, WorkDirMismatchError
 from poolparty_raster.files import atomic_write
-from poolparty_raster.outcome import ChunkOutcome, rebuild_exception
+from poolparty_raster.outcome import ChunkOutcome, loaded_values, rebuild_exception
 from poolparty_raster.progress import Progress
 from poolparty_raster.sigterm import SIGTERM_GUARD
 from poolparty_raster.schedulers.base import Scheduler, SubmitSpec
@@ -211,13 +211,13 @@ class MapHandle:
             if seen is not None and kind not in seen:
                 return None
             return self.work_dir.read_output(chunk, kind)
-        values, records = wd.load_results(read("result"))
-        if records:
-            self.failed = True
-        elif seen is not None and "exception" in seen:  # another run's, which this one disowns
+        pickled, records = wd.load_results(read("result"))
+        if not records and seen is not None and "exception" in seen:  # another run's: disowned
             self.work_dir.discard_loose(chunk, ("exception",))
             self.run.unreduced[chunk] = [kind for kind in seen if kind != "exception"]
         errors = {r["index"]: rebuild_exception(r, self.work_dir.path) for r in records}
+        values = loaded_values(pickled, first, errors)
+        self.failed = self.failed or bool(errors)
         stderr = read("stderr")
         self.wrote_stderr = self.wrote_stderr or bool(stderr)
         return ChunkOutcome(chunk, first, values, errors)

@@ -15,7 +15,7 @@ _WORKER_CAPTURE_PREFIX = "capture."
 
 def is_preparation_leftover(name: str) -> bool:
     """What a driver killed while preparing a map leaves before manifest.json exists."""
-    return name in ("driver.lock", "log.jsonl", "scheduler.log", "script.py") or (
+    return name in ("driver.lock", "log.jsonl", "scheduler.log", "script.py", "tasks.zip") or (
         name.startswith(".") and name.endswith(".tmp"))
 
 

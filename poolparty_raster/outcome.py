@@ -43,3 +43,21 @@ def rebuild_exception(record: dict[str, Any], work_dir: str | None) -> BaseExcep
     where = f"; its work_dir is kept: {work_dir}" if work_dir else ""
     add_note(exc, f"poolparty_raster: raised by task {record['index']}{where}")
     return exc
+
+
+def loaded_values(pickled: list[bytes | None], first_index: int,
+                  errors: dict[int, BaseException]) -> list[Any]:
+    """Each task's value unpickled. A value that does not unpickle here (a library of
+    another version on the driver: numpy's "dtype size changed" is a ValueError) is that
+    task's failure, not a damaged file: its exception goes into ``errors``, noted."""
+    values: list[Any] = []
+    for offset, data in enumerate(pickled):
+        try:
+            values.append(None if data is None else cloudpickle.loads(data))
+        except Exception as exc:
+            values.append(None)
+            add_note(exc, f"poolparty_raster: task {first_index + offset} ran, but its result "
+                          "cannot be unpickled in the driver (is the same software installed "
+                          "where the tasks ran?)")
+            errors[first_index + offset] = exc
+    return values

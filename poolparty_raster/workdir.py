@@ -327,6 +327,10 @@ class WorkDir:
 
         Each archive is rewritten under a temporary name and renamed, so it is valid at every
         instant; loose files are deleted only after every archive holding them is in place.
+        The results archive goes last: a chunk counts as archived once its result is, so a
+        driver killed between two archives leaves it loose, to be reduced again on resume,
+        rather than archived with its captures still loose (a late duplicate's, to a resumed
+        driver, which would discard them).
         ``lost_captures`` maps live capture files of dead attempts to their archive entry name.
         Returns the number of loose files removed.
         """
@@ -337,9 +341,9 @@ class WorkDir:
                 additions[kind][chunk_key(chunk)] = loose_name(chunk, kind)
         for capture, entry in lost_captures.items():
             additions[capture_stream(capture)][entry] = capture
-        for kind, entries in additions.items():
-            if entries:
-                self._extend_archive(kind, entries)
+        for kind in sorted(additions, key=lambda kind: kind == "result"):
+            if additions[kind]:
+                self._extend_archive(kind, additions[kind])
         removed = 0
         for entries in additions.values():
             for name in entries.values():
@@ -412,10 +416,10 @@ def dump_results(values: list[bytes | None], errors: list[dict[str, Any]]) -> by
     return pickle.dumps((values, errors), protocol=5)
 
 
-def load_results(data: bytes) -> tuple[list[Any], list[dict[str, Any]]]:
-    """(values, exception records) of a chunk's result file."""
-    values, errors = pickle.loads(data)
-    return [None if v is None else cloudpickle.loads(v) for v in values], errors
+def load_results(data: bytes) -> tuple[list[bytes | None], list[dict[str, Any]]]:
+    """(pickled values, exception records) of a chunk's result file; an error here means
+    the file is damaged (each value is unpickled on its own: outcome.loaded_values)."""
+    return pickle.loads(data)
 
 
 def dump_exceptions(records: list[dict[str, Any]]) -> bytes:

@@ -36,6 +36,8 @@ REEXEC_VARIABLE = "POOLPARTY_RASTER_WORKER_REEXEC"  # set: do not start again
 # Names (comma-separated) whose value where the worker runs wins over the driver's: a
 # container keeps its own PATH and credentials (the AWS pools set it).
 KEEP_VARIABLE = "POOLPARTY_RASTER_WORKER_KEEP"
+# Set by the script when the driver's working directory cannot be entered on the node.
+CWD_ERROR_VARIABLE = "POOLPARTY_RASTER_WORKER_CWD_ERROR"
 
 _SCRIPT_TEMPLATE = '''\
 #!{python}
@@ -56,8 +58,8 @@ if _LOADER != [os.environ.get(_name) for _name in {loader!r}] and {reexec!r} not
 sys.path[:0] = [_p for _p in {sys_path!r} if _p not in sys.path]
 try:
     os.chdir({cwd!r})
-except OSError:
-    pass
+except OSError as _error:
+    os.environ[{cwd_error!r}] = str(_error)
 
 from poolparty_raster.worker import main
 
@@ -78,7 +80,8 @@ def render_script(work_dir: str, python_path: str, environ: dict[str, str],
     return _SCRIPT_TEMPLATE.format(python=python_path, work_dir=work_dir,
                                    environment=transferable_environment(dict(environ)),
                                    loader=LOADER_VARIABLES, keep=KEEP_VARIABLE,
-                                   reexec=REEXEC_VARIABLE, sys_path=absolute, cwd=cwd)
+                                   reexec=REEXEC_VARIABLE, sys_path=absolute, cwd=cwd,
+                                   cwd_error=CWD_ERROR_VARIABLE)
 
 
 def chunk_from_arguments(argv: Sequence[str], environ: os._Environ | dict[str, str]) -> int:
@@ -208,6 +211,18 @@ def run_chunk(work_dir: Any, manifest: Any, load_function: Callable[[], Any],
     return values, errors, True
 
 
+def _report_cwd_error() -> None:
+    """Say, once per process and inside a chunk's capture (so that the work_dir is kept and
+    ``inspect`` shows it), that the driver's working directory could not be entered here:
+    relative paths in tasks then resolve from the job's own directory, which may be the
+    work_dir, removed with all it holds at the end of the map."""
+    error = os.environ.pop(CWD_ERROR_VARIABLE, None)
+    if error:
+        print(f"poolparty_raster worker: cannot enter the driver's working directory on "
+              f"{socket.gethostname()} ({error}); relative paths resolve from {os.getcwd()}",
+              file=sys.stderr, flush=True)
+
+
 HEARTBEAT_SECONDS = 5.0  # how often a worker in workers mode touches its claim
 
 
@@ -219,6 +234,7 @@ def run_and_store(work_dir: Any, manifest: Any, load_function: Callable[[], Any]
     from poolparty_raster import workdir
 
     captures.start(chunk)
+    _report_cwd_error()
     values, errors, loaded = run_chunk(work_dir, manifest, load_function, chunk)
     if errors:
         work_dir.write_loose(chunk, "exception", workdir.dump_exceptions(errors))

@@ -365,16 +365,11 @@ class WorkersRun(MapRun):
 
     # -- endings -----------------------------------------------------------------------
     def _cancel_leftovers(self) -> None:
-        """Cancel workers still queued (nothing is left for them) and the workers of both runs
-        of each re-issued chunk (the one that delivered would find nothing more to claim, the
-        other runs for nothing); other running workers find nothing to claim and exit."""
-        doomed = {w for w, s in self.workers.items() if s.state is TaskState.PENDING and not s.surplus}
-        claims, duplicates = self.work_dir.claims.held(), self.work_dir.claims.duplicates()
-        for chunk in self._reissued:
-            runs = [claims.get(chunk, ("",))[0], duplicates.get(chunk, "")]
-            doomed |= {w for w in map(holder_id, runs) if w is not None}
-        alive = self._alive()
+        """Cancel every worker still queued or running: nothing is left for them (a second
+        run's, or a silent one's, chunk is done), and one that starts after the work_dir is
+        gone fails (Grid Engine keeps such a job in Eqw for ever). Workers the scheduler saw
+        end, and surplus ones already cancelled, are left alone."""
         by_job: dict[str, list[int]] = {}
-        for worker in sorted(w for w in doomed if w in alive):
-            by_job.setdefault(self.workers[worker].job_id, []).append(worker)
+        for worker, state in sorted(self._counted().items()):
+            by_job.setdefault(state.job_id, []).append(worker)
         self._cancel_elements(by_job)

@@ -213,7 +213,56 @@ def test_work_dir_of_a_driver_killed_while_preparing_is_reused(tmp_path):
     work_dir.mkdir()
     (work_dir / "driver.lock").touch()
     (work_dir / ".tasks.x1y2.tmp").write_bytes(b"PK\x03\x04half")
+    (work_dir / "tasks.zip").write_bytes(b"PK\x05\x06" + bytes(18))  # in place, no manifest yet
     assert pp.LocalPool(2, work_dir=str(work_dir), **FAST).map(abs, [-1, -2]) == [1, 2]
+
+
+def _refuse_to_load():
+    raise ValueError("numpy.dtype size changed, may indicate binary incompatibility")
+
+
+class LoadsOnlyWhereItWasMade:
+    """A result whose unpickling fails on the driver, as one of another library version's."""
+
+    def __reduce__(self):
+        return _refuse_to_load, ()
+
+
+def made_there(x):
+    return LoadsOnlyWhereItWasMade() if x == 1 else x
+
+
+def test_a_result_that_cannot_be_unpickled_is_its_tasks_error_not_a_damaged_file(tmp_path):
+    work_dir = str(tmp_path / "w")
+    pool = pp.LocalPool(2, work_dir=work_dir, **FAST)
+    with pytest.raises(ValueError, match="dtype size changed") as info:
+        pool.map(made_there, range(3), 1)
+    assert "task 1 ran, but its result cannot be unpickled" in " ".join(info.value.__notes__)
+    assert not [e for e in log_events(work_dir) if e["event"] == "unreadable_output"]
+
+
+def complains(x):
+    print(f"task {x} complains", file=sys.stderr)
+    return x
+
+
+def test_a_driver_killed_between_two_archives_loses_no_captured_output_on_resume(
+        tmp_path, monkeypatch):
+    from poolparty_raster.workdir import WorkDir
+    work_dir = str(tmp_path / "w")
+    real_extend = WorkDir._extend_archive
+
+    def stderr_archive_fails(self, kind, entries):
+        if kind == "stderr":
+            raise OSError(28, "No space left on device")
+        real_extend(self, kind, entries)
+    monkeypatch.setattr(WorkDir, "_extend_archive", stderr_archive_fails)
+    pool = pp.LocalPool(2, work_dir=work_dir, keep_work_dir=True, **FAST)
+    assert pool.map(complains, range(4), 2) == list(range(4))
+    monkeypatch.setattr(WorkDir, "_extend_archive", real_extend)
+    assert pool.map(complains, range(4), 2) == list(range(4))  # resumed: nothing runs again
+    with zipfile.ZipFile(os.path.join(work_dir, "tasks.stderr.zip")) as z:
+        assert z.read("000001") == b"task 2 complains\ntask 3 complains\n"
 
 
 def exits(x):
@@ -337,3 +386,21 @@ def test_a_resumed_map_hands_out_each_result_once(tmp_path, monkeypatch):
     resumed = pp.LocalPool(2, work_dir=str(work_dir), **FAST).imap_unordered(
         hold_three, [(x, str(flag)) for x in range(4)], chunksize=1)
     assert sorted(resumed) == [0, 10, 20, 30]
+
+
+def test_a_node_without_the_drivers_working_directory_says_so_in_the_chunks_stderr(
+        tmp_path, monkeypatch):
+    # Relative paths in a task would otherwise resolve, silently, from the job's own
+    # directory (on Grid Engine the work_dir, removed at the end of the map).
+    elsewhere = tmp_path / "driver-cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    work_dir = tmp_path / "w"
+    pp.LocalPool(1, mode="array", work_dir=str(work_dir), keep_work_dir=True, **FAST).map(abs, [-1])
+    monkeypatch.chdir(tmp_path)
+    elsewhere.rmdir()  # as on a node that has no such directory
+    node = subprocess.run([sys.executable, str(work_dir / "script.py"), "0"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert node.returncode == 0, node.stderr
+    warning = (work_dir / "chunk-000000.stderr").read_text()
+    assert "cannot enter the driver's working directory" in warning and str(elsewhere) in warning

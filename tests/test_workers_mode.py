@@ -211,3 +211,22 @@ def test_a_dead_workers_captures_are_told_from_a_later_process_with_its_pid(tmp_
     assert sorted(work_dir.worker_captures(token)) == [
         worker_capture_name(dead, "stderr"), worker_capture_name(dead, "stdout")]
     assert len(work_dir.worker_captures()) == 4
+
+
+def plus_one(x):
+    return x + 1
+
+
+@pytest.mark.parametrize("fixture, pool_class, second_task", [
+    ("dummy_slurm", pp.SlurmArrayPool, 1), ("dummy_sge", pp.SgePool, 2)])
+def test_workers_still_running_when_the_map_ends_are_cancelled(request, fixture, pool_class,
+                                                               second_task):
+    # A worker that runs but has not started Python yet (a slow node) would start after the
+    # work_dir is gone; on Grid Engine that is an Eqw job for ever.
+    queue = request.getfixturevalue(fixture)
+    queue.inject_slow(30, task=second_task)
+    pool = pool_class(mode="workers", max_workers=2, progress=False, polling_interval=0.3,
+                      filesystem_lag=0.3)
+    assert pool.map(plus_one, range(4), chunksize=1) == list(range(1, 5))
+    assert queue.wait_idle(30)
+    assert sorted(j["state"] for j in queue.jobs()) == ["CANCELLED", "COMPLETED"]
