@@ -10,7 +10,8 @@ or, in pytest, use the fixtures ``dummy_slurm``, ``dummy_sge``, ``dummy_pbs``
 
 Commands: SLURM ``sbatch squeue scancel scontrol``(show config) ``sinfo``
 (``-N``, ``-p``, ``-o``); SGE ``qsub qstat``(plain, ``-xml``, ``-j``, ``-g c``) ``qdel qconf``
-(``-sconf``); PBS ``qsub qstat``(``-f -F json``) ``qdel``.  Unknown flags are rejected
+(``-sconf``); PBS ``qsub qstat``(``-f -F json``; ``-u`` is refused, as it belongs to the
+alternate displays) ``qdel qselect``(``-N -u -x -J -T``).  Unknown flags are rejected
 (stderr, rc != 0).
 State lives in one ``queue_state.json`` beside the scripts (or ``state_path``),
 changed only under a file lock and replaced atomically.  Jobs run under detached
@@ -30,7 +31,10 @@ DummyQueue API:
       killed after `seconds` (SLURM TIMEOUT/TimeLimit; SGE gone; PBS Exit_status -29).
   inject_slow(seconds, task=None, name=None, count=1)
       runs `seconds` longer than its command takes (a slow node, a straggler).
-  inject_command_failure(command, times=1, mode="fail"|"hang"|"garble"|"lose_id", seconds=60)
+  inject_command_failure(command, times=1, mode="fail"|"hang"|"garble"|"lose_id"|"late",
+                         seconds=60)
+      late: the job is accepted, its id lost, and it stays out of sight (listings,
+      cancels, scheduling) until the first command `seconds` later.
   set_limits(max_array_size, max_jobs_per_user, max_job_count, min_job_age, slots, kill_wait)
   clear_faults(), kill_all()
 Selectors: `task` is the array task id as the scheduler numbers it (SLURM 0-based

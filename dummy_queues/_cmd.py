@@ -115,7 +115,7 @@ def run(command: str, handler: Handler, messages: dict[str, tuple[str, int]],
     """Run one fake command invocation; returns its exit code.
 
     messages: mode -> (stderr text, rc) for "fail" (controller down) and
-    "lose_id" (submission accepted, id lost).
+    "lose_id" (submission accepted, id lost; "late" prints the same).
     """
     global CURRENT_PATH
     path = CURRENT_PATH = path or state_path()
@@ -133,11 +133,13 @@ def run(command: str, handler: Handler, messages: dict[str, tuple[str, int]],
             if fault["mode"] == "hang":
                 state["hanging"].append({"pid": os.getpid(),
                                          "pstart": _state.proc_start_time(os.getpid())})
-        if fault is None or fault["mode"] in ("garble", "lose_id"):
+        if fault is None or fault["mode"] in ("garble", "lose_id", "late"):
             try:
                 result = handler(argv, state, now)
             except UsageError as exc:
                 result = Result(rc=exc.rc, err=[str(exc)])
+            if fault is not None and fault["mode"] == "late" and result.submitted is not None:
+                _state.delay_job(state, result.submitted, now + float(fault["seconds"]))
             _state.schedule(state, path, now)
     if fault is not None:
         mode = fault["mode"]
@@ -149,7 +151,7 @@ def run(command: str, handler: Handler, messages: dict[str, tuple[str, int]],
             result = Result(rc=rc, err=[text])
         elif mode == "garble" and result.rc == 0:
             result.out = [GARBLED]
-        elif mode == "lose_id" and result.submitted is not None:
+        elif mode in ("lose_id", "late") and result.submitted is not None:
             text, rc = messages["lose_id"]
             result = Result(rc=rc, err=[text] if text else [])
     if result.out:

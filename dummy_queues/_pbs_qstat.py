@@ -1,4 +1,5 @@
-"""The fake PBS Pro ``qstat [-t] -f -F json [-x] [ID...]`` (from the PBS Pro docs)."""
+"""The fake PBS Pro ``qstat [-t] -f -F json [-x] [ID...]`` and ``qselect`` (from the PBS Pro
+docs and OpenPBS's qstat.c and qselect.c)."""
 from __future__ import annotations
 
 import json
@@ -100,17 +101,36 @@ def _parent_record(state: dict[str, Any], job: dict[str, Any],
     return rec
 
 
+# OpenPBS's usage text: -u belongs to the alternate (tabular) displays, not to -f / -F json
+# (given both, the real qstat prints the table instead of JSON; the fake refuses them).
+QSTAT_USAGE = """usage:
+qstat [-f] [-J] [-p] [-t] [-x] [-E] [-F format | -w] [-D delim] [ job_identifier... | destination... ]
+qstat [-a|-i|-r|-H|-T] [-J] [-t] [-u user] [-n] [-s] [-G|-M] [-1] [-w]
+\t[ job_identifier... | destination... ]
+qstat -Q [-f] [-F format] [-D delim] [ destination... ]
+qstat -q [-G|-M] [ destination... ]
+qstat -B [-f] [-F format] [-D delim] [ server_name... ]
+qstat --version"""
+QSELECT_USAGE = """usage: qselect [-a [op]date_time] [-A account_string] [-c [op]interval]
+\t[-h hold_list] [-H] [-J] [-l resource_list] [-N name] [-p [op]priority]
+\t[-q destination] [-r y|n] [-s states] [-t subopt[op]date_time] [-T] [-P project_name]
+\t[-x] [-u user_name]
+       qselect --version"""
+
+
 def qstat(argv: list[str], state: dict[str, Any], now: float) -> Result:
     opts, pos = _cmd.parse(argv, {"-t": O("subjobs", False), "-f": O("full", False),
                                   "-F": O("format"), "-x": O("history", False),
                                   "-u": O("user"), "-J": O("arrays_only", False)},
                            "qstat", stop_at_positional=False,
-                           unknown=lambda a: f"qstat: invalid option -- '{a[1:2]}'")
+                           unknown=lambda a: f"qstat: invalid option -- '{a[1:2]}'\n{QSTAT_USAGE}",
+                           unknown_rc=2)
+    if opts.get("user"):
+        raise UsageError(QSTAT_USAGE, rc=2)
     if not opts.get("full") or (opts.get("format") or "").lower() != "json":
         raise UsageError("qstat: dummy_queues supports only 'qstat [-t] [-x] -f -F json "
-                         "[-u user] [id...]'", rc=2)
+                         "[id...]'", rc=2)
     history = bool(opts.get("history"))
-    users = set(opts["user"].split(",")) if opts.get("user") else None
     by_job: dict[str, list[dict[str, Any]]] = {}
     for elem in state["elements"].values():
         by_job.setdefault(str(elem["job"]), []).append(elem)
@@ -140,8 +160,6 @@ def qstat(argv: list[str], state: dict[str, Any], now: float) -> Result:
     jobs_out: dict[str, Any] = {}
     for jid, index in wanted:
         job = state["jobs"][jid]
-        if users is not None and job["user"] not in users:
-            continue
         elems = by_job[jid]
         if job["array"] and index in (None, ""):
             parent = _parent_record(state, job, elems)
@@ -162,3 +180,34 @@ def qstat(argv: list[str], state: dict[str, Any], now: float) -> Result:
         doc["Jobs"] = jobs_out
     res.out = json.dumps(doc, indent=4).splitlines()
     return res
+
+
+def qselect(argv: list[str], state: dict[str, Any], now: float) -> Result:
+    """``qselect [-N name] [-u users] [-x] [-J] [-T]``: the ids of the selected jobs, one a
+    line (arrays as ``N[].server``; their sub-jobs only with -T; finished jobs only with -x)."""
+    opts, pos = _cmd.parse(argv, {"-N": O("name"), "-u": O("user"), "-x": O("history", False),
+                                  "-J": O("arrays_only", False), "-T": O("subjobs", False)},
+                           "qselect", stop_at_positional=False,
+                           unknown_rc=2, unknown=lambda a: f"qselect: invalid option -- "
+                                                           f"'{a[1:2]}'\n{QSELECT_USAGE}")
+    if pos:
+        raise UsageError(QSELECT_USAGE, rc=2)
+    users = set(opts["user"].split(",")) if opts.get("user") else None
+    by_job: dict[str, list[dict[str, Any]]] = {}
+    for elem in state["elements"].values():
+        if elem["state"] != "VANISHED":
+            by_job.setdefault(str(elem["job"]), []).append(elem)
+    out = []
+    for jid, elems in sorted(by_job.items(), key=lambda item: int(item[0])):
+        job = state["jobs"][jid]
+        if (users is not None and job["user"] not in users) or \
+                (opts.get("name") is not None and job["name"] != opts["name"]) or \
+                (opts.get("arrays_only") and not job["array"]):
+            continue
+        if not opts.get("history"):
+            elems = [e for e in elems if e["state"] not in _state.FINISHED]
+        if elems:
+            out.append(job_ident(state, job["id"], None, job["array"]))
+        if job["array"] and opts.get("subjobs"):
+            out += [job_ident(state, job["id"], e["task"], True) for e in elems]
+    return Result(out=out)

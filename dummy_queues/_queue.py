@@ -12,8 +12,8 @@ from . import _state
 
 COMMANDS = {"slurm": ("sbatch", "squeue", "scancel", "scontrol", "sinfo"),
             "sge": ("qsub", "qstat", "qdel", "qconf"),
-            "pbs": ("qsub", "qstat", "qdel")}
-COMMAND_MODES = ("fail", "hang", "garble", "lose_id")
+            "pbs": ("qsub", "qstat", "qdel", "qselect")}
+COMMAND_MODES = ("fail", "hang", "garble", "lose_id", "late")
 
 
 class DummyQueue:
@@ -118,6 +118,8 @@ class DummyQueue:
         hang: sleeps `seconds` (outside the lock), then fails like "fail".
         garble: does its work, but stdout is one garbled line (rc 0).
         lose_id: (sbatch/qsub) job is created, but no id is printed and rc != 0.
+        late: (sbatch/qsub) as lose_id, but the job shows in no listing, and does not run,
+            until the first command `seconds` later: a busy controller that queued the request.
         """
         if mode not in COMMAND_MODES:
             raise ValueError(f"mode must be one of {COMMAND_MODES}")

@@ -54,6 +54,7 @@ def new_state(scheduler: str, **cluster: Any) -> dict[str, Any]:
         "elements": {},
         "faults": {"error_state": [], "vanish": [], "timeout": [], "slow": [], "commands": {}},
         "hanging": [],
+        "delayed": [],  # jobs accepted but not yet seen (the "late" command fault)
         "calls": [],
         "submissions": [],
     }
@@ -153,10 +154,24 @@ def finish(elem: dict[str, Any], state_word: str, now: float, **extra: Any) -> N
     elem.update(state=state_word, end=now, pid=None, **extra)
 
 
+def delay_job(state: dict[str, Any], jid: int, until: float) -> None:
+    """Take a just-submitted job out of sight (listings, cancels, scheduling) until ``until``:
+    a controller that queued the request and processes it later."""
+    job = state["jobs"].pop(str(jid))
+    keys = [key for key, elem in state["elements"].items() if elem["job"] == jid]
+    state.setdefault("delayed", []).append(
+        {"until": until, "job": job, "elements": {key: state["elements"].pop(key) for key in keys}})
+
+
 def schedule(state: dict[str, Any], path: str, now: float | None = None) -> None:
-    """Reap dead runners, purge old records, start what the caps allow."""
+    """Reveal delayed jobs that are due, reap dead runners, purge old records, start what the
+    caps allow."""
     now = time.time() if now is None else now
     conf = state["cluster"]
+    for delayed in [d for d in state.get("delayed", []) if d["until"] <= now]:
+        state["delayed"].remove(delayed)
+        state["jobs"][str(delayed["job"]["id"])] = delayed["job"]
+        state["elements"].update(delayed["elements"])
     for elem in state["elements"].values():
         if elem["state"] == "RUNNING" and not is_alive(elem["pid"], elem["pstart"]):
             # The runner died without recording an end (killed from outside).

@@ -1,4 +1,4 @@
-"""Fake PBS Pro (2022.1) commands: qsub, qstat -f -F json, qdel.
+"""Fake PBS Pro (2022.1) commands: qsub, qstat -f -F json, qdel, qselect.
 
 There is no real PBS Pro on the machines this was written on, so nothing here
 was checked against a live server: formats, messages and exit codes follow the
@@ -22,6 +22,8 @@ MESSAGES = {
              "lose_id": ("qsub: End of File", 1)},
     "qstat": {"fail": (DOWN.format(cmd="qstat"), 2)},
     "qdel": {"fail": (DOWN.format(cmd="qdel"), 2)},
+    # qselect exits with pbs_errno (15010 here, so 162 as an exit status)
+    "qselect": {"fail": (DOWN.format(cmd="qselect"), 162)},
 }
 QSUB_OPTS = {
     "-N": O("name"), "-o": O("output"), "-e": O("error"), "-j": O("join"), "-J": O("array"),
@@ -215,8 +217,13 @@ def qstat(argv: list[str], state: dict[str, Any], now: float) -> Result:
     return impl(argv, state, now)
 
 
+def qselect(argv: list[str], state: dict[str, Any], now: float) -> Result:
+    from ._pbs_qstat import qselect as impl
+    return impl(argv, state, now)
+
+
 def main() -> None:
-    funcs = {"qsub": qsub, "qstat": qstat, "qdel": qdel}
+    funcs = {"qsub": qsub, "qstat": qstat, "qdel": qdel, "qselect": qselect}
     _cmd.dispatch({n: (lambda n=n, f=f: _cmd.run(n, f, MESSAGES[n])) for n, f in funcs.items()})
 
 

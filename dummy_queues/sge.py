@@ -6,6 +6,7 @@ arrays, finished jobs vanish from qstat.
 """
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import sys
@@ -191,9 +192,18 @@ def qdel(argv: list[str], state: dict[str, Any], now: float) -> Result:
     res = Result()
     targets: list[tuple[str, list[str]]] = []
     for ident in ids:
-        keys = [k for k, e in state["elements"].items() if str(e["job"]) == ident.split(".")[0]
-                and e["state"] in _state.ACTIVE]
-        targets.append((ident.split(".")[0], keys))
+        if ident.split(".")[0].isdigit():
+            keys = [k for k, e in state["elements"].items()
+                    if str(e["job"]) == ident.split(".")[0] and e["state"] in _state.ACTIVE]
+            targets.append((ident.split(".")[0], keys))
+            continue
+        by_name: dict[str, list[str]] = {}  # a job name (wildcards allowed), as qdel takes it
+        for k, e in state["elements"].items():
+            job = state["jobs"][str(e["job"])]
+            if e["state"] in _state.ACTIVE and fnmatch.fnmatchcase(job["name"], ident) \
+                    and job["user"] == who:
+                by_name.setdefault(str(e["job"]), []).append(k)
+        targets += list(by_name.items()) or [(ident, [])]
     if opts.get("user"):
         users = set(opts["user"].split(","))
         by_job: dict[str, list[str]] = {}

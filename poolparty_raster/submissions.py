@@ -26,6 +26,9 @@ class Submissions:
         self.work_dir, self.scheduler, self.spec = work_dir, scheduler, spec
         self.progress, self.verbose = progress, verbose
         self.jobs: list[JobRecord] = work_dir.read_jobs()
+        # Before anything is submitted: a lost answer's check must not take an earlier
+        # driver's job, listed under the map's name, for the new one.
+        scheduler.remember(spec, self.jobs)
         self.waiting: set[int] = set()
         self._retry_at = 0.0
         self._delay = FIRST_RETRY

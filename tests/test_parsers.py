@@ -31,6 +31,24 @@ ARRAY = [{"job_id": "11", "chunks": list(range(10)), "array": True, "offset": 0}
     ("PENDING", "PartitionConfig", FATAL), ("PENDING", "DependencyNeverSatisfied", FATAL),
     ("PENDING", "InvalidAccount", FATAL), ("PENDING", "InvalidQOS", FATAL),
     ("PENDING", "BadConstraints", FATAL),
+    # held for good, though still queued: cancelled and submitted again
+    ("SPECIAL_EXIT", "None", ERROR), ("REQUEUE_HOLD", "None", ERROR),
+    ("PENDING", "JobHoldMaxRequeue", ERROR),
+    # one job asks more (or less) than a QOS, association or partition ever allows
+    ("PENDING", "QOSMaxWallDurationPerJobLimit", FATAL), ("PENDING", "QOSMaxCpuPerJobLimit", FATAL),
+    ("PENDING", "QOSMaxNodePerJobLimit", FATAL), ("PENDING", "QOSMaxGRESPerJob", FATAL),
+    ("PENDING", "QOSMaxMemoryPerJob", FATAL), ("PENDING", "QOSMaxCpuMinutesPerJobLimit", FATAL),
+    ("PENDING", "AssocMaxCpuPerJobLimit", FATAL), ("PENDING", "AssocMaxNodePerJobLimit", FATAL),
+    ("PENDING", "AssocMaxWallDurationPerJobLimit", FATAL), ("PENDING", "AssocMaxMemPerJob", FATAL),
+    ("PENDING", "QOSMaxCpuPerNode", FATAL), ("PENDING", "AssocMaxGRESPerNode", FATAL),
+    ("PENDING", "QOSMinCpuNotSatisfied", FATAL), ("PENDING", "QOSMinMemory", FATAL),
+    ("PENDING", "PartitionTimeLimit", FATAL), ("PENDING", "PartitionNodeLimit", FATAL),
+    ("PENDING", "QOSNotAllowed", FATAL), ("PENDING", "MaxMemPerLimit", FATAL),
+    # limits on what is running or queued pass as the user's other jobs end
+    ("PENDING", "QOSMaxJobsPerUserLimit", PENDING), ("PENDING", "QOSMaxCpuPerUserLimit", PENDING),
+    ("PENDING", "QOSMaxSubmitJobPerUserLimit", PENDING), ("PENDING", "AssocMaxJobsLimit", PENDING),
+    ("PENDING", "AssocGrpCpuLimit", PENDING), ("PENDING", "QOSGrpNodeLimit", PENDING),
+    ("PENDING", "MaxJobsPerAccount", PENDING), ("PENDING", "QOSMaxNodePerUserLimit", PENDING),
 ])
 def test_squeue_states_and_reasons(state, reason, expected):
     statuses = slurm.parse_squeue(f"11_4|11|4|{state}|{reason}\n", ARRAY)
@@ -55,6 +73,8 @@ def test_squeue_skips_collapsed_ranges_and_quotes_what_it_cannot_read():
      "(job submit limit, user's size and/or time limits)", "policy"),
     ("sbatch: error: Batch job submission failed: Invalid partition name specified", "permanent"),
     ("sbatch: error: Batch job submission failed: Invalid job array specification", "permanent"),
+    # killed, or a message not known here: the listing is asked first, and repeats fail the map
+    ("", "unknown"), ("sbatch: unrecognized option '--bogus'", "unknown"),
 ])
 def test_sbatch_refusals(stderr, kind):
     assert slurm.classify_refusal(stderr) == kind

@@ -2,6 +2,7 @@
 returns the right results, or fails fast with a clear error, and never hangs."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 
 import poolparty_raster as pp
 from poolparty_raster.errors import SchedulerError
+from poolparty_raster.schedulers import base
 from workdirlog import log_events
 
 # Tasks defined here travel by value: a worker need not import this module (and pytest).
@@ -142,6 +144,37 @@ def test_failed_or_lost_submission_is_retried_and_never_duplicated(cluster, mode
     assert len(queue.submissions) == expected
 
 
+LISTING = {"slurm": "squeue", "sge": "qstat", "pbs": "qselect"}
+
+
+def test_a_scheduler_out_of_reach_during_a_submission_defers_it(cluster, tmp_path):
+    queue, pool_class, _ = cluster
+    queue.inject_command_failure(SUBMIT[queue.scheduler], times=5)  # more than one call retries
+    pool = pool_class(keep_work_dir=True, **FAST)
+    assert pool.map(plus_one, range(4), chunksize=2) == [1, 2, 3, 4]
+    assert [e["event"] for e in events_of(tmp_path)].count("submit_deferred") == 1
+    first = queue.submissions[0]["time"]  # nothing can have got in: nothing was looked for
+    assert not [c for c in queue.calls_to(LISTING[queue.scheduler]) if c["time"] < first]
+
+
+def test_a_scheduler_out_of_reach_for_good_fails_the_map(dummy_slurm, monkeypatch):
+    monkeypatch.setattr(base, "MAX_OUTAGE", 1.0)  # the polls' 30 minutes, shortened
+    dummy_slurm.inject_command_failure("sbatch", times=1000)
+    with pytest.raises(SchedulerError, match="sbatch did not reach the scheduler"):
+        pp.SlurmArrayPool(**FAST).map(plus_one, range(2))
+    assert not dummy_slurm.submissions
+
+
+def test_a_job_whose_qsub_answer_came_too_late_is_cancelled_when_the_map_ends(dummy_sge):
+    """qmaster took the request after the listing looked: the job is unconfirmed, its chunks
+    are run again, and it is cancelled by name at the end (else it sits in Eqw for ever)."""
+    dummy_sge.inject_command_failure("qsub", mode="late", seconds=1.0)
+    dummy_sge.inject_error_state(task=1, count=1)  # its first task: stuck
+    assert pp.SgePool(**FAST).map(plus_one, range(2), chunksize=1) == [1, 2]
+    assert len(dummy_sge.submissions) == 2
+    assert not [j for j in dummy_sge.jobs() if j["state"] in ("PENDING", "RUNNING", "ERROR")]
+
+
 def sleep_long(x):
     time.sleep(120)  # cancelled when the map fails
     return x
@@ -175,11 +208,31 @@ def running_at_once(queue) -> int:
     return most
 
 
-def test_throttle_caps_the_chunks_running_at_once(cluster):
-    queue, pool_class, _ = cluster
+def naps_a_second(x):
+    time.sleep(1)  # the others still run when the polls find the dead one gone (after 2 s)
+    return x
+
+
+@pytest.mark.parametrize("death", [False, True])
+def test_throttle_caps_the_chunks_running_at_once(cluster, death):
+    queue, pool_class, first_task = cluster
+    if death:  # its resubmission is another array: it must not run beside two others
+        queue.inject_vanish(task=first_task, count=1)
     pool = pool_class(num_simultaneously_running_tasks=2, **FAST)
-    assert pool.map(nap, range(6), chunksize=1) == list(range(6))
+    task = naps_a_second if death else nap
+    assert pool.map(task, range(8), chunksize=1) == list(range(8))
     assert running_at_once(queue) <= 2  # of the queue's 4 slots
+    assert not death or len(queue.submissions) > 1  # the dead chunk ran again
+
+
+@pytest.mark.parametrize("fixture, pool_class", [("dummy_slurm", pp.SlurmArrayPool),
+                                                 ("dummy_sge", pp.SgePool)])
+def test_throttle_holds_across_the_arrays_of_a_split_map(request, fixture, pool_class):
+    queue = request.getfixturevalue(fixture)
+    queue.set_limits(max_array_size=3)  # 8 chunks: three arrays at least
+    pool = pool_class(num_simultaneously_running_tasks=2, **FAST)
+    assert pool.map(nap, range(8), chunksize=1) == list(range(8))
+    assert running_at_once(queue) <= 2 and len(queue.submissions) >= 3
 
 
 def naps_long_on_the_last(x):
@@ -254,6 +307,35 @@ def test_resumed_driver_reattaches_to_running_jobs(dummy_slurm, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert not work_dir.exists()  # finished cleanly
     assert len(dummy_slurm.submissions) == 1  # the killed driver's jobs finished the map
+
+
+def test_a_resumed_map_never_takes_the_earlier_drivers_job_for_its_new_one(dummy_slurm,
+                                                                          tmp_path):
+    """The resumed driver's first sbatch times out, and nothing got in: the squeue that
+    looks for it lists the earlier driver's array, which is not the new job."""
+    script = tmp_path / "resumable.py"
+    script.write_text(RESUMABLE.replace("range(3)", "range(4)").replace(
+        "polling_interval=0.3", "polling_interval=0.3, slurm_call_timeout=2.0, "
+                                "keep_work_dir=True"))
+    work_dir = tmp_path / "w"
+    dummy_slurm.set_limits(max_jobs_per_user=2)  # the first driver gets chunks 0 and 1 in
+    driver = subprocess.Popen([sys.executable, str(script), str(work_dir)], cwd=tmp_path,
+                              start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not (work_dir / "jobs.jsonl").exists():
+        assert time.monotonic() < deadline and driver.poll() is None
+        time.sleep(0.05)
+    os.killpg(driver.pid, signal.SIGKILL)  # and the sbatch it may be running (jobs run on)
+    driver.wait(30)
+    dummy_slurm.set_limits(max_jobs_per_user=0)
+    dummy_slurm.inject_command_failure("sbatch", mode="hang", seconds=30)
+    resumed = subprocess.run([sys.executable, str(script), str(work_dir)], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    records = [json.loads(line) for line in (work_dir / "jobs.jsonl").read_text().splitlines()]
+    assert [(r["job_id"], r["chunks"]) for r in records] == [
+        (str(s["job_id"]), chunks) for s, chunks in zip(dummy_slurm.submissions, ([0, 1], [2, 3]))]
+    assert "lost" not in [e["event"] for e in log_events(work_dir)]  # each chunk ran once
 
 
 def dies_once(args):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import heapq
 import shutil
 import subprocess
 import threading
@@ -58,6 +59,15 @@ class SubmitSpec:
 JobRecord = dict[str, Any]
 # Poll results are keyed by (job_id, chunk): a resubmitted chunk has several jobs.
 PollResult = dict[tuple[str, int], TaskStatus]
+# Seconds a scheduler out of reach is waited out before the map fails: the outage the
+# engine's polls tolerate (engine.MAX_POLL_OUTAGE), here for submissions.
+MAX_OUTAGE = 1800.0
+# The id of a job that may have got in although its answer was lost (see Submitter).
+UNCONFIRMED = "unconfirmed-"
+
+
+class OutOfReach(SubmissionRefused):
+    """The scheduler could not be reached: a refusal for now that no smaller job passes."""
 
 
 _cancelling = threading.local()
@@ -103,6 +113,10 @@ class Scheduler(ABC):
         array throttle); if not, the engine submits no more than that many at a time."""
         return False
 
+    def remember(self, spec: SubmitSpec, jobs: Sequence[JobRecord]) -> None:
+        """The jobs the map recorded before this driver started (a resumed map's jobs.jsonl),
+        told before anything is submitted: they are not new jobs, whatever a listing says."""
+
     @abstractmethod
     def poll(self, spec: SubmitSpec, jobs: Sequence[JobRecord]) -> PollResult:
         """The state of every job element the scheduler still lists. Missing = gone."""
@@ -137,7 +151,8 @@ class Scheduler(ABC):
         return map_path(path, self.path_mapping)
 
     def release(self, jobs: Sequence[JobRecord]) -> None:
-        """Forget what the backend remembers of a finished map's jobs (optional)."""
+        """Called at the end of every map: forget what the backend remembers of its jobs, and
+        cancel what it may have left queued unseen (optional; never raises)."""
 
 
 @dataclass
@@ -219,6 +234,53 @@ def split_by_span(chunks: Sequence[int], max_span: int) -> list[list[int]]:
     return groups
 
 
+def split_throttle(throttle: int, sizes: Sequence[int]) -> list[int]:
+    """Shares of a map's throttle for arrays of ``sizes`` submitted together: at least one
+    each, at most its size, in proportion to the sizes, summing to no more than ``throttle``,
+    since all of them may run at once. Arrays beyond the throttle get 0: they wait."""
+    count = min(len(sizes), throttle)
+    shares = [1] * count
+    most = [(-size, i) for i, size in enumerate(sizes[:count]) if size > 1]  # chunks per share
+    heapq.heapify(most)
+    for _ in range(throttle - count):
+        if not most:
+            break
+        _, i = heapq.heappop(most)
+        shares[i] += 1
+        if shares[i] < sizes[i]:
+            heapq.heappush(most, (-sizes[i] / shares[i], i))
+    return shares + [0] * (len(sizes) - count)
+
+
+@dataclass
+class ArrayThrottle:
+    """Keeps a map's running chunks at ``spec.throttle`` across its arrays: an array throttle
+    (``%K``, ``-tc K``) caps one array, and a resubmission or a split is another array. Only
+    the map's first submission throttles itself (its arrays share the throttle); after it,
+    ``throttles()`` is False and the engine submits no more chunks than the throttle has room
+    for, each later array within that room."""
+
+    started: set[str] = field(default_factory=set)  # names of maps with jobs queued
+
+    def first(self, spec: SubmitSpec) -> bool:
+        return spec.job_name not in self.started
+
+    def shares(self, spec: SubmitSpec, sizes: Sequence[int]) -> Sequence[int | None]:
+        """Each array's throttle; 0 for those left to the engine's room (as all later are)."""
+        if not spec.throttle or not self.first(spec):
+            return [spec.throttle] * len(sizes)
+        return split_throttle(spec.throttle, sizes)
+
+    def note(self, spec: SubmitSpec, jobs: Sequence[JobRecord]) -> None:
+        """Jobs of the map are queued (accepted now, or recorded by an earlier driver)."""
+        if jobs:
+            self.started.add(spec.job_name)
+
+    def forget(self, spec: SubmitSpec) -> None:
+        """All of the map's jobs were cancelled: its next array may throttle itself again."""
+        self.started.discard(spec.job_name)
+
+
 def contiguous_runs(indices: Sequence[int]) -> list[tuple[int, int]]:
     """Sorted indices -> [(first, last), ...] of consecutive runs: [1, 2, 3, 7] -> [(1, 3), (7, 7)]."""
     runs: list[tuple[int, int]] = []
@@ -271,18 +333,15 @@ def unanswered(classify_refusal: Callable[[str], str]) -> Callable[[str], bool]:
 class Submitter:
     """Runs a submission command so that a lost answer never creates a duplicate job.
 
-    When the command times out, fails, or prints no id, the scheduler's listing of the map's
-    jobs (by name) is asked whether a job got in anyway; only when that listing answers, and
-    shows no new job, is the command run again. ``refusal(stderr)`` sorts a failure into
-    "permanent" (raise :class:`SchedulerError`), "transient" (the request did not arrive:
-    retry with backoff), "answer_lost" (it may have arrived), or one of the ``limits`` (raise
-    :class:`SubmissionRefused`, with that limit's give-up time).
-
-    A scheduler whose listing drops jobs as they end (Grid Engine: ``lists_finished=False``)
-    cannot tell a job that never got in from one that already ended: a possibly accepted
-    submission then returns an ``unconfirmed-`` id, which no poll will show, so the engine
-    resubmits the chunks that have no result after the usual grace, and never runs a
-    duplicate of a job that did get in.
+    ``refusal(stderr)`` says "transient" (out of reach: nothing arrived), "answer_lost" (it may
+    have), "unknown" (it may have; fails after the retries), "permanent" or one of the
+    ``limits``. Unless nothing can have arrived, the listing of
+    the map's jobs by name is asked first whether a job it does not know (:meth:`note`: an
+    earlier driver's too) got in. Out of reach is a refusal for now, given up after
+    :data:`MAX_OUTAGE`. A listing that drops ended jobs (Grid Engine: ``lists_finished=False``)
+    cannot tell a job that never got in from one that ended: such a submission gets an
+    ``unconfirmed-`` id that no poll shows; the engine resubmits its chunks after the usual
+    grace, and the backend cancels the map's leftovers by name at its end.
     """
 
     scheduler: Scheduler
@@ -293,6 +352,7 @@ class Submitter:
     limits: dict[str, float | None] = field(default_factory=lambda: {"limit": None})
     lists_finished: bool = True
     known: dict[str, set[str]] = field(default_factory=dict)  # job ids per map name
+    unconfirmed: dict[str, str] = field(default_factory=dict)  # unconfirmed id -> map name
 
     def submit(self, spec: SubmitSpec, argv: Sequence[str]) -> str:
         known = self.known.setdefault(spec.job_name, set())
@@ -303,13 +363,16 @@ class Submitter:
             if job_id:
                 known.add(job_id)
                 return job_id
-            adopted = self._adopt(spec, known)
-            if adopted:
-                return adopted
             stderr = "" if result is None else (result.stderr.strip() or result.stdout.strip())
             kind = "answer_lost" if result is None or result.returncode == 0 else self.refusal(stderr)
+            if kind != "transient":  # the request may have reached the scheduler
+                adopted = self._adopt(spec, known)
+                if adopted:
+                    return adopted
             if kind == "answer_lost" and not self.lists_finished:
-                return f"unconfirmed-{uuid.uuid4().hex[:12]}"
+                job_id = f"{UNCONFIRMED}{uuid.uuid4().hex[:12]}"
+                self.unconfirmed[job_id] = spec.job_name
+                return job_id
             if kind in self.limits:
                 raise SubmissionRefused(f"{argv[0]} refused for now: {stderr}", self.limits[kind])
             if kind == "permanent":
@@ -318,7 +381,12 @@ class Submitter:
                 self.scheduler.pause(delay)
                 delay = min(delay * 2, self.runner.max_backoff)
         what = "timed out" if result is None else (stderr or f"printed {result.stdout.strip()!r}")
-        raise SchedulerError(f"{argv[0]} did not accept the job after {attempt} attempts: {what}")
+        if kind == "unknown":  # a failure not understood, always alike: say so, quoting it
+            raise SchedulerError(f"{argv[0]} did not accept the job after {attempt} attempts: "
+                                 f"{what}")
+        # Nothing got in (the listing said so, or nothing could arrive): the chunks wait.
+        raise OutOfReach(f"{argv[0]} did not reach the scheduler ({attempt} attempts): {what}",
+                         MAX_OUTAGE)
 
     def _adopt(self, spec: SubmitSpec, known: set[str]) -> str | None:
         """The id of a job of this map that got in although its submission seemed to fail;
@@ -339,5 +407,12 @@ class Submitter:
                              f"neither the submission nor the listing answered")
 
     def note(self, spec: SubmitSpec, jobs: Sequence[JobRecord]) -> None:
-        """Jobs known from elsewhere (a resumed map's records) are not new."""
+        """Jobs known from elsewhere (a resumed map's records, a poll's) are not new."""
         self.known.setdefault(spec.job_name, set()).update(job["job_id"] for job in jobs)
+        self.unconfirmed.update((job["job_id"], spec.job_name) for job in jobs
+                                if job["job_id"].startswith(UNCONFIRMED))
+
+    def unconfirmed_maps(self, jobs: Sequence[JobRecord]) -> set[str]:
+        """Names of the maps of ``jobs`` that submitted something unconfirmed (forgotten)."""
+        return {self.unconfirmed.pop(job["job_id"]) for job in jobs
+                if job["job_id"] in self.unconfirmed}

@@ -1,24 +1,29 @@
-"""PBS Pro / OpenPBS: ``qsub -J`` arrays (or plain jobs), ``qstat -t -f -F json -x``, ``qdel``.
+"""PBS Pro / OpenPBS: ``qsub -J`` arrays (or plain jobs), ``qstat -t -f -F json -x``, ``qdel``,
+``qselect``.
 
 Built from PBS Pro's documentation (no PBS server is available to test against here; the
 bundled dummy follows the same documentation):
 - arrays need at least two elements, so a lone chunk is submitted as a plain job;
 - ``qsub`` prints ``123[].server`` for an array and ``124.server`` for a job; sub-jobs are
   ``123[4].server`` with ``PBS_ARRAY_INDEX=4``;
-- ``qstat -x`` includes finished jobs; ``-t`` lists sub-jobs; ``-F json`` is machine-readable.
+- ``qstat -x`` includes finished jobs; ``-t`` lists sub-jobs; ``-F json`` is machine-readable;
+- ``qstat -u`` belongs to the alternate (tabular) displays only: with ``-f`` OpenPBS prints
+  that table, not JSON. The jobs of a user and name are listed by ``qselect -N NAME -u USER
+  -x``, one id per line (arrays as ``123[].server``; sub-jobs only with ``-T``).
 """
 from __future__ import annotations
 
 import getpass
 import json
+import os
 import re
 from collections.abc import Iterator, Sequence
 
-from poolparty_raster.schedulers.base import (CommandRunner, JobRecord, PollResult, Scheduler,
-                                              Submitter, SubmitSpec, TaskState, TaskStatus,
-                                              cancel_targets, contiguous_runs, require_commands,
-                                              refusal_kind, split_by_span, unanswered,
-                                              unparseable)
+from poolparty_raster.schedulers.base import (ArrayThrottle, CommandRunner, JobRecord,
+                                              PollResult, Scheduler, Submitter, SubmitSpec,
+                                              TaskState, TaskStatus, cancel_targets,
+                                              contiguous_runs, require_commands, refusal_kind,
+                                              split_by_span, unanswered, unparseable)
 
 _JOB_ID = re.compile(r"^\d+(\[\])?(\.\S+)?$")
 MAX_ARRAY_SIZE = 10_000  # PBS Pro's default max_array_size
@@ -80,7 +85,8 @@ class PbsScheduler(Scheduler):
                  resources: Sequence[str] = (), walltime: str | None = None,
                  account: str | None = None, qsub_args: Sequence[str] = (),
                  pbs_call_timeout: float = 60.0, qsub_path: str = "qsub",
-                 qstat_path: str = "qstat", qdel_path: str = "qdel"):
+                 qstat_path: str = "qstat", qdel_path: str = "qdel",
+                 qselect_path: str | None = None):
         self.array = array
         args: list[str] = []
         if queue:
@@ -92,34 +98,45 @@ class PbsScheduler(Scheduler):
         if account:
             args += ["-A", account]
         self.resource_args = args + list(qsub_args)
-        self.paths = {"qsub_path": qsub_path, "qstat_path": qstat_path, "qdel_path": qdel_path}
+        self.paths = {"qsub_path": qsub_path, "qstat_path": qstat_path, "qdel_path": qdel_path,
+                      "qselect_path": qselect_path or os.path.join(os.path.dirname(qsub_path),
+                                                                   "qselect")}
         self.runner = CommandRunner(timeout=pbs_call_timeout, pause=self.pause)
         self.user = getpass.getuser()
         self.submitter = Submitter(self, self.runner, parse_job_id, self._listed_job_ids,
                                    classify_refusal)
+        self.throttle = ArrayThrottle()
 
     def check_available(self) -> None:
         require_commands("PBS", self.paths)
 
     def throttles(self, spec: SubmitSpec) -> bool:
-        return self.array
+        return self.array and self.throttle.first(spec)
+
+    def remember(self, spec: SubmitSpec, jobs: Sequence[JobRecord]) -> None:
+        self.submitter.note(spec, jobs)
+        self.throttle.note(spec, jobs)
 
     def submit(self, spec: SubmitSpec, chunks: Sequence[int]) -> Iterator[JobRecord]:
         if not self.array:
             for chunk in chunks:
                 yield self._qsub(spec, [chunk], None)
             return
-        for first, last in contiguous_runs(sorted(chunks)):
-            for group in split_by_span(list(range(first, last + 1)), MAX_ARRAY_SIZE):
-                # PBS arrays need at least two elements
-                yield self._qsub(spec, group, group[0] if len(group) > 1 else None)
+        groups = [group for first, last in contiguous_runs(sorted(chunks))
+                  for group in split_by_span(list(range(first, last + 1)), MAX_ARRAY_SIZE)]
+        for group, share in zip(groups, self.throttle.shares(spec, [len(g) for g in groups])):
+            if share == 0:
+                return  # no share of the throttle is left: the engine submits these later
+            # PBS arrays need at least two elements
+            yield self._qsub(spec, group, group[0] if len(group) > 1 else None, share)
 
-    def _qsub(self, spec: SubmitSpec, chunks: list[int], offset: int | None) -> JobRecord:
+    def _qsub(self, spec: SubmitSpec, chunks: list[int], offset: int | None,
+              share: int | None = None) -> JobRecord:
         argv = [self.paths["qsub_path"], "-N", spec.job_name, "-o", spec.scheduler_log, "-j", "oe"]
         if offset is None:
             worker_args = [str(chunks[0])]
         else:
-            throttle = f"%{spec.throttle}" if spec.throttle else ""
+            throttle = f"%{share}" if share else ""
             argv += ["-J", f"0-{len(chunks) - 1}{throttle}"]
             worker_args = ["--env", "PBS_ARRAY_INDEX", "--offset", str(offset)]
         argv += [*self.resource_args, "--", spec.python_path, spec.script_path, *worker_args]
@@ -127,20 +144,18 @@ class PbsScheduler(Scheduler):
                              "array": offset is not None}
         if offset is not None:
             record["offset"] = offset
+        self.throttle.note(spec, [record])  # a lone chunk's plain job takes a share too
         return record
 
     def _listed_job_ids(self, spec: SubmitSpec) -> set[str] | None:
-        """Ids of this user's jobs and arrays named like the map (finished ones too)."""
-        argv = [self.paths["qstat_path"], "-f", "-F", "json", "-x", "-u", self.user]
+        """Ids of this user's jobs and arrays named like the map (finished ones too); None
+        when qselect did not answer, or answered something that is not a list of ids."""
+        argv = [self.paths["qselect_path"], "-N", spec.job_name, "-u", self.user, "-x"]
         result = self.runner.run_once(argv)
         if result is None or result.returncode != 0:
             return None
-        try:
-            listing = json.loads(result.stdout).get("Jobs", {}) if result.stdout.strip() else {}
-        except (json.JSONDecodeError, AttributeError):
-            return None
-        return {name for name, fields in listing.items()
-                if fields.get("Job_Name") == spec.job_name and "[" not in name.replace("[]", "")}
+        ids = set(result.stdout.split())
+        return ids if all(_JOB_ID.match(job_id) for job_id in ids) else None
 
     def poll(self, spec: SubmitSpec, jobs: Sequence[JobRecord]) -> PollResult:
         self.submitter.note(spec, jobs)
@@ -153,6 +168,8 @@ class PbsScheduler(Scheduler):
 
     def cancel(self, spec: SubmitSpec, jobs: Sequence[JobRecord],
                chunks: Sequence[int] | None = None) -> None:
+        if chunks is None:
+            self.throttle.forget(spec)
         targets = cancel_targets(jobs, chunks, _subjob_id)
         if targets:
             # 35 and 153: already finished or unknown, the expected case

@@ -17,11 +17,12 @@ import getpass
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator, Sequence
 
-from poolparty_raster.errors import SchedulerError, SchedulerUnavailableError
-from poolparty_raster.schedulers.base import (CommandRunner, JobRecord, PollResult, Scheduler,
-                                              Submitter, SubmitSpec, TaskState, TaskStatus,
-                                              contiguous_runs, require_commands, split_by_span,
-                                              refusal_kind, unanswered, unparseable)
+from poolparty_raster.errors import SchedulerError, SchedulerOutputError, SchedulerUnavailableError
+from poolparty_raster.schedulers.base import (UNCONFIRMED, ArrayThrottle, CommandRunner,
+                                              JobRecord, PollResult, Scheduler, Submitter,
+                                              SubmitSpec, TaskState, TaskStatus, contiguous_runs,
+                                              require_commands, split_by_span, refusal_kind,
+                                              unanswered, unparseable)
 
 # qsub refusals that pass once some of the user's jobs have ended (max_u_jobs, max_jobs)
 LIMIT_MESSAGES = ("jobs are allowed per user", "jobs are allowed per cluster")
@@ -135,6 +136,7 @@ class SgeScheduler(Scheduler):
         # qstat lists a job only until it ends: a lost answer stays unconfirmed (see Submitter)
         self.submitter = Submitter(self, self.runner, parse_job_id, self._listed_job_ids,
                                    classify_refusal, lists_finished=False)
+        self.throttle = ArrayThrottle()
         self._max_array_tasks: int | None = None
         self._parallelism: int | None = None
 
@@ -142,7 +144,21 @@ class SgeScheduler(Scheduler):
         require_commands("Grid Engine", self.paths)
 
     def throttles(self, spec: SubmitSpec) -> bool:
-        return self.array
+        return self.array and self.throttle.first(spec)
+
+    def remember(self, spec: SubmitSpec, jobs: Sequence[JobRecord]) -> None:
+        self.submitter.note(spec, jobs)
+        self.throttle.note(spec, jobs)
+
+    def release(self, jobs: Sequence[JobRecord]) -> None:
+        """A job whose qsub answer was lost may have got in unseen: queued after the map
+        ended, it would start without its work_dir and sit in Eqw for ever. Cancelled by the
+        map's name, and only then (qdel of nothing costs a call and exits 1)."""
+        for name in self.submitter.unconfirmed_maps(jobs):
+            try:
+                self._qdel([name])
+            except SchedulerError:  # the map succeeded; what is left is only queue clutter
+                pass
 
     def default_parallelism(self) -> int:
         """The slots of the cluster's queues (``qstat -g c``, column TOTAL), else 16."""
@@ -169,11 +185,15 @@ class SgeScheduler(Scheduler):
             for chunk in chunks:
                 yield self._qsub(spec, [chunk], None)
             return
-        for first, last in contiguous_runs(sorted(chunks)):
-            for group in split_by_span(list(range(first, last + 1)), self.max_array_tasks()):
-                yield self._qsub(spec, group, group[0])
+        groups = [group for first, last in contiguous_runs(sorted(chunks))
+                  for group in split_by_span(list(range(first, last + 1)), self.max_array_tasks())]
+        for group, share in zip(groups, self.throttle.shares(spec, [len(g) for g in groups])):
+            if share == 0:
+                return  # no share of the throttle is left: the engine submits these later
+            yield self._qsub(spec, group, group[0], share)
 
-    def _qsub(self, spec: SubmitSpec, chunks: list[int], offset: int | None) -> JobRecord:
+    def _qsub(self, spec: SubmitSpec, chunks: list[int], offset: int | None,
+              throttle: int | None = None) -> JobRecord:
         # A binary job run without a shell: Grid Engine copies a job *script* into its spool
         # with mode 0755, and script.py carries the caller's environment. The work_dir exists
         # on every node (the driver's cwd may not); script.py then moves to the driver's cwd.
@@ -183,14 +203,15 @@ class SgeScheduler(Scheduler):
             worker_args = [str(chunks[0])]
         else:
             argv += ["-t", f"1-{len(chunks)}"]
-            if spec.throttle:
-                argv += ["-tc", str(spec.throttle)]
+            if throttle:
+                argv += ["-tc", str(throttle)]
             worker_args = ["--env", "SGE_TASK_ID", "--offset", str(offset - 1)]
         argv += [*self.resource_args, spec.python_path, spec.script_path, *worker_args]
         record: JobRecord = {"job_id": self.submitter.submit(spec, argv), "chunks": chunks,
                              "array": offset is not None}
         if offset is not None:
             record["offset"] = offset
+            self.throttle.note(spec, [record])
         return record
 
     def _qstat(self) -> list[str]:
@@ -200,7 +221,11 @@ class SgeScheduler(Scheduler):
         result = self.runner.run_once(self._qstat())
         if result is None or result.returncode != 0:
             return None
-        return {job_id for job_id, name, _, _ in qstat_entries(result.stdout) if name == spec.job_name}
+        try:
+            return {job_id for job_id, name, _, _ in qstat_entries(result.stdout)
+                    if name == spec.job_name}
+        except SchedulerOutputError:  # garbled: no answer either
+            return None
 
     def poll(self, spec: SubmitSpec, jobs: Sequence[JobRecord]) -> PollResult:
         self.submitter.note(spec, jobs)
@@ -209,8 +234,10 @@ class SgeScheduler(Scheduler):
 
     def cancel(self, spec: SubmitSpec, jobs: Sequence[JobRecord],
                chunks: Sequence[int] | None = None) -> None:
+        jobs = [job for job in jobs if not job["job_id"].startswith(UNCONFIRMED)]  # no such ids
         if chunks is None:  # by name too: catches a job whose submission seemed to fail
             self._qdel([spec.job_name, *(job["job_id"] for job in jobs)])
+            self.throttle.forget(spec)
             return
         for job in jobs:
             tasks = [chunk - job["offset"] + 1 for chunk in chunks if chunk in job["chunks"]] \

@@ -9,32 +9,41 @@ Facts this module is built on (SLURM 22.05, see shared/notes/real-slurm.md):
 from __future__ import annotations
 
 import getpass
-import math
 import os
+import re
 import shlex
 from collections.abc import Iterator, Sequence
 
 from poolparty_raster.errors import SubmissionRefused
-from poolparty_raster.schedulers.base import (CommandRunner, JobRecord, PollResult, Scheduler,
-                                              Submitter, SubmitSpec, TaskState, TaskStatus,
-                                              cancel_targets, index_ranges, require_commands,
-                                              refusal_kind, split_by_span, unparseable)
+from poolparty_raster.schedulers.base import (ArrayThrottle, CommandRunner, JobRecord,
+                                              OutOfReach, PollResult, Scheduler, Submitter,
+                                              SubmitSpec, TaskState, TaskStatus, cancel_targets,
+                                              index_ranges, require_commands, refusal_kind,
+                                              split_by_span, split_throttle, unparseable)
 
 SQUEUE_FORMAT = "%i|%F|%K|%T|%r"
 
 _RUNNING = {"RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "STOPPED", "RESIZING",
             "SIGNALING", "STAGE_OUT"}
-_PENDING = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD"}
-_HELD = {"RESV_DEL_HOLD"}  # held because its reservation was deleted: nothing releases it
+_PENDING = {"PENDING", "REQUEUED", "REQUEUE_FED"}
+# Held where nothing releases them: RESV_DEL_HOLD (its reservation was deleted), REQUEUE_HOLD
+# (requeued held), SPECIAL_EXIT (requeued held after a special exit code); they stay queued.
+_HELD = {"RESV_DEL_HOLD", "REQUEUE_HOLD", "SPECIAL_EXIT"}
 _FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
-             "PREEMPTED", "BOOT_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT"}
+             "PREEMPTED", "BOOT_FAIL", "DEADLINE", "REVOKED"}
 # Pending reasons that will not resolve by themselves, but that a new submission fixes.
-ERROR_REASONS = ("launch failed requeued held", "JobHeldAdmin", "requeued in held state")
+ERROR_REASONS = ("launch failed requeued held", "JobHeldAdmin", "requeued in held state",
+                 "JobHoldMaxRequeue")
 # Pending reasons that no resubmission fixes: the map fails at once, naming the reason.
 # (QOSJobLimit, PartitionDown and PartitionInactive pass by themselves: they stay pending.)
 FATAL_REASONS = ("InvalidAccount", "InvalidQOS", "BadConstraints", "PartitionConfig",
                  "PartitionNodeLimit", "PartitionTimeLimit", "DependencyNeverSatisfied",
-                 "AccountNotAllowed")
+                 "AccountNotAllowed", "QOSNotAllowed", "MaxMemPerLimit")
+# ... and the limits of SLURM 22.05 on what one job asks for (job_reason_string()): a job over
+# a QOS's or association's per-job or per-node maximum (QOSMaxWallDurationPerJobLimit,
+# AssocMaxCpuPerJobLimit, QOSMaxGRESPerNode, ...) or under a QOS's minimum (QOSMinCpu*,
+# QOSMinMemory, ...) never starts. Per-user, per-account and group (Grp) limits do pass.
+FATAL_LIMIT = re.compile(r"(QOS|Assoc)Max\w*Per(Job|Node)|QOSMin")
 # sbatch refusals that pass once some of the user's jobs have ended: wait for ever.
 LIMIT_MESSAGES = ("MaxSubmitJob", "QOSMaxSubmitJobPerUserLimit", "AssocMaxSubmitJobLimit")
 # SLURM prints this both for a submit limit and for a job larger than a policy allows:
@@ -52,7 +61,7 @@ ANSWER_LOST_MESSAGES = ("Socket timed out", "Zero Bytes were transmitted")
 def classify(state: str, reason: str) -> TaskStatus:
     """Normalise squeue's state word and reason."""
     if state in _PENDING:
-        if reason.startswith(FATAL_REASONS):
+        if reason.startswith(FATAL_REASONS) or FATAL_LIMIT.match(reason):
             return TaskStatus(TaskState.FATAL, reason)
         if any(r in reason for r in ERROR_REASONS):
             return TaskStatus(TaskState.ERROR, reason)
@@ -67,11 +76,12 @@ def classify(state: str, reason: str) -> TaskStatus:
 
 
 def classify_refusal(stderr: str) -> str:
-    """What an sbatch failure means: "limit", "policy", "answer_lost", "transient" or
-    "permanent"."""
-    # sbatch says "submission failed" when the controller judged the job; anything else is
-    # the path to the controller failing.
-    otherwise = "permanent" if "submission failed" in stderr else "transient"
+    """What an sbatch failure means: "limit", "policy", "answer_lost", "transient",
+    "permanent" or "unknown"."""
+    # sbatch says "submission failed" when the controller judged the job; any other failure
+    # (a crash, a bad option, a message not known here) is "unknown": it may have happened
+    # after the request went out, and a few repeats that fail alike fail the map.
+    otherwise = "permanent" if "submission failed" in stderr else "unknown"
     return refusal_kind(stderr, (("limit", LIMIT_MESSAGES), ("policy", (POLICY_MESSAGE,)),
                                  ("answer_lost", ANSWER_LOST_MESSAGES),
                                  ("transient", TRANSIENT_MESSAGES)), otherwise)
@@ -151,6 +161,7 @@ class SlurmScheduler(Scheduler):
         self.user = getpass.getuser()
         self.submitter = Submitter(self, self.runner, parse_job_id, self._listed_job_ids,
                                    classify_refusal, {"limit": None, "policy": POLICY_GIVE_UP_AFTER})
+        self.throttle = ArrayThrottle()
         self._max_array_size: int | None = None
         self._parallelism: int | None = None
 
@@ -158,7 +169,11 @@ class SlurmScheduler(Scheduler):
         require_commands("SLURM", self.paths)
 
     def throttles(self, spec: SubmitSpec) -> bool:
-        return self.array
+        return self.array and self.throttle.first(spec)
+
+    def remember(self, spec: SubmitSpec, jobs: Sequence[JobRecord]) -> None:
+        self.submitter.note(spec, jobs)
+        self.throttle.note(spec, jobs)
 
     # -- site facts, read once per pool --------------------------------------------------
     def max_array_size(self) -> int:
@@ -191,22 +206,28 @@ class SlurmScheduler(Scheduler):
                 yield self._submit_one(spec, [chunk], None, None)
             return
         groups = split_by_span(sorted(chunks), self.max_array_size())
-        # Several arrays share the map's throttle, so that together they keep to it.
-        throttle = math.ceil(spec.throttle / len(groups)) if spec.throttle else None
-        for group in groups:
-            yield from self._submit_array(spec, group, throttle)
+        for group, share in zip(groups, self.throttle.shares(spec, [len(g) for g in groups])):
+            if share == 0:
+                return  # no share of the throttle is left: the engine submits these later
+            yield from self._submit_array(spec, group, share)
 
     def _submit_array(self, spec: SubmitSpec, chunks: list[int],
                       throttle: int | None) -> Iterator[JobRecord]:
-        """One array; halved while a per-user limit refuses it, which a smaller one may pass."""
+        """One array; halved while a per-user limit refuses it, which a smaller one may pass
+        (the halves share its throttle; one with no share is left to the engine)."""
         try:
             record = self._submit_one(spec, chunks, chunks[0], throttle)
+        except OutOfReach:
+            raise
         except SubmissionRefused:
             if len(chunks) == 1:
                 raise
-            half = len(chunks) // 2
-            yield from self._submit_array(spec, chunks[:half], throttle)
-            yield from self._submit_array(spec, chunks[half:], throttle)
+            halves = [chunks[:len(chunks) // 2], chunks[len(chunks) // 2:]]
+            shares = split_throttle(throttle, [len(h) for h in halves]) if throttle else [None] * 2
+            for half, share in zip(halves, shares):
+                if share == 0:
+                    return
+                yield from self._submit_array(spec, half, share)
             return
         yield record
 
@@ -227,6 +248,7 @@ class SlurmScheduler(Scheduler):
         record: JobRecord = {"job_id": job_id, "chunks": list(chunks), "array": offset is not None}
         if offset is not None:
             record["offset"] = offset
+            self.throttle.note(spec, [record])
         return record
 
     def _listed_job_ids(self, spec: SubmitSpec) -> set[str] | None:
@@ -252,6 +274,7 @@ class SlurmScheduler(Scheduler):
         if chunks is None:  # by name: also catches a job whose submission seemed to fail
             self.runner.run([self.paths["scancel_path"], f"--user={self.user}",
                              f"--name={spec.job_name}"])
+            self.throttle.forget(spec)
             return
         targets = cancel_targets(jobs, chunks, lambda job, c: f"{job['job_id']}_{c - job['offset']}")
         if targets:

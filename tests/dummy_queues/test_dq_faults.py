@@ -116,6 +116,17 @@ def test_lose_id_creates_job_but_prints_nothing(dummy_slurm, tmp_path):
     wait_for(lambda: file_text(tmp_path / "o") == "" and (tmp_path / "o").exists())
 
 
+def test_late_job_shows_and_runs_only_after_its_delay(dummy_sge, tmp_path):
+    dummy_sge.inject_command_failure("qsub", mode="late", seconds=1.0)
+    res = run("qsub", "-terse", "-N", "late", "-b", "y", "-o", str(tmp_path), "true")
+    assert res.returncode == 1 and "failed receiving gdi request" in res.stderr
+    assert run("qstat", "-xml").stdout.count("<job_list") == 0  # not yet: listings miss it
+    assert len(dummy_sge.submissions) == 1 and not dummy_sge.jobs()
+    wait_for(lambda: run("qstat", "-xml") and dummy_sge.jobs(), what="the late job")
+    assert dummy_sge.wait_idle(10)
+    assert [j["state"] for j in dummy_sge.jobs()] == ["COMPLETED"]
+
+
 def test_garbled_output(dummy_slurm):
     dummy_slurm.inject_command_failure("squeue", mode="garble")
     res = run("squeue", "--noheader", FMT)

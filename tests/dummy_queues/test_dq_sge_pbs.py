@@ -132,6 +132,36 @@ def test_pbs_plain_job_error_state_and_qdel(dummy_pbs, tmp_path):
     assert res.returncode == 2 and "invalid option" in res.stderr
 
 
+def test_pbs_qselect_lists_ids_by_name_and_qstat_full_refuses_u(dummy_pbs, tmp_path):
+    me = getpass.getuser()
+    for argv in (["-J", "0-1"], [], ["-h"]):
+        run("qsub", "-N", "sel", "-o", str(tmp_path), *argv, "--", "/bin/true")
+    run("qsub", "-N", "other", "-o", str(tmp_path), "--", "/bin/true")
+    assert dummy_pbs.wait_idle(10)
+    res = run("qselect", "-N", "sel", "-u", me, "-x")
+    assert (res.returncode, res.stdout) == (0, "1[].pbsserver\n2.pbsserver\n3.pbsserver\n")
+    assert run("qselect", "-N", "sel", "-u", me).stdout == "3.pbsserver\n"  # -x: finished too
+    assert run("qselect", "-N", "sel", "-x", "-T", "-J").stdout.split() == [
+        "1[].pbsserver", "1[0].pbsserver", "1[1].pbsserver"]
+    assert run("qselect", "-N", "nosuch", "-x").stdout == ""
+    # -u belongs to the alternate displays: with -f the real qstat prints a table, not JSON
+    res = run("qstat", "-f", "-F", "json", "-x", "-u", me)
+    assert res.returncode == 2 and "[-u user]" in res.stderr and res.stdout == ""
+    dummy_pbs.inject_command_failure("qselect")
+    res = run("qselect", "-N", "sel")
+    assert res.returncode != 0 and "cannot connect to server" in res.stderr
+
+
+def test_sge_qdel_by_job_name(dummy_sge, tmp_path):
+    for name in ("mine", "mine", "other"):
+        run("qsub", "-N", name, "-h", "-b", "y", "-o", str(tmp_path), "/bin/true")
+    res = run("qdel", "mine")
+    assert res.returncode == 0 and res.stdout.count("has deleted job") == 2
+    assert sorted(j["state"] for j in dummy_sge.jobs()) == ["CANCELLED", "CANCELLED", "HELD"]
+    res = run("qdel", "mine")
+    assert res.returncode == 1 and 'denied: job "mine" does not exist' in res.stderr
+
+
 @pytest.mark.parametrize("scheduler", ["slurm", "sge", "pbs"])
 def test_install_writes_executable_scripts(tmp_path, scheduler):
     import dummy_queues
