@@ -10,8 +10,9 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
+import botocore.exceptions
 import botocore.session
-from botocore.exceptions import ClientError, ReadTimeoutError
+from botocore.exceptions import ClientError
 from botocore.validate import validate_parameters
 
 ACCOUNT = "123456789012"
@@ -43,8 +44,8 @@ class Service:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.peak_active = 0  # the most tasks or jobs queued or running at once
         self._lock = threading.RLock()
-        self._errors: dict[str, list[tuple[str, str, int]]] = {}
-        self._lost_replies: dict[str, int] = {}
+        self._errors: dict[str, list[tuple[str, str, int] | str]] = {}
+        self._lost_replies: dict[str, list[str]] = {}
         self._stops: list[dict[str, Any]] = []
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._tick_loop, daemon=True, name=f"dummy-{self.service}")
@@ -57,21 +58,32 @@ class Service:
         with self._lock:
             self.calls.append((operation, json.loads(json.dumps(params, default=str))))
             if self._errors.get(operation):
-                code, message, status = self._errors[operation].pop(0)
+                fault = self._errors[operation].pop(0)
+                if isinstance(fault, str):
+                    raise self._transport_error(fault)
+                code, message, status = fault
                 raise self._error(code, message, operation, status)
         validate_parameters(params, op.input_shape)  # raises ParamValidationError
 
     def _reply(self, operation: str, answer: dict[str, Any]) -> dict[str, Any]:
-        """The answer, or (an injected fault) a read timeout after the service acted."""
+        """The answer, or (an injected fault) a transport error after the service acted."""
         with self._lock:
-            if self._lost_replies.get(operation, 0) > 0:
-                self._lost_replies[operation] -= 1
-                raise ReadTimeoutError(endpoint_url=f"https://{self.service}.{self.meta.region_name}.amazonaws.com/")
+            if self._lost_replies.get(operation):
+                raise self._transport_error(self._lost_replies[operation].pop(0))
         return answer
 
-    def _error(self, code: str, message: str, operation: str, status: int = 400) -> ClientError:
+    def _transport_error(self, name: str) -> Exception:
+        """botocore's exception of that name, as its HTTP layer raises it."""
+        url = f"https://{self.service}.{self.meta.region_name}.amazonaws.com/"
+        return getattr(botocore.exceptions, name)(endpoint_url=url, proxy_url="http://proxy:3128/",
+                                                  error="Connection reset by peer")
+
+    def _error(self, code: str, message: str, operation: str, status: int = 400,
+               **fields: Any) -> ClientError:
+        """ClientError as botocore raises it; ``fields`` are the error's modeled members
+        (ConflictException's resourceIds), which botocore puts beside "Error"."""
         return ClientError({"Error": {"Code": code, "Message": message},
-                            "ResponseMetadata": {"HTTPStatusCode": status}}, operation)
+                            "ResponseMetadata": {"HTTPStatusCode": status}, **fields}, operation)
 
     def calls_to(self, operation: str) -> list[dict[str, Any]]:
         return [params for op, params in self.calls if op == operation]
@@ -88,11 +100,19 @@ class Service:
         with self._lock:
             self._errors.setdefault(operation, []).extend([(code, message, status)] * times)
 
-    def inject_lost_reply(self, operation: str, times: int = 1) -> None:
+    def inject_lost_reply(self, operation: str, times: int = 1, error: str = "ReadTimeoutError") -> None:
         """The next ``times`` calls of ``operation`` act (a task starts, a job is created), but
-        their answer is lost: botocore's ReadTimeoutError is raised instead."""
+        their answer is lost: botocore's ``error`` is raised instead (ReadTimeoutError,
+        ConnectionClosedError, ResponseStreamingError, SSLError, HTTPClientError...)."""
         with self._lock:
-            self._lost_replies[operation] = self._lost_replies.get(operation, 0) + times
+            self._lost_replies.setdefault(operation, []).extend([error] * times)
+
+    def inject_transport_error(self, operation: str, error: str = "EndpointConnectionError",
+                               times: int = 1) -> None:
+        """The next ``times`` calls of ``operation`` fail before the service sees them, with
+        botocore's ``error`` (EndpointConnectionError, ProxyConnectionError, SSLError...)."""
+        with self._lock:
+            self._errors.setdefault(operation, []).extend([error] * times)
 
     def inject_stop(self, chunk: int | None = None, times: int = 1, after: float = 0.0,
                     **how: Any) -> None:

@@ -11,11 +11,16 @@ environment of the task definition and the overrides, at most ``slots`` at a tim
 thread moves states on, so nothing depends on how often the client is called.
 
 Faults (see ``Service``): ``inject_throttle(operation, times)``, ``inject_error(operation,
-code, message, times, status)``, ``inject_lost_reply(operation, times)`` (the call acts, its
-answer is lost: ReadTimeoutError), ``inject_stop(chunk=None, times=1, after=0, **how)`` (the
-service stops a task or kills a job: spot interruption, OOM kill, host lost, failed start),
-and for ECS ``inject_placement_failures(times, reason="RESOURCE:MEMORY")`` (run_task answers
-with a ``failures`` list and no task).
+code, message, times, status)``, ``inject_lost_reply(operation, times, error)`` (the call
+acts, its answer is lost: ReadTimeoutError or another of botocore's transport errors),
+``inject_transport_error(operation, error, times)`` (the call fails before it is sent),
+``inject_stop(chunk=None, times=1, after=0, **how)`` (the service stops a task or kills a job:
+spot interruption, OOM kill, host lost, failed start), and for ECS
+``inject_placement_failures(times, reason="RESOURCE:MEMORY")`` (run_task answers with a
+``failures`` list and no task). run_task's ``clientToken`` is kept per cluster as ECS keeps it:
+a repeat gets the first answer again, the token with other parameters a ConflictException
+naming its tasks (``resourceIds``). Batch's ``list_jobs`` answers in pages of
+``list_page_size`` (default 100) jobs with a ``nextToken``.
 """
 from __future__ import annotations
 
@@ -43,7 +48,7 @@ class DummyEcs(Service):
     def __init__(self, directory: str, slots: int = 8, region: str = "us-east-1") -> None:
         self.definitions: dict[str, dict[str, Any]] = {}
         self.tasks: dict[str, dict[str, Any]] = {}
-        self._tokens: dict[str, list[str]] = {}
+        self._tokens: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}  # -> (request, answer)
         self._placement_failures: list[str] = []
         super().__init__(directory, slots, region)
         self.register_task_definition(
@@ -134,10 +139,17 @@ class DummyEcs(Service):
         with self._lock:
             definition = self._definition(params["taskDefinition"], "RunTask")
             self._check_run_task(params, definition)
-            token = params.get("clientToken")
-            if token in self._tokens:  # idempotent: the same token starts nothing new
-                return self._reply("RunTask", {"tasks": [self._view(self.tasks[a]) for a in self._tokens[token]],
-                                               "failures": []})
+            token = (params.get("cluster", "default"), params.get("clientToken"))
+            request = json.dumps({k: v for k, v in params.items() if k != "clientToken"}, sort_keys=True)
+            if token[1] and token in self._tokens:  # idempotent: the same token starts nothing new
+                first, answer = self._tokens[token]
+                if request != first:
+                    raise self._error("ConflictException", "The clientToken is already in use with a "
+                                      "different RunTask request.", "RunTask",
+                                      resourceIds=[t["taskArn"] for t in answer["tasks"]])
+                return self._reply("RunTask", {"tasks": [self._view(self.tasks[t["taskArn"]])
+                                                         for t in answer["tasks"]],
+                                               "failures": answer["failures"]})
             containers = {c["name"]: c for c in definition["containerDefinitions"]}
             started, failures = [], []
             for _ in range(params.get("count", 1)):
@@ -161,11 +173,11 @@ class DummyEcs(Service):
                                    "phase": "queued", "params": params, "lastStatus": "PENDING",
                                    "container": container["name"], "definition": definition}
                 started.append(arn)
-            if token:
-                self._tokens[token] = started
+            answer = {"tasks": [self._view(self.tasks[a]) for a in started], "failures": failures}
+            if token[1]:
+                self._tokens[token] = (request, answer)
             self._note_active()
-            return self._reply("RunTask", {"tasks": [self._view(self.tasks[a]) for a in started],
-                                           "failures": failures})
+            return self._reply("RunTask", answer)
 
     def _ended(self, unit: dict[str, Any], code: int | None, how: dict[str, Any] | None) -> None:
         how = how or {}
@@ -221,6 +233,7 @@ class DummyBatch(Service):
 
     def __init__(self, directory: str, slots: int = 8, region: str = "us-east-1") -> None:
         self.jobs: dict[str, dict[str, Any]] = {}
+        self.list_page_size = 100  # list_jobs' default maxResults
         super().__init__(directory, slots, region)
 
     def _units(self) -> list[dict[str, Any]]:
@@ -297,7 +310,8 @@ class DummyBatch(Service):
 
     def list_jobs(self, **params: Any) -> dict[str, Any]:
         """By queue (and jobStatus, default RUNNING), array parent, or a JOB_NAME filter
-        (case-insensitive, ``name*`` for a prefix; jobStatus is then ignored), newest first."""
+        (case-insensitive, ``name*`` for a prefix; jobStatus is then ignored), newest first,
+        in pages of maxResults (default ``list_page_size``) with a ``nextToken``."""
         self._request("ListJobs", params)
         with self._lock:
             parent = params.get("arrayJobId")
@@ -311,9 +325,13 @@ class DummyBatch(Service):
                 views = [v for v in views if (v["jobName"].lower().startswith(value[:-1])
                                               if value.endswith("*") else v["jobName"].lower() == value)]
             status = None if filters else params.get("jobStatus", "RUNNING")
-            return {"jobSummaryList": [{"jobId": v["jobId"], "jobName": v["jobName"], "status": v["status"],
-                                        "createdAt": v["createdAt"]} for v in views
-                                       if status is None or v["status"] == status]}
+            listed = [{"jobId": v["jobId"], "jobName": v["jobName"], "status": v["status"],
+                       "createdAt": v["createdAt"]} for v in views if status is None or v["status"] == status]
+            start, size = int(params.get("nextToken") or 0), params.get("maxResults", self.list_page_size)
+            answer: dict[str, Any] = {"jobSummaryList": listed[start:start + size]}
+            if start + size < len(listed):
+                answer["nextToken"] = str(start + size)
+            return answer
 
     def terminate_job(self, **params: Any) -> dict[str, Any]:
         self._request("TerminateJob", params)

@@ -115,7 +115,8 @@ class MapHandle:
         except Timeout:
             raise WorkDirBusyError(f"another driver is running a map in {path}") from None
         try:
-            self.manifest = self._prepare(func_bytes, tasks, chunk_starts, settings)
+            self.manifest = self._prepare(func_bytes, tasks, chunk_starts, settings,
+                                          scheduler.unstored_variables)
         except BaseException:  # e.g. an unpicklable task: nothing was submitted
             self._lock.release()
             if created:
@@ -141,7 +142,7 @@ class MapHandle:
         self._holds_sigterm = False
 
     def _prepare(self, func_bytes: bytes, tasks: Sequence[Any], chunk_starts: list[int],
-                 settings: MapSettings) -> wd.Manifest:
+                 settings: MapSettings, unstored_variables: Sequence[str]) -> wd.Manifest:
         writer = wd.TasksWriter(self.work_dir.path, func_bytes)
         try:
             for start, end in zip(chunk_starts, [*chunk_starts[1:], len(tasks)]):
@@ -175,7 +176,8 @@ class MapHandle:
                                f"{settings.job_name_prefix}{name_hash}", settings.mode,
                                wd.function_digest(func_bytes))
         os.replace(writer.tmp_path, self.work_dir.tasks_path)
-        script = render_script(self.work_dir.path, settings.python_path, os.environ, sys.path, os.getcwd())
+        script = render_script(self.work_dir.path, settings.python_path, os.environ, sys.path,
+                               os.getcwd(), unstored_variables)
         atomic_write(self.work_dir.script_path, script.encode())
         # Schedulers append to this file; created here so that it is 0600 like the rest.
         os.close(os.open(self.work_dir.scheduler_log_path, os.O_WRONLY | os.O_CREAT, 0o600))

@@ -74,11 +74,14 @@ def transferable_environment(environ: dict[str, str]) -> dict[str, str]:
 
 
 def render_script(work_dir: str, python_path: str, environ: dict[str, str],
-                  sys_path: Sequence[str], cwd: str) -> str:
-    """The text of ``script.py``. ``sys_path`` entries that are relative are made absolute."""
+                  sys_path: Sequence[str], cwd: str, unstored: Sequence[str] = ()) -> str:
+    """The text of ``script.py``, carrying ``environ`` but for the node's own variables and
+    ``unstored``. ``sys_path`` entries that are relative are made absolute."""
     absolute = [os.path.abspath(os.path.join(cwd, p)) if p else cwd for p in sys_path]
+    environment = {k: v for k, v in transferable_environment(dict(environ)).items()
+                   if k not in unstored}
     return _SCRIPT_TEMPLATE.format(python=python_path, work_dir=work_dir,
-                                   environment=transferable_environment(dict(environ)),
+                                   environment=environment,
                                    loader=LOADER_VARIABLES, keep=KEEP_VARIABLE,
                                    reexec=REEXEC_VARIABLE, sys_path=absolute, cwd=cwd,
                                    cwd_error=CWD_ERROR_VARIABLE)

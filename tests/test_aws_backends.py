@@ -205,6 +205,70 @@ def test_ecs_lost_answers_are_asked_again_with_the_same_client_token(dummy_ecs, 
     assert {record["task_arn"], later["task_arn"]} == set(dummy_ecs.tasks)
 
 
+def dummy_ecs_scheduler(**options):
+    from dummy_queues.aws import pool_options
+
+    options = {**pool_options("ecs"), **options}
+    return ecs_scheduler(options.pop("ecs_client"), **options)
+
+
+def test_ecs_resumed_driver_repeats_a_lost_run_task_and_gets_its_task(dummy_ecs, tmp_path):
+    s = spec(tmp_path)
+    first = dummy_ecs_scheduler()
+    (record,) = first.submit(s, [0])
+    first.poll(s, [record])
+    for chunk in (1, 0):  # a first attempt, and chunk 0's second: both answers lost
+        dummy_ecs.inject_lost_reply("RunTask", first.retries + 1)
+        with pytest.raises(SubmissionRefused, match="did not answer"):
+            list(first.submit(s, [chunk]))
+    lost = set(dummy_ecs.tasks) - {record["task_arn"]}
+    resumed = dummy_ecs_scheduler()  # the driver was killed: a new one knows only jobs.jsonl
+    records = json.loads(json.dumps([record]))
+    (one,) = resumed.submit(s, [1])  # as the engine does: record-less chunks at once...
+    resumed.poll(s, records)         # ...the others after a poll showed them dead
+    (zero,) = resumed.submit(s, [0])
+    assert {one["task_arn"], zero["task_arn"]} == lost and len(dummy_ecs.tasks) == 3
+
+
+def test_ecs_rerun_after_a_lost_run_task_takes_that_task_despite_a_new_revision(dummy_ecs, tmp_path):
+    s = spec(tmp_path)
+    scheduler = dummy_ecs_scheduler(task_definition=None, container_image="python:3")
+    dummy_ecs.inject_lost_reply("RunTask", scheduler.retries + 1)
+    with pytest.raises(SubmissionRefused):
+        list(scheduler.submit(s, [0]))
+    scheduler.cancel(s, [])  # the map failed: its task definition is deregistered
+    (record,) = scheduler.submit(s, [0])  # run again: a new revision, the same chunk and attempt
+    ours = [d for d in dummy_ecs.definitions.values() if d["family"] == "poolparty-ppabc"]
+    assert [d["revision"] for d in ours] == [1, 2] and list(dummy_ecs.tasks) == [record["task_arn"]]
+
+
+def test_ecs_same_map_in_a_work_dir_made_again_starts_new_tasks(dummy_ecs, tmp_path):
+    s = spec(tmp_path)  # a map's name comes from its work_dir's path and its tasks
+    script = Path(s.script_path)
+    script.parent.mkdir()
+    script.write_text("")
+    (first,) = dummy_ecs_scheduler().submit(s, [0])
+    made = script.stat().st_mtime_ns
+    script.unlink()  # the map ended cleanly, its work_dir went; the same map made it again later
+    script.write_text("")
+    os.utime(script, ns=(made + 10**9, made + 10**9))
+    (again,) = dummy_ecs_scheduler().submit(s, [0])
+    assert again["task_arn"] != first["task_arn"] and len(dummy_ecs.tasks) == 2
+
+
+def test_ecs_cancel_stops_every_task_whatever_one_stop_raises(dummy_ecs, tmp_path):
+    dummy_ecs.slots = 0  # the tasks stay pending
+    s = spec(tmp_path)
+    scheduler = dummy_ecs_scheduler(task_definition=None, container_image="python:3")
+    records = list(scheduler.submit(s, [0, 1, 2]))
+    dummy_ecs.inject_transport_error("StopTask", "HTTPClientError", times=scheduler.retries + 1)
+    with pytest.raises(SchedulerError, match=rf"1 thing\(s\).*{records[0]['task_arn']}.*Connection reset"):
+        scheduler.cancel(s, records)
+    stopped = {arn for arn, t in dummy_ecs.tasks.items() if t.get("stopCode") == "UserInitiated"}
+    assert stopped == {r["task_arn"] for r in records[1:]}
+    assert all(d["status"] == "INACTIVE" for d in dummy_ecs.definitions.values() if d["family"] == "poolparty-ppabc")
+
+
 def test_ecs_records_alone_let_another_driver_poll_and_stop_the_tasks(dummy_ecs, tmp_path):
     from dummy_queues.aws import pool_options
 
@@ -375,6 +439,7 @@ def test_batch_lost_submissions_are_found_by_name_never_repeated_blindly(dummy_b
 
 def test_batch_keeps_the_oldest_of_two_jobs_a_lagging_listing_let_in(dummy_batch, tmp_path):
     scheduler = batch_scheduler(dummy_batch, job_queue="dummy-queue")
+    dummy_batch.list_page_size = 1  # the newest on the first page, the oldest on the second
     s = spec(tmp_path)
     dummy_batch.inject_error("SubmitJob", "ServerException", "internal", times=scheduler.retries + 1, status=500)
     with pytest.raises(SubmissionRefused):
@@ -385,6 +450,58 @@ def test_batch_keeps_the_oldest_of_two_jobs_a_lagging_listing_let_in(dummy_batch
     (record,) = scheduler.submit(s, [3, 4])
     assert record["job_id"] == first
     assert [call["jobId"] for call in dummy_batch.calls_to("TerminateJob")] == [second]
+
+
+def test_batch_lost_array_is_taken_when_more_chunks_wait_with_it_now(dummy_batch, tmp_path):
+    scheduler = batch_scheduler(dummy_batch, job_queue="dummy-queue")
+    s = spec(tmp_path)
+    dummy_batch.inject_error("SubmitJob", "ServerException", "internal", times=scheduler.retries + 1, status=500)
+    with pytest.raises(SubmissionRefused):
+        list(scheduler.submit(s, [3, 4]))
+    lost = dummy_batch.submit_job(**dummy_batch.calls_to("SubmitJob")[-1])["jobId"]  # it got in
+    records = list(scheduler.submit(s, [3, 4, 5]))  # chunk 5 joined the waiting ones meanwhile
+    assert [(r["job_id"], r["chunks"]) for r in records][0] == (lost, [3, 4])
+    assert [r["chunks"] for r in records] == [[3, 4], [5]] and not dummy_batch.calls_to("TerminateJob")
+
+
+def lagging_listing(dummy_batch, times=None):
+    """list_jobs shows no job (eventual consistency) for its next ``times`` calls, or until the
+    function returned is called."""
+    real, calls, lagging = dummy_batch.list_jobs, [], [True]
+
+    def list_jobs(**params):
+        calls.append(params)
+        if lagging and (times is None or len(calls) <= times):
+            return {"jobSummaryList": []}
+        return real(**params)
+    dummy_batch.list_jobs = list_jobs
+    return lagging.clear
+
+
+def test_batch_duplicate_a_lagging_listing_let_in_is_terminated_at_the_next_poll(dummy_batch, tmp_path):
+    scheduler = batch_scheduler(dummy_batch, job_queue="dummy-queue")
+    s = spec(tmp_path)
+    dummy_batch.inject_lost_reply("SubmitJob", 1, error="ConnectionClosedError")
+    lagging_listing(dummy_batch, 1)
+    (record,) = scheduler.submit(s, [3, 4])  # the lost one was not listed yet: submitted again
+    (lost,) = [j["jobId"] for j in dummy_batch.jobs.values() if j.get("size") and j["jobId"] != record["job_id"]]
+    scheduler.poll(s, [record])
+    assert [call["jobId"] for call in dummy_batch.calls_to("TerminateJob")] == [lost]
+
+
+def test_batch_cancel_terminates_a_lost_submission_nothing_recorded(dummy_batch, tmp_path):
+    scheduler = batch_scheduler(dummy_batch, job_queue="dummy-queue")
+    s = spec(tmp_path)
+    dummy_batch.inject_lost_reply("SubmitJob", scheduler.retries + 1)
+    caught_up = lagging_listing(dummy_batch)  # every call got in, none was listed in time
+    with pytest.raises(SubmissionRefused):
+        list(scheduler.submit(s, [0, 1]))
+    caught_up()
+    scheduler.cancel(s, [])  # the pool is terminated before the engine tried again
+    lost = {j["jobId"] for j in dummy_batch.jobs.values() if j.get("size")}
+    assert len(lost) == scheduler.retries + 1
+    assert {call["jobId"] for call in dummy_batch.calls_to("TerminateJob")} == lost
+    assert {dummy_batch._view(j)["status"] for j in dummy_batch.jobs.values()} == {"FAILED"}
 
 # -- end to end on the dummies, with faults ---------------------------------------------------
 def events(work_root):
@@ -439,6 +556,64 @@ def test_ecs_survives_placement_failures_throttling_and_stops(dummy_ecs, tmp_pat
     assert most == 2
     for params in dummy_ecs.calls_to("RunTask"):
         assert params["count"] == 1 and len(json.dumps(params["overrides"])) < 8192
+
+
+@pytest.mark.parametrize("kind", ["ecs", "batch"])
+def test_dropped_connections_cost_a_retry_not_the_map_nor_a_second_task(kind, request, tmp_path):
+    dummy = request.getfixturevalue(f"dummy_{kind}")
+    submit, poll = ("RunTask", "DescribeTasks") if kind == "ecs" else ("SubmitJob", "DescribeJobs")
+    dummy.inject_lost_reply(submit, 1, error="ConnectionClosedError")  # it acted: asked, not repeated
+    dummy.inject_transport_error(submit, "SSLError")
+    dummy.inject_transport_error(poll, "HTTPClientError", times=6)  # a whole poll fails
+    dummy.inject_lost_reply(poll, 1, error="ResponseStreamingError")
+    pool = aws_pool(pp.EcsPool if kind == "ecs" else pp.AwsBatchPool, kind)
+    assert pool.map(square, range(3), chunksize=1) == [0, 1, 4]
+    _, log = events(tmp_path / "work")
+    assert any(e["event"] == "poll_failed" and "Connection reset" in e["error"] for e in log)
+    if kind == "ecs":
+        assert len(dummy.tasks) == 3
+    else:
+        assert sum(j.get("size", 1) for j in dummy.jobs.values() if ":" not in j["jobId"]) == 3
+
+
+RATE_LIMITED_STARTS = {
+    "ecs": {"stop_code": "TaskFailedToStart", "stopped_reason": (
+        "ResourceInitializationError: unable to pull secrets or registry auth: execution resource "
+        "retrieval failed: unable to retrieve ecr registry auth: service call has been retried 3 "
+        "time(s): RequestError: send request failed caused by: ThrottlingException: Rate exceeded")},
+    "batch": {"status_reason": "Task failed to start", "reason": (
+        "CannotPullContainerError: Error response from daemon: toomanyrequests: You have reached "
+        "your pull rate limit. You may increase the limit by authenticating and upgrading")}}
+
+
+@pytest.mark.parametrize("kind", ["ecs", "batch"])
+def test_a_start_a_rate_limit_stopped_is_resubmitted_not_fatal(kind, request, tmp_path):
+    dummy = request.getfixturevalue(f"dummy_{kind}")
+    dummy.inject_stop(chunk=1, exit_code=None, **RATE_LIMITED_STARTS[kind])
+    pool = aws_pool(pp.EcsPool if kind == "ecs" else pp.AwsBatchPool, kind)
+    assert pool.map(square, range(3), chunksize=1) == [0, 1, 4]
+    _, log = events(tmp_path / "work")
+    (lost,) = [e for e in log if e["event"] == "lost"]
+    assert lost["chunk"] == 1 and re.search("Rate exceeded|toomanyrequests", lost["reason"])
+
+
+def test_nested_path_mapping_prefixes_map_by_the_longest_whatever_their_order(dummy_ecs, tmp_path, monkeypatch):
+    home, other = tmp_path / "home", tmp_path / "home2"
+    (home / "efs").mkdir(parents=True)
+    (tmp_path / "mnt").mkdir()
+    (tmp_path / "mnt" / "efs").symlink_to(home / "efs")  # the container's EFS mount
+    (tmp_path / "roothome").mkdir()                       # its home: no efs below it
+    monkeypatch.setenv("MY_DATA", f"{home / 'efs' / 'data'}:{home / 'lib'}")
+    monkeypatch.setenv("MY_OTHER", str(other / "efs"))
+    mapping = {str(home): str(tmp_path / "roothome"), str(home / "efs"): str(tmp_path / "mnt" / "efs")}
+    pool = aws_pool(pp.EcsPool, "ecs", path_mapping=mapping, work_dir=str(home / "efs" / "w"))
+    ((data, other_seen),) = pool.map(seen_variables, [("MY_DATA", "MY_OTHER")])
+    assert data == f"{tmp_path / 'mnt' / 'efs' / 'data'}:{tmp_path / 'roothome' / 'lib'}"
+    assert other_seen == str(other / "efs")  # /home2 is not below /home
+
+
+def seen_variables(names):
+    return tuple(os.environ.get(name) for name in names)
 
 
 def test_ecs_registers_tags_and_deregisters_its_task_definition(dummy_ecs):
@@ -508,6 +683,24 @@ def test_container_keeps_its_own_credentials_and_paths(dummy_ecs, tmp_path, monk
     # what the applier puts beside the work_dir, the containers find under their own path
     assert pool.work_dir_parent == str(real)
     assert pool.worker_path(str(real / "scratch")) == str(seen / "scratch")
+
+
+@pytest.mark.parametrize("cls, kind, fixture", [(pp.EcsPool, "ecs", "dummy_ecs"),
+                                                 (pp.AwsBatchPool, "batch", "dummy_batch")])
+def test_driver_credentials_never_reach_the_shared_work_dir(request, tmp_path, monkeypatch,
+                                                            cls, kind, fixture):
+    """script.py sits on EFS, readable by whoever can read the work_dir's filesystem: the
+    driver's keys stay out of it (the containers use their task role's)."""
+    request.getfixturevalue(fixture)
+    secrets = {"AWS_ACCESS_KEY_ID": "AKIADRIVERKEY", "AWS_SECRET_ACCESS_KEY": "driver-secret-key",
+               "AWS_SESSION_TOKEN": "driver-session-token"}
+    for name, value in {**secrets, "GDAL_HTTP_TIMEOUT": "30"}.items():
+        monkeypatch.setenv(name, value)
+    pool = aws_pool(cls, kind, work_dir=str(tmp_path / "w"))
+    assert pool.map(square, range(3)) == [0, 1, 4]
+    script = (tmp_path / "w" / "script.py").read_text()
+    assert not [value for value in secrets.values() if value in script]
+    assert "GDAL_HTTP_TIMEOUT" in script  # configuration still travels
 
 
 def test_batch_survives_throttling_lost_answers_and_killed_children(dummy_batch, tmp_path, monkeypatch):

@@ -5,9 +5,10 @@ Facts this module is built on (the AWS Batch API reference, botocore's service m
 - an array job needs 2 <= size <= 10,000; its children are ``<jobId>:<index>`` and read their
   index from ``AWS_BATCH_JOB_ARRAY_INDEX``; a lone chunk is therefore a plain job;
 - ``submit_job`` has no idempotency token: a request whose answer was lost may have created
-  the job. Every submission has a name of its own, and before one is repeated,
-  ``list_jobs(filters=JOB_NAME)`` is asked whether it got in (botocore's own retries, which
-  repeat such a request blindly, are off for the client this module makes);
+  the job. Every call has a name of its own, and ``list_jobs(filters=JOB_NAME)`` (paginated,
+  and lagging by seconds) is asked whether it got in: before anything of the map is submitted
+  again, in polls, cancels and at the map's end (botocore's own retries, which repeat such a
+  request blindly, are off for the client this module makes);
 - ``describe_jobs`` takes at most 100 ids, describes children by their ``<jobId>:<index>`` id
   and leaves unknown ids out (children of a just-submitted array may not be listed yet);
   finished jobs stay visible for at least 24 hours;
@@ -21,14 +22,18 @@ so is the throttle (Batch has none per array: the engine submits at most that ma
 """
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from poolparty_raster.errors import SchedulerError, SchedulerOutputError, SubmissionRefused
-from poolparty_raster.schedulers.awscommon import (FATAL_START_ERRORS, AwsRequestError, aws_tags,
-                                                   call_with_retries, check_tags, checked_mapping,
-                                                   container_command, describe_error, make_client,
+from poolparty_raster.schedulers.awscommon import (CONTAINER_OWN_VARIABLES, AwsRequestError,
+                                                   aws_tags, call_with_retries, check_tags,
+                                                   checked_mapping, container_command,
+                                                   describe_error, fatal_start, make_client,
                                                    safe_name, spot_or_host_loss,
                                                    submission_failure_kind)
 from poolparty_raster.schedulers.base import (JobRecord, PollResult, Scheduler, SubmitSpec,
@@ -38,6 +43,10 @@ from poolparty_raster.schedulers.base import (JobRecord, PollResult, Scheduler, 
 ARRAY_VARIABLE = "AWS_BATCH_JOB_ARRAY_INDEX"
 MAX_ARRAY_SIZE = 10_000
 CANCEL_REASON = "poolparty_raster: cancelled by the driver"
+DUPLICATE_REASON = "poolparty_raster: duplicate submission"
+# list_jobs shows a new job within seconds: a lost submission not listed after this long never
+# got in, and is no longer asked about.
+LISTING_LAG = 600.0
 # Batch not answering submissions: waited out this long while none of the map's jobs is queued.
 SUBMIT_GIVE_UP_AFTER = 600.0
 _STATES = {"SUBMITTED": TaskState.PENDING, "PENDING": TaskState.PENDING,
@@ -63,7 +72,7 @@ def classify_job(job: dict[str, Any]) -> TaskStatus:
                               if v is not None})
         code, why = container.get("exitCode"), str(container.get("reason", ""))
         words += [f"exit code {code}" if code is not None else "", why]
-        if status == "FAILED" and any(why.startswith(e) or reason.startswith(e) for e in FATAL_START_ERRORS):
+        if status == "FAILED" and fatal_start(why, reason):
             return TaskStatus(TaskState.FATAL, " ".join(w for w in words if w))
         if "OutOfMemory" in why and reason != CANCEL_REASON:  # 137 alone is any SIGKILL
             words.insert(0, f"out of memory (container killed{', exit 137' if code == 137 else ''}):")
@@ -77,9 +86,32 @@ def child_id(job: JobRecord, chunk: int) -> str:
     return f"{job['job_id']}:{chunk - job['offset']}" if job.get("array") else job["job_id"]
 
 
+def job_record(job_id: str, chunks: list[int], name: str) -> JobRecord:
+    record: JobRecord = {"job_id": job_id, "chunks": chunks, "array": len(chunks) > 1, "job_name": name}
+    if record["array"]:
+        record["offset"] = chunks[0]
+    return record
+
+
+def map_of(job: JobRecord) -> str:
+    """The map a record belongs to: its job name is ``<map>-<first chunk>-<random>``."""
+    return str(job.get("job_name", "")).rsplit("-", 2)[0]
+
+
+@dataclass
+class Unsure:
+    """A submit_job whose answer was lost (a read timeout, a 5xx, a dropped connection)."""
+
+    chunks: list[int]
+    since: float              # time.monotonic() of the call
+    superseded: bool = False  # its chunks went to another job since: if it got in, a duplicate
+    adopted: str | None = None  # the job that got in, taken as its chunks' (never terminated)
+
+
 class AwsBatchScheduler(Scheduler):
     name = "awsbatch"
     filesystem_lag = 10.0  # EFS is close-to-open consistent; a result may show late
+    unstored_variables = CONTAINER_OWN_VARIABLES  # the task role's credentials, not the caller's
 
     def __init__(self, *, job_queue: str, job_definition: str,
                  container_overrides: dict[str, Any] | None = None, vcpus: float | None = None,
@@ -112,7 +144,7 @@ class AwsBatchScheduler(Scheduler):
         self._session, self._client = boto3_session, batch_client
         self._submit_client = batch_client
         self._final: dict[str, TaskStatus] = {}  # finished children need no more describe calls
-        self._unsure: dict[tuple[str, int, int], str] = {}  # job names that may have got in
+        self._unsure: dict[str, dict[str, Unsure]] = {}  # map -> job name -> lost submission
 
     @property
     def client(self) -> Any:
@@ -134,21 +166,30 @@ class AwsBatchScheduler(Scheduler):
     def default_parallelism(self) -> int:
         return 32
 
+    def _call(self, func: Any, what: str, **params: Any) -> Any:
+        return call_with_retries(func, what, self.pause, self.retries, self.backoff, **params)
+
     # -- submit ------------------------------------------------------------------------
     def submit(self, spec: SubmitSpec, chunks: Sequence[int]) -> Iterator[JobRecord]:
-        for group in split_by_span(sorted(chunks), MAX_ARRAY_SIZE):
+        """The map's lost submissions are looked up first: one that got in with chunks all
+        waiting is their job, whatever else waits with them now (a duplicate is terminated)."""
+        wanted = set(chunks)
+        for record in self._adopt(spec.job_name, wanted):
+            wanted.difference_update(record["chunks"])
+            yield record
+        for group in split_by_span(sorted(wanted), MAX_ARRAY_SIZE):
             for first, last in contiguous_runs(group):
                 yield self._submit(spec, list(range(first, last + 1)))
 
-    def submit_params(self, spec: SubmitSpec, chunks: list[int], name: str | None = None) -> dict[str, Any]:
+    def submit_params(self, spec: SubmitSpec, chunks: list[int]) -> dict[str, Any]:
         array = len(chunks) > 1
         worker_args = (["--env", ARRAY_VARIABLE, "--offset", str(chunks[0])] if array
                        else [str(chunks[0])])
         overrides = dict(self.overrides)
         overrides["command"] = container_command(spec, self.container_python, self.path_mapping,
                                                  worker_args)
-        # A name of its own: the listing that checks for a lost submission finds only it.
-        name = name or f"{safe_name(spec.job_name, 80)}-{chunks[0]}-{uuid.uuid4().hex[:12]}"
+        # A name of its own for every call: a listing by name finds what that one call did.
+        name = f"{safe_name(spec.job_name, 80)}-{chunks[0]}-{uuid.uuid4().hex[:12]}"
         params: dict[str, Any] = {
             "jobName": name, "jobQueue": self.job_queue, "jobDefinition": self.job_definition,
             "containerOverrides": overrides, "retryStrategy": {"attempts": 1},
@@ -158,59 +199,119 @@ class AwsBatchScheduler(Scheduler):
         return params
 
     def _submit(self, spec: SubmitSpec, chunks: list[int]) -> JobRecord:
-        key = (spec.job_name, chunks[0], len(chunks))
-        params = self.submit_params(spec, chunks, self._unsure.get(key))
-        job_id = self._submit_once(key, params)
-        record: JobRecord = {"job_id": job_id, "chunks": chunks, "array": len(chunks) > 1,
-                             "job_name": params["jobName"]}
-        if record["array"]:
-            record["offset"] = chunks[0]
-        return record
-
-    def _submit_once(self, key: tuple[str, int, int], params: dict[str, Any]) -> str:
-        """submit_job, never repeated blindly: after an answer that may have been lost, the
-        job is looked up by its name first (also when the engine tries the same chunks again
-        later), so that one submission is one job."""
-        delay, name = self.backoff, params["jobName"]
+        """submit_job, never repeated blindly: before a call is repeated, the calls whose answer
+        was lost are looked up, so that one submission is one job."""
+        delay, mine, failure = self.backoff, set(), None
         for attempt in range(self.retries + 1):
-            if key in self._unsure and (found := self._find(name)):
-                del self._unsure[key]
-                return found
-            try:
-                job_id = self.submit_client.submit_job(**params)["jobId"]
-                self._unsure.pop(key, None)
-                return job_id
-            except Exception as exc:
-                if submission_failure_kind("batch submit_job", exc) == "maybe_sent":
-                    self._unsure[key] = name
-                failure = exc
-            if attempt < self.retries:
+            if attempt:
                 self.pause(delay)  # also gives a job that got in the time to be listed
                 delay = min(delay * 2, 20.0)
-        raise SubmissionRefused(f"{describe_error('batch submit_job', failure)} "
+                if mine and (adopted := self._adopt(spec.job_name, set(chunks), mine)):
+                    return adopted[0]
+            params = self.submit_params(spec, chunks)
+            try:
+                job_id = self.submit_client.submit_job(**params)["jobId"]
+            except Exception as exc:
+                if submission_failure_kind("batch submit_job", exc) == "maybe_sent":
+                    mine.add(params["jobName"])
+                    self._unsure.setdefault(spec.job_name, {})[params["jobName"]] = \
+                        Unsure(chunks, time.monotonic())
+                failure = exc
+                continue
+            self._supersede(spec.job_name, chunks)
+            return job_record(job_id, chunks, params["jobName"])
+        raise SubmissionRefused(f"{describe_error('batch submit_job', failure)} "  # type: ignore[arg-type]
                                 f"(after {self.retries + 1} attempts)", SUBMIT_GIVE_UP_AFTER)
 
-    def _find(self, name: str) -> str | None:
-        """The id of the job named ``name``, if a submission got in; a second one (a lagging
-        listing let a repeat through) is terminated."""
+    def _supersede(self, map_name: str, chunks: Sequence[int]) -> None:
+        for entry in self._unsure.get(map_name, {}).values():
+            if not entry.superseded and set(entry.chunks).intersection(chunks):
+                entry.superseded = True
+
+    def _adopt(self, map_name: str, wanted: set[int], names: set[str] | None = None) -> list[JobRecord]:
+        """The records of the map's lost submissions (``names``, default all) that got in and
+        whose chunks are all ``wanted``; the others that got in are terminated."""
         try:
-            answer = call_with_retries(self.client.list_jobs, "batch list_jobs", self.pause,
-                                       jobQueue=self.job_queue,
-                                       filters=[{"name": "JOB_NAME", "values": [name]}])
+            found = self._lost_jobs(map_name, lambda name, entry: names is None or name in names)
         except AwsRequestError:
             raise
         except SchedulerError as exc:  # no answer proves nothing: try again later
-            raise SubmissionRefused(f"could not tell whether job {name} got in: {exc}",
-                                    SUBMIT_GIVE_UP_AFTER) from exc
-        found = sorted((j for j in answer.get("jobSummaryList", []) if j.get("jobName") == name),
-                       key=lambda j: j.get("createdAt", 0))
-        for extra in found[1:]:  # keep the oldest: the one a lost answer was about
-            call_with_retries(self.client.terminate_job, "batch terminate_job", self.pause,
-                              jobId=extra["jobId"], reason="poolparty_raster: duplicate submission")
-        return found[0]["jobId"] if found else None
+            raise SubmissionRefused(f"could not tell whether a lost submission of map {map_name} "
+                                    f"got in: {exc}", SUBMIT_GIVE_UP_AFTER) from exc
+        adopted = []
+        for name, entry, jobs in found:
+            jobs = [j for j in jobs if j["jobId"] != entry.adopted]
+            if not entry.superseded and wanted.issuperset(entry.chunks):
+                wanted = wanted.difference(entry.chunks)
+                entry.adopted = jobs[0]["jobId"]  # the oldest: the one a lost answer was about
+                adopted.append(job_record(entry.adopted, entry.chunks, name))
+                self._supersede(map_name, entry.chunks)
+                jobs = jobs[1:]
+            entry.superseded = True
+            if not self._terminate([j["jobId"] for j in jobs], DUPLICATE_REASON):
+                del self._unsure[map_name][name]  # else polls try again (adopted: recorded)
+        return adopted
+
+    def _lost_jobs(self, map_name: str, which: Callable[[str, Unsure], bool]
+                   ) -> list[tuple[str, Unsure, list[dict[str, Any]]]]:
+        """The map's lost submissions (those ``which`` picks) that a listing shows, with their
+        jobs, oldest first; one not listed within LISTING_LAG never got in: forgotten."""
+        entries, found = self._unsure.get(map_name, {}), []
+        for name, entry in list(entries.items()):
+            if which(name, entry):
+                if jobs := self._listed(name):
+                    found.append((name, entry, jobs))
+                elif time.monotonic() - entry.since > LISTING_LAG:
+                    del entries[name]
+        return found
+
+    def _listed(self, name: str) -> list[dict[str, Any]]:
+        """The jobs named ``name``, oldest first, from every page of the listing."""
+        jobs: list[dict[str, Any]] = []
+        page: dict[str, str] = {}
+        while True:
+            answer = self._call(self.client.list_jobs, "batch list_jobs", jobQueue=self.job_queue,
+                                filters=[{"name": "JOB_NAME", "values": [name]}], **page)
+            jobs += [j for j in answer.get("jobSummaryList", []) if j.get("jobName") == name]
+            if not answer.get("nextToken"):
+                return sorted(jobs, key=lambda j: j.get("createdAt", 0))
+            page = {"nextToken": answer["nextToken"]}
+
+    def _settle(self, map_name: str, jobs: Sequence[JobRecord], everything: bool) -> list[str]:
+        """Terminate the map's lost submissions that got in and are not recorded: the
+        superseded ones, or with ``everything`` all (the map ends). Returns what failed."""
+        recorded = {job["job_id"] for job in jobs}
+        try:
+            found = self._lost_jobs(map_name, lambda name, entry: everything or entry.superseded)
+        except Exception as exc:
+            return [f"lost submissions {sorted(self._unsure.get(map_name, {}))} not listed: {exc}"]
+        left = []
+        for name, _, listed in found:
+            failed = self._terminate([j["jobId"] for j in listed if j["jobId"] not in recorded],
+                                     DUPLICATE_REASON)
+            if failed:
+                left += failed
+            else:
+                del self._unsure[map_name][name]
+        return left
+
+    def _terminate(self, job_ids: Sequence[str], reason: str) -> list[str]:
+        """terminate_job on each, whatever fails on the way; returns what failed."""
+        left = []
+        for job_id in dict.fromkeys(job_ids):
+            try:
+                self._call(self.client.terminate_job, "batch terminate_job", jobId=job_id, reason=reason)
+            except AwsRequestError as exc:
+                if "not found" not in str(exc).lower():  # gone already: nothing to terminate
+                    left.append(f"job {job_id}: {exc}")
+            except Exception as exc:
+                left.append(f"job {job_id}: {exc}")
+        return left
 
     # -- poll and cancel ---------------------------------------------------------------
     def poll(self, spec: SubmitSpec, jobs: Sequence[JobRecord]) -> PollResult:
+        if any(e.superseded for e in self._unsure.get(spec.job_name, {}).values()):
+            self._settle(spec.job_name, jobs, everything=False)  # what fails is tried next poll
         result: PollResult = {}
         ask: dict[str, tuple[str, int]] = {}
         parents: dict[str, list[str]] = {}  # array id -> its children we ask about
@@ -226,8 +327,8 @@ class AwsBatchScheduler(Scheduler):
         ids = list(ask) + list(parents)
         seen: dict[str, dict[str, Any]] = {}
         for start in range(0, len(ids), 100):
-            answer = call_with_retries(self.client.describe_jobs, "batch describe_jobs",
-                                       self.pause, jobs=ids[start:start + 100])
+            answer = self._call(self.client.describe_jobs, "batch describe_jobs",
+                                jobs=ids[start:start + 100])
             seen.update({d.get("jobId", ""): d for d in answer.get("jobs", [])})
         for child, key in ask.items():
             if child in seen:
@@ -244,7 +345,8 @@ class AwsBatchScheduler(Scheduler):
 
     def cancel(self, spec: SubmitSpec, jobs: Sequence[JobRecord],
                chunks: Sequence[int] | None = None) -> None:
-        """Terminate every target, whatever fails on the way; raise what was left behind."""
+        """Terminate every target, whatever fails on the way; with ``chunks`` None also the
+        map's lost submissions that got in. Raise what was left behind."""
         targets = []
         for job in jobs:
             if chunks is None:
@@ -253,21 +355,23 @@ class AwsBatchScheduler(Scheduler):
             else:
                 targets += [child_id(job, c) for c in job["chunks"]
                             if c in chunks and child_id(job, c) not in self._final]
-        left = []
-        for target in dict.fromkeys(targets):
-            try:
-                call_with_retries(self.client.terminate_job, "batch terminate_job", self.pause,
-                                  jobId=target, reason=CANCEL_REASON)
-            except AwsRequestError as exc:
-                if "not found" not in str(exc).lower():  # gone already: nothing to terminate
-                    left.append(f"job {target}: {exc}")
-            except SchedulerError as exc:
-                left.append(f"job {target}: {exc}")
+        left = self._terminate(targets, CANCEL_REASON)
+        if chunks is None:  # those not listed yet are asked about again while the map lives
+            left += self._settle(spec.job_name, jobs, everything=True)
         if left:
             raise SchedulerError(f"batch: {len(left)} job(s) of map {spec.job_name} may still run "
                                  f"(tagged poolparty_raster:map={spec.job_name}): " + "; ".join(left))
 
     def release(self, jobs: Sequence[JobRecord]) -> None:
+        """The map ended: forget its children's states, and terminate its lost submissions
+        that got in (a listing that lagged let a repeat through); what cannot be terminated is
+        a warning. One still not listed is forgotten: polls have asked about it all along."""
         for job in jobs:
             for chunk in job["chunks"]:
                 self._final.pop(child_id(job, chunk), None)
+        for map_name in {map_of(job) for job in jobs} & set(self._unsure):
+            left = self._settle(map_name, jobs, everything=True)
+            del self._unsure[map_name]
+            if left:
+                warnings.warn(f"poolparty_raster: map {map_name} may have left jobs running (tagged "
+                              f"poolparty_raster:map={map_name}): " + "; ".join(left), stacklevel=2)

@@ -5,28 +5,37 @@ nothing here imports botocore, so the pools can be built and checked without it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from poolparty_raster.errors import (SchedulerError, SchedulerOutputError, SchedulerUnavailableError,
                                      SubmissionRefused)
-from poolparty_raster.schedulers.base import SubmitSpec, map_path
+from poolparty_raster.schedulers.base import JobRecord, SubmitSpec, map_path
 from poolparty_raster.worker import KEEP_VARIABLE, REEXEC_VARIABLE
 
-# A container that cannot start (image not pulled, EFS not mounted): no resubmission helps.
+# A container that cannot start (image not pulled, EFS not mounted): no resubmission helps...
 FATAL_START_ERRORS = ("CannotPullContainerError", "ResourceInitializationError")
+# ...unless a rate limit stopped it, which passes: ECR's or Secrets Manager's "ThrottlingException:
+# Rate exceeded" under ResourceInitializationError, Docker Hub's "toomanyrequests", HTTP 429.
+RATE_LIMITED = re.compile(r"rate exceeded|throttl|toomanyrequests|too many requests|\b429\b|"
+                          r"rate limit|request limit exceeded", re.I)
 # Error codes that pass by themselves: the request was not acted upon.
 THROTTLE_CODES = frozenset({"ThrottlingException", "TooManyRequestsException", "Throttling",
                             "RequestLimitExceeded", "ThrottledException", "SlowDown"})
 # 5xx: the service may or may not have acted (a submission is checked before it is repeated).
 SERVER_CODES = frozenset({"ServerException", "ServiceUnavailableException", "InternalError",
                           "InternalFailure", "ServiceUnavailable", "InternalServerError"})
-# botocore's transport errors, by class name (botocore may be absent where this is imported).
-# Never sent: repeating the call is safe. Maybe sent: the service may have acted.
-NOT_SENT = frozenset({"EndpointConnectionError", "ConnectTimeoutError"})
-MAYBE_SENT = frozenset({"ReadTimeoutError", "ConnectionClosedError"})
+# botocore's transport errors, by the names of the classes an error is an instance of (botocore
+# may be absent where this is imported). Never sent: repeating the call is safe. Maybe sent
+# (a reset connection, an SSL error, a response cut short): the service may have acted.
+NOT_SENT = frozenset({"EndpointConnectionError", "ConnectTimeoutError", "ProxyConnectionError"})
+MAYBE_SENT = frozenset({"HTTPClientError", "ConnectionError", "SSLError", "ReadTimeoutError",
+                        "ConnectionClosedError", "ResponseStreamingError", "IncompleteReadError"})
 # Throttling that ECS reports under another code (a dependency's rate limit, seen as
 # "InvalidParameterException: Error retrieving security group information: Request limit
 # exceeded"; "ClientException: Too many concurrent attempts to create a new revision").
@@ -42,12 +51,13 @@ CONTAINER_OWN_VARIABLES = (
     "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN", "AWS_ROLE_SESSION_NAME",
     "AWS_CREDENTIAL_EXPIRATION", "PATH", "LD_LIBRARY_PATH", "LD_PRELOAD", "PYTHONHOME", "HOME")
 
-# Runs script.py in the container: rewrites the driver's paths (path_mapping), tells the
-# script to leave the variables above as the container has them (KEEP_VARIABLE), and forbids
-# the script's re-exec, which would start script.py again without this mapping.
-BOOTSTRAP = f"""import json,os,sys
-m,d=json.loads(sys.argv[1]);p=sys.argv[2];s=open(p).read()
-for a,b in m:s=s.replace(a,b)
+# Runs script.py in the container: rewrites the driver's paths (path_mapping, as a pattern and
+# its replacements: see mapping_rewrite), tells the script to leave the variables above as the
+# container has them (KEEP_VARIABLE), and forbids the script's re-exec, which would start
+# script.py again without this mapping.
+BOOTSTRAP = f"""import json,os,re,sys
+(r,m),d=json.loads(sys.argv[1]);p=sys.argv[2];s=open(p).read()
+if m:s=re.sub(r,lambda x:m[x[0]],s)
 os.environ['{KEEP_VARIABLE}']=','.join(d);os.environ['{REEXEC_VARIABLE}']='1';sys.argv=sys.argv[2:]
 exec(compile(s,p,'exec'),{{'__name__':'__main__','__file__':p}})"""
 
@@ -100,18 +110,28 @@ def error_code(exc: BaseException) -> str | None:
 
 def error_kind(exc: BaseException) -> str:
     """"throttle", "not_sent" or "maybe_sent" (worth repeating), "permanent", or "foreign"
-    (not an AWS error at all: a bug, raised as it is)."""
-    code, name = error_code(exc), type(exc).__name__
+    (not an AWS error at all: a bug, raised as it is). A transport error is one of botocore's
+    by any of its classes' names (SSLError is a ConnectionError, ResponseStreamingError an
+    HTTPClientError), since one dropped connection must cost a retry, not the map."""
+    code = error_code(exc)
     if code is not None:
         if code in THROTTLE_CODES or "Throttl" in code or THROTTLE_MESSAGE.search(str(exc)):
             return "throttle"
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)  # type: ignore[attr-defined]
         return "maybe_sent" if code in SERVER_CODES or status >= 500 else "permanent"
-    if name in NOT_SENT:
+    botocore = [k.__name__ for k in type(exc).__mro__ if k.__module__.startswith("botocore")]
+    if NOT_SENT.intersection(botocore):
         return "not_sent"
-    if name in MAYBE_SENT:
+    if MAYBE_SENT.intersection(botocore):
         return "maybe_sent"
     return "foreign"
+
+
+def fatal_start(*reasons: str | None) -> bool:
+    """Whether a container's failed start will fail every resubmission the same way (its
+    image, registry credentials, secrets or volumes), not a rate limit that passes."""
+    text = " ".join(r for r in reasons if r)
+    return any(e in text for e in FATAL_START_ERRORS) and not RATE_LIMITED.search(text)
 
 
 def describe_error(what: str, exc: BaseException) -> str:
@@ -154,6 +174,54 @@ def call_with_retries(func: Callable[..., Any], what: str, pause: Callable[[floa
     raise AssertionError("unreachable")
 
 
+class RunTokens:
+    """Idempotency tokens (ECS run_task's clientToken) that a resumed driver derives again.
+
+    A token hashes the map, its work_dir's incarnation (script.py's inode and mtime: written
+    once when the work_dir is made, so the same map in a work_dir made again gets new tokens),
+    the member (chunk or worker), the attempt (how many jobs of the member the driver knows:
+    those it started, and the records it was given to poll, a killed driver's included) and how
+    many answers of that attempt started nothing. A run_task whose answer was lost is thus
+    repeated with the same token by this driver, and by one resumed after it is killed, which
+    submits a member without a record before polling anything and polls the records before
+    resubmitting one: the service starts the task once."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[str, int]] = {}  # job id -> (map, member)
+        self._attempts: Counter[tuple[str, int]] = Counter()
+        self._refused: Counter[tuple[str, int, int]] = Counter()
+
+    def note(self, map_name: str, jobs: Sequence[JobRecord]) -> None:
+        """Count the members' jobs (the records of a poll, a cancel, a submission)."""
+        for job in jobs:
+            if job["job_id"] not in self._known:
+                self._known[job["job_id"]] = (map_name, job["chunks"][0])
+                self._attempts[(map_name, job["chunks"][0])] += 1
+
+    def token(self, spec: SubmitSpec, member: int) -> str:
+        attempt = self._attempts[(spec.job_name, member)]
+        refused = self._refused[(spec.job_name, member, attempt)]
+        try:
+            made = os.stat(spec.script_path)
+            incarnation = f"{made.st_ino}:{made.st_mtime_ns}"
+        except OSError:
+            incarnation = ""
+        key = f"{spec.job_name}\0{incarnation}\0{member}\0{attempt}\0{refused}"
+        return f"{member}-{attempt}-{refused}-{hashlib.sha256(key.encode()).hexdigest()[:32]}"  # <= 64
+
+    def refused(self, map_name: str, member: int) -> None:
+        """An answer came back without a task: the next request is a new one (the same token
+        would be answered with the same refusal)."""
+        self._refused[(map_name, member, self._attempts[(map_name, member)])] += 1
+
+    def forget(self, map_name: str | None = None, jobs: Sequence[JobRecord] = ()) -> None:
+        """Drop a map's counts: the one named, and those of the maps the jobs belong to."""
+        maps = {self._known[j["job_id"]][0] for j in jobs if j["job_id"] in self._known} | {map_name}
+        self._known = {k: v for k, v in self._known.items() if v[0] not in maps}
+        self._attempts = Counter({k: v for k, v in self._attempts.items() if k[0] not in maps})
+        self._refused = Counter({k: v for k, v in self._refused.items() if k[0] not in maps})
+
+
 def check_name_prefix(job_name: str) -> None:
     """Map names become Batch job names, ECS families and startedBy: refuse what they refuse."""
     if not NAME_PATTERN.fullmatch(job_name) or len(job_name) > MAX_PREFIX:
@@ -194,15 +262,27 @@ def checked_mapping(mapping: dict[str, str] | None) -> dict[str, str]:
             for d, c in (mapping or {}).items()}
 
 
+def mapping_rewrite(mapping: dict[str, str] | None) -> tuple[str, dict[str, str]]:
+    """The pattern and replacements with which BOOTSTRAP applies path_mapping to script.py,
+    where paths are quoted strings (the work_dir, cwd, sys.path, variables' values). As
+    map_path does, a driver prefix counts only where a path starts (after a quote, or a ':'
+    of a path list) and ends there or goes on with '/' (so ``/home/me`` leaves ``/home/meg``
+    alone), and the longest prefix wins: ``{"/home/me": ..., "/home/me/efs": ...}`` maps
+    ``/home/me/efs/w`` by the second whatever the order given."""
+    pairs = {d.rstrip("/"): c.rstrip("/") for d, c in (mapping or {}).items()}
+    # "" is the root ("/" -> c): only a quoted path, never the "//" of "s3://" in a list
+    alternatives = [f"(?<=['\":]){re.escape(d)}(?=[/'\":])" if d else "(?<=['\"])(?=/)"
+                    for d in sorted(pairs, key=len, reverse=True)]
+    return "|".join(alternatives), pairs
+
+
 def container_command(spec: SubmitSpec, python: str | None, mapping: dict[str, str] | None,
                       worker_args: Sequence[str]) -> list[str]:
     """``[python, "-c", BOOTSTRAP, <mapping and dropped variables>, script.py, *worker_args]``.
     Only paths and an index travel (container overrides are limited to 8 KB): the payload
     stays in the work_dir."""
-    pairs = [(d.rstrip("/") + "/", c.rstrip("/") + "/") for d, c in (mapping or {}).items()]
-    pairs += [(repr(d.rstrip("/")), repr(c.rstrip("/"))) for d, c in (mapping or {}).items()]
     return [python or spec.python_path, "-c", BOOTSTRAP,
-            json.dumps([pairs, list(CONTAINER_OWN_VARIABLES)], separators=(",", ":")),
+            json.dumps([mapping_rewrite(mapping), list(CONTAINER_OWN_VARIABLES)], separators=(",", ":")),
             map_path(spec.script_path, mapping), *worker_args]
 
 

@@ -96,6 +96,9 @@ class Scheduler(ABC):
     abort: threading.Event | None = None
     # {driver prefix: job prefix} where the jobs mount the work_dir elsewhere (containers).
     path_mapping: dict[str, str] = {}
+    # The caller's variables that script.py must not carry: the jobs have their own (a
+    # container's task role), and credentials have no business on a shared filesystem.
+    unstored_variables: tuple[str, ...] = ()
 
     @abstractmethod
     def check_available(self) -> None:

@@ -6,29 +6,32 @@ Facts this module is built on (the ECS API reference, botocore's service model):
   claims, which the driver maps back to the task to tell a dead worker's claim) travel in an
   environment override, so every call starts one task;
 - a call can succeed and start nothing, listing ``failures`` (RESOURCE:CPU, capacity, quota):
-  the engine is told (SubmissionRefused) and tries again later; ``clientToken`` makes a
-  repeated call idempotent, so an answer lost in transit is asked for again, never guessed;
+  the engine is told (SubmissionRefused) and tries again later; ``clientToken`` (24 hours)
+  makes a repeat idempotent: an answer lost in transit is asked for again (by a resumed driver
+  too: see RunTokens), never guessed; the same token with other parameters (a new task
+  definition revision) is a ConflictException naming the token's task in ``resourceIds``;
 - ``describe_tasks`` takes at most 100 ids; unknown ids come back as ``MISSING`` failures;
   stopped tasks stay visible about an hour; ``stop_task`` of a stopped task is harmless;
 - container overrides are limited to 8 KB: they carry the command (paths) and the index only;
 - a task stopped ``TaskFailedToStart`` by CannotPullContainerError or
   ResourceInitializationError (image, registry auth, secrets, EFS mount) fails every
-  resubmission the same way: the map fails at once, naming it.
+  resubmission the same way: the map fails at once, naming it, unless a rate limit (ECR's,
+  Secrets Manager's, Docker Hub's) stopped it, which passes: an ordinary death.
 """
 from __future__ import annotations
 
 import json
 import re
-import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from poolparty_raster.errors import SchedulerError, SchedulerOutputError, SubmissionRefused
-from poolparty_raster.schedulers.awscommon import (FATAL_START_ERRORS, AwsRequestError, absolute,
-                                                   aws_tags, call_with_retries, check_tags,
-                                                   checked_mapping, container_command, make_client,
-                                                   safe_name, spot_or_host_loss,
+from poolparty_raster.schedulers.awscommon import (CONTAINER_OWN_VARIABLES, AwsRequestError,
+                                                   RunTokens, absolute, aws_tags,
+                                                   call_with_retries, check_tags, checked_mapping,
+                                                   container_command, error_code, fatal_start,
+                                                   make_client, safe_name, spot_or_host_loss,
                                                    submission_failure_kind)
 from poolparty_raster.schedulers.base import (JobRecord, PollResult, Scheduler, SubmitSpec,
                                               TaskState, TaskStatus, map_path)
@@ -41,7 +44,6 @@ PLACEMENT_GIVE_UP_AFTER = 600.0
 _PENDING = {"PROVISIONING", "PENDING", "ACTIVATING"}
 _RUNNING = {"RUNNING", "DEACTIVATING", "STOPPING", "DEPROVISIONING"}
 _ENDED = {"STOPPED", "DELETED"}
-_RATE_LIMITED = re.compile(r"toomanyrequests|too many requests|rate limit", re.I)  # Docker Hub's
 # Fargate's cpu units -> the memory sizes (MiB) it allows with them.
 FARGATE_MEMORY = {256: (512, 1024, 2048), 512: tuple(range(1024, 4097, 1024)),
                   1024: tuple(range(2048, 8193, 1024)), 2048: tuple(range(4096, 16385, 1024)),
@@ -93,8 +95,7 @@ def classify_task(task: dict[str, Any], container_name: str | None = None) -> Ta
         raise SchedulerOutputError(f"ecs describe_tasks: unknown lastStatus {last!r} of "
                                    f"{task.get('taskArn')}: {json.dumps(task, default=str)[:500]}")
     reason = describe_stopped(task, container_name)
-    if (task.get("stopCode") == "TaskFailedToStart" and not _RATE_LIMITED.search(reason)
-            and any(e in reason for e in FATAL_START_ERRORS)):
+    if task.get("stopCode") == "TaskFailedToStart" and fatal_start(reason):
         return TaskStatus(TaskState.FATAL, reason)
     # The worker exits 0 only after its result is written: the engine then allows the shared
     # filesystem's directory cache time to show it before the chunk counts as lost.
@@ -105,6 +106,7 @@ def classify_task(task: dict[str, Any], container_name: str | None = None) -> Ta
 class EcsScheduler(Scheduler):
     name = "ecs"
     filesystem_lag = 10.0  # EFS is close-to-open consistent; a result may show late
+    unstored_variables = CONTAINER_OWN_VARIABLES  # the task role's credentials, not the caller's
 
     def __init__(self, *, cluster: str | None = None, task_definition: str | None = None,
                  container_image: str | None = None, execution_role_arn: str | None = None,
@@ -176,7 +178,7 @@ class EcsScheduler(Scheduler):
         self._registered: dict[str, str] = {}  # map name -> task definition ARN we registered
         self._deregistered: set[str] = set()
         self._started: set[str] = set()        # maps that started a task in this driver
-        self._tokens: dict[tuple[str, int], str] = {}  # run_task tokens whose answer was lost
+        self._tokens = RunTokens()  # run_task's clientTokens, derived again by a resumed driver
         self._final: dict[str, TaskStatus] = {}  # stopped tasks need no more describe calls
 
     @property
@@ -194,14 +196,16 @@ class EcsScheduler(Scheduler):
     def _where(self) -> dict[str, str]:
         return {"cluster": self.cluster} if self.cluster else {}
 
+    def _call(self, func: Any, what: str, **params: Any) -> Any:
+        return call_with_retries(func, what, self.pause, self.retries, self.backoff, **params)
+
     # -- task definition -----------------------------------------------------------------
     def _task_definition(self, spec: SubmitSpec) -> str:
         if self.task_definition is not None:
             return self.task_definition
         if spec.job_name not in self._registered:
-            answer = call_with_retries(self.client.register_task_definition,
-                                       "ecs register_task_definition", self.pause,
-                                       **self.task_definition_params(spec))
+            answer = self._call(self.client.register_task_definition, "ecs register_task_definition",
+                                **self.task_definition_params(spec))
             self._registered[spec.job_name] = answer["taskDefinition"]["taskDefinitionArn"]
         return self._registered[spec.job_name]
 
@@ -247,10 +251,10 @@ class EcsScheduler(Scheduler):
         failed = []
         for arn in sorted(arns - self._deregistered):
             try:
-                call_with_retries(self.client.deregister_task_definition,
-                                  "ecs deregister_task_definition", self.pause, taskDefinition=arn)
+                self._call(self.client.deregister_task_definition, "ecs deregister_task_definition",
+                           taskDefinition=arn)
                 self._deregistered.add(arn)
-            except SchedulerError as exc:
+            except Exception as exc:  # whatever it is, the next one is still deregistered
                 failed.append(f"task definition {arn}: {exc}")
             self._registered = {n: a for n, a in self._registered.items() if a != arn}
         return failed
@@ -260,8 +264,7 @@ class EcsScheduler(Scheduler):
         try:
             definition = self._task_definition(spec)
             for chunk in chunks:
-                params = self.run_task_params(spec, definition, chunk)
-                answer = self._run_task(spec, chunk, params)
+                answer = self._run_task(spec, chunk, definition)
                 if not answer.get("tasks"):
                     reasons = sorted({" ".join(filter(None, (f.get("reason"), f.get("detail"))))
                                       for f in answer.get("failures", [])}) or ["no task started"]
@@ -274,6 +277,7 @@ class EcsScheduler(Scheduler):
                                      "task_arn": arn}
                 if spec.job_name in self._registered:
                     record["registered_definition"] = definition
+                self._tokens.note(spec.job_name, [record])
                 yield record
         except SubmissionRefused:
             raise
@@ -282,24 +286,30 @@ class EcsScheduler(Scheduler):
                 self._deregister({self._registered[spec.job_name]})  # the engine has no job to cancel
             raise
 
-    def _run_task(self, spec: SubmitSpec, chunk: int, params: dict[str, Any]) -> dict[str, Any]:
+    def _run_task(self, spec: SubmitSpec, chunk: int, definition: str) -> dict[str, Any]:
         """run_task, repeated with the same clientToken when its answer was lost: the service
         starts a task for a token once. A throttle is the engine's to wait out."""
         delay = self.backoff
         for attempt in range(self.retries + 1):
             try:
-                answer = self.client.run_task(**params)
+                answer = self.client.run_task(**self.run_task_params(spec, definition, chunk))
             except Exception as exc:
+                if error_code(exc) == "ConflictException":  # the token ran with other parameters
+                    if arns := exc.response.get("resourceIds"):  # type: ignore[attr-defined]
+                        return {"tasks": [{"taskArn": arns[0]}]}  # that chunk's task: ours
+                    self._tokens.refused(spec.job_name, chunk)  # it started nothing: a new token
+                    continue
                 submission_failure_kind("ecs run_task", exc)
-                if attempt == self.retries:  # keep the token: the next try asks for the same task
+                if attempt == self.retries:  # the next try asks for the same task again
                     raise SubmissionRefused(f"ecs run_task did not answer: {type(exc).__name__}",
                                             PLACEMENT_GIVE_UP_AFTER) from exc
                 self.pause(delay)
                 delay = min(delay * 2, 20.0)
                 continue
-            self._tokens.pop((spec.job_name, chunk), None)  # answered: a new try is a new request
+            if not answer.get("tasks"):
+                self._tokens.refused(spec.job_name, chunk)
             return answer
-        raise AssertionError("unreachable")
+        raise SubmissionRefused("ecs run_task: its client tokens conflict", PLACEMENT_GIVE_UP_AFTER)
 
     def run_task_params(self, spec: SubmitSpec, definition: str, chunk: int) -> dict[str, Any]:
         command = container_command(spec, self.container_python, self.path_mapping,
@@ -309,9 +319,9 @@ class EcsScheduler(Scheduler):
         if len(json.dumps([override])) > OVERRIDES_LIMIT:
             raise SchedulerError(f"the container command is longer than ECS's {OVERRIDES_LIMIT} "
                                  f"bytes of overrides (a long path_mapping or paths?): {command}")
-        token = self._tokens.setdefault((spec.job_name, chunk), f"{chunk}-{uuid.uuid4().hex}")
         params: dict[str, Any] = {
-            "taskDefinition": definition, "count": 1, "clientToken": token,
+            "taskDefinition": definition, "count": 1,
+            "clientToken": self._tokens.token(spec, chunk),
             "startedBy": safe_name(spec.job_name, 128), "overrides": {"containerOverrides": [override]},
             "tags": [{"key": k, "value": v} for k, v in aws_tags(self.tags, spec.job_name).items()],
             **self._where()}
@@ -332,6 +342,7 @@ class EcsScheduler(Scheduler):
     def poll(self, spec: SubmitSpec, jobs: Sequence[JobRecord]) -> PollResult:
         result: PollResult = {}
         ask: dict[str, tuple[str, int]] = {}
+        self._tokens.note(spec.job_name, jobs)  # a killed driver's records count as attempts
         for job in jobs:
             key = (job["job_id"], job["chunks"][0])
             if job["job_id"] in self._final:
@@ -340,8 +351,8 @@ class EcsScheduler(Scheduler):
                 ask[job["task_arn"]] = key
         arns = list(ask)
         for start in range(0, len(arns), 100):
-            answer = call_with_retries(self.client.describe_tasks, "ecs describe_tasks", self.pause,
-                                       tasks=arns[start:start + 100], **self._where())
+            answer = self._call(self.client.describe_tasks, "ecs describe_tasks",
+                                tasks=arns[start:start + 100], **self._where())
             for task in answer.get("tasks", []):
                 key = ask.get(task.get("taskArn", ""))
                 if key is not None:
@@ -352,8 +363,9 @@ class EcsScheduler(Scheduler):
 
     def cancel(self, spec: SubmitSpec, jobs: Sequence[JobRecord],
                chunks: Sequence[int] | None = None) -> None:
-        """Stop every target, whatever fails on the way; with ``chunks`` None, deregister the
-        task definitions the map registered too. Raise what was left behind, naming it."""
+        """Stop every target, whatever fails on the way (one error must not leave the rest
+        running); with ``chunks`` None, deregister the task definitions the map registered too,
+        and forget its tokens. Raise what was left behind, naming it."""
         left = []
         for job in jobs:
             if (chunks is not None and job["chunks"][0] not in chunks) or job["job_id"] in self._final:
@@ -361,16 +373,16 @@ class EcsScheduler(Scheduler):
             if not job.get("task_arn"):
                 continue
             try:
-                call_with_retries(self.client.stop_task, "ecs stop_task", self.pause,
-                                  task=job["task_arn"], reason="poolparty_raster: cancelled by the driver",
-                                  **self._where())
+                self._call(self.client.stop_task, "ecs stop_task", task=job["task_arn"],
+                           reason="poolparty_raster: cancelled by the driver", **self._where())
             except AwsRequestError as exc:
                 if "not found" not in str(exc).lower():  # gone already: nothing to stop
                     left.append(f"task {job['task_arn']}: {exc}")
-            except SchedulerError as exc:
+            except Exception as exc:
                 left.append(f"task {job['task_arn']}: {exc}")
         if chunks is None:
             left += self._deregister(self._definitions(spec.job_name, jobs))
+            self._tokens.forget(spec.job_name)
         if left:
             raise SchedulerError(f"ecs: {len(left)} thing(s) of map {spec.job_name} were left "
                                  f"behind (tagged poolparty_raster:map={spec.job_name}): " + "; ".join(left))
@@ -381,9 +393,11 @@ class EcsScheduler(Scheduler):
         return ours | ({self._registered[job_name]} if job_name in self._registered else set())
 
     def release(self, jobs: Sequence[JobRecord]) -> None:
-        """The map ended: forget its tasks, deregister its task definitions (a killed
-        driver's too); what cannot be deregistered is a warning, not a failed map."""
+        """The map ended: forget its tasks and tokens (a run of the same map later counts its
+        attempts from its records again), deregister its task definitions (a killed driver's
+        too); what cannot be deregistered is a warning, not a failed map."""
         for job in jobs:
             self._final.pop(job["job_id"], None)
+        self._tokens.forget(jobs=jobs)
         if failed := self._deregister(self._definitions(None, jobs)):
             warnings.warn("poolparty_raster: left behind: " + "; ".join(failed), stacklevel=2)
