@@ -132,7 +132,9 @@ def test_pbs_plain_job_error_state_and_qdel(dummy_pbs, tmp_path):
     assert res.returncode == 2 and "invalid option" in res.stderr
 
 
-def test_pbs_qselect_lists_ids_by_name_and_qstat_full_refuses_u(dummy_pbs, tmp_path):
+def test_pbs_qselect_lists_ids_by_name_and_qstat_full_refuses_u(dummy_pbs, tmp_path,
+                                                                 monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where PBS puts the stderr files of jobs without -e
     me = getpass.getuser()
     for argv in (["-J", "0-1"], [], ["-h"]):
         run("qsub", "-N", "sel", "-o", str(tmp_path), *argv, "--", "/bin/true")
