@@ -404,3 +404,20 @@ def test_a_node_without_the_drivers_working_directory_says_so_in_the_chunks_stde
     assert node.returncode == 0, node.stderr
     warning = (work_dir / "chunk-000000.stderr").read_text()
     assert "cannot enter the driver's working directory" in warning and str(elsewhere) in warning
+
+
+def removes_the_directory(args):
+    x, directory = args
+    if x == 0:
+        os.rmdir(directory)  # the driver's working directory, gone mid-map
+    return x + 1
+
+
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
+def test_a_local_map_outlives_the_drivers_working_directory(tmp_path, monkeypatch, start_method):
+    elsewhere = tmp_path / "driver-cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    pool = pp.LocalPool(1, mode="array", start_method=start_method, **FAST)
+    assert pool.map(removes_the_directory, [(x, str(elsewhere)) for x in range(3)],
+                    chunksize=1) == [1, 2, 3]

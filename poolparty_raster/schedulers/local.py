@@ -103,15 +103,17 @@ class LocalScheduler(Scheduler):
             self._changed.set()
 
     def _start(self, spec: SubmitSpec, chunk: int) -> subprocess.Popen[bytes] | Launch:
+        # Started in the work_dir, which exists while the map runs: script.py enters the
+        # driver's directory itself, and says so in the chunk's stderr if it has gone.
         if self.fork:
             try:
                 return forkserver.shared(spec.python_path).launch(
-                    [spec.script_path, str(chunk)], spec.cwd, spec.scheduler_log)
+                    [spec.script_path, str(chunk)], spec.work_dir, spec.scheduler_log)
             except OSError:
                 self.fork = False  # it died: start this chunk, and the next ones, the slow way
         with open(spec.scheduler_log, "ab") as log:
             os.chmod(spec.scheduler_log, 0o600)
-            return subprocess.Popen([spec.python_path, spec.script_path, str(chunk)], cwd=spec.cwd,
+            return subprocess.Popen([spec.python_path, spec.script_path, str(chunk)], cwd=spec.work_dir,
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True)
 
