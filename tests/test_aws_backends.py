@@ -274,6 +274,9 @@ def test_ecs_records_alone_let_another_driver_poll_and_stop_the_tasks(dummy_ecs,
 
     options = pool_options("ecs")
     s = spec(tmp_path)
+    os.makedirs(s.work_dir)
+    with open(s.script_path, "w") as script:  # tasks that run until stopped, however slow
+        script.write("import time\ntime.sleep(120)\n")
     records = json.loads(json.dumps(list(ecs.EcsScheduler(**options).submit(s, [0, 1]))))
     resumed = ecs.EcsScheduler(**options)  # a new driver: it knows only jobs.jsonl
     assert set(resumed.poll(s, records)) == {(r["job_id"], r["chunks"][0]) for r in records}
