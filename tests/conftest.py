@@ -32,6 +32,7 @@ BACKENDS = {
     "dummy_sge_jobs": ("dummy_sge", lambda **o: pp.SgePool(array=False, **o)),
     "dummy_sge_workers": ("dummy_sge", lambda **o: pp.SgePool(mode="workers", max_workers=3, **o)),
     "dummy_pbs": ("dummy_pbs", lambda **o: pp.PbsPool(**o)),
+    "dummy_pbs_workers": ("dummy_pbs", lambda **o: pp.PbsPool(mode="workers", max_workers=3, **o)),
     "dummy_ecs": ("dummy_ecs", lambda **o: pp.EcsPool(**__import__("dummy_queues.aws").aws.pool_options("ecs"), **o)),
     "dummy_batch": ("dummy_batch", lambda **o: pp.AwsBatchPool(**__import__("dummy_queues.aws").aws.pool_options("batch"), **o)),
     "dummy_ecs_workers": ("dummy_ecs", lambda **o: pp.EcsPool(**__import__("dummy_queues.aws").aws.pool_options("ecs"), mode="workers", max_workers=3, **o)),
