@@ -160,8 +160,9 @@ class WorkersRun(MapRun):
         first = max(self.workers, default=-1) + 1
         self.submissions.add(list(range(first, first + wanted)))
         self.work_dir.log("workers_wanted", workers=wanted, unclaimed=len(unclaimed))
-        self._last_submission = time.monotonic()
         self._submit_waiting()
+        # From the end of the call: the scheduler sees the gap however long sbatch took.
+        self._last_submission = time.monotonic()
 
     def _trim_pending(self) -> None:
         """Never more pending workers than unclaimed chunks: cancel the newest surplus. A

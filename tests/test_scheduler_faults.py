@@ -352,8 +352,10 @@ def test_workers_mode_paces_growth_above_the_minimum(dummy_slurm, tmp_path):
     flag.touch()
     pool = pp.SlurmArrayPool(mode="workers", min_workers=1, max_workers=2,
                              min_seconds_between_submissions=2.0, **FAST)
-    assert pool.map(dies_once, [(x, str(flag)) for x in range(12)], chunksize=1) == list(range(12))
-    first, replacement = dummy_slurm.submissions  # worker 1 died on its first chunk
+    # 24 chunks of 0.3 s: the survivor alone would need 7 s, so chunks are left to claim
+    # when the gap allows a replacement, however late the driver sees the death under load
+    assert pool.map(dies_once, [(x, str(flag)) for x in range(24)], chunksize=1) == list(range(24))
+    first, replacement = dummy_slurm.submissions  # a worker died on chunk 1
     assert len(first["tasks"]) == 2  # max_workers at once
     # one worker still ran: the second waited for the gap since the last submission
     assert replacement["time"] - first["time"] >= 2.0
