@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import heapq
 import shutil
 import subprocess
 import threading
@@ -235,53 +234,6 @@ def split_by_span(chunks: Sequence[int], max_span: int) -> list[list[int]]:
         else:
             groups.append([chunk])
     return groups
-
-
-def split_throttle(throttle: int, sizes: Sequence[int]) -> list[int]:
-    """Shares of a map's throttle for arrays of ``sizes`` submitted together: at least one
-    each, at most its size, in proportion to the sizes, summing to no more than ``throttle``,
-    since all of them may run at once. Arrays beyond the throttle get 0: they wait."""
-    count = min(len(sizes), throttle)
-    shares = [1] * count
-    most = [(-size, i) for i, size in enumerate(sizes[:count]) if size > 1]  # chunks per share
-    heapq.heapify(most)
-    for _ in range(throttle - count):
-        if not most:
-            break
-        _, i = heapq.heappop(most)
-        shares[i] += 1
-        if shares[i] < sizes[i]:
-            heapq.heappush(most, (-sizes[i] / shares[i], i))
-    return shares + [0] * (len(sizes) - count)
-
-
-@dataclass
-class ArrayThrottle:
-    """Keeps a map's running chunks at ``spec.throttle`` across its arrays: an array throttle
-    (``%K``, ``-tc K``) caps one array, and a resubmission or a split is another array. Only
-    the map's first submission throttles itself (its arrays share the throttle); after it,
-    ``throttles()`` is False and the engine submits no more chunks than the throttle has room
-    for, each later array within that room."""
-
-    started: set[str] = field(default_factory=set)  # names of maps with jobs queued
-
-    def first(self, spec: SubmitSpec) -> bool:
-        return spec.job_name not in self.started
-
-    def shares(self, spec: SubmitSpec, sizes: Sequence[int]) -> Sequence[int | None]:
-        """Each array's throttle; 0 for those left to the engine's room (as all later are)."""
-        if not spec.throttle or not self.first(spec):
-            return [spec.throttle] * len(sizes)
-        return split_throttle(spec.throttle, sizes)
-
-    def note(self, spec: SubmitSpec, jobs: Sequence[JobRecord]) -> None:
-        """Jobs of the map are queued (accepted now, or recorded by an earlier driver)."""
-        if jobs:
-            self.started.add(spec.job_name)
-
-    def forget(self, spec: SubmitSpec) -> None:
-        """All of the map's jobs were cancelled: its next array may throttle itself again."""
-        self.started.discard(spec.job_name)
 
 
 def contiguous_runs(indices: Sequence[int]) -> list[tuple[int, int]]:

@@ -19,9 +19,9 @@ import os
 import re
 from collections.abc import Iterator, Sequence
 
-from poolparty_raster.schedulers.base import (ArrayThrottle, CommandRunner, JobRecord,
-                                              PollResult, Scheduler, Submitter, SubmitSpec,
-                                              TaskState, TaskStatus, cancel_targets,
+from poolparty_raster.schedulers.arrays import ArrayScheduler, ArrayThrottle
+from poolparty_raster.schedulers.base import (CommandRunner, JobRecord, PollResult, Submitter,
+                                              SubmitSpec, TaskState, TaskStatus, cancel_targets,
                                               contiguous_runs, require_commands, refusal_kind,
                                               split_by_span, unanswered, unparseable)
 
@@ -78,7 +78,7 @@ def parse_qstat_json(text: str, jobs: Sequence[JobRecord]) -> PollResult:
     return result
 
 
-class PbsScheduler(Scheduler):
+class PbsScheduler(ArrayScheduler):
     name = "pbs"
 
     def __init__(self, *, array: bool = True, queue: str | None = None,
@@ -110,13 +110,6 @@ class PbsScheduler(Scheduler):
     def check_available(self) -> None:
         require_commands("PBS", self.paths)
 
-    def throttles(self, spec: SubmitSpec) -> bool:
-        return self.array and self.throttle.first(spec)
-
-    def remember(self, spec: SubmitSpec, jobs: Sequence[JobRecord]) -> None:
-        self.submitter.note(spec, jobs)
-        self.throttle.note(spec, jobs)
-
     def submit(self, spec: SubmitSpec, chunks: Sequence[int]) -> Iterator[JobRecord]:
         if not self.array:
             for chunk in chunks:
@@ -124,9 +117,7 @@ class PbsScheduler(Scheduler):
             return
         groups = [group for first, last in contiguous_runs(sorted(chunks))
                   for group in split_by_span(list(range(first, last + 1)), MAX_ARRAY_SIZE)]
-        for group, share in zip(groups, self.throttle.shares(spec, [len(g) for g in groups])):
-            if share == 0:
-                return  # no share of the throttle is left: the engine submits these later
+        for group, share in self.throttle.throttled(spec, groups):
             # PBS arrays need at least two elements
             yield self._qsub(spec, group, group[0] if len(group) > 1 else None, share)
 

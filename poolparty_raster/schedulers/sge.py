@@ -18,11 +18,11 @@ import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator, Sequence
 
 from poolparty_raster.errors import SchedulerError, SchedulerOutputError, SchedulerUnavailableError
-from poolparty_raster.schedulers.base import (UNCONFIRMED, ArrayThrottle, CommandRunner,
-                                              JobRecord, PollResult, Scheduler, Submitter,
-                                              SubmitSpec, TaskState, TaskStatus, contiguous_runs,
-                                              require_commands, split_by_span, refusal_kind,
-                                              unanswered, unparseable)
+from poolparty_raster.schedulers.arrays import ArrayScheduler, ArrayThrottle
+from poolparty_raster.schedulers.base import (UNCONFIRMED, CommandRunner, JobRecord, PollResult,
+                                              Submitter, SubmitSpec, TaskState, TaskStatus,
+                                              contiguous_runs, require_commands, split_by_span,
+                                              refusal_kind, unanswered, unparseable)
 
 # qsub refusals that pass once some of the user's jobs have ended (max_u_jobs, max_jobs)
 LIMIT_MESSAGES = ("jobs are allowed per user", "jobs are allowed per cluster")
@@ -110,7 +110,7 @@ def parse_qstat_xml(text: str, job_name: str, jobs: Sequence[JobRecord]) -> Poll
     return result
 
 
-class SgeScheduler(Scheduler):
+class SgeScheduler(ArrayScheduler):
     name = "sge"
 
     def __init__(self, *, array: bool = True, queue_name: str | None = None,
@@ -142,13 +142,6 @@ class SgeScheduler(Scheduler):
 
     def check_available(self) -> None:
         require_commands("Grid Engine", self.paths)
-
-    def throttles(self, spec: SubmitSpec) -> bool:
-        return self.array and self.throttle.first(spec)
-
-    def remember(self, spec: SubmitSpec, jobs: Sequence[JobRecord]) -> None:
-        self.submitter.note(spec, jobs)
-        self.throttle.note(spec, jobs)
 
     def release(self, jobs: Sequence[JobRecord]) -> None:
         """A job whose qsub answer was lost may have got in unseen: queued after the map
@@ -187,9 +180,7 @@ class SgeScheduler(Scheduler):
             return
         groups = [group for first, last in contiguous_runs(sorted(chunks))
                   for group in split_by_span(list(range(first, last + 1)), self.max_array_tasks())]
-        for group, share in zip(groups, self.throttle.shares(spec, [len(g) for g in groups])):
-            if share == 0:
-                return  # no share of the throttle is left: the engine submits these later
+        for group, share in self.throttle.throttled(spec, groups):
             yield self._qsub(spec, group, group[0], share)
 
     def _qsub(self, spec: SubmitSpec, chunks: list[int], offset: int | None,

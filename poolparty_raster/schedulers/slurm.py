@@ -15,11 +15,12 @@ import shlex
 from collections.abc import Iterator, Sequence
 
 from poolparty_raster.errors import SubmissionRefused
-from poolparty_raster.schedulers.base import (ArrayThrottle, CommandRunner, JobRecord,
-                                              OutOfReach, PollResult, Scheduler, Submitter,
-                                              SubmitSpec, TaskState, TaskStatus, cancel_targets,
-                                              index_ranges, require_commands, refusal_kind,
-                                              split_by_span, split_throttle, unparseable)
+from poolparty_raster.schedulers.arrays import (ArrayScheduler, ArrayThrottle, split_throttle,
+                                                with_shares)
+from poolparty_raster.schedulers.base import (CommandRunner, JobRecord, OutOfReach, PollResult,
+                                              Submitter, SubmitSpec, TaskState, TaskStatus,
+                                              cancel_targets, index_ranges, require_commands,
+                                              refusal_kind, split_by_span, unparseable)
 
 SQUEUE_FORMAT = "%i|%F|%K|%T|%r"
 
@@ -136,7 +137,7 @@ def sibling(path: str, command: str) -> str:
     return os.path.join(directory, command) if directory else command
 
 
-class SlurmScheduler(Scheduler):
+class SlurmScheduler(ArrayScheduler):
     name = "slurm"
 
     def __init__(self, *, array: bool = True, partition: str | None = None,
@@ -167,13 +168,6 @@ class SlurmScheduler(Scheduler):
 
     def check_available(self) -> None:
         require_commands("SLURM", self.paths)
-
-    def throttles(self, spec: SubmitSpec) -> bool:
-        return self.array and self.throttle.first(spec)
-
-    def remember(self, spec: SubmitSpec, jobs: Sequence[JobRecord]) -> None:
-        self.submitter.note(spec, jobs)
-        self.throttle.note(spec, jobs)
 
     # -- site facts, read once per pool --------------------------------------------------
     def max_array_size(self) -> int:
@@ -206,9 +200,7 @@ class SlurmScheduler(Scheduler):
                 yield self._submit_one(spec, [chunk], None, None)
             return
         groups = split_by_span(sorted(chunks), self.max_array_size())
-        for group, share in zip(groups, self.throttle.shares(spec, [len(g) for g in groups])):
-            if share == 0:
-                return  # no share of the throttle is left: the engine submits these later
+        for group, share in self.throttle.throttled(spec, groups):
             yield from self._submit_array(spec, group, share)
 
     def _submit_array(self, spec: SubmitSpec, chunks: list[int],
@@ -224,9 +216,7 @@ class SlurmScheduler(Scheduler):
                 raise
             halves = [chunks[:len(chunks) // 2], chunks[len(chunks) // 2:]]
             shares = split_throttle(throttle, [len(h) for h in halves]) if throttle else [None] * 2
-            for half, share in zip(halves, shares):
-                if share == 0:
-                    return
+            for half, share in with_shares(halves, shares):
                 yield from self._submit_array(spec, half, share)
             return
         yield record
