@@ -61,7 +61,6 @@ class InputReader:
         self.layers = None if self.spec.layers is None else layers
         self.nodata = nodataList(self.spec, src.nodatavals, layers)
         self.dtype = np.dtype(src.dtypes[layers[0] - 1])
-        checkNoDataFits(self.spec, self.nodata, self.dtype)
         offset = onGrid(src.transform, src.crs, self.grid)
         if offset is None:
             self._warped(src, layers)
@@ -157,8 +156,8 @@ def checkNoDataFits(spec: InputSpec, nodata: list[Any], dtype: np.dtype) -> None
 
 
 def checkInputNoData(specs: list[InputSpec], infos: dict[str, RasterInfo]) -> None:
-    """The driver's check of every input's nodata values, before any block is read, with
-    what ``describeRasters`` found: a bad value would otherwise fail every task."""
+    """The check of every input's nodata values, made once by the driver before any block
+    is read, with what ``describeRasters`` found (the readers in the tasks rely on it)."""
     for spec in specs:
         info = infos[spec.filename]
         layers = spec.layers or list(range(1, len(info.dtypes) + 1))
