@@ -20,6 +20,7 @@ import numpy as np
 from poolparty_raster.applier.blockfiles import Layout, Region, writerFor
 from poolparty_raster.applier.gdalcache import CacheCap
 from poolparty_raster.applier.grid import WorkingGrid
+from poolparty_raster.applier.heap import keepFreedHeap
 from poolparty_raster.applier.info import BlockInfo
 from poolparty_raster.applier.reader import InputReader, InputSpec
 from poolparty_raster.applier.stats import BandStats
@@ -152,8 +153,9 @@ class TaskRunner:
         part = TaskPart.unpacked(packed)
         if self._bytes is None:  # threads: the driver's cap covers them (it is process-wide)
             return self._run(part).packed()
-        if serving_a_map():  # capped once for the process's life (a GDAL Env costs ~0.2 ms)
+        if serving_a_map():  # set once for the process's life (a GDAL Env costs ~0.2 ms)
             _capThisProcess(self.spec.gdalCacheBytes)
+            keepFreedHeap()
             return self._run(part).packed()
         with CacheCap(self.spec.gdalCacheBytes):  # a process of the caller's, e.g. their pool
             return self._run(part).packed()
