@@ -113,7 +113,7 @@ def rows(quick: bool) -> list[Row]:
     side = rasters.QUICK_SIDE if quick else rasters.FULL_SIDE
     tmp = tempfile.mkdtemp(prefix="pp-bench-applier-")
     try:
-        # The compute rows' runs last 2-8 s each, five arms a repetition: 7 of them.
+        # The compute rows' runs last 2-8 s each, six arms a repetition: 7 of them.
         return (_copy_rows(side, quick, tmp) + _parallel_copy_rows(side, quick, tmp)
                 + _compute_rows(side, 1 if quick else 7, tmp))
     finally:
@@ -204,7 +204,10 @@ def _compute_rows(side: int, repeats: int, tmp: str) -> list[Row]:
     and against a LocalPool(2, mode='workers') given with setPool. Beside them the machine's
     own ceiling for the function: its rasterio window loop against an already running
     multiprocessing.Pool(2) over the same windows, nothing written (two processes doing
-    vectorised float maths share more of a core here than pure Python does)."""
+    vectorised float maths share more of a core here than pure Python does); and a
+    LocalPool(1), which splits the speed-up into what one worker process gains or loses
+    against the caller's process (its heap setting, applier/heap.py, and the blocks'
+    transfer) and what the second worker adds."""
     src = rasters.make("int16", side, "NONE")
     options = rasters.creation_options("NONE")
     out = []
@@ -213,11 +216,12 @@ def _compute_rows(side: int, repeats: int, tmp: str) -> list[Row]:
     numpy_heavy = calibrated_numpy_heavy(  # the quick raster in proportion
         src, windows, NUMPY_SECONDS * (side / rasters.FULL_SIDE) ** 2)
     with LocalPool(2, mode="workers", progress=False) as workers_pool, \
+            LocalPool(1, mode="workers", progress=False) as one_pool, \
             multiprocessing.get_context("spawn").Pool(2, _openSource, (src,)) as mp_pool:
         for name, function, target in (
                 (f"numpy-heavy ({numpy_heavy.rounds} rounds)", numpy_heavy, 1.75),
                 ("GIL-bound", gil_bound, 1.7)):
-            dst = {k: os.path.join(tmp, f"{k}.tif") for k in ("serial", "w2", "wm")}
+            dst = {k: os.path.join(tmp, f"{k}.tif") for k in ("serial", "w2", "wm", "w1")}
             call = functools.partial(_computeWindow, function)
 
             def loop() -> None:
@@ -230,16 +234,21 @@ def _compute_rows(side: int, repeats: int, tmp: str) -> list[Row]:
                                           controls_for(options, workers=2)),
                 "wm": lambda: run_applier(function, src, dst["wm"],
                                           controls_for(options, pool=workers_pool)),
+                "w1": lambda: run_applier(function, src, dst["w1"],
+                                          controls_for(options, pool=one_pool)),
                 "loop": loop,
                 "mp": lambda: mp_pool.map(call, windows, chunksize=8),
             }, repeats, warmup=True, outputs=dst)  # the first to run starts the fork server
             speedup, wm = t.ratio("serial", "w2"), t.ratio("serial", "wm")
             ceiling = t.ratio("loop", "mp")
+            one, scaling = t.ratio("serial", "w1"), t.ratio("w1", "wm")
             out.append((f"{name} block function: serial / 2 local workers (CW_SUBPROC)",
                         f"{speedup:.2f}x ({t['serial']:.1f} s vs {t['w2']:.1f} s)",
                         f">= {target}x", verdict(speedup >= target)))
             out.append((f"{name}: serial / LocalPool(2, mode='workers') via setPool",
                         f"{wm:.2f}x ({t['wm']:.1f} s)", f">= {target}x", verdict(wm >= target)))
+            out.append((f"{name}: serial / LocalPool(1) via setPool; LocalPool(1) / LocalPool(2)",
+                        f"{one:.2f}x ({t['w1']:.1f} s); {scaling:.2f}x", "reported", "-"))
             out.append((f"{name}: the machine's ceiling, window loop / running multiprocessing.Pool(2), "
                         "no output", f"{ceiling:.2f}x ({t['loop']:.1f} s vs {t['mp']:.1f} s)",
                         "reported", "-"))
