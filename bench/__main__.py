@@ -86,8 +86,8 @@ How to read it: every comparison was measured in this one run, its candidates in
 (A B C, C B A, ...); a ratio is the median of the ratios of neighbouring runs (one per
 repetition, so the machine's drift from minute to minute cancels), seconds are medians; ratios
 matter more than seconds on a shared 2-core machine, where identical runs differ by up to
-15 %: raster copies are repeated 15, 9 or 5 times as one lasts under 1 s, under 2.5 s, or more,
-the applier's compute rows 7 times. Rasters are made from a fixed seed by `bench/rasters.py`
+15 %: raster copies are repeated 15 times where one lasts under 2.5 s, else 9 times, the
+applier's compute rows 7 times. Rasters are made from a fixed seed by `bench/rasters.py`
 (41 Mpix int16 and float32, tiled 256) and never committed; copies write with the floor's exact
 creation options, without statistics or overviews, unless a row says otherwise. Memory is the
 driver's peak RSS (VmHWM; `ru_maxrss` would include the parent's, as Linux keeps it across fork and exec), one fresh interpreter per figure. Real-scheduler rows count
