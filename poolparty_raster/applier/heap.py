@@ -4,10 +4,11 @@ A block function's numpy temporaries are block-sized (256 KiB for a 256 x 256 fl
 glibc hands the top of the heap back to the system whenever more than its trim threshold is
 free there (as little as 128 KiB at first), so the next block's temporaries take fresh pages
 again, one page fault each 4 KiB: a sixth to a fifth of a numpy-heavy block function's time
-on 256 x 256 blocks here, more or less from run to run as the heap's layout happens to fall. A worker process of this package serves one map and ends, so it
-keeps up to TRIM_BYTES free instead (its peak use is unchanged: it only keeps what it had
-already needed); arrays above MMAP_BYTES, the ceiling glibc's own adaptive rule reaches, are
-still mapped and unmapped on their own.
+on 256 x 256 blocks here, more or less from run to run as the heap's layout happens to fall.
+A worker process of this package serves one map and ends, so it keeps up to TRIM_BYTES free
+instead (its peak use is unchanged: it only keeps what it had already needed); arrays above
+MMAP_BYTES, the ceiling glibc's own adaptive rule reaches, are still mapped and unmapped on
+their own.
 
 Never done in the caller's process, and not where the user tunes glibc's allocator in the
 environment (``MALLOC_*_``, ``GLIBC_TUNABLES``).

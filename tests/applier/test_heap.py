@@ -23,6 +23,14 @@ ROUNDS, TEMPORARIES, TEMPORARY_BYTES = 10, 3, 3 * 1024 * 1024
 PAGES_PER_ROUND = TEMPORARIES * TEMPORARY_BYTES // resource.getpagesize()
 
 
+@pytest.fixture(autouse=True)
+def glibcDefaults(monkeypatch):
+    """The allocator settings of the machine running the tests would change what glibc does
+    by default; a test sets those it is about."""
+    for name in heap._USER_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+
+
 def _temporaries() -> None:
     arrays = [np.ones(TEMPORARY_BYTES // 8) for _ in range(TEMPORARIES)]
     del arrays
@@ -57,8 +65,7 @@ def _localWorkers(controls):
         computeWorkerExtraParams={"progress": False}))
 
 
-def test_a_worker_reuses_the_pages_a_block_freed(tmp_path, monkeypatch):
-    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+def test_a_worker_reuses_the_pages_a_block_freed(tmp_path):
     faults, kept = _faultsSeen(tmp_path, _localWorkers)
     assert kept == {True}
     # Without the setting each round faults its 9 MiB in again (ROUNDS x PAGES_PER_ROUND).
