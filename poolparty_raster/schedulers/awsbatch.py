@@ -30,15 +30,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from poolparty_raster.errors import SchedulerError, SchedulerOutputError, SubmissionRefused
-from poolparty_raster.schedulers.awscommon import (CONTAINER_OWN_VARIABLES, AwsRequestError,
-                                                   aws_tags, call_with_retries, check_tags,
-                                                   checked_mapping, container_command,
-                                                   describe_error, fatal_start, make_client,
-                                                   safe_name, spot_or_host_loss,
+from poolparty_raster.schedulers.awscommon import (AwsRequestError, AwsScheduler, aws_tags,
+                                                   check_tags, checked_mapping, container_command,
+                                                   describe_error, end_each, fatal_start,
+                                                   make_client, safe_name, spot_or_host_loss,
                                                    submission_failure_kind)
-from poolparty_raster.schedulers.base import (JobRecord, PollResult, Scheduler, SubmitSpec,
-                                              TaskState, TaskStatus, contiguous_runs,
-                                              split_by_span)
+from poolparty_raster.schedulers.base import (JobRecord, PollResult, SubmitSpec, TaskState,
+                                              TaskStatus, contiguous_runs, split_by_span)
 
 ARRAY_VARIABLE = "AWS_BATCH_JOB_ARRAY_INDEX"
 MAX_ARRAY_SIZE = 10_000
@@ -108,10 +106,8 @@ class Unsure:
     adopted: str | None = None  # the job that got in, taken as its chunks' (never terminated)
 
 
-class AwsBatchScheduler(Scheduler):
+class AwsBatchScheduler(AwsScheduler):
     name = "awsbatch"
-    filesystem_lag = 10.0  # EFS is close-to-open consistent; a result may show late
-    unstored_variables = CONTAINER_OWN_VARIABLES  # the task role's credentials, not the caller's
 
     def __init__(self, *, job_queue: str, job_definition: str,
                  container_overrides: dict[str, Any] | None = None, vcpus: float | None = None,
@@ -140,7 +136,7 @@ class AwsBatchScheduler(Scheduler):
         check_tags(dict(tags or {}))
         self.tags, self.region = dict(tags or {}), region
         self.container_python, self.path_mapping = container_python, checked_mapping(path_mapping)
-        self.backoff, self.retries = retry_backoff, 4
+        self.backoff = retry_backoff
         self._session, self._client = boto3_session, batch_client
         self._submit_client = batch_client
         self._final: dict[str, TaskStatus] = {}  # finished children need no more describe calls
@@ -165,9 +161,6 @@ class AwsBatchScheduler(Scheduler):
 
     def default_parallelism(self) -> int:
         return 32
-
-    def _call(self, func: Any, what: str, **params: Any) -> Any:
-        return call_with_retries(func, what, self.pause, self.retries, self.backoff, **params)
 
     # -- submit ------------------------------------------------------------------------
     def submit(self, spec: SubmitSpec, chunks: Sequence[int]) -> Iterator[JobRecord]:
@@ -297,16 +290,8 @@ class AwsBatchScheduler(Scheduler):
 
     def _terminate(self, job_ids: Sequence[str], reason: str) -> list[str]:
         """terminate_job on each, whatever fails on the way; returns what failed."""
-        left = []
-        for job_id in dict.fromkeys(job_ids):
-            try:
-                self._call(self.client.terminate_job, "batch terminate_job", jobId=job_id, reason=reason)
-            except AwsRequestError as exc:
-                if "not found" not in str(exc).lower():  # gone already: nothing to terminate
-                    left.append(f"job {job_id}: {exc}")
-            except Exception as exc:
-                left.append(f"job {job_id}: {exc}")
-        return left
+        return end_each(lambda job_id: self._call(self.client.terminate_job, "batch terminate_job",
+                                                  jobId=job_id, reason=reason), job_ids, "job")
 
     # -- poll and cancel ---------------------------------------------------------------
     def poll(self, spec: SubmitSpec, jobs: Sequence[JobRecord]) -> PollResult:

@@ -10,12 +10,12 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from poolparty_raster.errors import (SchedulerError, SchedulerOutputError, SchedulerUnavailableError,
                                      SubmissionRefused)
-from poolparty_raster.schedulers.base import JobRecord, SubmitSpec, map_path
+from poolparty_raster.schedulers.base import JobRecord, Scheduler, SubmitSpec, map_path
 from poolparty_raster.worker import KEEP_VARIABLE, REEXEC_VARIABLE
 
 # A container that cannot start (image not pulled, EFS not mounted): no resubmission helps...
@@ -172,6 +172,35 @@ def call_with_retries(func: Callable[..., Any], what: str, pause: Callable[[floa
             pause(delay)
             delay = min(delay * 2, 20.0)
     raise AssertionError("unreachable")
+
+
+def end_each(end: Callable[[str], Any], targets: Iterable[str], label: str) -> list[str]:
+    """``end(target)`` (a stop_task, a terminate_job) for every target, whatever fails on the
+    way: one error must not leave the rest running. A target already gone is no failure.
+    Returns what failed, each as "<label> <target>: <error>"."""
+    left = []
+    for target in dict.fromkeys(targets):
+        try:
+            end(target)
+        except AwsRequestError as exc:
+            if "not found" not in str(exc).lower():
+                left.append(f"{label} {target}: {exc}")
+        except Exception as exc:
+            left.append(f"{label} {target}: {exc}")
+    return left
+
+
+class AwsScheduler(Scheduler):
+    """What the AWS backends share: their jobs see the work_dir on EFS and have credentials of
+    their own, and their API calls are repeated alike (``backoff`` set by each pool)."""
+
+    filesystem_lag = 10.0  # EFS is close-to-open consistent; a result may show late
+    unstored_variables = CONTAINER_OWN_VARIABLES  # the task role's credentials, not the caller's
+    retries = 4
+    backoff = 0.5
+
+    def _call(self, func: Callable[..., Any], what: str, **params: Any) -> Any:
+        return call_with_retries(func, what, self.pause, self.retries, self.backoff, **params)
 
 
 class RunTokens:

@@ -27,14 +27,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from poolparty_raster.errors import SchedulerError, SchedulerOutputError, SubmissionRefused
-from poolparty_raster.schedulers.awscommon import (CONTAINER_OWN_VARIABLES, AwsRequestError,
-                                                   RunTokens, absolute, aws_tags,
-                                                   call_with_retries, check_tags, checked_mapping,
-                                                   container_command, error_code, fatal_start,
-                                                   make_client, safe_name, spot_or_host_loss,
+from poolparty_raster.schedulers.awscommon import (AwsScheduler, RunTokens, absolute, aws_tags,
+                                                   check_tags, checked_mapping, container_command,
+                                                   end_each, error_code, fatal_start, make_client,
+                                                   safe_name, spot_or_host_loss,
                                                    submission_failure_kind)
-from poolparty_raster.schedulers.base import (JobRecord, PollResult, Scheduler, SubmitSpec,
-                                              TaskState, TaskStatus, map_path)
+from poolparty_raster.schedulers.base import (JobRecord, PollResult, SubmitSpec, TaskState,
+                                              TaskStatus, map_path)
 
 CHUNK_VARIABLE = "POOLPARTY_RASTER_CHUNK"
 OVERRIDES_LIMIT = 8192
@@ -103,10 +102,8 @@ def classify_task(task: dict[str, Any], container_name: str | None = None) -> Ta
     return TaskStatus(TaskState.FINISHED, reason, succeeded=succeeded)
 
 
-class EcsScheduler(Scheduler):
+class EcsScheduler(AwsScheduler):
     name = "ecs"
-    filesystem_lag = 10.0  # EFS is close-to-open consistent; a result may show late
-    unstored_variables = CONTAINER_OWN_VARIABLES  # the task role's credentials, not the caller's
 
     def __init__(self, *, cluster: str | None = None, task_definition: str | None = None,
                  container_image: str | None = None, execution_role_arn: str | None = None,
@@ -173,7 +170,6 @@ class EcsScheduler(Scheduler):
                     "containerPath": efs_container_path and absolute(efs_container_path, "efs_container_path"),
                     "accessPointId": efs_access_point_id}
         self.log_group, self.backoff = log_group, retry_backoff
-        self.retries = 4
         self._session, self._client = boto3_session, ecs_client
         self._registered: dict[str, str] = {}  # map name -> task definition ARN we registered
         self._deregistered: set[str] = set()
@@ -195,9 +191,6 @@ class EcsScheduler(Scheduler):
 
     def _where(self) -> dict[str, str]:
         return {"cluster": self.cluster} if self.cluster else {}
-
-    def _call(self, func: Any, what: str, **params: Any) -> Any:
-        return call_with_retries(func, what, self.pause, self.retries, self.backoff, **params)
 
     # -- task definition -----------------------------------------------------------------
     def _task_definition(self, spec: SubmitSpec) -> str:
@@ -366,20 +359,11 @@ class EcsScheduler(Scheduler):
         """Stop every target, whatever fails on the way (one error must not leave the rest
         running); with ``chunks`` None, deregister the task definitions the map registered too,
         and forget its tokens. Raise what was left behind, naming it."""
-        left = []
-        for job in jobs:
-            if (chunks is not None and job["chunks"][0] not in chunks) or job["job_id"] in self._final:
-                continue
-            if not job.get("task_arn"):
-                continue
-            try:
-                self._call(self.client.stop_task, "ecs stop_task", task=job["task_arn"],
-                           reason="poolparty_raster: cancelled by the driver", **self._where())
-            except AwsRequestError as exc:
-                if "not found" not in str(exc).lower():  # gone already: nothing to stop
-                    left.append(f"task {job['task_arn']}: {exc}")
-            except Exception as exc:
-                left.append(f"task {job['task_arn']}: {exc}")
+        arns = [job["task_arn"] for job in jobs if job.get("task_arn")
+                 and (chunks is None or job["chunks"][0] in chunks) and job["job_id"] not in self._final]
+        left = end_each(lambda arn: self._call(
+            self.client.stop_task, "ecs stop_task", task=arn,
+            reason="poolparty_raster: cancelled by the driver", **self._where()), arns, "task")
         if chunks is None:
             left += self._deregister(self._definitions(spec.job_name, jobs))
             self._tokens.forget(spec.job_name)
