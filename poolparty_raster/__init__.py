@@ -17,9 +17,10 @@ _EXPORTS = {
     "SchedulerError": "errors", "SchedulerUnavailableError": "errors",
     "SchedulerOutputError": "errors", "SubmissionRefused": "errors", "TaskLostError": "errors",
     "MapTerminated": "errors", "WorkDirBusyError": "errors", "WorkDirMismatchError": "errors",
+    "UnsafeWorkDirError": "errors", "WorkDirFullError": "errors",
 }
 __all__ = sorted(_EXPORTS)
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def __getattr__(name: str) -> Any:

@@ -10,20 +10,32 @@ import argparse
 import collections
 import contextlib
 import os
-import shutil
 import sys
 import time
 from collections.abc import Iterator
 
 from filelock import FileLock, Timeout
 
+from poolparty_raster import names, ownership
+from poolparty_raster.errors import WorkDirMismatchError
 from poolparty_raster.workdir import WorkDir, load_exceptions
 
 
 def _open(path: str) -> WorkDir:
+    """The work_dir at ``path``, once it has passed the driver's checks (ownership.py): the
+    CLI unpickles from it and deletes it, so never through a symbolic link, never another
+    user's or a directory others may write, never one without this package's mark."""
+    try:
+        ownership.check_private(path)
+        mark = ownership.read_mark(path)
+    except FileNotFoundError:
+        raise SystemExit(f"poolparty-raster: {path} does not exist") from None
+    except WorkDirMismatchError as exc:
+        raise SystemExit(f"poolparty-raster: {exc}") from None
     work_dir = WorkDir(path)
-    if work_dir.read_manifest() is None:
-        raise SystemExit(f"poolparty-raster: {path} is not a poolparty_raster work_dir (no manifest.json)")
+    if mark is None or work_dir.read_manifest() is None:
+        raise SystemExit(f"poolparty-raster: {path} is not a poolparty_raster work_dir (no "
+                         f"{names.MARK_NAME} or no manifest.json)")
     return work_dir
 
 
@@ -111,8 +123,11 @@ def clean(paths: list[str], force: bool) -> Iterator[str]:
                                  "removes it anyway")
             work_dirs.append(work_dir)
         for work_dir in work_dirs:
-            shutil.rmtree(work_dir.path)
-            yield f"removed {work_dir.path}"
+            mark = ownership.read_mark(work_dir.path)
+            if mark is None or ownership.remove(work_dir.path, mark):
+                yield f"removed {work_dir.path}"
+            else:
+                yield f"kept {work_dir.path}: it holds files poolparty_raster did not write"
 
 
 def main(argv: list[str] | None = None) -> int:

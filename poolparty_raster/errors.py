@@ -54,6 +54,16 @@ class WorkDirMismatchError(PoolPartyError):
     """The work_dir holds a different map than the one asked for."""
 
 
+class UnsafeWorkDirError(WorkDirMismatchError):
+    """The work_dir is a symbolic link, another user's directory, or writable by others:
+    nothing is read from it or written into it."""
+
+
+class WorkDirFullError(PoolPartyError):
+    """The work_dir's filesystem is full or over quota (the OSError is the ``__cause__``).
+    Every finished result is kept: free space and run the same map again to resume it."""
+
+
 class WorkDirBusyError(PoolPartyError):
     """Another driver is running a map in this work_dir right now."""
 

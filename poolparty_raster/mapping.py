@@ -9,7 +9,6 @@ import hashlib
 import math
 import os
 import pickle
-import shutil
 import sys
 import tempfile
 import threading
@@ -23,7 +22,7 @@ from typing import Any
 import cloudpickle
 from filelock import FileLock, Timeout
 
-from poolparty_raster import names
+from poolparty_raster import ownership
 from poolparty_raster import workdir as wd
 from poolparty_raster.engine import MapRun, RunOptions
 from poolparty_raster.errors import WorkDirBusyError, WorkDirMismatchError
@@ -64,29 +63,16 @@ def chunk_boundaries(num_tasks: int, chunksize: int) -> list[int]:
     return list(range(0, num_tasks, chunksize))
 
 
-def _resumable_chunk_starts(path: str, num_tasks: int) -> list[int] | None:
+def _resumable_chunk_starts(path: str, mark: ownership.Mark | None, num_tasks: int) -> list[int] | None:
     """A resumed map keeps its chunks when the caller did not choose a chunksize: the default
     follows the cluster's free CPUs, which change between the two runs."""
-    existing = wd.WorkDir(path).read_manifest() if os.path.isdir(path) else None
+    existing = wd.WorkDir(path).read_manifest() if mark is not None else None
     return existing.chunk_starts if existing and existing.num_tasks == num_tasks else None
 
 
 def new_work_dir_path(root: str) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return os.path.join(root, f"poolparty_raster.{stamp}.{uuid.uuid4().hex[:8]}")
-
-
-def _check_reusable(path: str) -> None:
-    """Refuse a directory that is neither empty nor one of ours: we chmod and delete work_dirs.
-    One that a driver killed while it prepared the map left (its lock, log and temporary
-    files, no manifest yet) is ours."""
-    if not os.path.isdir(path) or os.path.exists(os.path.join(path, "manifest.json")):
-        return
-    foreign = [name for name in os.listdir(path) if not names.is_preparation_leftover(name)]
-    if foreign:
-        raise WorkDirMismatchError(
-            f"work_dir {path!r} exists, is not empty and holds no poolparty_raster map "
-            f"(it has {', '.join(sorted(foreign)[:3])}). Give a new or empty directory.")
 
 
 class MapHandle:
@@ -97,30 +83,30 @@ class MapHandle:
         func_bytes = cloudpickle.dumps(func)  # an unpicklable function fails before anything runs
         if chunksize is not None and chunksize < 1:
             raise ValueError(f"chunksize must be at least 1, not {chunksize}")
-        path = settings.work_dir or new_work_dir_path(settings.work_dir_root)
-        _check_reusable(path)
+        path = os.path.abspath(settings.work_dir or new_work_dir_path(settings.work_dir_root))
+        existing = ownership.inspect(path)  # a directory not ours is refused untouched
         def parallelism() -> int:  # asks the scheduler only when needed
             return settings.throttle or scheduler.default_parallelism()
 
-        starts = _resumable_chunk_starts(path, len(tasks)) if chunksize is None else None
+        starts = _resumable_chunk_starts(path, existing, len(tasks)) if chunksize is None else None
         chunk_starts = starts or chunk_boundaries(
             len(tasks), chunksize or default_chunksize(len(tasks), parallelism()))
-        created = not os.path.exists(path)
         self._mode_changed = False  # resumed in the other mode (set by _prepare)
         self.work_dir = wd.WorkDir(path)
-        self.work_dir.create()
+        self._mark = self.work_dir.create()
         self._lock = FileLock(self.work_dir.file("driver.lock"), mode=0o600)
         try:
             self._lock.acquire(timeout=0)
         except Timeout:
             raise WorkDirBusyError(f"another driver is running a map in {path}") from None
         try:
+            self.work_dir.remove_driver_temporaries()  # a killed driver's, never a worker's
             self.manifest = self._prepare(func_bytes, tasks, chunk_starts, settings,
                                           scheduler.unstored_variables)
         except BaseException:  # e.g. an unpicklable task: nothing was submitted
             self._lock.release()
-            if created:
-                shutil.rmtree(path, ignore_errors=True)
+            if existing is None:
+                ownership.remove(path, self._mark)
             raise
         self.settings = settings
         spec = SubmitSpec(work_dir=self.work_dir.path, script_path=self.work_dir.script_path,
@@ -299,7 +285,7 @@ class MapHandle:
             clean = not (self.failed or self.wrote_stderr or self.run.lost_chunks or dead_attempt_stderr)
             finished = len(self.run.finished) == self.manifest.num_chunks
             if clean and finished and not self.settings.keep_work_dir:
-                shutil.rmtree(self.work_dir.path, ignore_errors=True)
+                ownership.remove(self.work_dir.path, self._mark)  # under the lock, till it is gone
                 return
             try:
                 self.run.archive()

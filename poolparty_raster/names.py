@@ -11,12 +11,40 @@ ARCHIVE_KINDS = ("result", "exception", "stdout", "stderr")
 _LIVE_SUFFIX = ".part"
 _CHUNK_PREFIX = "chunk-"
 _WORKER_CAPTURE_PREFIX = "capture."
+_RESULT_LOG_PREFIX = "results."  # resultlog.PREFIX: a worker's result log
 
 
-def is_preparation_leftover(name: str) -> bool:
-    """What a driver killed while preparing a map leaves before manifest.json exists."""
-    return name in ("driver.lock", "log.jsonl", "scheduler.log", "script.py", "tasks.zip") or (
-        name.startswith(".") and name.endswith(".tmp"))
+MARK_NAME = "poolparty_raster.mark"  # ownership.py: what makes a directory a work_dir of ours
+# The work_dir's files of fixed name (workdir.py), its claims directory (claims.py) and the
+# name TasksWriter's temporary file starts with.
+FIXED_NAMES = frozenset({
+    MARK_NAME, "manifest.json", "tasks.zip", "script.py", "log.jsonl", "jobs.jsonl",
+    "scheduler.log", "driver.lock", "claims", "tasks.results.zip", "tasks.exceptions.zip",
+    "tasks.stdout.zip", "tasks.stderr.zip"})
+# Files only the driver writes (it holds driver.lock meanwhile): a temporary file of one of
+# these is a killed driver's leftover, which the next driver removes.
+DRIVER_WRITTEN = frozenset({"manifest.json", "tasks", "jobs.jsonl", "tasks.results.zip",
+                            "tasks.exceptions.zip", "tasks.stdout.zip", "tasks.stderr.zip"})
+_TEMPORARY_SUFFIX = ".tmp"
+
+
+def temporary_stem(name: str) -> str | None:
+    """The name a temporary file is written for (files.atomic_write and TasksWriter name
+    them ``.<name>.<random>.tmp``): ``.manifest.json.k2j4x9a1.tmp`` -> "manifest.json"."""
+    if not (name.startswith(".") and name.endswith(_TEMPORARY_SUFFIX)):
+        return None
+    stem, dot, _random = name[1:-len(_TEMPORARY_SUFFIX)].rpartition(".")
+    return stem if dot and stem else None
+
+
+def is_protocol_name(name: str) -> bool:
+    """Whether the work_dir protocol gives a file this name: the only names that a work_dir's
+    removal deletes."""
+    stem = temporary_stem(name)
+    if stem is not None:
+        return stem == "tasks" or is_protocol_name(stem)
+    return (name in FIXED_NAMES or parse_loose_name(name) is not None
+            or parse_worker_capture(name) is not None or name.startswith(_RESULT_LOG_PREFIX))
 
 
 def chunk_key(chunk: int) -> str:

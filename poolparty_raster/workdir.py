@@ -1,8 +1,10 @@
 """The work_dir protocol: the only code that reads and writes the work_dir's files (their
 names are spelled in names.py, the atomic writes and archive updates are in files.py).
 
-Layout (every file mode 0600, the directory 0700; see DESIGN.md)::
+Layout (every file mode 0600, the directory 0700; ownership.py says which directories are
+ours)::
 
+    poolparty_raster.mark  written first: what makes the directory a work_dir (ownership.py)
     manifest.json         what map this is: digest of function and tasks, chunk boundaries
     tasks.zip             function.pkl and one chunks/NNNNNN.pkl per chunk, written once
     script.py             the worker-node program (carries the caller's environment)
@@ -41,8 +43,9 @@ from typing import IO, Any
 
 import cloudpickle
 
-from poolparty_raster import resultlog
+from poolparty_raster import names, ownership, resultlog
 from poolparty_raster.claims import Claims
+from poolparty_raster.errors import WorkDirMismatchError
 from poolparty_raster.files import (ForwardWriter, append_line, atomic_write, extend_archive,
                                     read_jsonl, read_stored)
 from poolparty_raster.names import (ARCHIVE_KINDS, capture_stream, chunk_key, loose_name,
@@ -159,19 +162,34 @@ class WorkDir:
 
 
     # -- creation ----------------------------------------------------------------------
-    def create(self) -> None:
-        """Create the directory 0700 (or tighten an existing one we own)."""
-        os.makedirs(self.path, mode=0o700, exist_ok=True)
-        os.chmod(self.path, 0o700)
+    def create(self) -> ownership.Mark:
+        """Make the directory a work_dir of ours (mode 0700, the mark written first), or check
+        that it is one; a directory that is not ours is refused untouched."""
+        return ownership.take(self.path)[0]
+
+    def remove_driver_temporaries(self) -> None:
+        """Remove the temporary files of what only a driver writes (an archive, the manifest,
+        tasks.zip), which a driver killed mid-write left: the caller holds driver.lock, so no
+        other driver writes them now. A worker's temporary files are left alone: a worker
+        of the earlier driver may still be writing one."""
+        with os.scandir(self.path) as entries:
+            for entry in entries:
+                if names.temporary_stem(entry.name) in names.DRIVER_WRITTEN:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
 
     def read_manifest(self) -> Manifest | None:
+        """What map the work_dir holds; None before a map was prepared in it."""
         try:
             with open(self.file("manifest.json"), encoding="utf-8") as f:
                 raw = json.load(f)
+            return Manifest(raw["digest"], raw["num_tasks"], raw["chunk_starts"], raw["job_name"],
+                            raw.get("mode", "array"), raw.get("function_digest", ""), raw["format"])
         except FileNotFoundError:
             return None
-        return Manifest(raw["digest"], raw["num_tasks"], raw["chunk_starts"], raw["job_name"],
-                        raw.get("mode", "array"), raw.get("function_digest", ""), raw["format"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise WorkDirMismatchError(f"work_dir {self.path}: manifest.json is damaged or was "
+                                       f"not written by poolparty_raster ({exc!r})") from exc
 
     def write_manifest(self, manifest: Manifest) -> None:
         data = json.dumps({"format": manifest.format, "digest": manifest.digest, "num_tasks": manifest.num_tasks,

@@ -300,14 +300,23 @@ def serving_a_map() -> bool:
 
 
 def main(work_dir_path: str, argv: Sequence[str]) -> int:
-    from poolparty_raster import workdir
+    from poolparty_raster import ownership, workdir
     from poolparty_raster.claims import process_token
+    from poolparty_raster.errors import WorkDirMismatchError
 
     global _serving_a_map
     _serving_a_map = True
     work_dir = workdir.WorkDir(work_dir_path)
     index = chunk_from_arguments(argv, os.environ)
-    manifest = work_dir.read_manifest()
+    try:  # nothing is unpickled from a directory that another user could write
+        ownership.check_private(work_dir_path, worker=True)
+        ours = ownership.read_mark(work_dir_path) is not None
+    except FileNotFoundError:
+        ours = False
+    except WorkDirMismatchError as exc:
+        print(f"poolparty_raster worker: {exc}", file=sys.stderr)
+        return 2
+    manifest = work_dir.read_manifest() if ours else None
     if manifest is None:  # a late or duplicate job: the map ended and its work_dir is gone
         print(f"poolparty_raster worker: {work_dir_path} holds no map any more; nothing to do",
               file=sys.stderr)

@@ -15,6 +15,7 @@ import pytest
 
 import poolparty_raster as pp
 from poolparty_raster import workers
+from poolparty_raster.workdir import WorkDir
 from poolparty_raster.schedulers import forkserver
 from workdirlog import log_events
 
@@ -208,13 +209,16 @@ def test_workers_that_never_start_fail_the_map_instead_of_being_resubmitted_for_
         pool.map(abs, range(4), chunksize=1)
 
 
-def test_work_dir_of_a_driver_killed_while_preparing_is_reused(tmp_path):
+def test_work_dir_of_a_driver_killed_while_preparing_is_reused_and_its_leftovers_removed(tmp_path):
     work_dir = tmp_path / "w"
-    work_dir.mkdir()
+    WorkDir(str(work_dir)).create()  # the mark is the first thing a driver writes
     (work_dir / "driver.lock").touch()
     (work_dir / ".tasks.x1y2.tmp").write_bytes(b"PK\x03\x04half")
+    (work_dir / ".tasks.results.zip.a1b2c3d4.tmp").write_bytes(b"PK\x03\x04half")  # a reduce
     (work_dir / "tasks.zip").write_bytes(b"PK\x05\x06" + bytes(18))  # in place, no manifest yet
-    assert pp.LocalPool(2, work_dir=str(work_dir), **FAST).map(abs, [-1, -2]) == [1, 2]
+    pool = pp.LocalPool(2, work_dir=str(work_dir), keep_work_dir=True, **FAST)
+    assert pool.map(abs, [-1, -2]) == [1, 2]
+    assert not [p.name for p in work_dir.iterdir() if p.name.endswith(".tmp")]
 
 
 def _refuse_to_load():
