@@ -23,6 +23,12 @@ from poolparty_raster.schedulers.base import (CommandRunner, JobRecord, OutOfRea
                                               refusal_kind, split_by_span, unparseable)
 
 SQUEUE_FORMAT = "%i|%F|%K|%T|%r"
+# What sbatch passes of the driver's environment: script.py carries the rest (0600, in the
+# work_dir). SLURM stores what it passes in its state directory for every job (the default,
+# ALL, would keep a second copy of every token the driver has there); PATH and the loader's
+# path are what starting the interpreter may need. Without PATH (NONE, NIL), slurmd runs the
+# user's login shell to make an environment: 1.3 s more per job start here.
+EXPORT = "--export=PATH,LD_LIBRARY_PATH"
 
 _RUNNING = {"RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "STOPPED", "RESIZING",
             "SIGNALING", "STAGE_OUT"}
@@ -232,7 +238,7 @@ class SlurmScheduler(ArrayScheduler):
             array_args = [f"--array={index_ranges([c - offset for c in chunks])}{limit}"]
         command = shlex.join(["exec", spec.python_path, spec.script_path, *worker_args])
         argv = [self.paths["sbatch_path"], "--parsable", f"--job-name={spec.job_name}",
-                f"--output={spec.scheduler_log}", "--open-mode=append", *array_args,
+                f"--output={spec.scheduler_log}", "--open-mode=append", EXPORT, *array_args,
                 *self.resource_args, f"--wrap={command}"]
         job_id = self.submitter.submit(spec, argv)
         record: JobRecord = {"job_id": job_id, "chunks": list(chunks), "array": offset is not None}
