@@ -33,6 +33,9 @@ class LocalPool(Pool):
     @explain_options
     def __init__(self, num_workers: int | None = None, *, start_method: str | None = None,
                  **options: Any):
+        if num_workers is not None and num_workers < 1:  # as multiprocessing.Pool(0) does
+            raise ValueError(f"num_workers must be at least 1 (or None: os.cpu_count()), "
+                             f"not {num_workers}")
         super().__init__(LocalScheduler(num_workers, start_method), **options)
 
 

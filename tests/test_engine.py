@@ -425,3 +425,9 @@ def test_a_local_map_outlives_the_drivers_working_directory(tmp_path, monkeypatc
     pool = pp.LocalPool(1, mode="array", start_method=start_method, **FAST)
     assert pool.map(removes_the_directory, [(x, str(elsewhere)) for x in range(3)],
                     chunksize=1) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("num_workers", [0, -1])
+def test_local_pool_of_no_workers_is_refused_as_multiprocessing_refuses_it(num_workers):
+    with pytest.raises(ValueError, match="at least 1"):
+        pp.LocalPool(num_workers)
