@@ -2,6 +2,9 @@
 
 The same loop serves every backend. The worker's files decide success (a chunk is finished when
 its result file exists); the scheduler's states only say what to resubmit and when to give up.
+A scheduler poll runs in a thread of its own (one at a time per map): a command that hangs
+holds back neither the results already in the work_dir nor the end of the map. That thread
+only runs the poll; the driving thread alone reads its answer and changes the run's state.
 """
 from __future__ import annotations
 
@@ -27,7 +30,10 @@ BACKOFF = 1.5
 # buys is a short listing at every scan, and a thousand names list in well under a millisecond.
 REDUCE_AT_LEAST = 1024
 UNREADABLE_POLLS = 3   # polls in a row whose output cannot be read: the map fails, quoting it
-MAX_POLL_OUTAGE = 1800.0  # seconds of failing polls (results still arrive) before the map fails
+MAX_POLL_OUTAGE = 1800.0  # seconds of failing or hanging polls (results still arrive) before the map fails
+# Seconds the loop waits for a poll it has just started before it looks at the work_dir again;
+# a poll that takes longer is answered in the background.
+POLL_PATIENCE = 0.05
 # A job the scheduler saw end well has written its result; NFS may list the directory from a
 # cache for up to its acdirmax (60 s by default) before the driver sees the file.
 SUCCEEDED_GRACE = 60.0
@@ -47,6 +53,29 @@ class _Chunk:
     absent_polls: int = 0
     absent_since: float | None = None
     deaths: list[tuple[str, list[str]]] = field(default_factory=list)  # (reason, stderr tail)
+
+
+class _Poll:
+    """One scheduler poll, running in a daemon thread: nothing waits for a poll that hangs
+    when the map has ended. The thread only calls ``scheduler.poll`` and keeps its answer or
+    exception; the driving thread reads them once ``done`` is set."""
+
+    def __init__(self, scheduler: Scheduler, spec: SubmitSpec, jobs: list[JobRecord]):
+        self.jobs = jobs   # the records asked about (a copy: the map may submit meanwhile)
+        self.started = time.monotonic()
+        self.done = threading.Event()
+        self.answer: PollResult = {}
+        self.error: BaseException | None = None
+        threading.Thread(target=self._run, args=(scheduler, spec), daemon=True,
+                         name=f"poolparty_raster poll {spec.job_name}").start()
+
+    def _run(self, scheduler: Scheduler, spec: SubmitSpec) -> None:
+        try:
+            self.answer = scheduler.poll(spec, self.jobs)
+        except BaseException as exc:  # handed to the driving thread, which raises it there
+            self.error = exc
+        finally:
+            self.done.set()
 
 
 class MapRun:
@@ -77,6 +106,7 @@ class MapRun:
         self._poll_failures = 0
         self._unreadable = 0  # polls in a row whose output could not be read
         self._failing_since: float | None = None
+        self._poll: _Poll | None = None  # the poll running now, or answered and not yet read
         self._reattached: bool | None = None  # None until started
 
     @property
@@ -134,12 +164,16 @@ class MapRun:
             changed = self._collect()
             if changed:
                 self._submit_waiting()  # a finished chunk may free the throttle
-            if time.monotonic() >= next_poll:
+            # A poll's answer is acted on when it comes; a poll still running is not repeated
+            # (the time of the next one passes: what a limit refused is tried again).
+            if self._poll_answered() or time.monotonic() >= next_poll:
                 if self._poll_scheduler():
                     changed = True
                     poll_interval = max(self.scheduler.min_poll_interval, FIRST_TICK)
-                else:
+                elif self._poll is None:  # an answer that changed nothing: back off
                     poll_interval = min(poll_interval * BACKOFF, self.options.polling_interval)
+                if self._poll_answered():  # not read: nothing is in flight that it concerns
+                    self._poll = None
                 self._submit_waiting()  # what a limit refused earlier
                 next_poll = time.monotonic() + poll_interval
             fresh = self._take_fresh()
@@ -148,13 +182,23 @@ class MapRun:
             # A consumer that took results spent time on them (the applier writes blocks):
             # what finished meanwhile is collected at once, not after another sleep.
             if not self._done() and not fresh:
-                self.scheduler.wait(min(tick, max(0.0, next_poll - time.monotonic()) + FIRST_TICK))
+                self._wait(min(tick, max(0.0, next_poll - time.monotonic()) + FIRST_TICK))
         self._cancel_leftovers()
         self.work_dir.claims.remove()
         self.scheduler.release(self.jobs)
         self.work_dir.log("map_finished", chunks=self.manifest.num_chunks, lost=sorted(self.lost_chunks))
         if self.lost_chunks:
             raise self._lost_error()
+
+    def _wait(self, timeout: float) -> None:
+        """Sleep until the next tick; a running poll's answer ends the sleep."""
+        if self._poll is not None:
+            self._poll.done.wait(timeout)
+        else:
+            self.scheduler.wait(timeout)
+
+    def _poll_answered(self) -> bool:
+        return self._poll is not None and self._poll.done.is_set()
 
     def _take_fresh(self) -> list[int]:
         fresh, self._fresh = self._fresh, []
@@ -232,14 +276,30 @@ class MapRun:
         return {c: kinds for c, kinds in self.unreduced.items() if c not in waiting}
 
     def _safe_poll(self) -> PollResult | None:
-        """One scheduler poll; a failing command costs a poll (None), not the map, unless its
-        output stays unreadable or the scheduler stays silent for MAX_POLL_OUTAGE."""
+        """The answer of a scheduler poll, or None: while the poll runs (it was started now, or
+        earlier: one at a time), or when it failed. A failing command costs a poll, not the
+        map, unless its output stays unreadable or the scheduler stays silent (failing or
+        hanging) for MAX_POLL_OUTAGE. The caller collects the work_dir after it, so that a
+        result written before the poll looked does not look lost."""
+        poll = self._poll
+        if poll is None:
+            poll = self._poll = _Poll(self.scheduler, self.spec, list(self.jobs))
+            poll.done.wait(POLL_PATIENCE)
+        if not poll.done.is_set():
+            silent = time.monotonic() - (self._failing_since or poll.started)
+            if silent > MAX_POLL_OUTAGE:
+                raise SchedulerError(f"the scheduler has not answered a poll for {silent:.0f} s "
+                                     f"(one has hung for {time.monotonic() - poll.started:.0f} s). "
+                                     f"The work_dir is kept: {self.work_dir.path}")
+            return None
+        self._poll = None
         try:
-            statuses = self.scheduler.poll(self.spec, self.jobs)
+            if poll.error is not None:
+                raise poll.error
         except SchedulerError as exc:
             now = time.monotonic()
             self._poll_failures += 1
-            self._failing_since = self._failing_since or now
+            self._failing_since = self._failing_since or poll.started  # silent since it asked
             self._unreadable = self._unreadable + 1 if isinstance(exc, SchedulerOutputError) else 0
             if self._poll_failures & (self._poll_failures - 1) == 0:  # 1, 2, 4, ...: a short log
                 self.work_dir.log("poll_failed", error=str(exc), failures=self._poll_failures)
@@ -247,12 +307,20 @@ class MapRun:
                     self.progress.write(f"poolparty_raster: poll failed, will retry: {exc}")
             kept = f"The work_dir is kept: {self.work_dir.path}"
             if self._unreadable >= UNREADABLE_POLLS:
-                raise SchedulerError(f"{exc} ({self._unreadable} polls in a row). {kept}") from exc
+                raise SchedulerOutputError(f"{exc} ({self._unreadable} polls in a row). {kept}") from exc
             if now - self._failing_since > MAX_POLL_OUTAGE:
                 raise SchedulerError(f"the scheduler has not answered a poll for "
                                      f"{now - self._failing_since:.0f} s: {exc}. {kept}") from exc
             return None
         self._poll_failures, self._failing_since, self._unreadable = 0, None, 0
+        statuses = poll.answer
+        # Jobs submitted while the poll ran were not asked about: pending, as far as it knows.
+        asked = {job["job_id"] for job in poll.jobs}
+        for job in self.jobs:
+            if job["job_id"] not in asked:
+                for member in job["chunks"]:
+                    statuses.setdefault((job["job_id"], member), TaskStatus(
+                        TaskState.PENDING, "submitted while the scheduler was polled"))
         self._last_poll = statuses
         return statuses
 

@@ -1,6 +1,6 @@
 """Behaviour seen from a user's own script: functions from __main__ and from a module beside the
-script, and Ctrl-C (or SIGTERM, as a scheduler ends the driver's own job) cancelling the map's
-jobs."""
+script, and Ctrl-C (or SIGTERM, as a scheduler ends the driver's own job, or SIGHUP, as a
+dropped ssh session ends it) cancelling the map's jobs."""
 from __future__ import annotations
 
 import os
@@ -62,16 +62,18 @@ def test_functions_from_main_and_from_a_module_beside_the_script(tmp_path, scrip
     assert done.stdout.strip() == "[0, 2, 4, 6] [0, 3, 6]"
 
 
-@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGHUP"])
 def test_ctrl_c_or_sigterm_cancels_the_maps_jobs(tmp_path, script_backend, how):
-    if how == "SIGTERM" and script_backend.startswith("real"):
+    if how != "SIGINT" and script_backend.startswith("real"):
         pytest.skip("the driver's signal handling is the same whatever the scheduler; "
                     "SIGINT covers the real schedulers' cancel commands")
     pids = tmp_path / "pids"
     pids.mkdir()
     (tmp_path / "sleeper.py").write_text(SLEEPER.format(pids=str(pids), pool=pool_expression(script_backend)))
+    # SIGHUP as a login shell leaves it (not ignored, as under nohup, which stays so)
     driver = subprocess.Popen([sys.executable, "sleeper.py"], cwd=tmp_path,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while len(os.listdir(pids)) < 2:
         assert time.monotonic() < deadline, "the tasks never started"
@@ -82,7 +84,7 @@ def test_ctrl_c_or_sigterm_cancels_the_maps_jobs(tmp_path, script_backend, how):
     if how == "SIGINT":
         assert "KeyboardInterrupt" in stderr
     else:
-        assert driver.returncode == 128 + signal.SIGTERM, stderr
+        assert driver.returncode == 128 + getattr(signal, how), stderr
     task_pids = [int(p) for p in os.listdir(pids)]
     deadline = time.monotonic() + 30
     while any(_alive(pid) for pid in task_pids):
@@ -103,3 +105,37 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_signal_the_program_handles_or_ignores_itself_is_left_so_during_a_map():
+    """Under nohup SIGHUP is ignored, and must stay so (the driver outlives the session);
+    a SIGTERM handler of the program's own keeps working. Unset ones are the map's while it
+    runs, and the default again after."""
+    import poolparty_raster as pp
+    own_calls = []
+
+    def own(signum, frame):
+        own_calls.append(signum)
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGTERM)}
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, own)
+        results = pp.LocalPool(2, progress=False).imap(abs, range(-4, 0), chunksize=1)
+        first = next(results)  # the map runs
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is own
+        os.kill(os.getpid(), signal.SIGHUP)   # ignored
+        os.kill(os.getpid(), signal.SIGTERM)  # the program's own handler runs, nothing exits
+        assert [first, *results] == [4, 3, 2, 1] and own_calls == [signal.SIGTERM]
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        results = pp.LocalPool(2, progress=False).imap(abs, range(-4, 0), chunksize=1)
+        next(results)
+        installed = {signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGTERM)}
+        assert signal.SIG_DFL not in installed and len(installed) == 1  # the map's, for both
+        assert list(results) == [3, 2, 1]
+        assert signal.getsignal(signal.SIGHUP) is signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)

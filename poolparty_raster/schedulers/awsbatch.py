@@ -140,7 +140,9 @@ class AwsBatchScheduler(AwsScheduler):
         self._session, self._client = boto3_session, batch_client
         self._submit_client = batch_client
         self._final: dict[str, TaskStatus] = {}  # finished children need no more describe calls
-        self._unsure: dict[str, dict[str, Unsure]] = {}  # map -> job name -> lost submission
+        # map -> job name -> lost submission. Polls run in a thread of their own (engine.py)
+        # beside submissions: entries go with pop, and are iterated over copies.
+        self._unsure: dict[str, dict[str, Unsure]] = {}
 
     @property
     def client(self) -> Any:
@@ -217,7 +219,7 @@ class AwsBatchScheduler(AwsScheduler):
                                 f"(after {self.retries + 1} attempts)", SUBMIT_GIVE_UP_AFTER)
 
     def _supersede(self, map_name: str, chunks: Sequence[int]) -> None:
-        for entry in self._unsure.get(map_name, {}).values():
+        for entry in list(self._unsure.get(map_name, {}).values()):
             if not entry.superseded and set(entry.chunks).intersection(chunks):
                 entry.superseded = True
 
@@ -242,7 +244,7 @@ class AwsBatchScheduler(AwsScheduler):
                 jobs = jobs[1:]
             entry.superseded = True
             if not self._terminate([j["jobId"] for j in jobs], DUPLICATE_REASON):
-                del self._unsure[map_name][name]  # else polls try again (adopted: recorded)
+                self._unsure.get(map_name, {}).pop(name, None)  # else polls try again (adopted: recorded)
         return adopted
 
     def _lost_jobs(self, map_name: str, which: Callable[[str, Unsure], bool]
@@ -255,7 +257,7 @@ class AwsBatchScheduler(AwsScheduler):
                 if jobs := self._listed(name):
                     found.append((name, entry, jobs))
                 elif time.monotonic() - entry.since > LISTING_LAG:
-                    del entries[name]
+                    entries.pop(name, None)
         return found
 
     def _listed(self, name: str) -> list[dict[str, Any]]:
@@ -285,7 +287,7 @@ class AwsBatchScheduler(AwsScheduler):
             if failed:
                 left += failed
             else:
-                del self._unsure[map_name][name]
+                self._unsure.get(map_name, {}).pop(name, None)
         return left
 
     def _terminate(self, job_ids: Sequence[str], reason: str) -> list[str]:
@@ -295,7 +297,7 @@ class AwsBatchScheduler(AwsScheduler):
 
     # -- poll and cancel ---------------------------------------------------------------
     def poll(self, spec: SubmitSpec, jobs: Sequence[JobRecord]) -> PollResult:
-        if any(e.superseded for e in self._unsure.get(spec.job_name, {}).values()):
+        if any(e.superseded for e in list(self._unsure.get(spec.job_name, {}).values())):
             self._settle(spec.job_name, jobs, everything=False)  # what fails is tried next poll
         result: PollResult = {}
         ask: dict[str, tuple[str, int]] = {}
@@ -356,7 +358,7 @@ class AwsBatchScheduler(AwsScheduler):
                 self._final.pop(child_id(job, chunk), None)
         for map_name in {map_of(job) for job in jobs} & set(self._unsure):
             left = self._settle(map_name, jobs, everything=True)
-            del self._unsure[map_name]
+            self._unsure.pop(map_name, None)
             if left:
                 warnings.warn(f"poolparty_raster: map {map_name} may have left jobs running (tagged "
                               f"poolparty_raster:map={map_name}): " + "; ".join(left), stacklevel=2)
