@@ -94,7 +94,8 @@ class MapHandle:
         self._mode_changed = False  # resumed in the other mode (set by _prepare)
         self.work_dir = wd.WorkDir(path)
         self._mark = self.work_dir.create()
-        self._lock = FileLock(self.work_dir.file("driver.lock"), mode=0o600)
+        # Not thread-local: an imap dropped in another thread (its finalizer) releases it too.
+        self._lock = FileLock(self.work_dir.file("driver.lock"), mode=0o600, thread_local=False)
         try:
             self._lock.acquire(timeout=0)
         except Timeout:

@@ -8,11 +8,15 @@ import os
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from typing import Any
+
+import cloudpickle
 
 from poolparty_raster.asyncresult import AsyncResult
 from poolparty_raster.engine import RunOptions
+from poolparty_raster.feeding import (MAX_BATCHES_IN_FLIGHT, LazyResults, one_map_limit,
+                                      values_of)
 from poolparty_raster.mapping import MapHandle, MapSettings, default_work_dir_root, materialise
 from poolparty_raster.outcome import ChunkOutcome
 from poolparty_raster.schedulers.base import Scheduler
@@ -188,6 +192,53 @@ class Pool:
         handle.start()  # submitted now, whenever the caller starts reading results
         return handle
 
+    def _start_batch(self, func: Callable[[Any], Any], chunksize: int,
+                     tasks: list[Any]) -> MapHandle:
+        """One batch of a lazily read imap: a map of its own, in a new work_dir."""
+        handle = MapHandle(self._scheduler, self._settings, func, tasks, chunksize, self._abort)
+        handle.start()
+        return handle
+
+    def _imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int | None,
+              ordered: bool, method: str) -> Iterator[Any]:
+        if self._closed:
+            raise ValueError("Pool not running")
+        # A collection (its length known, its items in memory already) runs as one map when
+        # a work_dir was given, which holds one map, or when it is no longer than a batch.
+        sized = isinstance(iterable, Sized) and not isinstance(iterable, Iterator)
+        one_map = self._scheduler is None or (  # SerialPool: nothing is submitted anyway
+            sized and (self._settings.work_dir is not None
+                       or len(iterable) <= one_map_limit(self._slots(), chunksize or 1)))
+        if one_map:
+            handle = self._start(func, iterable, chunksize)
+            if handle is None:
+                return iter(())
+            return ResultIterator(handle, handle.ordered() if ordered else handle.completed())
+        if self._settings.work_dir is not None:
+            raise ValueError(
+                f"{method} reads an iterator lazily, in batches that are maps of their own "
+                f"work_dirs, and this pool's work_dir={self._settings.work_dir!r} holds one map. "
+                f"Pass a list (list(iterable)) to run it as one map that this work_dir can "
+                f"resume, or make the pool without work_dir.")
+        chunksize = 1 if chunksize is None else chunksize
+        if chunksize < 1:
+            raise ValueError(f"chunksize must be at least 1, not {chunksize}")
+        self._scheduler.check_available()
+        cloudpickle.dumps(func)  # an unpicklable function fails here, before anything is read
+        # Two batches in flight are two maps, each held to the pool's bounds: twice the bound.
+        bounded = self._settings.throttle is not None or (
+            self.mode == "workers" and self.max_workers is not None)
+        return LazyResults(functools.partial(self._start_batch, func, chunksize), iter(iterable),
+                           self._slots(), chunksize, ordered, self._abort,
+                           in_flight=1 if bounded else MAX_BATCHES_IN_FLIGHT)
+
+    def _slots(self) -> int:
+        """How many chunks run at once, which imap's batch sizes follow: the workers in
+        workers mode (max_workers, else the parallelism), else the parallelism."""
+        if self.mode == "workers" and self.max_workers:
+            return self.max_workers
+        return self.parallelism
+
     # -- the multiprocessing.Pool API --------------------------------------------------
     def map(self, func: Callable[[Any], Any], iterable: Iterable[Any],
             chunksize: int | None = None) -> list[Any]:
@@ -218,14 +269,35 @@ class Pool:
     def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any],
              chunksize: int = 1) -> Iterator[Any]:
         """Results in input order as they become available; a task's exception is raised at its
-        place in the sequence (the map's remaining jobs are then cancelled)."""
-        handle = self._start(func, iterable, chunksize)
-        return ResultIterator(handle, handle.ordered()) if handle else iter(())
+        place in the sequence (what is still running is then cancelled).
+
+        The input is read lazily, as multiprocessing's imap reads it (by a thread, here at
+        most one batch ahead), so an endless or slow iterator works: each batch of tasks runs
+        as a map of its own, in a work_dir of its own, starting at 4 chunks of ``chunksize``
+        tasks per slot of the pool (``pool.parallelism``; ``max_workers`` in workers mode if
+        given) and doubling up to 64 per slot. The next batch runs while you read the current
+        one; no more than two are in flight (one where ``num_simultaneously_running_tasks``,
+        or ``max_workers`` in workers mode, bounds the jobs: two maps would hold twice that),
+        so a consumer that stops reading stops the input being read. A batch is submitted
+        when it is full, when the input ends, or once its first item has waited 0.1 s. An
+        exception raised by the input iterator itself is raised at its place, after the
+        results of the items before it (with ``chunksize`` > 1 too). Dropping or closing the
+        iterator before its end cancels the jobs of every batch in flight.
+
+        A collection with a length (a list, tuple, range, array, ...) runs as one map, as with
+        ``map``, when it holds at most 64 chunks per slot, and whatever its length when the
+        pool was given a ``work_dir``: one work_dir holds one map, which is what makes it
+        resumable. An iterator (a generator, a file, ...) cannot be given with a
+        ``work_dir``: that raises ValueError; pass ``list(iterable)`` to run it as one map that
+        the work_dir can resume."""
+        return self._imap(func, iterable, chunksize, ordered=True, method="imap")
 
     def imap_unordered(self, func: Callable[[Any], Any], iterable: Iterable[Any],
                        chunksize: int = 1) -> Iterator[Any]:
-        handle = self._start(func, iterable, chunksize)
-        return ResultIterator(handle, handle.completed()) if handle else iter(())
+        """As ``imap`` (the same lazy reading, batches and ``work_dir`` rule), but each
+        batch's results come in the order its chunks finish; batches come one after another.
+        An exception of the input iterator is raised once every result before it came."""
+        return self._imap(func, iterable, chunksize, ordered=False, method="imap_unordered")
 
     def apply(self, func: Callable[..., Any], args: tuple[Any, ...] = (),
               kwds: dict[str, Any] | None = None) -> Any:
@@ -260,11 +332,13 @@ class Pool:
 
 
 class ResultIterator:
-    """What imap and imap_unordered return: the map is already submitted. Dropped before its
-    end, it cancels the map's jobs (their work_dir is kept), so nothing runs on unread."""
+    """What imap and imap_unordered return when the input runs as one map (a short sequence,
+    or any with a work_dir; see feeding.LazyResults for the others): the map is already
+    submitted. Dropped before its end, it cancels the map's jobs (their work_dir is kept), so
+    nothing runs on unread."""
 
     def __init__(self, handle: MapHandle, outcomes: Iterator[ChunkOutcome]):
-        self._values = _values(outcomes)
+        self._values = values_of(outcomes)
         self._finalizer = weakref.finalize(self, handle.abandon)
 
     def __iter__(self) -> ResultIterator:
@@ -276,15 +350,3 @@ class ResultIterator:
     def close(self) -> None:
         self._values.close()
         self._finalizer()
-
-
-def _values(outcomes: Iterator[ChunkOutcome]) -> Iterator[Any]:
-    try:
-        for outcome in outcomes:
-            for offset, value in enumerate(outcome.values):
-                error = outcome.errors.get(outcome.first_index + offset)
-                if error is not None:
-                    raise error
-                yield value
-    finally:
-        outcomes.close()

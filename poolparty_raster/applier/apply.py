@@ -161,7 +161,10 @@ def _collect(pool: Any, runner: TaskRunner, feeder: _Feeder, scratch: Scratch | 
     results: Any = None
     clock = time.perf_counter  # per task, where a context manager costs more than the work
     try:
-        results = iter(pool.imap_unordered(runner, feeder.tasks()))
+        tasks = feeder.tasks()
+        if feeder.slots is None:  # every task at once: this package's pools run a list as one
+            tasks = list(tasks)   # map, where they read a generator in batches, a map each
+        results = iter(pool.imap_unordered(runner, tasks))
         while True:
             start = clock()
             packed = next(results, None)
