@@ -113,7 +113,7 @@ def clean(paths: list[str], force: bool) -> Iterator[str]:
             work_dir = _open(path)
             try:
                 locks.enter_context(FileLock(work_dir.file("driver.lock"), mode=0o600,
-                                             timeout=0))
+                                             timeout=1))  # a worker may hold it briefly
             except Timeout:
                 raise SystemExit(f"poolparty-raster: a driver is running the map in {path}; "
                                  "stop it first (clean never removes a running map)") from None

@@ -97,7 +97,7 @@ class MapHandle:
         # Not thread-local: an imap dropped in another thread (its finalizer) releases it too.
         self._lock = FileLock(self.work_dir.file("driver.lock"), mode=0o600, thread_local=False)
         try:
-            self._lock.acquire(timeout=0)
+            self._lock.acquire(timeout=1)  # not 0: a worker looking for its driver holds it briefly
         except Timeout:
             raise WorkDirBusyError(f"another driver is running a map in {path}") from None
         try:

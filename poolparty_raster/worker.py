@@ -6,6 +6,7 @@ before anything else is imported (so ``OMP_NUM_THREADS`` and friends take effect
 """
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import pickle
@@ -227,6 +228,7 @@ def _report_cwd_error() -> None:
 
 
 HEARTBEAT_SECONDS = 5.0  # how often a worker in workers mode touches its claim
+DRIVER_CHECK_SECONDS = 2.0  # how often, at most, it looks for its driver before a claim
 
 
 def run_and_store(work_dir: Any, manifest: Any, load_function: Callable[[], Any],
@@ -266,20 +268,78 @@ class Heartbeat:
                     pass
 
 
+def driver_lock_held(path: str) -> bool | None:
+    """Whether a process holds the flock on ``path`` (the driver's driver.lock): the lock is
+    tried shared and without waiting, and let go at once. Shared, so that workers trying it
+    at the same time do not see each other; a driver that holds it (exclusive) is never
+    disturbed. None where it cannot be told (no flock on this filesystem)."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:  # the work_dir was removed: the map is over
+        return False
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            return True if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) else None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+class DriverWatch:
+    """Whether the map's driver is still there, asked before each claim. A worker whose driver
+    died (nothing tells a cluster job that) stops claiming chunks: a driver that resumes the
+    map would find them claimed by a worker it does not know, and each chunk run after the
+    map ended writes into a work_dir that may be removed.
+
+    The driver holds driver.lock for the whole map; a worker that can take it found no
+    driver. It looks at most every DRIVER_CHECK_SECONDS (an open and two flocks, round trips
+    on NFS). Where locks do not reach from node to node (Lustre mounted with localflock,
+    BeeGFS without global file locks) every node sees the lock free: a free lock counts only
+    once this worker has seen it held, so a worker there runs on as it did before."""
+
+    def __init__(self, lock_path: str):
+        self.lock_path = lock_path
+        self._seen_held = False
+        self._checked = float("-inf")
+
+    def present(self) -> bool:
+        now = time.monotonic()
+        if now - self._checked < DRIVER_CHECK_SECONDS:
+            return True
+        self._checked = now
+        held = driver_lock_held(self.lock_path)
+        if held:
+            self._seen_held = True
+        return held is not False or not self._seen_held
+
+
 def claim_and_run(work_dir: Any, manifest: Any, load_function: Callable[[], Any],
                   worker: int, captures: Captures) -> None:
-    """Workers mode: claim the next free chunk, run it, and again, until none is left. A
-    worker whose node cannot load the function fails the chunk it holds and stops, leaving
-    the rest to workers elsewhere."""
+    """Workers mode: claim the next free chunk, run it, and again, until none is left or the
+    driver is gone (DriverWatch). A worker whose node cannot load the function fails the
+    chunk it holds and stops, leaving the rest to workers elsewhere."""
     from poolparty_raster.resultlog import ResultLog
 
     num_chunks = manifest.num_chunks
     name = f"{worker} {socket.gethostname()} {os.getpid()} {captures.worker_token}"
     done = work_dir.finished_chunks()
+    driver = DriverWatch(work_dir.file("driver.lock"))
     heartbeat = Heartbeat()
     results = ResultLog(work_dir.path)
     try:
-        while (claimed := work_dir.claims.claim_next(num_chunks, name, done)) is not None:
+        while driver.present():
+            claimed = work_dir.claims.claim_next(num_chunks, name, done)
+            if claimed is None:
+                return
             chunk, heartbeat.claim = claimed
             try:
                 if not run_and_store(work_dir, manifest, load_function, chunk, captures, results):

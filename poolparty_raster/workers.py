@@ -8,6 +8,10 @@ The driver's part, in the spirit of a worker manager:
   worker takes the chunk, counting toward ``max_num_resubmissions`` for that chunk; one that
   ended well is given SUCCEEDED_GRACE for its last result to show (a shared filesystem's
   directory cache); the second run of a straggler is watched the same way;
+- a resumed map's claims held by workers of the earlier driver (or by any worker this driver
+  did not start) are released only once their holder is gone: its process, when it ran on
+  this host, else its heartbeat (a LocalPool's scheduler cannot see processes it did not
+  start); such a release is not charged to the chunk, as this driver did not run it;
 - a worker whose heartbeat stopped for STALE_AFTER seconds of the driver's clock while its job
   still runs may be hung, or only busy in one long call that holds the GIL (the heartbeat is a
   thread): its chunk is issued once more, as a straggler's is, and it is left to run, not
@@ -19,7 +23,9 @@ The driver's part, in the spirit of a worker manager:
 """
 from __future__ import annotations
 
+import functools
 import os
+import socket
 import statistics
 import time
 from dataclasses import dataclass
@@ -66,6 +72,45 @@ def holder_token(holder: str) -> str | None:
     <token>"``."""
     parts = holder.split()
     return parts[3] if len(parts) == 4 else None
+
+
+def process_alive(pid: int, token: str) -> bool:
+    """Whether process ``pid`` of this host, which made the claim token ``token``
+    ("<host>-<pid>-<ns>", claims.process_token), still runs: not a zombie, and not a later
+    process that got the same pid (it started after the token was made)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: not a worker of ours, but it runs
+        pass
+    if not os.path.isdir("/proc/self"):  # no /proc: the pid is all there is to go by
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()  # after the command's name
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    if fields[0] == b"Z":
+        return False
+    made = token.rsplit("-", 1)[-1]
+    if made.isdigit() and _boot_time() is not None:
+        started = _boot_time() + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        if started > int(made) / 1e9 + 2.0:  # boot time is told in whole seconds
+            return False
+    return True
+
+
+@functools.cache
+def _boot_time() -> float | None:
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith("btime "):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 class WorkersRun(MapRun):
@@ -264,7 +309,7 @@ class WorkersRun(MapRun):
                 self._beats[chunk] = (mtime, now)
             silence = now - self._beats[chunk][1]
             worker = holder_id(holder)
-            if not self._holder_gone(worker, now):
+            if not self._holder_gone(worker, now, holder, chunk):
                 if silence > STALE_AFTER + self.scheduler.filesystem_lag:
                     self._reissue(chunk, f"no heartbeat for {silence:.0f} s")
                 continue
@@ -274,30 +319,53 @@ class WorkersRun(MapRun):
             surplus = worker in self.workers and self.workers[worker].surplus
             token = holder_token(holder)
             captures = self.work_dir.worker_captures(token) if token else []
-            self._release(chunk, holder, self._end_reason(worker), captures, charged=not surplus)
+            self._release(chunk, holder, self._end_reason(worker), captures,
+                          charged=not surplus and not self._earlier(worker))
             released = True
         for chunk, holder in duplicated.items():
             if chunk in self.finished or chunk in self.lost_chunks:
                 continue
             worker = holder_id(holder)
-            if not self._holder_gone(worker, now):
+            if not self._holder_gone(worker, now, holder):
                 continue
             self._collect()
             if chunk not in self.finished:
-                self._release_second_run(chunk, holder, self._end_reason(worker))
+                self._release_second_run(chunk, holder, self._end_reason(worker),
+                                         charged=not self._earlier(worker))
                 released = True
         return released
 
-    def _holder_gone(self, worker: int | None, now: float) -> bool:
+    def _earlier(self, worker: int | None) -> bool:
+        """A worker this driver did not start: an earlier driver's (reattached), or one never
+        recorded (its driver was killed between the submission and the record)."""
+        return worker in self._earlier_workers or worker not in self.workers
+
+    def _holder_gone(self, worker: int | None, now: float, holder: str = "",
+                     chunk: int | None = None) -> bool:
         """Whether a claim's worker is gone for good. One that ended well wrote the results
-        of all it claimed: its last may take SUCCEEDED_GRACE to show on a shared filesystem."""
+        of all it claimed: its last may take SUCCEEDED_GRACE to show on a shared filesystem.
+        One this driver did not start may run although the scheduler does not show it (a
+        LocalPool's knows only its own processes): it is gone once its process is, when it
+        ran on this host, else once the heartbeat of its claim (``chunk``, a first run's)
+        stopped for STALE_AFTER."""
         if worker is None or worker in self._alive():
+            return False
+        if self._earlier(worker) and self._earlier_holder_alive(holder, chunk, now):
             return False
         state = self.workers.get(worker)
         lag = self.scheduler.filesystem_lag
         if state is not None and state.ended_well_at is not None and lag > 0:
             return now - state.ended_well_at >= max(lag, SUCCEEDED_GRACE)
         return True
+
+    def _earlier_holder_alive(self, holder: str, chunk: int | None, now: float) -> bool:
+        parts = holder.split()  # "<worker> <host> <pid> <token>"
+        if len(parts) == 4 and parts[2].isdigit() and parts[1] == socket.gethostname():
+            return process_alive(int(parts[2]), parts[3])
+        if chunk is None:  # a second run's claim: no heartbeat followed, the scheduler's word
+            return False
+        silence = now - self._beats.get(chunk, (None, now))[1]
+        return silence <= STALE_AFTER + self.scheduler.filesystem_lag
 
     def _end_reason(self, worker: int | None) -> str:
         state = self.workers.get(worker) if worker is not None else None
@@ -331,13 +399,16 @@ class WorkersRun(MapRun):
             self._claims_view = None
             self.progress.note_resubmitted(1)
 
-    def _release_second_run(self, chunk: int, holder: str, reason: str) -> None:
+    def _release_second_run(self, chunk: int, holder: str, reason: str,
+                            charged: bool = True) -> None:
         """The second run of a re-issued chunk died: another worker may take it, unless the
         chunk has used up its resubmissions (its first run goes on either way)."""
-        self.releases[chunk] = self.releases.get(chunk, 0) + 1
+        if charged:
+            self.releases[chunk] = self.releases.get(chunk, 0) + 1
         self._archive_dead_attempt(chunk, f"second run: {reason}", [])
-        self.work_dir.log("lost", chunk=chunk, holder=holder, reason=reason, second_run=True)
-        if self.releases[chunk] > self.options.max_num_resubmissions:
+        self.work_dir.log("lost", chunk=chunk, holder=holder, reason=reason, second_run=True,
+                          charged=charged)
+        if self.releases.get(chunk, 0) > self.options.max_num_resubmissions:
             self.work_dir.claims.withdraw_reissue(chunk)
             self._reissued.discard(chunk)
             self._reissue_spent.add(chunk)

@@ -5,6 +5,10 @@ memory: ``num_workers`` threads each start one worker process at a time and wait
 Linux the processes are forked by a fork server (forkserver.py), which saves each chunk the
 interpreter start and the import of numpy and rasterio; elsewhere, or should the server fail,
 each chunk starts ``python script.py chunk`` afresh.
+
+Its processes do not outlive the driver (on Linux: a parent-death signal, see forkserver.py),
+and a cancel returns once the processes it killed are gone, those being started included: a
+process left running in workers mode goes on claiming chunks.
 """
 from __future__ import annotations
 
@@ -15,12 +19,18 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 
 from poolparty_raster.schedulers.base import (JobRecord, PollResult, Scheduler, SubmitSpec,
                                               TaskState, TaskStatus)
 from poolparty_raster.schedulers import forkserver
 from poolparty_raster.schedulers.forkserver import Launch
+
+# How long cancel() waits for the processes it killed to be gone: a start through a fork
+# server that does not answer gives up after 30 s (the chunk then starts the slow way, and is
+# killed as soon as it has).
+CANCEL_WAIT = 45.0
 
 
 class LocalScheduler(Scheduler):
@@ -45,6 +55,7 @@ class LocalScheduler(Scheduler):
         self._busy = 0  # threads running a chunk
         self._ids = itertools.count(1)
         self._changed = threading.Event()
+        self._ended = threading.Condition(self._lock)  # a RUNNING chunk became FINISHED
 
     def check_available(self) -> None:
         """Always available: it needs nothing but this machine."""
@@ -78,7 +89,7 @@ class LocalScheduler(Scheduler):
                     self._threads -= 1
                     return
                 key = (job_id, chunk)
-                if key in self._cancelled:
+                if key in self._cancelled or key not in self._states:  # cancelled, or released
                     continue
                 self._busy += 1
                 self._states[key] = TaskStatus(TaskState.RUNNING)
@@ -87,20 +98,26 @@ class LocalScheduler(Scheduler):
             except OSError as exc:  # the work_dir was removed, or no such interpreter
                 with self._lock:
                     self._busy -= 1
-                    self._states[key] = TaskStatus(TaskState.FINISHED, f"could not start: {exc}")
+                    self._finish(key, f"could not start: {exc}")
                 self._changed.set()
                 continue
             with self._lock:
                 self._processes[key] = process
-                if key in self._cancelled:  # cancelled while it started
-                    _kill_group(process.pid)
+                if key in self._cancelled:  # cancelled while it started: cancel() waits
+                    _kill(process)
             code = process.wait()
             with self._lock:
                 self._busy -= 1
                 del self._processes[key]
-                reason = "cancelled" if key in self._cancelled else f"exit code {code}"
-                self._states[key] = TaskStatus(TaskState.FINISHED, reason)
+                self._finish(key, "cancelled" if key in self._cancelled else f"exit code {code}")
             self._changed.set()
+
+    def _finish(self, key: tuple[str, int], reason: str) -> None:
+        """A started chunk ended (the caller holds the lock); a released job is not brought
+        back."""
+        if key in self._states:
+            self._states[key] = TaskStatus(TaskState.FINISHED, reason)
+        self._ended.notify_all()
 
     def _start(self, spec: SubmitSpec, chunk: int) -> subprocess.Popen[bytes] | Launch:
         # Started in the work_dir, which exists while the map runs: script.py enters the
@@ -111,11 +128,19 @@ class LocalScheduler(Scheduler):
                     [spec.script_path, str(chunk)], spec.work_dir, spec.scheduler_log)
             except OSError:
                 self.fork = False  # it died: start this chunk, and the next ones, the slow way
+        # Started from this thread, which waits for the process: the parent-death signal
+        # comes when the thread that forked ends, not only when the driver does.
+        driver = os.getpid()
+        dies_with_driver = None
+        if forkserver.can_die_with_parent():
+            def dies_with_driver() -> None:
+                if not forkserver.die_with_parent(signal.SIGKILL, driver):
+                    os._exit(1)  # the driver died while this process started
         with open(spec.scheduler_log, "ab") as log:
             os.chmod(spec.scheduler_log, 0o600)
             return subprocess.Popen([spec.python_path, spec.script_path, str(chunk)], cwd=spec.work_dir,
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+                                    start_new_session=True, preexec_fn=dies_with_driver)
 
     def poll(self, spec: SubmitSpec, jobs: Sequence[JobRecord]) -> PollResult:
         wanted = {job["job_id"] for job in jobs}
@@ -124,18 +149,30 @@ class LocalScheduler(Scheduler):
 
     def cancel(self, spec: SubmitSpec, jobs: Sequence[JobRecord],
                chunks: Sequence[int] | None = None) -> None:
+        """Kill the chunks' processes, and return once they are gone: those being started
+        too, which are killed as soon as they have started (up to CANCEL_WAIT)."""
         with self._lock:
+            stopping = []
             for job in jobs:
                 for chunk in job["chunks"] if chunks is None else chunks:
                     key = (job["job_id"], chunk)
-                    if key not in self._states:
+                    status = self._states.get(key)
+                    if status is None:
                         continue
                     self._cancelled.add(key)
-                    process = self._processes.get(key)
-                    if process is not None:
-                        _kill_group(process.pid)
-                    elif self._states[key].state is TaskState.PENDING:
+                    if status.state is TaskState.PENDING:  # still queued: never started
                         self._states[key] = TaskStatus(TaskState.FINISHED, "cancelled")
+                    elif status.state is TaskState.RUNNING:
+                        process = self._processes.get(key)
+                        if process is not None:  # else being started: _work kills it
+                            _kill(process)
+                        stopping.append(key)
+            deadline = time.monotonic() + CANCEL_WAIT
+            while any(self._states.get(key, _GONE).state is TaskState.RUNNING for key in stopping):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._ended.wait(left)
 
     def wait(self, timeout: float) -> None:
         self._changed.wait(timeout)
@@ -149,9 +186,12 @@ class LocalScheduler(Scheduler):
                 self._cancelled.discard(key)
 
 
-def _kill_group(pid: int) -> None:
-    """A chunk's process leads a session of its own: kill it with all it started."""
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+_GONE = TaskStatus(TaskState.FINISHED, "released")
+
+
+def _kill(process: subprocess.Popen[bytes] | Launch) -> None:
+    """Kill a chunk's process with all it started (the caller holds the lock)."""
+    if isinstance(process, Launch):
+        process.kill()  # by the fork server, which knows whether it has reaped it
+    elif process.returncode is None:  # not reaped: its pid is not another process's
+        forkserver.kill_session(process.pid)
