@@ -226,6 +226,10 @@ class LazyResults:
             self.close()
             raise
 
+    def abandon(self) -> None:
+        """Stop reading the input and cancel every batch in flight (the pool was terminated)."""
+        self._finalizer()
+
     def close(self) -> None:
         self._done = True
         for batch in list(self._state.batches):

@@ -128,6 +128,9 @@ class Pool:
             scaling=WorkerScaling(min_workers, max_workers, min_seconds_between_submissions))
         self._closed = False
         self._async_threads: list[threading.Thread] = []
+        # imap results not read to their end: terminate() cancels their maps, which would
+        # otherwise run on until their iterator is read or dropped.
+        self._iterators: weakref.WeakSet[ResultIterator | LazyResults] = weakref.WeakSet()
 
     @property
     def parallelism(self) -> int:
@@ -166,6 +169,8 @@ class Pool:
         """Stop at once: cancel the jobs of every running map (their work_dirs are kept)."""
         self._closed = True
         self._abort.set()
+        for iterator in list(self._iterators):
+            iterator.abandon()
         self.join()
 
     def join(self) -> None:
@@ -213,7 +218,8 @@ class Pool:
             handle = self._start(func, iterable, chunksize)
             if handle is None:
                 return iter(())
-            return ResultIterator(handle, handle.ordered() if ordered else handle.completed())
+            return self._watched(ResultIterator(
+                handle, handle.ordered() if ordered else handle.completed()))
         if self._settings.work_dir is not None:
             raise ValueError(
                 f"{method} reads an iterator lazily, in batches that are maps of their own "
@@ -228,9 +234,14 @@ class Pool:
         # Two batches in flight are two maps, each held to the pool's bounds: twice the bound.
         bounded = self._settings.throttle is not None or (
             self.mode == "workers" and self.max_workers is not None)
-        return LazyResults(functools.partial(self._start_batch, func, chunksize), iter(iterable),
-                           self._slots(), chunksize, ordered, self._abort,
-                           in_flight=1 if bounded else MAX_BATCHES_IN_FLIGHT)
+        return self._watched(LazyResults(
+            functools.partial(self._start_batch, func, chunksize), iter(iterable),
+            self._slots(), chunksize, ordered, self._abort,
+            in_flight=1 if bounded else MAX_BATCHES_IN_FLIGHT))
+
+    def _watched(self, iterator: ResultIterator | LazyResults) -> ResultIterator | LazyResults:
+        self._iterators.add(iterator)
+        return iterator
 
     def _slots(self) -> int:
         """How many chunks run at once, which imap's batch sizes follow: the workers in
@@ -349,4 +360,9 @@ class ResultIterator:
 
     def close(self) -> None:
         self._values.close()
+        self._finalizer()
+
+    def abandon(self) -> None:
+        """Cancel the map's jobs (the pool was terminated): a later ``next`` raises
+        MapTerminated."""
         self._finalizer()

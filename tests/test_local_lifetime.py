@@ -253,13 +253,9 @@ def record_pid(args):
     return x
 
 
-IMAP_GAP = ("pool.py: terminate() leaves an imap's map running until its iterator is read "
-            "(the pool does not cancel the maps of the imaps it returned)")
-
-
 @pytest.mark.parametrize("method, start_method", [
     ("map_async", "forkserver"), ("map_async", "spawn"),
-    pytest.param("imap", "forkserver", marks=pytest.mark.xfail(reason=IMAP_GAP, strict=True))])
+    ("imap", "forkserver")])
 def test_terminate_right_after_a_map_starts_leaves_no_task_process_running(
         tmp_path, method, start_method):
     pids = tmp_path / "pids"
