@@ -8,13 +8,14 @@ only runs the poll; the driving thread alone reads its answer and changes the ru
 """
 from __future__ import annotations
 
+import errno
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from poolparty_raster.errors import (MapTerminated, SchedulerError, SchedulerOutputError,
-                                     TaskLostError)
+                                     TaskLostError, WorkDirFullError)
 from poolparty_raster.progress import Progress
 from poolparty_raster.schedulers.base import (JobRecord, PollResult, Scheduler, SubmitSpec,
                                               TaskState, TaskStatus, cancelling,
@@ -37,6 +38,7 @@ POLL_PATIENCE = 0.05
 # A job the scheduler saw end well has written its result; NFS may list the directory from a
 # cache for up to its acdirmax (60 s by default) before the driver sees the file.
 SUCCEEDED_GRACE = 60.0
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass
@@ -118,6 +120,11 @@ class MapRun:
         try:
             yield from self._resumed  # archived by an earlier driver; loose ones come fresh
             yield from self._drive()
+        except OSError as exc:
+            self._cancel_all(reason=type(exc).__name__)
+            if exc.errno in DISK_FULL:  # the driver's own write met it
+                raise self._full_error(exc) from exc
+            raise
         except BaseException as exc:  # Ctrl-C and GeneratorExit too: nothing may keep running
             self._cancel_all(reason=type(exc).__name__)
             raise
@@ -385,6 +392,7 @@ class MapRun:
         """Resubmit the chunks whose attempt died, or give up on those out of attempts."""
         if not dead:
             return
+        self._stop_if_disk_full()
         live = {chunk: files["live"] for chunk, files in self.work_dir.scan().items()}
         resubmit, lost = [], []
         for chunk, reason in dead:
@@ -485,6 +493,20 @@ class MapRun:
             self.work_dir.log("cancelled", reason=reason)
         except Exception as exc:  # the original exception matters more; say what was left
             self.work_dir.log("cancel_failed", reason=reason, error=str(exc))
+
+    def _stop_if_disk_full(self) -> None:
+        """Chunks died. Where the work_dir's disk or quota is full, every run would die the
+        same way (and could say so nowhere: its stderr file is on that disk): the map stops,
+        naming the cause, instead of spending resubmissions on it."""
+        error = self.work_dir.space_error()
+        if error is not None:
+            raise self._full_error(error) from error
+
+    def _full_error(self, exc: OSError) -> WorkDirFullError:
+        return WorkDirFullError(
+            f"the work_dir's filesystem is full or over quota ({exc}). Every finished result "
+            f"is kept ({len(self.finished)} of {self.manifest.num_chunks} chunks): free space, "
+            f"then run the same map with the same work_dir to resume it: {self.work_dir.path}")
 
     def _lost_error(self) -> TaskLostError:
         lost = sorted(self.lost_chunks)

@@ -20,7 +20,7 @@ MARK_NAME = "poolparty_raster.mark"  # ownership.py: what makes a directory a wo
 FIXED_NAMES = frozenset({
     MARK_NAME, "manifest.json", "tasks.zip", "script.py", "log.jsonl", "jobs.jsonl",
     "scheduler.log", "driver.lock", "claims", "tasks.results.zip", "tasks.exceptions.zip",
-    "tasks.stdout.zip", "tasks.stderr.zip"})
+    "tasks.stdout.zip", "tasks.stderr.zip", "space.probe"})
 # Files only the driver writes (it holds driver.lock meanwhile): a temporary file of one of
 # these is a killed driver's leftover, which the next driver removes.
 DRIVER_WRITTEN = frozenset({"manifest.json", "tasks", "jobs.jsonl", "tasks.results.zip",

@@ -28,6 +28,7 @@ in the worker's result log): a chunk is finished exactly when its result exists.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import itertools
@@ -58,6 +59,8 @@ _ARCHIVE_NAMES = {"result": "tasks.results.zip", "exception": "tasks.exceptions.
 def function_digest(func_bytes: bytes) -> str:
     return hashlib.sha256(func_bytes).hexdigest()
 
+
+SPACE_PROBE_BYTES = 1 << 20  # what a result of one chunk may need, at least
 
 # The on-disk format: 2 since a chunk's result carries its exception records.
 FORMAT = 2
@@ -401,10 +404,29 @@ class WorkDir:
         extend_archive(self.archive_path(kind), entries, self._open_loose,
                        may_vanish=kind in ("stdout", "stderr"))
 
+    def space_error(self) -> OSError | None:
+        """The error a write of SPACE_PROBE_BYTES into the work_dir meets now (ENOSPC: the disk
+        is full; EDQUOT: the user's quota is used up), None when it succeeds. Asked when
+        chunks die: a worker that cannot write can say so nowhere in the work_dir, since its
+        stderr file is on the same full disk."""
+        try:
+            atomic_write(self.file("space.probe"), bytes(SPACE_PROBE_BYTES), durable=False)
+            os.unlink(self.file("space.probe"))
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                return exc
+        return None
+
     # -- records -----------------------------------------------------------------------
     def log(self, event: str, **fields: Any) -> None:
-        """Append one event to log.jsonl. A reader skips a torn last line."""
-        append_line(self.file("log.jsonl"), {"time": time.time(), "event": event, **fields})
+        """Append one event to log.jsonl. A reader skips a torn last line. The log is a
+        record, not state: on a full disk or quota its line is lost, not the map (the engine
+        says what filled, and nothing else it writes is skipped)."""
+        try:
+            append_line(self.file("log.jsonl"), {"time": time.time(), "event": event, **fields})
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
 
     def read_log(self) -> list[dict[str, Any]]:
         return list(read_jsonl(self.file("log.jsonl")))

@@ -285,6 +285,8 @@ class WorkersRun(MapRun):
         holders = self._holders()
         for worker in ended:
             self.failed_starts = 0 if worker in holders else self.failed_starts + 1
+        if self.failed_starts:
+            self._stop_if_disk_full()
         if self.failed_starts > self.max_workers + self.options.max_num_resubmissions:
             reason = (f"{self.failed_starts} worker jobs in a row ended without running a chunk "
                       f"(last: {self.workers[ended[-1]].reason})")
@@ -385,6 +387,7 @@ class WorkersRun(MapRun):
         what the chunk printed. ``charged``: the run counts toward ``max_num_resubmissions``
         (not when the driver itself cancelled its worker)."""
         if charged:
+            self._stop_if_disk_full()
             self.releases[chunk] = self.releases.get(chunk, 0) + 1
             self.chunks[chunk].attempts = self.releases[chunk]
         self._archive_dead_attempt(chunk, reason, captures)
