@@ -9,9 +9,13 @@ and a worker killed while it appends leaves a torn tail that no name points at. 
 allocates nothing, where a new file a chunk cost the slowest metadata operation there is: on
 this project's test machine a file creation costs 0.25-0.5 ms of kernel time, a link 0.02.
 
-Record: ``MAGIC``, chunk (u64), payload length (u64), CRC-32 of the payload (u32), payload;
-little-endian. A plain result file (array mode, or a filesystem without hard links) starts
-with a pickle's protocol byte instead, so a reader tells the two apart by the first bytes.
+A log starts with its header, written when the log is created, before any record and any link
+to it: ``MAGIC``, the format version (u8, ``VERSION``) and the log's id (16 random bytes).
+Records follow: ``MAGIC``, chunk (u64), payload length (u64), CRC-32 of the payload (u32),
+payload; little-endian. A plain result file (array mode, or a filesystem without hard links)
+starts with a pickle's protocol byte instead, so a reader tells the two apart by the first
+bytes. The driver knows a log by its device, inode and id: a filesystem reuses a freed log's
+inode for a new log, whose records lie elsewhere.
 
 A log takes records until it holds ``max_bytes`` or ``max_records``; then its worker removes
 the log's own name and starts another, and the log's space is freed once the driver has
@@ -29,7 +33,12 @@ from poolparty_raster.claims import NO_HARD_LINKS, process_token
 from poolparty_raster.files import write_all
 
 MAGIC = b"PPRL"
-_HEADER = struct.Struct("<4sQQI")
+VERSION = 1
+_LOG_HEADER = struct.Struct("<4sB16s")  # a log's: MAGIC, VERSION, its id
+HEAD_SIZE = _LOG_HEADER.size
+_HEADER = struct.Struct("<4sQQI")  # a record's
+_PARSE_BYTES = 64 * 1024  # a parse reads the records' headers this many bytes at a time
+IDLE_READS = 1 << 16  # the driver's index forgets a log not read for this many reads
 PREFIX = "results."
 LOG_BYTES = 16 * 1024 * 1024
 LOG_RECORDS = 4096  # far below any filesystem's limit on links to one file (ext4: 65,000)
@@ -37,6 +46,11 @@ LOG_RECORDS = 4096  # far below any filesystem's limit on links to one file (ext
 
 def is_log_name(name: str) -> bool:
     return name.startswith(PREFIX)
+
+
+def is_log(head: bytes) -> bool:
+    """Whether a result file's first bytes are a result log's, not a pickle's."""
+    return head[:len(MAGIC)] == MAGIC
 
 
 class ResultLog:
@@ -102,9 +116,17 @@ class ResultLog:
         raise FileNotFoundError(errno.ENOENT, "the result log vanished twice", self.directory)
 
     def _start(self) -> None:
+        """A new log, its header written before any record (and so before any link to it)."""
         path = os.path.join(self.directory, PREFIX + process_token())
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        self.path, self.records, self.size = path, 0, 0
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            write_all(fd, _LOG_HEADER.pack(MAGIC, VERSION, os.urandom(16)))
+        except BaseException:
+            os.unlink(path)
+            raise
+        finally:
+            os.close(fd)
+        self.path, self.records, self.size = path, 0, HEAD_SIZE
 
     def _retire(self) -> None:
         if self.path is not None:
@@ -116,47 +138,121 @@ class ResultLog:
 
 
 class LogIndex:
-    """The driver's side: where each chunk's record is, per log (by device and inode),
-    parsed incrementally, so that reading every result of a log costs one pass over it."""
+    """The driver's side: where each chunk's record is, per log (by device, inode and id),
+    parsed incrementally, so that reading every result of a log costs one pass over it.
+
+    The driver reads a result twice, for the consumer and when a reduce archives it (and
+    removes its name), so a log has two passes, each advanced by a read that finds nothing in
+    it: the first serves each record's first read, the second, lagging behind, its second. An
+    entry goes at the read it served: the index holds the records not yet read twice, not one
+    entry per chunk of the map. A read after that (a third), or one that a wrong entry fails
+    (a log rewritten in place), parses the log afresh. What a pass holds that no read will
+    take (a result the reduce archived before the consumer had it, whose consumer reads the
+    archive) goes with its log, which the index forgets when no read came to it for the last
+    ``idle_reads`` reads."""
+
+    def __init__(self, idle_reads: int = IDLE_READS) -> None:
+        self._logs: dict[tuple[int, int, bytes], _Log] = {}
+        self.idle_reads = idle_reads
+        self._reads = 0
+
+    def read(self, fd: int, chunk: int, name: str, head: bytes | None = None) -> bytes:
+        """The payload of ``chunk``'s record in the open log ``fd``, whose first ``HEAD_SIZE``
+        bytes are ``head`` (read here if not given); ValueError when it holds no intact record
+        of the chunk (the caller counts the result as unreadable)."""
+        if head is None:
+            head = os.pread(fd, HEAD_SIZE, 0)
+        if len(head) < HEAD_SIZE or not is_log(head):
+            raise ValueError(f"{name} is not a result log")
+        _, version, log_id = _LOG_HEADER.unpack_from(head)
+        if version != VERSION:
+            raise ValueError(f"{name} is a result log of an unknown format ({version})")
+        info = os.fstat(fd)
+        key = (info.st_dev, info.st_ino, log_id)
+        self._reads += 1
+        if self._reads % (self.idle_reads // 4 or 1) == 0:
+            idle = self._reads - self.idle_reads
+            self._logs = {k: log for k, log in self._logs.items() if log.last > idle}
+        log = self._logs.get(key)
+        if log is not None:
+            try:
+                return log.read(fd, chunk, name, info.st_size, self._reads)
+            except ValueError:  # a wrong entry, or a record read twice already
+                pass
+        log = self._logs[key] = _Log()
+        return log.read(fd, chunk, name, info.st_size, self._reads)
+
+
+class _Log:
+    """One log's index: its two passes, and when it was last read."""
+
+    __slots__ = ("passes", "last")
 
     def __init__(self) -> None:
-        self._logs: dict[tuple[int, int], tuple[int, dict[int, tuple[int, int]]]] = {}
+        self.passes = (_Pass(), _Pass())
+        self.last = 0
 
-    def read(self, fd: int, chunk: int, name: str) -> bytes:
-        """The payload of ``chunk``'s record in the open log ``fd``; ValueError when it holds
-        no intact record of the chunk (the caller counts the result as unreadable)."""
-        info = os.fstat(fd)
-        key = (info.st_dev, info.st_ino)
-        for fresh in (False, True):  # a stale entry (an inode reused by a new log): parse again
-            if fresh:
-                self._logs.pop(key, None)
-            end, where = self._logs.get(key, (0, {}))
-            if chunk not in where:
-                end = _parse(fd, end, info.st_size, where, name)
-                self._logs[key] = (end, where)
-            if chunk not in where:
-                continue
-            offset, length = where[chunk]
-            data = os.pread(fd, _HEADER.size + length, offset)
-            magic, number, size, crc = _HEADER.unpack_from(data)
-            payload = data[_HEADER.size:]
-            if (magic, number, size) == (MAGIC, chunk, length) and len(payload) == length:
-                if zlib.crc32(payload) != crc:
-                    raise ValueError(f"the result of chunk {chunk} in {name} fails its checksum")
-                return payload
+    def read(self, fd: int, chunk: int, name: str, size: int, now: int) -> bytes:
+        self.last = now
+        for scan in self.passes:
+            place = scan.find(fd, chunk, size, name)
+            if place is not None:
+                return _payload(fd, chunk, place, name)
         raise ValueError(f"{name} holds no complete result of chunk {chunk}")
+
+
+class _Pass:
+    """One pass over a log: the records parsed up to ``end`` that it has not served yet."""
+
+    __slots__ = ("end", "where")
+
+    def __init__(self) -> None:
+        self.end = HEAD_SIZE
+        self.where: dict[int, tuple[int, int]] = {}
+
+    def find(self, fd: int, chunk: int, size: int, name: str) -> tuple[int, int] | None:
+        """Where ``chunk``'s record is, taken out of the pass; None when the pass has no
+        record of it left up to ``size``."""
+        place = self.where.pop(chunk, None)
+        if place is None and self.end < size:
+            self.end = _parse(fd, self.end, size, self.where, name)
+            place = self.where.pop(chunk, None)
+        if place is not None and not self.where:
+            self.where = {}  # an emptied dict keeps its table: a log's records' worth
+        return place
+
+
+def _payload(fd: int, chunk: int, place: tuple[int, int], name: str) -> bytes:
+    offset, length = place
+    data = os.pread(fd, _HEADER.size + length, offset)
+    if len(data) == _HEADER.size + length:
+        magic, number, size, crc = _HEADER.unpack_from(data)
+        if (magic, number, size) == (MAGIC, chunk, length):
+            payload = data[_HEADER.size:]
+            if zlib.crc32(payload) != crc:
+                raise ValueError(f"the result of chunk {chunk} in {name} fails its checksum")
+            return payload
+    raise ValueError(f"{name} holds no complete result of chunk {chunk}")
 
 
 def _parse(fd: int, offset: int, size: int, where: dict[int, tuple[int, int]], name: str) -> int:
     """Index the complete records from ``offset``; returns where parsing stopped (a torn or
     not yet visible record is left for later). The last record of a chunk wins: a chunk run
-    again (its first result unreadable) may be in a log twice."""
+    again (its first result unreadable) may be in a log twice. Reads ``_PARSE_BYTES`` at a
+    time while the records are small (many headers to a read), a header at a time after a
+    large one (whose payload a read would copy for nothing)."""
+    block, start, ahead = b"", offset, _PARSE_BYTES  # the log's bytes from ``start``
     while offset + _HEADER.size <= size:
-        magic, chunk, length, _ = _HEADER.unpack(os.pread(fd, _HEADER.size, offset))
+        if offset + _HEADER.size > start + len(block):
+            block, start = os.pread(fd, min(ahead, size - offset), offset), offset
+            if len(block) < _HEADER.size:
+                break  # the log is shorter than its size said: truncated since
+        magic, chunk, length, _ = _HEADER.unpack_from(block, offset - start)
         if magic != MAGIC:
             raise ValueError(f"{name} is not a result log at byte {offset}")
         if offset + _HEADER.size + length > size:
             break
         where[chunk] = (offset, length)
         offset += _HEADER.size + length
+        ahead = _PARSE_BYTES if length < _PARSE_BYTES // 64 else _HEADER.size
     return offset

@@ -391,9 +391,9 @@ class WorkDir:
         try:
             parsed = parse_loose_name(name)
             if (parsed is None or parsed[1] != "result"
-                    or os.pread(fd, len(resultlog.MAGIC), 0) != resultlog.MAGIC):
+                    or not resultlog.is_log(head := os.pread(fd, resultlog.HEAD_SIZE, 0))):
                 return os.fdopen(fd, "rb")  # which closes the fd from here on
-            record = self._logs.read(fd, parsed[0], name)
+            record = self._logs.read(fd, parsed[0], name, head)
         except BaseException:
             os.close(fd)
             raise

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 import sys
+import tracemalloc
 import zipfile
+import zlib
+from pathlib import Path
 
 import cloudpickle
 import pytest
@@ -82,6 +86,137 @@ def test_a_damaged_record_fails_its_checksum(work_dir):
         f.write(b"XYZ")  # a disk fault
     with pytest.raises(ValueError, match="checksum"):
         work_dir.read_output(0, "result")
+
+
+def _rewrite(path: str, data: bytes) -> None:
+    """New content at the very inode ``path`` names: what a filesystem that reuses a freed
+    log's inode for a new log does, forced."""
+    with open(path, "r+b") as f:
+        f.truncate(0)
+        f.write(data)
+
+
+def test_a_new_log_at_a_reused_inode_reads_as_the_new_log(work_dir, tmp_path):
+    log = ResultLog(work_dir.path)
+    for chunk in range(3):
+        work_dir.write_result(chunk, f"old {chunk} ".encode() * 50, log)
+    assert work_dir.read_output(0, "result") == b"old 0 " * 50  # the driver knows the log now
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    new_log = ResultLog(str(elsewhere))  # another worker's: another id, other offsets
+    payloads = {chunk: f"new {chunk} ".encode() * 40 * chunk for chunk in range(3, 9)}
+    for chunk, payload in payloads.items():
+        new_log.publish(str(elsewhere / loose_name(chunk, "result")), chunk, payload)
+    held = work_dir.file(loose_name(0, "result"))
+    inode = os.stat(held).st_ino
+    _rewrite(held, (elsewhere / loose_name(3, "result")).read_bytes())
+    for chunk in payloads:
+        os.link(held, work_dir.file(loose_name(chunk, "result")))
+    for chunk in range(3):  # the old log's results were reduced: its inode was free
+        os.unlink(work_dir.file(loose_name(chunk, "result")))
+    assert {os.stat(work_dir.file(loose_name(c, "result"))).st_ino for c in payloads} == {inode}
+    assert {c: work_dir.read_output(c, "result") for c in payloads} == payloads
+
+
+@pytest.mark.parametrize("first", [1, 5], ids=["a-moved-record", "a-new-record"])
+def test_a_log_rewritten_in_place_under_its_own_id_reads_as_rewritten(work_dir, first):
+    log = ResultLog(work_dir.path)
+    for chunk in range(3):
+        work_dir.write_result(chunk, f"before {chunk}".encode(), log)
+    path = work_dir.file(loose_name(0, "result"))
+    assert work_dir.read_output(0, "result") == b"before 0"  # the driver knows the log now
+    with open(path, "rb") as f:
+        head = f.read(resultlog.HEAD_SIZE)  # the same id: the driver's entry for it is wrong
+    payloads = {chunk: f"after {chunk}".encode() * (chunk + 3) for chunk in (2, 1, 4, 5)}
+    _rewrite(path, head + b"".join(
+        resultlog._HEADER.pack(resultlog.MAGIC, chunk, len(payload), zlib.crc32(payload)) + payload
+        for chunk, payload in payloads.items()))
+    for chunk in (4, 5):
+        os.link(path, work_dir.file(loose_name(chunk, "result")))
+    # chunk 1's entry points into chunk 2's record now, and where the entry's parse stopped
+    # into chunk 1's: either read finds what the log holds, by parsing it afresh
+    assert work_dir.read_output(first, "result") == payloads[first]
+    assert {c: work_dir.read_output(c, "result") for c in payloads} == payloads
+
+
+def test_a_plain_result_and_a_log_are_told_apart_by_their_first_bytes(work_dir):
+    plain = {0: pickle.dumps(None, protocol=5),  # shorter than a log's header
+             1: pickle.dumps(([b"x" * 100], []), protocol=5), 2: b""}
+    for chunk, data in plain.items():
+        work_dir.write_result(chunk, data)
+    logged = {3: pickle.dumps(None, protocol=5), 4: resultlog.MAGIC, 5: b""}
+    for chunk, data in logged.items():
+        work_dir.write_result(chunk, data, ResultLog(work_dir.path))  # a log each
+    heads = {c: Path(work_dir.file(loose_name(c, "result"))).read_bytes()[:resultlog.HEAD_SIZE]
+             for c in (*plain, *logged)}
+    assert not any(resultlog.is_log(heads[c]) for c in plain)
+    assert all(resultlog.is_log(heads[c]) for c in logged)
+    assert len({heads[c] for c in logged}) == len(logged)  # every log has an id of its own
+    assert {c: work_dir.read_output(c, "result") for c in (*plain, *logged)} == {**plain, **logged}
+
+
+def test_a_result_reads_again_as_often_as_asked(work_dir):
+    log = ResultLog(work_dir.path, max_records=4)
+    payloads = {chunk: f"value {chunk}".encode() for chunk in range(10)}
+    for chunk, payload in payloads.items():
+        work_dir.write_result(chunk, payload, log)
+    for _ in range(3):
+        assert {c: work_dir.read_output(c, "result") for c in payloads} == payloads
+    assert work_dir.read_output(9, "result") == payloads[9]
+
+
+def test_the_driver_forgets_where_the_results_it_archived_were(work_dir):
+    """What the index holds does not grow with the map: the driver reads a million results
+    of one map, each twice (for its consumer, then to archive it). An entry costs over 150
+    bytes; the bound allows for what the interpreter keeps of freed ones (2,000 tuples)."""
+    count = 4000
+    log = ResultLog(work_dir.path, max_records=500)
+    for chunk in range(count):
+        work_dir.write_result(chunk, b"%d" % chunk, log)
+    tracemalloc.start()
+    try:
+        for chunk in range(count):
+            assert work_dir.read_output(chunk, "result") == b"%d" % chunk
+            if chunk % 500 == 499:  # a reduce archives what the consumer had
+                work_dir.reduce({c: ["result"] for c in range(chunk - 499, chunk + 1)})
+        held = tracemalloc.take_snapshot().filter_traces(
+            [tracemalloc.Filter(True, resultlog.__file__)])
+    finally:
+        tracemalloc.stop()
+    assert sum(stat.size for stat in held.statistics("filename")) < 40 * count
+    with zipfile.ZipFile(work_dir.archive_path("result")) as z:
+        assert len(z.namelist()) == count
+
+
+def test_the_driver_forgets_a_log_that_reads_went_past(work_dir):
+    """A result the reduce archived before the consumer had it (the consumer reads it from
+    the archive) is read once through its log: where it was goes with the log once reads
+    have gone elsewhere for long."""
+    count = 6000
+    past, current = ResultLog(work_dir.path, max_records=count), ResultLog(work_dir.path)
+    for chunk in range(count):
+        work_dir.write_result(chunk, b"%d" % chunk, past)
+    for chunk in range(count, count + 1000):
+        work_dir.write_result(chunk, b"%d" % chunk, current)
+    index = resultlog.LogIndex(idle_reads=500)
+
+    def read(chunk: int) -> bytes:
+        fd = os.open(work_dir.file(loose_name(chunk, "result")), os.O_RDONLY)
+        try:
+            return index.read(fd, chunk, loose_name(chunk, "result"))
+        finally:
+            os.close(fd)
+    tracemalloc.start()
+    try:
+        assert all(read(chunk) == b"%d" % chunk for chunk in range(count))
+        assert read(0) == b"0"  # a second read: it indexes the second reads still to come
+        assert all(read(chunk) == b"%d" % chunk for chunk in range(count, count + 1000))
+        held = tracemalloc.take_snapshot().filter_traces(
+            [tracemalloc.Filter(True, resultlog.__file__)])
+    finally:
+        tracemalloc.stop()
+    assert sum(stat.size for stat in held.statistics("filename")) < 50 * count
+    assert read(1) == b"1"  # a log forgotten reads again
 
 
 def test_the_first_result_of_a_chunk_wins(work_dir):
