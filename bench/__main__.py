@@ -1,6 +1,7 @@
 """``python -m bench [suites...] [--quick]``: measure the pools and the applier against their
 references, print the table, and (unless --quick) write it to docs/benchmarks.md with the
-machine it ran on. Suites: pools, workers, slurm, sge, applier, memory (default: all)."""
+machine it ran on. Suites: pools, workers, slurm, sge, applier, memory, million (default: all;
+``python -m bench.million N`` runs the last at any N)."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from bench import applier, cluster, memory, pools, workers
+from bench import applier, cluster, memory, million, pools, workers
 from bench.common import ROOT, Row
 
 SUITES: dict[str, Callable[[bool], list[Row]]] = {
@@ -20,6 +21,7 @@ SUITES: dict[str, Callable[[bool], list[Row]]] = {
     "sge": lambda quick: cluster.rows("sge", quick),
     "applier": applier.rows,
     "memory": memory.rows,
+    "million": million.rows,
 }
 
 

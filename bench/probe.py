@@ -31,6 +31,15 @@ def imap_poolparty(n: str, chunksize: str, mode: str) -> None:
             pass
 
 
+def map_trivial(n: str, chunksize: str = "1") -> None:
+    """``LocalPool(2).map`` (workers mode, its default) of ``n`` trivial tasks, one chunk
+    each unless told: what the driver holds per chunk, and its cost per chunk."""
+    with pp.LocalPool(2, progress=False) as pool:
+        results = pool.map(trivial, range(int(n)), chunksize=int(chunksize))
+    if len(results) != int(n) or results[-1] != int(n):
+        raise AssertionError(f"{len(results)} results, the last {results[-1:]}")
+
+
 def imap_multiprocessing(n: str, chunksize: str) -> None:
     with multiprocessing.Pool(2) as pool:
         for _ in pool.imap(trivial, range(int(n)), chunksize=int(chunksize)):
@@ -72,20 +81,20 @@ def _copy(info, inputs, outputs) -> None:
     outputs.out = inputs.img
 
 
-KINDS = {"baseline": baseline, "imap_poolparty": imap_poolparty,
+KINDS = {"baseline": baseline, "imap_poolparty": imap_poolparty, "map_trivial": map_trivial,
          "imap_multiprocessing": imap_multiprocessing, "applier_copy": applier_copy,
          "rasterio_copy": rasterio_copy}
 
 if __name__ == "__main__":
     kind, args = sys.argv[1], sys.argv[2:]
     baseline()
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     KINDS[kind](*args)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
     # ru_maxrss survives fork and exec on Linux: a probe started by a big parent reports at
     # least the parent's RSS. VmHWM belongs to this process image alone, so it is the figure;
     # ru_maxrss is kept beside it for the record.
     with open("/proc/self/status") as f:
         hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
     print(json.dumps({"maxrss_kib": hwm, "ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                      "seconds": seconds}))
+                      "seconds": seconds, "cpu_seconds": cpu_seconds}))

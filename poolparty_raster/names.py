@@ -11,7 +11,7 @@ ARCHIVE_KINDS = ("result", "exception", "stdout", "stderr")
 _LIVE_SUFFIX = ".part"
 _CHUNK_PREFIX = "chunk-"
 _WORKER_CAPTURE_PREFIX = "capture."
-_RESULT_LOG_PREFIX = "results."  # resultlog.PREFIX: a worker's result log
+RESULT_LOG_PREFIX = "results."  # a worker's result log (resultlog.py)
 
 
 MARK_NAME = "poolparty_raster.mark"  # ownership.py: what makes a directory a work_dir of ours
@@ -44,7 +44,7 @@ def is_protocol_name(name: str) -> bool:
     if stem is not None:
         return stem == "tasks" or is_protocol_name(stem)
     return (name in FIXED_NAMES or parse_loose_name(name) is not None
-            or parse_worker_capture(name) is not None or name.startswith(_RESULT_LOG_PREFIX))
+            or parse_worker_capture(name) is not None or name.startswith(RESULT_LOG_PREFIX))
 
 
 def chunk_key(chunk: int) -> str:
@@ -76,18 +76,26 @@ def parse_worker_capture(name: str) -> tuple[str, str] | None:
     return (token, stream) if token and stream in ("stdout", "stderr") else None
 
 
-@functools.lru_cache(maxsize=1 << 16)  # every scan parses every loose name again
+_KINDS = {kind: kind for kind in ARCHIVE_KINDS}
+
+
+# A loose name is parsed when it appears in a scan, when its chunk's outputs are read, and
+# when it is gone: the first two follow each other closely. A cache entry holds the name and
+# its parse (~250 bytes), so it stays small: 65,536 of them were 16 MB of the driver's.
+@functools.lru_cache(maxsize=4096)
 def parse_loose_name(name: str) -> tuple[int, str, bool] | None:
-    """``chunk-000012.result`` -> (12, "result", False); a live capture -> (12, "stderr", True)."""
+    """``chunk-000012.result`` -> (12, "result", False); a live capture -> (12, "stderr", True).
+    The kind is one of ARCHIVE_KINDS itself, not a copy (a scan keeps thousands)."""
     if not name.startswith(_CHUNK_PREFIX):
         return None
     parts = name[len(_CHUNK_PREFIX):].split(".")
-    if len(parts) < 2 or not parts[0].isdigit() or parts[1] not in ARCHIVE_KINDS:
+    kind = _KINDS.get(parts[1]) if len(parts) >= 2 else None
+    if kind is None or not parts[0].isdigit():
         return None
     live = name.endswith(_LIVE_SUFFIX)
     if not live and len(parts) != 2:
         return None
-    return int(parts[0]), parts[1], live
+    return int(parts[0]), kind, live
 
 
 def capture_stream(name: str) -> str:

@@ -31,6 +31,7 @@ import zlib
 
 from poolparty_raster.claims import NO_HARD_LINKS, process_token
 from poolparty_raster.files import write_all
+from poolparty_raster.names import RESULT_LOG_PREFIX
 
 MAGIC = b"PPRL"
 VERSION = 1
@@ -39,13 +40,12 @@ HEAD_SIZE = _LOG_HEADER.size
 _HEADER = struct.Struct("<4sQQI")  # a record's
 _PARSE_BYTES = 64 * 1024  # a parse reads the records' headers this many bytes at a time
 IDLE_READS = 1 << 16  # the driver's index forgets a log not read for this many reads
-PREFIX = "results."
 LOG_BYTES = 16 * 1024 * 1024
 LOG_RECORDS = 4096  # far below any filesystem's limit on links to one file (ext4: 65,000)
 
 
 def is_log_name(name: str) -> bool:
-    return name.startswith(PREFIX)
+    return name.startswith(RESULT_LOG_PREFIX)
 
 
 def is_log(head: bytes) -> bool:
@@ -117,7 +117,7 @@ class ResultLog:
 
     def _start(self) -> None:
         """A new log, its header written before any record (and so before any link to it)."""
-        path = os.path.join(self.directory, PREFIX + process_token())
+        path = os.path.join(self.directory, RESULT_LOG_PREFIX + process_token())
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             write_all(fd, _LOG_HEADER.pack(MAGIC, VERSION, os.urandom(16)))

@@ -27,6 +27,7 @@ in the worker's result log): a chunk is finished exactly when its result exists.
 """
 from __future__ import annotations
 
+import array
 import contextlib
 import errno
 import hashlib
@@ -38,7 +39,7 @@ import pickle
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -47,8 +48,8 @@ import cloudpickle
 from poolparty_raster import names, ownership, resultlog
 from poolparty_raster.claims import Claims
 from poolparty_raster.errors import WorkDirMismatchError
-from poolparty_raster.files import (ForwardWriter, append_line, atomic_write, extend_archive,
-                                    read_jsonl, read_stored)
+from poolparty_raster.files import (ForwardWriter, StoredArchive, append_line, atomic_write,
+                                    extend_archive, numbered_entries, read_jsonl)
 from poolparty_raster.names import (ARCHIVE_KINDS, capture_stream, chunk_key, loose_name,
                                     parse_loose_name, parse_worker_capture)
 
@@ -72,11 +73,16 @@ class Manifest:
 
     digest: str
     num_tasks: int
-    chunk_starts: list[int]
+    chunk_starts: Sequence[int]
     job_name: str
     mode: str = "array"  # "array": one job per chunk; "workers": jobs claim chunks until none is left
     function_digest: str = ""
     format: int = FORMAT
+
+    def __post_init__(self) -> None:
+        # Held by the driver and every worker for the map's life: a list of a million chunks'
+        # starts is 36 MB. Evenly spaced starts (a chunksize's) are a range, others an array.
+        object.__setattr__(self, "chunk_starts", compact_starts(self.chunk_starts))
 
     @property
     def num_chunks(self) -> int:
@@ -85,6 +91,22 @@ class Manifest:
     def chunk_range(self, chunk: int) -> range:
         end = self.chunk_starts[chunk + 1] if chunk + 1 < self.num_chunks else self.num_tasks
         return range(self.chunk_starts[chunk], end)
+
+
+def compact_starts(starts: Sequence[int]) -> Sequence[int]:
+    """``starts`` (ascending input indices) as a range where evenly spaced, else an array of
+    8 bytes each."""
+    if isinstance(starts, (range, array.array)):
+        return starts
+    packed = array.array("q", starts)
+    if len(packed) == 1:
+        return range(packed[0], packed[0] + 1)
+    step = packed[1] - packed[0] if len(packed) > 1 else 0
+    if step > 0:
+        spaced = range(packed[0], packed[0] + len(packed) * step, step)
+        if packed == array.array("q", spaced):
+            return spaced
+    return packed
 
 
 class TasksWriter:
@@ -128,19 +150,81 @@ class TasksWriter:
             pass
 
 
+class _LooseEntries(Mapping[str, str]):
+    """{archive entry: loose file name} of one kind for a reduce: the chunks' entries
+    (``chunk_key``: ``loose_name``) made as they are asked for, then ``others``."""
+
+    def __init__(self, chunks: list[int], kind: str, others: dict[str, str]):
+        self.chunks, self.kind, self.others = chunks, kind, others
+        self._members: set[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.chunks) + len(self.others)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from map(chunk_key, self.chunks)
+        yield from self.others
+
+    def items(self) -> Iterator[tuple[str, str]]:  # type: ignore[override]
+        for chunk in self.chunks:
+            yield chunk_key(chunk), loose_name(chunk, self.kind)
+        yield from self.others.items()
+
+    def values(self) -> Iterator[str]:  # type: ignore[override]
+        for _, name in self.items():
+            yield name
+
+    def __getitem__(self, entry: str) -> str:
+        if entry in self.others:
+            return self.others[entry]
+        if entry.isascii() and entry.isdigit() and entry == chunk_key(int(entry)):
+            if self._members is None:
+                self._members = set(self.chunks)
+            if int(entry) in self._members:
+                return loose_name(int(entry), self.kind)
+        raise KeyError(entry)
+
+
+# scan()'s entries of chunks with final files alone, one per set of kinds: shared, so that the
+# thousands of loose chunks with a result and nothing else hold one between them.
+_FINAL_SLOTS: dict[tuple[str, ...], dict[str, list[str]]] = {}
+
+
+def _slot(names: tuple[str, ...]) -> dict[str, list[str]]:
+    """scan()'s entry of a chunk with these loose files (sorted)."""
+    final: list[str] = []
+    live: list[str] = []
+    for name in names:
+        _, kind, is_live = parse_loose_name(name)
+        if is_live:
+            live.append(name)
+        else:
+            final.append(kind)
+    if live:
+        return {"final": final, "live": live}
+    key = tuple(final)
+    slot = _FINAL_SLOTS.get(key)
+    if slot is None:
+        slot = _FINAL_SLOTS[key] = {"final": final, "live": []}
+    return slot
+
+
 class WorkDir:
     """One map's directory on the shared filesystem."""
 
     def __init__(self, path: str):
         self.path = os.path.abspath(path)
-        self._tasks: zipfile.ZipFile | None = None
+        self._tasks: StoredArchive | None = None
         # kind -> (which version of the file: inode, mtime, size; the archive opened)
-        self._archives: dict[str, tuple[tuple[int, int, int], zipfile.ZipFile]] = {}
+        self._archives: dict[str, tuple[tuple[int, int, int], StoredArchive]] = {}
         self.claims = Claims(self.file("claims"))  # workers mode: who runs which chunk
         self._logs = resultlog.LogIndex()  # where the results linked to result logs are
-        # The last scan: every name listed, the loose ones by chunk, and what scan() returns.
+        # The last scan: every name listed, and what scan() returns. Between two reductions
+        # most chunks have one loose file, their result: the names of the others alone are
+        # kept by chunk (sorted), and chunks alike share one entry of scan(), so that a loose
+        # chunk costs ~170 bytes here (a map may hold half its chunks loose), not ~1 kB.
         self._listed: set[str] = set()
-        self._loose: dict[int, set[str]] = {}
+        self._loose: dict[int, tuple[str, ...]] = {}
         self._scanned: dict[int, dict[str, list[str]]] = {}
 
     def file(self, name: str) -> str:
@@ -196,16 +280,17 @@ class WorkDir:
 
     def write_manifest(self, manifest: Manifest) -> None:
         data = json.dumps({"format": manifest.format, "digest": manifest.digest, "num_tasks": manifest.num_tasks,
-                           "chunk_starts": manifest.chunk_starts, "job_name": manifest.job_name,
+                           "chunk_starts": list(manifest.chunk_starts), "job_name": manifest.job_name,
                            "mode": manifest.mode, "function_digest": manifest.function_digest})
         atomic_write(self.file("manifest.json"), data.encode())
 
     # -- the worker's side -------------------------------------------------------------
-    def _tasks_zip(self) -> zipfile.ZipFile:
+    def _tasks_zip(self) -> StoredArchive:
         """tasks.zip, opened once: it never changes, and a worker in workers mode reads it
-        for every chunk (its central directory has an entry per chunk)."""
+        for every chunk (its central directory has an entry per chunk: indexed in 24 bytes a
+        chunk, where a ZipFile held ~500 MB for a million chunks in every worker)."""
         if self._tasks is None:
-            self._tasks = zipfile.ZipFile(self.tasks_path)
+            self._tasks = StoredArchive(self.tasks_path, prefix="chunks/", suffix=".pkl")
         return self._tasks
 
     def close(self) -> None:
@@ -219,10 +304,10 @@ class WorkDir:
         self._archives = {}
 
     def load_function(self) -> Callable[[Any], Any]:
-        return cloudpickle.loads(read_stored(self._tasks_zip(), "function.pkl"))
+        return cloudpickle.loads(self._tasks_zip().read("function.pkl"))
 
     def load_tasks(self, chunk: int) -> list[Any]:
-        return cloudpickle.loads(read_stored(self._tasks_zip(), f"chunks/{chunk_key(chunk)}.pkl"))
+        return cloudpickle.loads(self._tasks_zip().read(f"chunks/{chunk_key(chunk)}.pkl"))
 
     def write_loose(self, chunk: int, kind: str, data: bytes) -> None:
         # Not durable: a loose file that a node's crash tears is read as unreadable and its
@@ -240,33 +325,44 @@ class WorkDir:
     # -- the driver's side -------------------------------------------------------------
     def scan(self) -> dict[int, dict[str, list[str]]]:
         """Loose worker files by chunk: ``{chunk: {"final": [kinds], "live": [file names]}}``,
-        which the caller does not change. Every collect lists the work_dir, where loose
-        results wait for a reduction by the hundred: only names that came or went since the
-        last scan are read, and the entry of a chunk they touch is replaced, not changed (a
-        caller may keep one)."""
+        which the caller does not change (chunks whose files are of the same kinds, and none
+        live, share one entry). Every collect lists the work_dir, where loose results wait for
+        a reduction by the thousand: only names that came or went since the last scan are
+        read, and the entry of a chunk they touch is replaced, not changed (a caller may keep
+        one)."""
         names = set(os.listdir(self.path))
-        touched = set()
+        changes: dict[int, list[tuple[str, bool]]] = {}
         for name, present in itertools.chain(((n, False) for n in self._listed - names),
                                              ((n, True) for n in names - self._listed)):
             parsed = parse_loose_name(name)
             if parsed is not None:
-                chunk_names = self._loose.setdefault(parsed[0], set())
+                changes.setdefault(parsed[0], []).append((name, present))
+        for chunk, changed in changes.items():
+            chunk_names = set(self._chunk_names(chunk))
+            for name, present in changed:
                 if present:
                     chunk_names.add(name)
                 else:
                     chunk_names.discard(name)
-                touched.add(parsed[0])
-        for chunk in touched:
-            slot: dict[str, list[str]] = {"final": [], "live": []}
-            for name in sorted(self._loose[chunk]):
-                _, kind, live = parse_loose_name(name)
-                slot["live" if live else "final"].append(name if live else kind)
-            if self._loose[chunk]:
-                self._scanned[chunk] = slot
+            if not chunk_names:
+                self._loose.pop(chunk, None)
+                self._scanned.pop(chunk, None)
+                continue
+            ordered = tuple(sorted(chunk_names))
+            if ordered == (loose_name(chunk, "result"),):
+                self._loose.pop(chunk, None)
             else:
-                del self._loose[chunk], self._scanned[chunk]
+                self._loose[chunk] = ordered
+            self._scanned[chunk] = _slot(ordered)
         self._listed = names
         return self._scanned
+
+    def _chunk_names(self, chunk: int) -> tuple[str, ...]:
+        """A chunk's loose names at the last scan."""
+        names = self._loose.get(chunk)
+        if names is not None:
+            return names
+        return (loose_name(chunk, "result"),) if chunk in self._scanned else ()
 
     def worker_captures(self, worker_token: str | None = None) -> list[str]:
         """Workers mode's live captures, of one worker or of every worker."""
@@ -292,8 +388,7 @@ class WorkDir:
         not kept like the driver's ``_archive``: workers ask this too, and an archive a worker
         held open would stay on NFS as a silly-renamed copy after every reduce."""
         try:
-            with zipfile.ZipFile(self.archive_path(kind)) as z:
-                return {int(n) for n in z.namelist() if n.isdigit()}
+            return numbered_entries(self.archive_path(kind))
         except FileNotFoundError:
             return set()
 
@@ -310,11 +405,12 @@ class WorkDir:
         except KeyError:
             return None
 
-    def _archive(self, kind: str) -> zipfile.ZipFile | None:
+    def _archive(self, kind: str) -> StoredArchive | None:
         """The archive of this kind, opened once per version: the driver reads a chunk's
         outputs one by one, and parsing the central directory for each would cost time
         growing with the square of the chunk count. A reduce renames a new version into
-        place, which the file's inode, mtime and size tell."""
+        place, which the file's inode, mtime and size tell. Its index holds 8 bytes a chunk
+        (a ZipFile held ~450 bytes an entry: 450 MB for a million archived chunks)."""
         path = self.archive_path(kind)
         try:
             info = os.stat(path)
@@ -326,7 +422,7 @@ class WorkDir:
             if cached is not None:
                 cached[1].close()
             try:
-                opened = zipfile.ZipFile(path)
+                opened = StoredArchive(path)
             except FileNotFoundError:  # replaced and removed meanwhile: not there now
                 self._archives.pop(kind, None)
                 return None
@@ -356,12 +452,16 @@ class WorkDir:
         Returns the number of loose files removed.
         """
         lost_captures = lost_captures or {}
-        additions: dict[str, dict[str, str]] = {k: {} for k in ARCHIVE_KINDS}
+        # {entry: loose name} of each kind, spelled as they are read: a reduce may move half
+        # a map's chunks, and two strings and a dict slot each were ~200 bytes a chunk.
+        by_kind: dict[str, list[int]] = {k: [] for k in ARCHIVE_KINDS}
         for chunk in sorted(chunks):
             for kind in chunks[chunk]:
-                additions[kind][chunk_key(chunk)] = loose_name(chunk, kind)
+                by_kind[kind].append(chunk)
+        captures: dict[str, dict[str, str]] = {k: {} for k in ARCHIVE_KINDS}
         for capture, entry in lost_captures.items():
-            additions[capture_stream(capture)][entry] = capture
+            captures[capture_stream(capture)][entry] = capture
+        additions = {k: _LooseEntries(by_kind[k], k, captures[k]) for k in ARCHIVE_KINDS}
         for kind in sorted(additions, key=lambda kind: kind == "result"):
             if additions[kind]:
                 self._extend_archive(kind, additions[kind])

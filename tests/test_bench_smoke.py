@@ -17,6 +17,15 @@ def test_quick_benchmark_prints_a_table():
     assert "1-task map latency" in result.stdout
 
 
+def test_quick_million_benchmark_reports_time_and_peak_memory():
+    result = subprocess.run([sys.executable, "-m", "bench", "million", "--quick"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "one-task chunks, LocalPool(2) (workers mode) .map: wall time a chunk" in result.stdout
+    assert "driver peak RSS (VmHWM)" in result.stdout
+    assert "failed:" not in result.stdout
+
+
 def test_a_ratio_compares_the_runs_of_one_repetition():
     sys.path.insert(0, ROOT)
     from bench.common import Timings
