@@ -34,10 +34,13 @@ MARK_FORMAT = 1
 @dataclass(frozen=True)
 class Mark:
     """The content of a work_dir's mark: ``id`` tells this work_dir from one made later at
-    the same path; ``created_dir``: the package made the directory (and may remove it)."""
+    the same path; ``created_dir``: the package made the directory (and may remove it);
+    ``adopted_mode``: the mode of an empty directory of the user's that was made private
+    (0700) to serve, given back when the work_dir's files are removed."""
 
     id: str
     created_dir: bool
+    adopted_mode: int | None = None
 
 
 def check_private(path: str, *, worker: bool = False) -> os.stat_result:
@@ -90,7 +93,7 @@ def read_mark(path: str) -> Mark | None:
                 f"work_dir {path} was made by a version of poolparty_raster whose work_dir "
                 f"format is {content['format']} (this one reads {MARK_FORMAT}). Finish the map "
                 f"with that version, or use a new work_dir.")
-        return Mark(str(content["id"]), bool(content["created_dir"]))
+        return Mark(str(content["id"]), bool(content["created_dir"]), content.get("adopted_mode"))
     except (ValueError, KeyError, TypeError) as exc:
         raise WorkDirMismatchError(f"work_dir {path}: {MARK_NAME} is not a mark poolparty_raster "
                                    f"wrote ({exc}). Use a new work_dir.") from exc
@@ -117,12 +120,12 @@ def inspect(path: str) -> Mark | None:
     return mark
 
 
-def take(path: str) -> tuple[Mark, bool]:
-    """Make ``path`` a work_dir of ours, or check that it is one: (its mark, whether this call
-    made the directory). The mark is the first thing written into a directory."""
+def take(path: str) -> Mark:
+    """Make ``path`` a work_dir of ours, or check that it is one; returns its mark. The mark
+    is the first thing written into a directory."""
     mark = inspect(path)
     if mark is not None:
-        return mark, False
+        return mark
     created = False
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -131,17 +134,19 @@ def take(path: str) -> tuple[Mark, bool]:
     except FileExistsError:  # an empty directory, as inspect() saw (or made meanwhile: checked)
         pass
     info = check_private(path)
-    if created and stat.S_IMODE(info.st_mode) != 0o700:
-        os.chmod(path, 0o700)  # a umask may have taken bits away, never added one
-    mark = Mark(uuid.uuid4().hex, created)
+    mode = stat.S_IMODE(info.st_mode)
+    mark = Mark(uuid.uuid4().hex, created, None if created else mode)
+    if mode != 0o700:  # a umask took bits away, or the user's empty directory is readable
+        os.chmod(path, 0o700)
     body = json.dumps({"format": MARK_FORMAT, "id": mark.id, "created_dir": created,
-                       "package": "poolparty_raster"}).encode()
+                       "adopted_mode": mark.adopted_mode, "package": "poolparty_raster"}).encode()
     atomic_write(os.path.join(path, MARK_NAME), body)
     if not created and (foreign := [n for n in os.listdir(path) if n != MARK_NAME]):
         os.unlink(os.path.join(path, MARK_NAME))  # someone wrote into it as we took it
+        os.chmod(path, mode)
         raise WorkDirMismatchError(f"work_dir {path} was being written by someone else "
                                    f"({', '.join(sorted(foreign)[:3])}). Give a new directory.")
-    return mark, created
+    return mark
 
 
 def remove(path: str, mark: Mark) -> bool:
@@ -174,6 +179,8 @@ def remove(path: str, mark: Mark) -> bool:
                       RuntimeWarning, stacklevel=2)
         return False
     _unlink(os.path.join(path, MARK_NAME))
+    if mark.adopted_mode is not None:
+        os.chmod(path, mark.adopted_mode)
     if mark.created_dir:
         try:
             os.rmdir(path)

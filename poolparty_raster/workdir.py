@@ -252,7 +252,7 @@ class WorkDir:
     def create(self) -> ownership.Mark:
         """Make the directory a work_dir of ours (mode 0700, the mark written first), or check
         that it is one; a directory that is not ours is refused untouched."""
-        return ownership.take(self.path)[0]
+        return ownership.take(self.path)
 
     def remove_driver_temporaries(self) -> None:
         """Remove the temporary files of what only a driver writes (an archive, the manifest,

@@ -131,11 +131,18 @@ def test_a_new_work_dir_is_marked_private_and_removed_after_a_clean_map(tmp_path
     assert not work_dir.exists() and (tmp_path / "new").exists()
 
 
-def test_an_empty_directory_the_user_made_is_used_and_left_empty(tmp_path):
+def mode_of(path):
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def test_an_empty_directory_the_user_made_is_private_while_used_then_left_as_it_was(tmp_path):
     mine = tmp_path / "mine"
-    mine.mkdir(mode=0o700)
-    assert pp.LocalPool(2, work_dir=str(mine), **FAST).map(square, range(3)) == [0, 1, 4]
+    mine.mkdir()
+    os.chmod(mine, 0o755)
+    pool = pp.LocalPool(2, work_dir=str(mine), **FAST)
+    assert pool.map(mode_of, [str(mine)] * 3) == [0o700] * 3  # others cannot read script.py
     assert mine.is_dir() and list(mine.iterdir()) == []
+    assert stat.S_IMODE(os.lstat(mine).st_mode) == 0o755
 
 
 def write_beside(work_dir):
