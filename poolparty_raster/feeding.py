@@ -78,7 +78,8 @@ class InputReader:
     batch being filled). It ends at the input's end, at the input's exception (kept in
     ``error``), or when stopped; one blocked inside the input ends once the input returns."""
 
-    def __init__(self, iterator: Iterator[Any], limit: int):
+    def __init__(self, iterator: Iterator[Any], limit: int, chunksize: int = 1):
+        self._chunksize = chunksize
         self._cv = threading.Condition()
         self._items: list[Any] = []
         self._first_at = 0.0      # when the oldest buffered item arrived
@@ -113,6 +114,10 @@ class InputReader:
         finally:
             del iterator  # the input is released as soon as it is no longer read
             with self._cv:
+                if error is not None:  # as multiprocessing: the chunk it broke in is not run
+                    broken = min((self.taken + len(self._items)) % self._chunksize,
+                                 len(self._items))
+                    del self._items[len(self._items) - broken:]
                 self.ended, self.error = True, error
                 self._cv.notify_all()
 
@@ -200,7 +205,7 @@ class LazyResults:
         # (which holds the batches) it would never be collected, here it is a mere cycle.
         self._failure: Exception | None = None
         self._done = False
-        self._state = _InFlight(InputReader(iterator, self._size(0)))
+        self._state = _InFlight(InputReader(iterator, self._size(0), chunksize))
         self._finalizer = weakref.finalize(self, self._state.abandon)
         try:
             # Submitted now, as a single map is, if the input gives a batch soon enough.
