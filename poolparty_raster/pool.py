@@ -174,6 +174,8 @@ class Pool:
         self.join()
 
     def join(self) -> None:
+        """Wait for the maps started with the ``*_async`` methods; the pool must be closed or
+        terminated first (ValueError otherwise, as multiprocessing's)."""
         if not self._closed:
             raise ValueError("Pool is still running")
         for thread in list(self._async_threads):
@@ -275,6 +277,7 @@ class Pool:
 
     def starmap(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
                 chunksize: int | None = None) -> list[Any]:
+        """Like ``map``, with each item unpacked as the arguments: ``func(*item)``."""
         return self.map(StarCall(func), iterable, chunksize)
 
     def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any],
@@ -312,21 +315,27 @@ class Pool:
 
     def apply(self, func: Callable[..., Any], args: tuple[Any, ...] = (),
               kwds: dict[str, Any] | None = None) -> Any:
+        """``func(*args, **kwds)`` run as a one-task map; its value, or its exception raised."""
         return self.map(ApplyCall(func, tuple(args), dict(kwds or {})), [None], 1)[0]
 
     def map_async(self, func: Callable[[Any], Any], iterable: Iterable[Any],
                   chunksize: int | None = None, callback: Callable[[Any], Any] | None = None,
                   error_callback: Callable[[BaseException], Any] | None = None) -> AsyncResult:
+        """``map`` in the background: an AsyncResult whose ``get(timeout)`` returns the list.
+        ``callback`` gets the list, ``error_callback`` the exception, as multiprocessing's."""
         return self._async(self.map, (func, iterable, chunksize), callback, error_callback)
 
     def starmap_async(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
                       chunksize: int | None = None, callback: Callable[[Any], Any] | None = None,
                       error_callback: Callable[[BaseException], Any] | None = None) -> AsyncResult:
+        """``starmap`` in the background, as ``map_async``."""
         return self._async(self.starmap, (func, iterable, chunksize), callback, error_callback)
 
     def apply_async(self, func: Callable[..., Any], args: tuple[Any, ...] = (),
                     kwds: dict[str, Any] | None = None, callback: Callable[[Any], Any] | None = None,
                     error_callback: Callable[[BaseException], Any] | None = None) -> AsyncResult:
+        """``apply`` in the background: an AsyncResult whose ``get(timeout)`` returns the
+        value; ``callback`` gets the value, ``error_callback`` the exception."""
         return self._async(self.apply, (func, args, kwds), callback, error_callback)
 
     def _async(self, method: Callable[..., Any], args: tuple[Any, ...],
