@@ -1,8 +1,11 @@
 #!/bin/bash
-# Start the real schedulers the test suite runs against: SLURM and Grid Engine. Run as root.
+# Start the real schedulers the test suite runs against, SLURM and Grid Engine, and a GlusterFS
+# volume that SLURM's jobs see through a client of their own. Run as root.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 status=0
 bash "$here/slurm/bringup.sh" || { echo "ci/bringup-all.sh: SLURM bring-up failed" >&2; status=1; }
 bash "$here/sge/bringup.sh" || { echo "ci/bringup-all.sh: Grid Engine bring-up failed" >&2; status=1; }
+# After SLURM: it restarts slurmd in a mount namespace where the volume is a second client.
+bash "$here/gluster/bringup.sh" || { echo "ci/bringup-all.sh: GlusterFS bring-up failed" >&2; status=1; }
 exit $status

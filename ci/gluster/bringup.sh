@@ -1,0 +1,60 @@
+#!/bin/bash
+# A networked filesystem as clusters have one: a GlusterFS 10 volume (Debian's packages, one
+# brick on this machine, no systemd), mounted twice through FUSE: client 1 at $GLUSTER_CI_DIR for
+# the driver, client 2 for the jobs. SLURM's slurmd is restarted in a mount namespace of its own
+# in which client 2 is mounted at that same path, so that the driver and the jobs see the same
+# paths through different client caches, as a login node and a compute node do.
+# Run as root, after ci/slurm/bringup.sh. Re-runnable: what is up is left up.
+set -euo pipefail
+start=$SECONDS
+BASE=${GLUSTER_CI_BASE:-/srv/poolparty-gluster}
+SHARED=${GLUSTER_CI_DIR:-$BASE/shared}   # client 1: what the driver (and the tests) use
+NODE_CLIENT=$BASE/node                   # client 2: bind-mounted at $SHARED for slurmd's jobs
+VOLUME=ppr
+HOST=$(hostname)
+
+if ! command -v glusterd >/dev/null || ! command -v mount.glusterfs >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get -o DPkg::Lock::Timeout=900 update -qq
+  apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends \
+      glusterfs-server glusterfs-client >/dev/null
+fi
+mkdir -p "$BASE/brick" "$SHARED" "$NODE_CLIENT" /var/log/glusterfs
+pgrep -x glusterd >/dev/null || glusterd --log-file="$BASE/glusterd.log"
+for _ in $(seq 100); do gluster --mode=script volume list >/dev/null 2>&1 && break; sleep 0.1; done
+
+if ! gluster --mode=script volume info "$VOLUME" >/dev/null 2>&1; then
+  # force: the brick is on the root filesystem, which gluster warns about
+  gluster --mode=script volume create "$VOLUME" "$HOST:$BASE/brick" force >/dev/null
+fi
+gluster --mode=script volume info "$VOLUME" | grep -q "^Status: Started" ||
+  gluster --mode=script volume start "$VOLUME" >/dev/null
+
+is_gluster() { [ "$(findmnt -n -o FSTYPE --target "$1" 2>/dev/null)" = fuse.glusterfs ] && \
+               [ "$(findmnt -n -o TARGET --target "$1")" = "$1" ]; }
+for mountpoint in "$SHARED" "$NODE_CLIENT"; do
+  is_gluster "$mountpoint" || mount -t glusterfs "$HOST:/$VOLUME" "$mountpoint"
+done
+chmod 0755 "$SHARED"  # work_dirs made in it are 0700 each
+
+# slurmd (and the jobs it starts) in a namespace where $SHARED is client 2. Its own mounts are
+# private, so nothing of this shows in the machine's namespace.
+pidfile=/run/slurmd.pid
+in_namespace() {
+  [ -s "$pidfile" ] && [ "$(readlink "/proc/$(cat "$pidfile")/ns/mnt")" != "$(readlink /proc/self/ns/mnt)" ]
+}
+if command -v slurmd >/dev/null && ! in_namespace; then
+  if [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    pid=$(cat "$pidfile"); kill "$pid"
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  fi
+  unshare -m --propagation private sh -c \
+    "mount --bind '$NODE_CLIENT' '$SHARED' && exec /usr/sbin/slurmd"
+  NODE=$(hostname -s)
+  for _ in $(seq 300); do
+    case "$(timeout 10 sinfo -h -n "$NODE" -o %t 2>/dev/null)" in idle|mix|alloc|comp) break ;; esac
+    sleep 0.2
+  done
+fi
+echo "GlusterFS volume $VOLUME up: driver client at $SHARED, SLURM jobs through a second client" \
+     "in $((SECONDS - start)) s"
