@@ -1,4 +1,5 @@
-"""dummy_queues: fake SLURM, Grid Engine and PBS Pro commands for testing pipelines.
+"""dummy_queues: fake SLURM, Grid Engine and PBS Pro commands (and, in ``dummy_queues.aws``,
+ECS and AWS Batch clients) for testing pipelines.
 
 Install the fakes and put them first on PATH; the pools then need no options::
 
@@ -6,7 +7,8 @@ Install the fakes and put them first on PATH; the pools then need no options::
     os.environ["PATH"] = "/tmp/bin:" + os.environ["PATH"]
 
 or, in pytest, use the fixtures ``dummy_slurm``, ``dummy_sge``, ``dummy_pbs``
-(they yield a :class:`DummyQueue` and kill leftover jobs at teardown).
+(they yield a :class:`DummyQueue` and kill leftover jobs at teardown), or ``dummy_ecs`` and
+``dummy_batch`` (see pytest_plugin.py).
 
 Commands: SLURM ``sbatch squeue scancel scontrol``(show config) ``sinfo``
 (``-N``, ``-p``, ``-o``); SGE ``qsub qstat``(plain, ``-xml``, ``-j``, ``-g c``) ``qdel qconf``

@@ -1,8 +1,13 @@
-"""pytest fixtures dummy_slurm, dummy_sge, dummy_pbs (registered via the pytest11 entry point).
+"""pytest fixtures dummy_slurm, dummy_sge, dummy_pbs, dummy_ecs and dummy_batch (registered
+via the pytest11 entry point).
 
-Each installs fake commands into a per-test temp dir, puts that dir first on
-PATH (monkeypatch), yields the DummyQueue and, at teardown, kills every job
-process group and hanging command that is still alive.
+The command-line ones install fake commands into a per-test temp dir, put that dir first on
+PATH (monkeypatch), yield the DummyQueue and, at teardown, kill every job process group and
+hanging command that is still alive. The AWS ones yield a dummy client (dummy_queues.aws) and
+make it the one ``aws.pool_options`` hands to pools.
+
+Each backend in poolparty_raster's registry names its fixture here (``Backend.dummy``); the
+shared contract suite (tests/conftest.py) runs that backend's pools on it.
 """
 from __future__ import annotations
 

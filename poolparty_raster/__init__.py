@@ -9,10 +9,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from poolparty_raster.registry import BACKENDS
+
+# Each name and the module (under this package) that defines it; every backend's pool classes
+# come from the registry, with the module of each.
 _EXPORTS = {
-    "LocalPool": "pools", "SlurmArrayPool": "pools", "SlurmPool": "pools", "SgePool": "pools",
-    "PbsPool": "pools", "EcsPool": "pools", "AwsBatchPool": "pools", "SerialPool": "serial",
-    "applier": "applier",
+    **{name: backend.pool_module.removeprefix("poolparty_raster.")
+       for backend in BACKENDS for name in backend.pool_classes},
+    "SerialPool": "serial", "applier": "applier",
     "PoolPartyError": "errors", "RemoteTaskError": "errors", "RemoteTraceback": "errors",
     "SchedulerError": "errors", "SchedulerUnavailableError": "errors",
     "SchedulerOutputError": "errors", "SubmissionRefused": "errors", "TaskLostError": "errors",

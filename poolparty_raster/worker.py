@@ -18,18 +18,21 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from poolparty_raster.registry import BACKENDS
+
 # Variables that describe the node or the allocation the worker runs in: the caller's values
-# (from a login node, or another job) would be wrong there, so they never travel.
-NODE_VARIABLE_PREFIXES = ("SLURM_", "SLURMD_", "SGE_", "PBS_", "PMI_", "PMIX_", "OMPI_",
-                          "ECS_", "AWS_BATCH_", "AWS_CONTAINER_", "POOLPARTY_RASTER_CHUNK",
-                          "POOLPARTY_RASTER_WORKER")
+# (from a login node, or another job) would be wrong there, so they never travel. Any node's
+# are here, each backend's own (SLURM_, SGE's JOB_ID) in the registry, which loads no pool or
+# scheduler. (dict.fromkeys: a prefix that two backends declare is listed once.)
+NODE_VARIABLE_PREFIXES = ("PMI_", "PMIX_", "OMPI_", "POOLPARTY_RASTER_CHUNK",
+                          "POOLPARTY_RASTER_WORKER", *dict.fromkeys(
+                              p for backend in BACKENDS for p in backend.node_variable_prefixes))
 NODE_VARIABLES = frozenset({
     "CUDA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
     "NVIDIA_VISIBLE_DEVICES", "ZE_AFFINITY_MASK", "TMPDIR", "TMP", "TEMP", "XDG_RUNTIME_DIR",
-    "KRB5CCNAME", "HOSTNAME", "HOST", "JOB_ID", "JOB_NAME", "JOB_SCRIPT", "NSLOTS", "NHOSTS",
-    "NCPUS", "QUEUE", "PE_HOSTFILE", "ENVIRONMENT", "REQUEST", "RESTARTED", "SHLVL", "PWD",
-    "OLDPWD", "_", "DISPLAY", "SSH_AUTH_SOCK", "SSH_CLIENT", "SSH_CONNECTION", "SSH_TTY", "TERM",
-})
+    "KRB5CCNAME", "HOSTNAME", "HOST", "SHLVL", "PWD", "OLDPWD", "_", "DISPLAY", "SSH_AUTH_SOCK",
+    "SSH_CLIENT", "SSH_CONNECTION", "SSH_TTY", "TERM",
+}.union(*(backend.node_variables for backend in BACKENDS)))
 # Read by the dynamic loader when a process starts: set later, they would not reach the
 # libraries this interpreter loads, so the worker starts itself again once with them.
 LOADER_VARIABLES = ("LD_LIBRARY_PATH", "LD_PRELOAD")
@@ -147,10 +150,14 @@ class Captures:
                 os.replace(self.paths.pop(stream), self.work_dir.file(loose_name(chunk, stream)))
 
     def close(self) -> None:
-        """Remove what is left (empty files) when the process is done."""
+        """Remove the captures left when the process is done: empty ones. One that holds
+        output (a chunk's that did not finish, a traceback) stays for the driver to file."""
+        sys.stdout.flush()
+        sys.stderr.flush()
         for path in self.paths.values():
             try:
-                os.unlink(path)
+                if os.stat(path).st_size == 0:
+                    os.unlink(path)
             except FileNotFoundError:
                 pass
         self.paths = {}
@@ -388,6 +395,9 @@ def main(work_dir_path: str, argv: Sequence[str]) -> int:
             claim_and_run(work_dir, manifest, load_function, index, captures)
         else:
             run_and_store(work_dir, manifest, load_function, index, captures)
+    except Exception:  # the work_dir failed us (a full disk, say): said where the driver looks,
+        traceback.print_exc()  # the capture that it files under the chunk this process held
+        return 1
     finally:
         captures.close()
     return 0

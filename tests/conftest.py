@@ -1,8 +1,10 @@
 """Shared fixtures: the backends every contract test runs on.
 
-A backend joins the shared suite by adding a line to BACKENDS: the fixture that provides its
-scheduler (a dummy queue on PATH, or a check that a real one answers) and its pool constructor.
-Real-scheduler backends skip with the reason when absent, and fail instead when
+BACKENDS maps a name to the fixture that provides its scheduler (a dummy queue on PATH, or a
+check that a real one answers) and its pool constructor. Every backend of the registry that
+names a dummy joins it on its own, in its default mode and in workers mode (and, where the
+backend has one, with one job per chunk); the real-scheduler and faulty entries are listed
+here. Real-scheduler backends skip with the reason when absent, and fail instead when
 POOLPARTY_REQUIRE_REAL=1 (CI sets it).
 
 Tests of the whole chain (submission, polling, deaths, resubmission, resume, the work_dir) run
@@ -16,27 +18,53 @@ import functools
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 import poolparty_raster as pp
+from poolparty_raster.registry import BACKENDS as REGISTERED_BACKENDS
+from poolparty_raster.registry import Backend
+
+# What the registry does not say about a backend's dummy: the options that point a pool at
+# it (the AWS dummies are clients handed to the pool, not commands on PATH), and the pool
+# that runs one job per chunk, for the backends that have one beside their arrays.
+DUMMY_POOL_OPTIONS: dict[str, Callable[[], dict[str, Any]]] = {
+    "ecs": lambda: __import__("dummy_queues.aws").aws.pool_options("ecs"),
+    "awsbatch": lambda: __import__("dummy_queues.aws").aws.pool_options("batch"),
+}
+ONE_JOB_PER_CHUNK: dict[str, Callable[..., Any]] = {
+    "slurm": lambda **o: pp.SlurmPool(**o),
+    "sge": lambda **o: pp.SgePool(array=False, **o),
+}
+
+
+def dummy_backends(backend: Backend) -> dict[str, tuple[str, Callable[..., Any]]]:
+    """The entries of BACKENDS that run ``backend``'s usual pool on its dummy: named
+    <dummy>, <dummy>_workers, and <dummy>_array, <dummy>_jobs where it has both."""
+    options = DUMMY_POOL_OPTIONS.get(backend.name, dict)
+
+    def default(**o):
+        return getattr(pp, backend.pool_class)(**options(), **o)
+
+    def workers(**o):
+        return default(mode="workers", max_workers=3, **o)
+
+    if backend.name not in ONE_JOB_PER_CHUNK:
+        return {backend.dummy: (backend.dummy, default),
+                f"{backend.dummy}_workers": (backend.dummy, workers)}
+    return {f"{backend.dummy}_array": (backend.dummy, default),
+            f"{backend.dummy}_jobs": (backend.dummy, ONE_JOB_PER_CHUNK[backend.name]),
+            f"{backend.dummy}_workers": (backend.dummy, workers)}
+
 
 BACKENDS = {
     "serial": (None, lambda **o: pp.SerialPool()),
     "local": (None, lambda **o: pp.LocalPool(2, mode="array", **o)),
     "local_workers": (None, lambda **o: pp.LocalPool(2, mode="workers", **o)),
-    "dummy_slurm_array": ("dummy_slurm", lambda **o: pp.SlurmArrayPool(**o)),
-    "dummy_slurm_jobs": ("dummy_slurm", lambda **o: pp.SlurmPool(**o)),
-    "dummy_slurm_workers": ("dummy_slurm", lambda **o: pp.SlurmArrayPool(mode="workers", max_workers=3, **o)),
-    "dummy_sge_array": ("dummy_sge", lambda **o: pp.SgePool(**o)),
-    "dummy_sge_jobs": ("dummy_sge", lambda **o: pp.SgePool(array=False, **o)),
-    "dummy_sge_workers": ("dummy_sge", lambda **o: pp.SgePool(mode="workers", max_workers=3, **o)),
-    "dummy_pbs": ("dummy_pbs", lambda **o: pp.PbsPool(**o)),
-    "dummy_pbs_workers": ("dummy_pbs", lambda **o: pp.PbsPool(mode="workers", max_workers=3, **o)),
-    "dummy_ecs": ("dummy_ecs", lambda **o: pp.EcsPool(**__import__("dummy_queues.aws").aws.pool_options("ecs"), **o)),
-    "dummy_batch": ("dummy_batch", lambda **o: pp.AwsBatchPool(**__import__("dummy_queues.aws").aws.pool_options("batch"), **o)),
-    "dummy_ecs_workers": ("dummy_ecs", lambda **o: pp.EcsPool(**__import__("dummy_queues.aws").aws.pool_options("ecs"), mode="workers", max_workers=3, **o)),
-    "dummy_batch_workers": ("dummy_batch", lambda **o: pp.AwsBatchPool(**__import__("dummy_queues.aws").aws.pool_options("batch"), mode="workers", max_workers=3, **o)),
+    **{name: entry for backend in REGISTERED_BACKENDS if backend.dummy is not None
+       for name, entry in dummy_backends(backend).items()},
     # The same fakes with their commands misbehaving at the start of every test: the chain
     # must absorb it without a visible difference.
     "faulty_slurm_array": ("faulty_slurm", lambda **o: pp.SlurmArrayPool(**o)),

@@ -12,12 +12,12 @@ import select
 import sys
 import threading
 import time
+from pathlib import Path
 
 import cloudpickle
 import pytest
 
 import poolparty_raster as pp
-from conftest import BACKENDS
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -52,7 +52,11 @@ class Pools:
     """Pools of one backend of conftest.BACKENDS (with its dummy queue, if it has one)."""
 
     def __init__(self, name, request):
-        fixture, self._construct = BACKENDS[name]
+        # pytest's own copy of tests/conftest.py: `from conftest import` would find
+        # tests/applier/conftest.py when both folders are collected
+        conftest = request.config.pluginmanager.get_plugin(
+            str(Path(__file__).with_name("conftest.py")))
+        fixture, self._construct = conftest.BACKENDS[name]
         self.queue = request.getfixturevalue(fixture) if fixture else None
         self.made = []
 

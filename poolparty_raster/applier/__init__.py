@@ -6,9 +6,9 @@ Scripts written for ``rios.applier`` work after changing the import to
 ``from poolparty_raster import applier``.
 """
 from poolparty_raster.applier.apply import apply
-from poolparty_raster.applier.controls import (BOUNDS_FROM_REFERENCE, CW_AWSBATCH, CW_ECS,
-                                               CW_NONE, CW_PBS, CW_SGE, CW_SLURM, CW_SUBPROC,
-                                               CW_THREADS, INTERSECTION, UNION, ApplierControls,
+from poolparty_raster.applier.concurrency import ALL_KINDS, POOL_KINDS
+from poolparty_raster.applier.controls import (BOUNDS_FROM_REFERENCE, CW_NONE, CW_THREADS,
+                                               INTERSECTION, UNION, ApplierControls,
                                                ConcurrencyStyle)
 from poolparty_raster.applier.grid import ResampleNeededError
 from poolparty_raster.applier.info import BlockInfo, Coord
@@ -16,10 +16,12 @@ from poolparty_raster.applier.structures import (ApplierBlockDefn, ApplierReturn
                                                  BlockAssociations, FilenameAssociations,
                                                  OtherInputs, Timers)
 
+globals().update({kind: kind for kind in POOL_KINDS})  # CW_SLURM, ...: see concurrency.py
+
 __all__ = [
     "apply", "ApplierControls", "ConcurrencyStyle", "FilenameAssociations", "BlockAssociations",
     "OtherInputs", "ApplierBlockDefn", "ApplierReturn", "Timers", "BlockInfo", "Coord",
     "ResampleNeededError",
     "INTERSECTION", "UNION", "BOUNDS_FROM_REFERENCE",
-    "CW_NONE", "CW_THREADS", "CW_SUBPROC", "CW_SLURM", "CW_PBS", "CW_SGE", "CW_ECS", "CW_AWSBATCH",
+    *ALL_KINDS,
 ]

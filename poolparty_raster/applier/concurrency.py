@@ -1,20 +1,21 @@
 """ConcurrencyStyle: RIOS's description of how blocks are spread over workers, and the
-compute worker kinds."""
+compute worker kinds (CW_*), one per backend in the registry besides in-process and threads."""
 from __future__ import annotations
 
 import warnings
 from typing import Any
 
-# Compute worker kinds (strings, as in RIOS).
+from poolparty_raster.registry import BACKENDS
+
+# Compute worker kinds, strings as in RIOS: two run blocks in this process, and each backend
+# in the registry adds the kind that runs them on its pool (CW_SUBPROC, CW_SLURM, ...).
 CW_NONE = "CW_NONE"
 CW_THREADS = "CW_THREADS"
-CW_SUBPROC = "CW_SUBPROC"
-CW_SLURM = "CW_SLURM"
-CW_PBS = "CW_PBS"
-CW_SGE = "CW_SGE"
-CW_ECS = "CW_ECS"
-CW_AWSBATCH = "CW_AWSBATCH"
-ALL_KINDS = (CW_NONE, CW_THREADS, CW_SUBPROC, CW_SLURM, CW_PBS, CW_SGE, CW_ECS, CW_AWSBATCH)
+POOL_KINDS = tuple(backend.applier_kind for backend in BACKENDS)
+ALL_KINDS = (CW_NONE, CW_THREADS, *POOL_KINDS)
+# RIOS scripts import the kinds by name: each backend's is a module-level name here too
+# (CW_SLURM == "CW_SLURM"), which controls.py and the applier package re-export.
+globals().update({kind: kind for kind in POOL_KINDS})
 
 # RIOS's defaults for the options that only its network channel uses; a value other than
 # these is something the user asked for, and is told it is ignored here.

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from poolparty_raster.applier.concurrency import (ALL_KINDS, CW_AWSBATCH,  # noqa: F401
-                                                  CW_ECS, CW_NONE, CW_PBS, CW_SGE, CW_SLURM,
-                                                  CW_SUBPROC, CW_THREADS, ConcurrencyStyle)
+from poolparty_raster.applier.concurrency import (ALL_KINDS, CW_NONE,  # noqa: F401
+                                                  CW_THREADS, POOL_KINDS, ConcurrencyStyle)
 from poolparty_raster.applier.sitedefaults import (DEFAULT_MINOVERVIEWDIM,  # noqa: F401
                                                    DEFAULT_OVERVIEWLEVELS, optionDict,
                                                    siteDefaults)
+
+globals().update({kind: kind for kind in POOL_KINDS})  # CW_SLURM, ...: see concurrency.py
 
 # Footprint types: how the working grid's extent follows from the inputs' extents.
 INTERSECTION = 0

@@ -1,8 +1,9 @@
 """The pool a ConcurrencyStyle asks for, how wide a pool is, and where its workers can put
-block files. Pool classes are imported lazily from ``poolparty_raster``, so an applier run
-never needs a backend it does not use."""
+block files. A kind's pool class is imported from its backend's own module, which the
+registry names, so an applier run never needs a backend it does not use."""
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
 import tempfile
@@ -13,11 +14,17 @@ from multiprocessing.pool import ThreadPool
 from typing import Any
 
 from poolparty_raster.applier.blockfiles import Ledger
-from poolparty_raster.applier.controls import (CW_AWSBATCH, CW_ECS, CW_PBS, CW_SGE, CW_SLURM,
-                                               CW_SUBPROC, CW_THREADS, ConcurrencyStyle)
+from poolparty_raster.applier.controls import CW_THREADS, ConcurrencyStyle
+from poolparty_raster.registry import BACKENDS
 
-_POOL_CLASS_NAMES = {CW_SUBPROC: "LocalPool", CW_SLURM: "SlurmArrayPool", CW_SGE: "SgePool",
-                     CW_PBS: "PbsPool", CW_ECS: "EcsPool", CW_AWSBATCH: "AwsBatchPool"}
+_BACKEND_OF_KIND = {backend.applier_kind: backend for backend in BACKENDS}
+
+
+def poolClassFor(kind: str) -> type:
+    """The pool class that runs a pool kind (CW_SUBPROC, CW_SLURM, ...): its backend's
+    usual pool, imported from the backend's module by the name the registry gives."""
+    backend = _BACKEND_OF_KIND[kind]
+    return getattr(importlib.import_module(backend.pool_module), backend.pool_class)
 
 
 def makePool(style: ConcurrencyStyle, jobName: str | None) -> Any:
@@ -27,33 +34,30 @@ def makePool(style: ConcurrencyStyle, jobName: str | None) -> Any:
     numComputeWorkers=N and singleBlockComputeWorkers=False, N long-lived worker jobs claim
     tasks until none is left (``mode="workers", max_workers=N``), so start-up and queue
     waits are paid N times, not once per task; singleBlockComputeWorkers=True keeps RIOS's
-    one job per block (array mode). Otherwise each pool's default mode (LocalPool: workers;
-    clusters: array). CW_SUBPROC also runs N processes at a time
-    (num_workers=N). computeWorkerExtraParams are passed as keyword arguments and win.
+    one job per block (array mode), at most N at a time (num_simultaneously_running_tasks).
+    Otherwise each pool's default mode (LocalPool: workers; clusters: array). A pool that
+    takes ``num_workers`` (CW_SUBPROC's LocalPool) runs N processes at a time in either mode.
+    computeWorkerExtraParams are passed as keyword arguments and win.
     """
     kind = style.computeWorkerKind
     workers = style.numComputeWorkers or None
     if kind == CW_THREADS:
         return ThreadPool(workers or os.cpu_count(), **style.computeWorkerExtraParams)
-    className = _POOL_CLASS_NAMES[kind]
-    import poolparty_raster
-    poolClass = getattr(poolparty_raster, className, None)
-    if poolClass is None:
-        raise NotImplementedError(f"computeWorkerKind {kind} needs poolparty_raster.{className}, "
-                                  "which this installation does not provide")
+    cls = poolClassFor(kind)
+    options = inspect.signature(cls).parameters
     kwargs: dict[str, Any] = {}
-    if kind == CW_SUBPROC:
+    if "num_workers" in options:
         kwargs["num_workers"] = workers
     if style.singleBlockComputeWorkers:
         kwargs["mode"] = "array"
-        if workers and kind != CW_SUBPROC:
+        if workers and "num_workers" not in options:
             kwargs["num_simultaneously_running_tasks"] = workers
     elif workers:
         kwargs.update(mode="workers", max_workers=workers)
-    if jobName is not None and "job_name" in inspect.signature(poolClass).parameters:
+    if jobName is not None and "job_name" in options:
         kwargs["job_name"] = jobName
     kwargs.update(style.computeWorkerExtraParams)
-    return poolClass(**kwargs)
+    return cls(**kwargs)
 
 
 def poolWidth(pool: Any, style: ConcurrencyStyle) -> int:

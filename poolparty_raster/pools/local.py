@@ -1,0 +1,31 @@
+"""LocalPool: the worker script as subprocesses of this machine."""
+from __future__ import annotations
+
+from typing import Any
+
+from poolparty_raster.pool import Pool, explain_options
+from poolparty_raster.schedulers.local import LocalScheduler
+
+
+class LocalPool(Pool):
+    """Runs the worker script as subprocesses on this machine, ``num_workers`` at a time
+    (default ``os.cpu_count()``), through the same work_dir protocol as the cluster pools.
+
+    ``start_method``: "forkserver" (default on Linux) forks each worker's process from a
+    server started once per pool, which has imported what every chunk needs (and numpy and
+    rasterio when the driver uses them); "spawn" starts a fresh interpreter for each.
+
+    Workers mode is the default here: nothing queues on one machine, so long-lived workers
+    (one per slot, as multiprocessing's) only save a process start per chunk. ``mode="array"``
+    runs every chunk in a process of its own."""
+
+    _shared_filesystem = False
+    _default_mode = "workers"
+
+    @explain_options
+    def __init__(self, num_workers: int | None = None, *, start_method: str | None = None,
+                 **options: Any):
+        if num_workers is not None and num_workers < 1:  # as multiprocessing.Pool(0) does
+            raise ValueError(f"num_workers must be at least 1 (or None: os.cpu_count()), "
+                             f"not {num_workers}")
+        super().__init__(LocalScheduler(num_workers, start_method), **options)
