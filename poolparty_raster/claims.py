@@ -35,6 +35,15 @@ _REDO = ".redo"
 _BADGE_PREFIX = "worker."
 # What os.link raises where the filesystem has no hard links: claims are O_EXCL files there.
 NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS}
+
+
+def out_of_links(exc: OSError, linked_before: int) -> bool:
+    """Whether a failed link means that its source takes no more links (the caller starts
+    another): EMLINK, or ENOSPC once the source has links. GlusterFS keeps an extended
+    attribute per link on its brick's inode, and an ext4 brick holds about 40 of them in a
+    block: the next link fails with ENOSPC while the disk has room. A source's first link
+    failing with ENOSPC is a full disk."""
+    return exc.errno == errno.EMLINK or (exc.errno == errno.ENOSPC and linked_before > 0)
 # Claims a worker tries one by one before it lists claims/ (a round trip each on NFS: many
 # workers racing for the same chunks list instead).
 DIRECT_TRIES = 4
@@ -58,6 +67,7 @@ class Claims:
         self._stride = 1  # a worker's: how far it steps after a claim (workers beside it + 1)
         self._behind: collections.deque[int] = collections.deque()  # free at the last listing
         self._badge: tuple[str, str, int] | None = None  # a worker's: (name, path, inode)
+        self._badge_links = 0  # claims linked to the badge
         self._hard_links = True
 
     def path_of(self, chunk: int) -> str:
@@ -217,6 +227,7 @@ class Claims:
             badge = self._badge_of(worker)
             try:
                 os.link(badge[1], path)
+                self._badge_links += 1
                 return True
             except FileExistsError:
                 # On NFS a link whose reply was lost is sent again and reports EEXIST.
@@ -225,7 +236,7 @@ class Claims:
                 except FileNotFoundError:  # released meanwhile: a later listing finds it
                     return False
             except OSError as exc:
-                if exc.errno == errno.EMLINK:  # the badge has all the links it can have
+                if out_of_links(exc, self._badge_links):  # the badge takes no more links
                     self._badge = None
                     return self._create(path, worker)
                 if exc.errno not in NO_HARD_LINKS:
@@ -247,6 +258,7 @@ class Claims:
             with os.fdopen(fd, "w") as f:
                 f.write(worker)
             self._badge = (worker, path, os.stat(path).st_ino)
+            self._badge_links = 0
         return self._badge
 
     def _names(self) -> list[str]:

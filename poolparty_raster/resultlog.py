@@ -29,7 +29,7 @@ import os
 import struct
 import zlib
 
-from poolparty_raster.claims import NO_HARD_LINKS, process_token
+from poolparty_raster.claims import NO_HARD_LINKS, out_of_links, process_token
 from poolparty_raster.files import write_all
 from poolparty_raster.names import RESULT_LOG_PREFIX
 
@@ -77,7 +77,7 @@ class ResultLog:
         except FileExistsError:
             pass
         except OSError as exc:
-            if exc.errno == errno.EMLINK:  # the log has all the links it can have
+            if out_of_links(exc, self.records - 1):  # the log takes no more links
                 self._retire()
                 return self.publish(destination, chunk, payload)
             if exc.errno not in NO_HARD_LINKS:
@@ -156,10 +156,12 @@ class LogIndex:
         self.idle_reads = idle_reads
         self._reads = 0
 
-    def read(self, fd: int, chunk: int, name: str, head: bytes | None = None) -> bytes:
+    def read(self, fd: int, chunk: int, name: str, head: bytes | None = None,
+             info: os.stat_result | None = None) -> bytes:
         """The payload of ``chunk``'s record in the open log ``fd``, whose first ``HEAD_SIZE``
-        bytes are ``head`` (read here if not given); ValueError when it holds no intact record
-        of the chunk (the caller counts the result as unreadable)."""
+        bytes are ``head`` (read here if not given) and whose status is ``info`` (asked here
+        if not given); ValueError when it holds no intact record of the chunk (the caller
+        counts the result as unreadable)."""
         if head is None:
             head = os.pread(fd, HEAD_SIZE, 0)
         if len(head) < HEAD_SIZE or not is_log(head):
@@ -167,7 +169,8 @@ class LogIndex:
         _, version, log_id = _LOG_HEADER.unpack_from(head)
         if version != VERSION:
             raise ValueError(f"{name} is a result log of an unknown format ({version})")
-        info = os.fstat(fd)
+        if info is None:
+            info = os.fstat(fd)
         key = (info.st_dev, info.st_ino, log_id)
         self._reads += 1
         if self._reads % (self.idle_reads // 4 or 1) == 0:

@@ -18,6 +18,7 @@ import functools
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -74,6 +75,9 @@ BACKENDS = {
     "real_sge": ("real_sge", lambda **o: pp.SgePool(**o)),
     "real_slurm_workers": ("real_slurm", lambda **o: pp.SlurmArrayPool(mode="workers", max_workers=3, **o)),
     "real_sge_workers": ("real_sge", lambda **o: pp.SgePool(mode="workers", max_workers=3, **o)),
+    # The real SLURM with the work_dirs on GlusterFS, its jobs behind a second client.
+    "gluster_slurm": ("gluster_slurm", lambda **o: pp.SlurmArrayPool(**o)),
+    "gluster_slurm_workers": ("gluster_slurm", lambda **o: pp.SlurmArrayPool(mode="workers", max_workers=3, **o)),
 }
 
 
@@ -146,6 +150,42 @@ def real_slurm():
 @pytest.fixture
 def real_sge():
     require_real("sge")
+
+
+GLUSTER_DIR = os.environ.get("GLUSTER_CI_DIR", "/srv/poolparty-gluster/shared")
+
+
+def gluster_absent() -> str | None:
+    """None when GLUSTER_DIR is a GlusterFS client and SLURM's jobs see it through another
+    (ci/gluster/bringup.sh), else why not."""
+    with open("/proc/self/mounts") as f:
+        mounts = {fields[1]: fields[2] for fields in map(str.split, f)}
+    if mounts.get(GLUSTER_DIR) != "fuse.glusterfs":
+        return f"{GLUSTER_DIR} is not a GlusterFS mount"
+    try:
+        with open("/run/slurmd.pid") as f:
+            pid = f.read().strip()
+        if os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt"):
+            return None
+    except OSError:
+        pass
+    return "slurmd does not run in a mount namespace of its own"
+
+
+@pytest.fixture
+def gluster_slurm(real_slurm, tmp_path):
+    """The real SLURM, with this test's work_dirs on the GlusterFS volume: tmp_path / "work"
+    (where work_dirs go) leads to a directory of the test's there."""
+    why = gluster_absent()
+    if why is not None:
+        if os.environ.get("POOLPARTY_REQUIRE_REAL") == "1":
+            pytest.fail(f"GlusterFS is required here (POOLPARTY_REQUIRE_REAL=1), but {why}. "
+                        f"Run `sudo bash ci/bringup-all.sh` first.")
+        pytest.skip(f"no GlusterFS: {why} (run `sudo bash ci/bringup-all.sh`)")
+    root = tempfile.mkdtemp(prefix="test-", dir=GLUSTER_DIR)
+    (tmp_path / "work").symlink_to(root)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 FRONT_BACKENDS = ["serial", "local", "local_workers", "dummy_slurm_array", "dummy_sge_array",
