@@ -32,18 +32,27 @@ gluster --mode=script volume info "$VOLUME" | grep -q "^Status: Started" ||
 
 is_gluster() { [ "$(findmnt -n -o FSTYPE --target "$1" 2>/dev/null)" = fuse.glusterfs ] && \
                [ "$(findmnt -n -o TARGET --target "$1")" = "$1" ]; }
+remounted=0
 for mountpoint in "$SHARED" "$NODE_CLIENT"; do
-  is_gluster "$mountpoint" || mount -t glusterfs "$HOST:/$VOLUME" "$mountpoint"
+  # A client whose process was ended (a session's end) stays mounted, answering ENOTCONN.
+  if is_gluster "$mountpoint" && ! timeout 10 stat -f "$mountpoint" >/dev/null 2>&1; then
+    umount -l "$mountpoint"
+  fi
+  is_gluster "$mountpoint" || { mount -t glusterfs "$HOST:/$VOLUME" "$mountpoint"; remounted=1; }
 done
 chmod 0755 "$SHARED"  # work_dirs made in it are 0700 each
 
 # slurmd (and the jobs it starts) in a namespace where $SHARED is client 2. Its own mounts are
 # private, so nothing of this shows in the machine's namespace.
 pidfile=/run/slurmd.pid
-in_namespace() {
-  [ -s "$pidfile" ] && [ "$(readlink "/proc/$(cat "$pidfile")/ns/mnt")" != "$(readlink /proc/self/ns/mnt)" ]
+# It is restarted unless it runs in such a namespace already and sees a live client 2 there
+# (a remount here leaves its namespace with the client that was replaced).
+in_live_namespace() {
+  [ -s "$pidfile" ] && local pid && pid=$(cat "$pidfile") &&
+  [ "$(readlink "/proc/$pid/ns/mnt")" != "$(readlink /proc/self/ns/mnt)" ] &&
+  timeout 10 nsenter -t "$pid" -m stat -f "$SHARED" >/dev/null 2>&1
 }
-if command -v slurmd >/dev/null && ! in_namespace; then
+if command -v slurmd >/dev/null && { [ "$remounted" = 1 ] || ! in_live_namespace; }; then
   if [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
     pid=$(cat "$pidfile"); kill "$pid"
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
