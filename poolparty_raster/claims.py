@@ -15,7 +15,9 @@ a busy local disk alike. The links share the badge's mtime, so one heartbeat cov
 claim the worker runs. Where hard links are not supported, a claim is an ``O_CREAT |
 O_EXCL`` file holding the worker's name.
 The driver creates the directory and removes it when the map ends; a worker never creates it,
-so one that starts after the map ended (its work_dir removed) finds nothing to do.
+so one that starts after the map ended (its work_dir removed) finds nothing to do. The driver
+sees it through ``survey`` (one listing; what it keeps does not grow with the claims that
+finished chunks keep) or ``probe`` (chunks looked up by name): workers.py says when which.
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 _REISSUE = ".reissue"
@@ -59,6 +62,16 @@ def _key(chunk: int) -> str:
     return f"{chunk:06d}"
 
 
+@dataclass
+class ClaimsView:
+    """What the driver saw of claims/: ``claims`` {chunk: (holder, heartbeat mtime)} of first
+    runs, ``duplicated`` {chunk: holder} of second runs, ``holders`` of the claims seen."""
+
+    claims: dict[int, tuple[str, float]] = field(default_factory=dict)
+    duplicated: dict[int, str] = field(default_factory=dict)
+    holders: set[str] = field(default_factory=set)
+
+
 class Claims:
     def __init__(self, path: str):
         self.path = path
@@ -78,6 +91,24 @@ class Claims:
         os.makedirs(self.path, mode=0o700, exist_ok=True)
 
     def remove(self) -> None:
+        """Remove claims/ and every claim in it. Each name goes as the listing returns it:
+        shutil.rmtree lists a directory whole first, an object of ~250 bytes a claim (250 MB
+        for a map of a million chunks, the driver's peak). A claim that a worker makes
+        meanwhile, or that a listing skipped, is found by the next pass."""
+        for _ in range(3):
+            try:
+                with os.scandir(self.path) as entries:
+                    for entry in entries:
+                        if entry.is_dir(follow_symlinks=False):
+                            shutil.rmtree(entry.path, ignore_errors=True)
+                        else:
+                            self._unlink(entry.path)
+                os.rmdir(self.path)
+                return
+            except FileNotFoundError:
+                return
+            except OSError:  # not empty (a claim made meanwhile), or not ours to remove
+                continue
         shutil.rmtree(self.path, ignore_errors=True)
 
     def held(self, finished: Collection[int] = ()) -> dict[int, tuple[str, float]]:
@@ -88,44 +119,115 @@ class Claims:
         heartbeat matters there: mtime 0): finished chunks keep their claims, and a stat
         each per poll is a round trip each on NFS. A claim just made may show an empty
         holder."""
-        found = {}
+        found: dict[int, tuple[str, float]] = {}
         try:
-            entries = list(os.scandir(self.path))
+            entries = os.scandir(self.path)
         except FileNotFoundError:
             return {}
-        for entry in entries:
-            if not entry.name.isdigit():
-                continue
-            chunk = int(entry.name)
-            if chunk in finished:
-                known = self._holders.get(entry.inode()) or self._holders.get((chunk, entry.inode()))
-                if known:
-                    found[chunk] = (known, 0.0)
-                    continue
-            try:
-                info = entry.stat()
-                key = entry.inode() if info.st_nlink > 1 else (chunk, entry.inode())
-                holder = self._holders.get(key)
-                if holder is None:
-                    with open(entry.path) as f:
-                        holder = f.read()
-                    if holder:  # empty: its worker is still writing its name
-                        self._holders[key] = holder
-            except FileNotFoundError:
-                continue
-            found[chunk] = (holder, info.st_mtime)
+        with entries:
+            for entry in entries:
+                if entry.name.isdigit():
+                    chunk = int(entry.name)
+                    if chunk in finished:
+                        known = self._known_holder(chunk, entry.inode())
+                        if known:
+                            found[chunk] = (known, 0.0)
+                            continue
+                    claim = self._read(entry.path, chunk, entry)
+                    if claim is not None:
+                        found[chunk] = claim
         return found
+
+    def survey(self, finished: Collection[int]) -> ClaimsView:
+        """What claims/ holds, in one listing that keeps nothing per finished chunk: the
+        first-run claims of the chunks not in ``finished`` (as ``held`` has them), the second
+        runs' claims, and the holder of every claim, finished chunks' too. A finished chunk's
+        claim costs a dict lookup here once its badge is known (a map of a million chunks
+        keeps a million claims: a list and a tuple each were ~400 MB)."""
+        view = ClaimsView()
+        try:
+            entries = os.scandir(self.path)
+        except FileNotFoundError:
+            return view
+        with entries:
+            for entry in entries:
+                name = entry.name
+                if name.isdigit():
+                    chunk = int(name)
+                    if chunk in finished:
+                        known = self._known_holder(chunk, entry.inode())
+                        if known:
+                            view.holders.add(known)
+                            continue
+                    claim = self._read(entry.path, chunk, entry)
+                    if claim is not None:
+                        view.holders.add(claim[0])
+                        if chunk not in finished:
+                            view.claims[chunk] = claim
+                elif name.endswith(_DUPLICATE) and name[:-len(_DUPLICATE)].isdigit():
+                    holder = self._read_duplicate(entry.path)
+                    if holder is not None:
+                        view.duplicated[int(name[:-len(_DUPLICATE)])] = holder
+                        view.holders.add(holder)
+        return view
+
+    def probe(self, chunks: Iterable[int], second_runs: Iterable[int] = ()) -> ClaimsView:
+        """The claims of these chunks alone, looked up by name (a stat each), and the second
+        runs' claims of ``second_runs``: cheaper than a listing where they are few beside
+        the claims that finished chunks keep."""
+        view = ClaimsView()
+        for chunk in chunks:
+            claim = self._read(self.path_of(chunk), chunk)
+            if claim is not None:
+                view.claims[chunk] = claim
+                view.holders.add(claim[0])
+        for chunk in second_runs:
+            holder = self._read_duplicate(self.path_of(chunk) + _DUPLICATE)
+            if holder is not None:
+                view.duplicated[chunk] = holder
+                view.holders.add(holder)
+        return view
+
+    def holder_of(self, chunk: int) -> str:
+        """The holder of a chunk's first-run claim; "" when it has none."""
+        claim = self._read(self.path_of(chunk), chunk)
+        return claim[0] if claim is not None else ""
+
+    def _known_holder(self, chunk: int, inode: int) -> str | None:
+        return self._holders.get(inode) or self._holders.get((chunk, inode))
+
+    def _read(self, path: str, chunk: int, entry: os.DirEntry[str] | None = None
+              ) -> tuple[str, float] | None:
+        """(holder, mtime) of the claim at ``path``; None when there is none."""
+        try:
+            info = entry.stat() if entry is not None else os.stat(path)
+            key = info.st_ino if info.st_nlink > 1 else (chunk, info.st_ino)
+            holder = self._holders.get(key)
+            if holder is None:
+                with open(path) as f:
+                    holder = f.read()
+                if holder:  # empty: its worker is still writing its name
+                    self._holders[key] = holder
+        except FileNotFoundError:
+            return None
+        return holder, info.st_mtime
+
+    @staticmethod
+    def _read_duplicate(path: str) -> str | None:
+        try:
+            with open(path) as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
 
     def duplicates(self) -> dict[int, str]:
         """{chunk: holder} of the second runs of re-issued chunks."""
         found = {}
         for name in self._names():
-            if name.endswith(_DUPLICATE):
-                try:
-                    with open(os.path.join(self.path, name)) as f:
-                        found[int(name[:-len(_DUPLICATE)])] = f.read()
-                except (FileNotFoundError, ValueError):
-                    continue
+            if name.endswith(_DUPLICATE) and name[:-len(_DUPLICATE)].isdigit():
+                holder = self._read_duplicate(os.path.join(self.path, name))
+                if holder is not None:
+                    found[int(name[:-len(_DUPLICATE)])] = holder
         return found
 
     def release(self, chunk: int) -> None:

@@ -8,12 +8,14 @@ only runs the poll; the driving thread alone reads its answer and changes the ru
 """
 from __future__ import annotations
 
+import array
 import errno
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from poolparty_raster.chunkset import ChunkKinds, ChunkSet
 from poolparty_raster.errors import (MapTerminated, SchedulerError, SchedulerOutputError,
                                      TaskLostError, WorkDirFullError)
 from poolparty_raster.progress import Progress
@@ -26,10 +28,22 @@ from poolparty_raster.workdir import Manifest, WorkDir, tail_lines
 
 FIRST_TICK = 0.02      # seconds; the adaptive interval starts here and backs off by BACKOFF
 BACKOFF = 1.5
-# Loose chunks before a reduction, then at least as many as are archived. A reduction costs
-# ~0.15 ms a chunk here and is wasted on a map whose work_dir is removed at its end; what it
-# buys is a short listing at every scan, and a thousand names list in well under a millisecond.
+# Loose chunks before a reduction, then as many as are archived, up to LOOSE_AT_MOST. A
+# reduction is wasted on a map whose work_dir is removed at its end; what it buys is a short
+# listing at every scan (a thousand names list in well under a millisecond) and less held for
+# the loose chunks the consumer read (a result kept for its reduce, workdir.KEEP_RESULTS_BYTES
+# at most). Its cost is the new entries' plus a copy of the archive's bytes: reducing as
+# often as chunks are archived bounds the copies to about twice the archive, but a map of a
+# million chunks would then hold half of them loose; past LOOSE_AT_MOST the copies grow
+# instead (a byte copy of each older entry at every reduce, ~8 of each for a million chunks).
 REDUCE_AT_LEAST = 1024
+LOOSE_AT_MOST = 65536
+# A scan lists the work_dir (~0.5 us a name: 30 ms with LOOSE_AT_MOST results loose): the loop
+# scans again once SCAN_SHARE times the last scan's time has passed, so that scans take at
+# most ~1/SCAN_SHARE of the driver's time, however fast the consumer takes results.
+SCAN_SHARE = 10
+FRESH_AT_MOST = 16384  # chunks handed to the consumer between two looks at the work_dir
+RESULT_ALONE = ["result"]  # the kinds of the loose outputs of nearly every chunk
 UNREADABLE_POLLS = 3   # polls in a row whose output cannot be read: the map fails, quoting it
 MAX_POLL_OUTAGE = 1800.0  # seconds of failing or hanging polls (results still arrive) before the map fails
 # Seconds the loop waits for a poll it has just started before it looks at the work_dir again;
@@ -48,13 +62,22 @@ class RunOptions:
     verbose: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class _Chunk:
     attempts: int = 0            # submissions by this driver (a resumed map starts afresh)
     job_id: str | None = None    # the job running it now; None while it waits to be submitted
     absent_polls: int = 0
     absent_since: float | None = None
     deaths: list[tuple[str, list[str]]] = field(default_factory=list)  # (reason, stderr tail)
+
+
+class _Chunks(dict[int, _Chunk]):
+    """The chunks' state, made when a chunk is first looked up: only chunks submitted or
+    that died have any (an entry a chunk cost ~250 bytes a chunk in a map of a million)."""
+
+    def __missing__(self, chunk: int) -> _Chunk:
+        state = self[chunk] = _Chunk()
+        return state
 
 
 class _Poll:
@@ -94,22 +117,23 @@ class MapRun:
         self.progress = progress
         self.abort = abort
         self.submissions = Submissions(work_dir, scheduler, spec, progress, options.verbose)
-        self.chunks = {c: _Chunk() for c in range(manifest.num_chunks)}
-        self.archived = work_dir.archived_chunks()
-        self.finished: set[int] = set(self.archived)
-        self._resumed = sorted(self.archived)
+        self.chunks = _Chunks()
+        self.archived = ChunkSet(manifest.num_chunks, work_dir.archived_chunks())
+        self.finished = self.archived.copy()
+        self._resumed = self.archived.copy()
         # chunk -> the kinds of loose output the scan that found its result saw: the worker
         # writes the result last, so no other kind of the chunk's is anywhere else.
-        self.unreduced: dict[int, list[str]] = {}
+        self.unreduced = ChunkKinds(manifest.num_chunks, RESULT_ALONE)
         self.lost_chunks: set[int] = set()   # disjoint from finished
         self._lost_captures: dict[str, str] = {}
-        self._fresh: list[int] = []  # finished chunks not yet handed to the consumer
+        self._fresh = array.array("q")  # finished chunks not yet handed to the consumer
         self._last_poll: PollResult = {}
         self._poll_failures = 0
         self._unreadable = 0  # polls in a row whose output could not be read
         self._failing_since: float | None = None
         self._poll: _Poll | None = None  # the poll running now, or answered and not yet read
         self._reattached: bool | None = None  # None until started
+        self._next_scan = 0.0  # when the loop may scan the work_dir again (SCAN_SHARE)
 
     @property
     def jobs(self) -> list[JobRecord]:
@@ -168,7 +192,9 @@ class MapRun:
         while not self._done():
             if self.abort.is_set():
                 raise MapTerminated(f"the pool was terminated; the work_dir is kept: {self.work_dir.path}")
-            changed = self._collect()
+            changed = None  # not looked: the last scan's share of the time is spent
+            if time.monotonic() >= self._next_scan:
+                changed = self._collect()
             if changed:
                 self._submit_waiting()  # a finished chunk may free the throttle
             # A poll's answer is acted on when it comes; a poll still running is not repeated
@@ -185,11 +211,19 @@ class MapRun:
                 next_poll = time.monotonic() + poll_interval
             fresh = self._take_fresh()
             yield from fresh
-            tick = FIRST_TICK if changed else min(tick * BACKOFF, self.options.polling_interval)
+            if fresh:
+                self._reduce_if_due()
+            if changed is not None:
+                tick = FIRST_TICK if changed else min(tick * BACKOFF, self.options.polling_interval)
             # A consumer that took results spent time on them (the applier writes blocks):
-            # what finished meanwhile is collected at once, not after another sleep.
-            if not self._done() and not fresh:
-                self._wait(min(tick, max(0.0, next_poll - time.monotonic()) + FIRST_TICK))
+            # what finished meanwhile is collected at once, not after another sleep, once the
+            # last scan's share of the time is spent.
+            now = time.monotonic()
+            if not self._done() and not self._fresh and (not fresh or now < self._next_scan):
+                wait = max(0.0 if fresh else tick, self._next_scan - now)
+                self._wait(max(0.0, min(wait, max(0.0, next_poll - now) + FIRST_TICK)))
+        while self._fresh:  # found at the last collect
+            yield from self._take_fresh()
         self._cancel_leftovers()
         self.work_dir.claims.remove()
         self.scheduler.release(self.jobs)
@@ -207,15 +241,23 @@ class MapRun:
     def _poll_answered(self) -> bool:
         return self._poll is not None and self._poll.done.is_set()
 
-    def _take_fresh(self) -> list[int]:
-        fresh, self._fresh = self._fresh, []
+    def _take_fresh(self) -> array.array[int]:
+        """The next fresh chunks for the consumer, at most FRESH_AT_MOST: the loop reduces
+        between two batches, so that a driver that fell behind its workers and found a
+        million results at once holds no more of them loose, read, than any other."""
+        fresh = self._fresh[:FRESH_AT_MOST]
+        del self._fresh[:FRESH_AT_MOST]
         return fresh
 
     def _outstanding(self) -> list[int]:
-        return [c for c in self.chunks if c not in self.finished and c not in self.lost_chunks]
+        return [c for c in self.finished.missing() if c not in self.lost_chunks]
+
+    def _outstanding_count(self) -> int:
+        return self.manifest.num_chunks - len(self.finished) - len(self.lost_chunks)
 
     def _in_flight(self) -> list[int]:
-        return [c for c in self._outstanding() if self.chunks[c].job_id is not None]
+        return sorted(c for c, state in self.chunks.items() if state.job_id is not None
+                      and c not in self.finished and c not in self.lost_chunks)
 
     # -- submission --------------------------------------------------------------------
     def _reattach_or_submit(self) -> bool:
@@ -255,32 +297,40 @@ class MapRun:
     # -- observation -------------------------------------------------------------------
     def _collect(self) -> bool:
         """Note the chunks whose result newly appeared in the work_dir (in ``_fresh``)."""
-        new = []
-        for chunk, files in self.work_dir.scan().items():
-            if "result" in files["final"] and chunk not in self.finished and chunk in self.chunks:
+        before = len(self._fresh)
+        started = time.monotonic()
+        scanned, changed = self.work_dir.scan_changed()
+        self._next_scan = started + SCAN_SHARE * (time.monotonic() - started)
+        for chunk in changed:  # ascending: as submitted, so an ordered consumer holds few back
+            files = scanned.get(chunk)
+            if (files is not None and "result" in files["final"] and chunk not in self.finished
+                    and chunk < self.manifest.num_chunks):
                 self.finished.add(chunk)
                 self.unreduced[chunk] = files["final"]
                 self.lost_chunks.discard(chunk)  # its result arrived after all
-                new.append(chunk)
-        self._fresh.extend(new)
+                self._fresh.append(chunk)
+        new = self._fresh[before:]
         if new:
-            self._no_longer_needed(new)
+            self._no_longer_needed(new.tolist())
             self.progress.advance(sum(len(self.manifest.chunk_range(c)) for c in new))
-            # The fresh chunks are all unreduced: counted without building _reducible().
-            if len(self.unreduced) - len(self._fresh) >= max(REDUCE_AT_LEAST, len(self.archived)):
-                self._reduce()
+            self._reduce_if_due()
         return bool(new)
+
+    def _reduce_if_due(self) -> None:
+        # The fresh chunks are all unreduced: counted without building _reducible().
+        loose = len(self.unreduced) - len(self._fresh)
+        if loose >= max(REDUCE_AT_LEAST, min(len(self.archived), LOOSE_AT_MOST)):
+            self._reduce()
 
     def _no_longer_needed(self, chunks: list[int]) -> None:
         """Finished chunks waiting for a resubmission (their earlier run delivered after all)
         are not submitted."""
         self.submissions.drop(chunks)
 
-    def _reducible(self) -> dict[int, list[str]]:
+    def _reducible(self) -> ChunkKinds:
         """Unreduced chunks the consumer has had: it reads the fresh ones next, and a loose
         file reads faster than an archive entry."""
-        waiting = set(self._fresh)
-        return {c: kinds for c, kinds in self.unreduced.items() if c not in waiting}
+        return self.unreduced.without(self._fresh)
 
     def _safe_poll(self) -> PollResult | None:
         """The answer of a scheduler poll, or None: while the poll runs (it was started now, or
@@ -393,7 +443,8 @@ class MapRun:
         if not dead:
             return
         self._stop_if_disk_full()
-        live = {chunk: files["live"] for chunk, files in self.work_dir.scan().items()}
+        self.work_dir.scan()
+        live = self.work_dir.live_captures()
         resubmit, lost = [], []
         for chunk, reason in dead:
             self._archive_dead_attempt(chunk, reason, live.get(chunk, []))
@@ -455,7 +506,11 @@ class MapRun:
             self.work_dir.reduce(chunks, self._lost_captures)
             self.work_dir.log("reduced", chunks=len(chunks))
             self.archived |= chunks.keys()
-            self.unreduced = {c: k for c, k in self.unreduced.items() if c not in chunks}
+            if final:
+                self.unreduced = ChunkKinds(self.manifest.num_chunks, RESULT_ALONE)
+            else:
+                for chunk in chunks:
+                    del self.unreduced[chunk]
             self._lost_captures = {}
         if final:
             self.work_dir.remove_result_logs()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import math
 import os
 import pickle
@@ -24,13 +25,15 @@ from filelock import FileLock, Timeout
 
 from poolparty_raster import ownership
 from poolparty_raster import workdir as wd
+from poolparty_raster.chunkset import ChunkSet
 from poolparty_raster.engine import MapRun, RunOptions
 from poolparty_raster.errors import WorkDirBusyError, WorkDirMismatchError
 from poolparty_raster.files import atomic_write
-from poolparty_raster.outcome import ChunkOutcome, loaded_values, rebuild_exception
+from poolparty_raster.outcome import ChunkOutcome, load_results, loaded_values, rebuild_exception
 from poolparty_raster.progress import Progress
 from poolparty_raster.sigterm import SIGTERM_GUARD
 from poolparty_raster.schedulers.base import Scheduler, SubmitSpec
+from poolparty_raster.taskszip import TasksWriter
 from poolparty_raster.worker import render_script
 from poolparty_raster.workers import WorkerScaling, WorkersRun
 
@@ -58,12 +61,14 @@ def default_chunksize(num_tasks: int, parallelism: int) -> int:
     return max(1, math.ceil(num_tasks / (4 * max(1, parallelism))))
 
 
-def chunk_boundaries(num_tasks: int, chunksize: int) -> list[int]:
-    """The input index of each chunk's first task."""
-    return list(range(0, num_tasks, chunksize))
+def chunk_boundaries(num_tasks: int, chunksize: int) -> Sequence[int]:
+    """The input index of each chunk's first task (a range: a list of a million chunks' starts
+    is 36 MB)."""
+    return range(0, num_tasks, chunksize)
 
 
-def _resumable_chunk_starts(path: str, mark: ownership.Mark | None, num_tasks: int) -> list[int] | None:
+def _resumable_chunk_starts(path: str, mark: ownership.Mark | None,
+                            num_tasks: int) -> Sequence[int] | None:
     """A resumed map keeps its chunks when the caller did not choose a chunksize: the default
     follows the cluster's free CPUs, which change between the two runs."""
     existing = wd.WorkDir(path).read_manifest() if mark is not None else None
@@ -128,11 +133,11 @@ class MapHandle:
         self.failed = False
         self._holds_sigterm = False
 
-    def _prepare(self, func_bytes: bytes, tasks: Sequence[Any], chunk_starts: list[int],
+    def _prepare(self, func_bytes: bytes, tasks: Sequence[Any], chunk_starts: Sequence[int],
                  settings: MapSettings, unstored_variables: Sequence[str]) -> wd.Manifest:
-        writer = wd.TasksWriter(self.work_dir.path, func_bytes)
+        writer = TasksWriter(self.work_dir.path, func_bytes)
         try:
-            for start, end in zip(chunk_starts, [*chunk_starts[1:], len(tasks)]):
+            for start, end in zip(chunk_starts, itertools.chain(chunk_starts[1:], [len(tasks)])):
                 writer.add_chunk(list(tasks[start:end]))
             digest = writer.finish()
         except BaseException:
@@ -200,7 +205,7 @@ class MapHandle:
             if seen is not None and kind not in seen:
                 return None
             return self.work_dir.read_output(chunk, kind)
-        pickled, records = wd.load_results(read("result"))
+        pickled, records = load_results(read("result"))
         if not records and seen is not None and "exception" in seen:  # another run's: disowned
             self.work_dir.discard_loose(chunk, ("exception",))
             self.run.unreduced[chunk] = [kind for kind in seen if kind != "exception"]
@@ -240,8 +245,10 @@ class MapHandle:
                 yield outcome
 
     def ordered(self) -> Iterator[ChunkOutcome]:
-        """Outcomes in input order; chunks that finish early wait on disk, not in memory."""
-        ready: set[int] = set()
+        """Outcomes in input order; chunks that finish early wait on disk, not in memory (a
+        byte each here: a set's table, which never shrinks, held a slot for every chunk that
+        ever waited)."""
+        ready = ChunkSet(self.manifest.num_chunks)
         next_chunk = 0
         for chunk in self._finished_chunks():
             ready.add(chunk)

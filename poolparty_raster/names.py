@@ -79,13 +79,34 @@ def parse_worker_capture(name: str) -> tuple[str, str] | None:
 _KINDS = {kind: kind for kind in ARCHIVE_KINDS}
 
 
+_RESULT_SUFFIX = ".result"
+assert len(_CHUNK_PREFIX) == 6 and len(_RESULT_SUFFIX) == 7
+
+
+def result_chunk(name: str) -> int | None:
+    """The chunk of a result's loose name (``chunk-000012.result`` -> 12), else None: the name
+    that a map has one of for every chunk, told apart in a few string operations."""
+    if name.endswith(_RESULT_SUFFIX) and name.startswith(_CHUNK_PREFIX):
+        key = name[6:-7]  # between the two
+        if key.isdigit():
+            return int(key)
+    return None
+
+
+def parse_loose_name(name: str) -> tuple[int, str, bool] | None:
+    """``chunk-000012.result`` -> (12, "result", False); a live capture -> (12, "stderr", True).
+    The kind is one of ARCHIVE_KINDS itself, not a copy (a scan keeps thousands)."""
+    chunk = result_chunk(name)
+    if chunk is not None:
+        return chunk, ARCHIVE_KINDS[0], False
+    return _parse_other_name(name)
+
+
 # A loose name is parsed when it appears in a scan, when its chunk's outputs are read, and
 # when it is gone: the first two follow each other closely. A cache entry holds the name and
 # its parse (~250 bytes), so it stays small: 65,536 of them were 16 MB of the driver's.
 @functools.lru_cache(maxsize=4096)
-def parse_loose_name(name: str) -> tuple[int, str, bool] | None:
-    """``chunk-000012.result`` -> (12, "result", False); a live capture -> (12, "stderr", True).
-    The kind is one of ARCHIVE_KINDS itself, not a copy (a scan keeps thousands)."""
+def _parse_other_name(name: str) -> tuple[int, str, bool] | None:
     if not name.startswith(_CHUNK_PREFIX):
         return None
     parts = name[len(_CHUNK_PREFIX):].split(".")

@@ -1,6 +1,8 @@
-"""Turning a chunk's stored outputs back into values and exceptions on the driver."""
+"""A chunk's outcome: its result file as a worker encodes it, and its values and exceptions
+as the driver turns them back."""
 from __future__ import annotations
 
+import pickle
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -8,6 +10,28 @@ from typing import Any
 import cloudpickle
 
 from poolparty_raster.errors import RemoteTaskError, RemoteTraceback
+
+
+def dump_results(values: list[bytes | None], errors: list[dict[str, Any]]) -> bytes:
+    """A chunk's result file: each task's pickled value (None where it raised) and the
+    records of the exceptions raised. They travel together because the result is the commit:
+    an ``.exception`` file (kept for ``inspect`` and the archive) may come from another run of
+    the chunk, one killed before its result, or a straggler's second run."""
+    return pickle.dumps((values, errors), protocol=5)
+
+
+def load_results(data: bytes) -> tuple[list[bytes | None], list[dict[str, Any]]]:
+    """(pickled values, exception records) of a chunk's result file; an error here means
+    the file is damaged (each value is unpickled on its own: loaded_values)."""
+    return pickle.loads(data)
+
+
+def dump_exceptions(records: list[dict[str, Any]]) -> bytes:
+    return pickle.dumps(records, protocol=5)
+
+
+def load_exceptions(data: bytes) -> list[dict[str, Any]]:
+    return pickle.loads(data)
 
 
 @dataclass

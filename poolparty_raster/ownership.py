@@ -163,8 +163,8 @@ def remove(path: str, mark: Mark) -> bool:
                       f"{MARK_NAME} changed); nothing was removed", RuntimeWarning, stacklevel=2)
         return False
     foreign = []
-    with os.scandir(path) as entries:
-        for entry in list(entries):
+    with os.scandir(path) as entries:  # removed as read: a million names are never a list
+        for entry in entries:
             if entry.name == MARK_NAME:
                 continue
             if not is_protocol_name(entry.name):

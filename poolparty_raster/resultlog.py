@@ -137,6 +137,54 @@ class ResultLog:
         self.path = None
 
 
+LOGS_HELD = 8  # result logs the driver holds open to read from (a worker writes one at a time)
+
+
+class ResultReader:
+    """The driver's reads of loose results: a plain file's bytes, or the record of a result
+    linked to a log (through a LogIndex). The logs read last are held open, so that a result
+    linked to one of them is a stat and a pread, not an open, a stat, two preads and a close.
+    ``close`` lets them go: before the driver removes a result, which may be a log's last
+    name (on NFS a file open when its last name goes is kept as a .nfs file), and when it is
+    done."""
+
+    def __init__(self) -> None:
+        self._index = LogIndex()
+        self._held: dict[tuple[int, int], tuple[int, bytes]] = {}  # (dev, inode): fd, head
+
+    def read(self, path: str, chunk: int, name: str) -> bytes:
+        """The result of ``chunk`` at ``path``; FileNotFoundError when there is none,
+        ValueError when it is damaged."""
+        if self._held:
+            info = os.stat(path)
+            held = self._held.get((info.st_dev, info.st_ino))  # open: the same file
+            if held is not None:
+                return self._index.read(held[0], chunk, name, held[1], info)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            head = os.pread(fd, HEAD_SIZE, 0)
+            if is_log(head):
+                record = self._index.read(fd, chunk, name, head)
+                info = os.fstat(fd)
+                if len(self._held) >= LOGS_HELD:
+                    self.close(1)
+                self._held[(info.st_dev, info.st_ino)] = (fd, head)
+                fd = -1
+                return record
+            parts = [head]
+            while block := os.pread(fd, 1 << 20, sum(map(len, parts))):
+                parts.append(block)
+            return b"".join(parts)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def close(self, count: int | None = None) -> None:
+        """Close the logs held open (the ``count`` opened first)."""
+        for key in list(self._held)[:count]:
+            os.close(self._held.pop(key)[0])
+
+
 class LogIndex:
     """The driver's side: where each chunk's record is, per log (by device, inode and id),
     parsed incrementally, so that reading every result of a log costs one pass over it.

@@ -1,5 +1,7 @@
 """The work_dir protocol: the only code that reads and writes the work_dir's files (their
-names are spelled in names.py, the atomic writes and archive updates are in files.py).
+names are spelled in names.py; the atomic writes are in files.py, the archives in storedzip.py
+and storedarchive.py, manifest.json in manifest.py, tasks.zip in taskszip.py, the driver's view
+of the loose files in loose.py, a result file's encoding in outcome.py).
 
 Layout (every file mode 0600, the directory 0700; ownership.py says which directories are
 ours)::
@@ -27,186 +29,37 @@ in the worker's result log): a chunk is finished exactly when its result exists.
 """
 from __future__ import annotations
 
-import array
 import contextlib
 import errno
-import hashlib
 import io
-import itertools
-import json
 import os
-import pickle
-import tempfile
 import time
-import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
 from typing import IO, Any
 
 import cloudpickle
 
 from poolparty_raster import names, ownership, resultlog
 from poolparty_raster.claims import Claims
-from poolparty_raster.errors import WorkDirMismatchError
-from poolparty_raster.files import (ForwardWriter, StoredArchive, append_line, atomic_write,
-                                    extend_archive, numbered_entries, read_jsonl)
+from poolparty_raster.files import append_line, atomic_write, read_jsonl
+from poolparty_raster.loose import LooseEntries, LooseView
+# The manifest, used from here by mapping.py, engine.py and the tests.
+from poolparty_raster.manifest import (FORMAT, Manifest, compact_starts,  # noqa: F401
+                                       function_digest, read_manifest, write_manifest)
 from poolparty_raster.names import (ARCHIVE_KINDS, capture_stream, chunk_key, loose_name,
-                                    parse_loose_name, parse_worker_capture)
+                                    parse_worker_capture, result_chunk)
+# A result file's encoding, used from here by worker.py and cli.py.
+from poolparty_raster.outcome import (dump_exceptions, dump_results,  # noqa: F401
+                                      load_exceptions, load_results)
+from poolparty_raster.storedarchive import ArchiveIndex, StoredArchive
+from poolparty_raster.storedzip import extend_archive, file_version, numbered_entries
 
 _ARCHIVE_NAMES = {"result": "tasks.results.zip", "exception": "tasks.exceptions.zip",
                   "stdout": "tasks.stdout.zip", "stderr": "tasks.stderr.zip"}
-
-
-def function_digest(func_bytes: bytes) -> str:
-    return hashlib.sha256(func_bytes).hexdigest()
-
-
 SPACE_PROBE_BYTES = 1 << 20  # what a result of one chunk may need, at least
-
-# The on-disk format: 2 since a chunk's result carries its exception records.
-FORMAT = 2
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """What map a work_dir holds. ``chunk_starts[i]`` is the input index of chunk i's first task."""
-
-    digest: str
-    num_tasks: int
-    chunk_starts: Sequence[int]
-    job_name: str
-    mode: str = "array"  # "array": one job per chunk; "workers": jobs claim chunks until none is left
-    function_digest: str = ""
-    format: int = FORMAT
-
-    def __post_init__(self) -> None:
-        # Held by the driver and every worker for the map's life: a list of a million chunks'
-        # starts is 36 MB. Evenly spaced starts (a chunksize's) are a range, others an array.
-        object.__setattr__(self, "chunk_starts", compact_starts(self.chunk_starts))
-
-    @property
-    def num_chunks(self) -> int:
-        return len(self.chunk_starts)
-
-    def chunk_range(self, chunk: int) -> range:
-        end = self.chunk_starts[chunk + 1] if chunk + 1 < self.num_chunks else self.num_tasks
-        return range(self.chunk_starts[chunk], end)
-
-
-def compact_starts(starts: Sequence[int]) -> Sequence[int]:
-    """``starts`` (ascending input indices) as a range where evenly spaced, else an array of
-    8 bytes each."""
-    if isinstance(starts, (range, array.array)):
-        return starts
-    packed = array.array("q", starts)
-    if len(packed) == 1:
-        return range(packed[0], packed[0] + 1)
-    step = packed[1] - packed[0] if len(packed) > 1 else 0
-    if step > 0:
-        spaced = range(packed[0], packed[0] + len(packed) * step, step)
-        if packed == array.array("q", spaced):
-            return spaced
-    return packed
-
-
-class TasksWriter:
-    """Streams the pickled function and task chunks into ``tasks.zip`` under a temporary name."""
-
-    def __init__(self, directory: str, func_bytes: bytes):
-        fd, self.tmp_path = tempfile.mkstemp(prefix=".tasks.", suffix=".tmp", dir=directory)
-        self._file = os.fdopen(fd, "wb")
-        self._stream = ForwardWriter(self._file)
-        self._zip = zipfile.ZipFile(self._stream, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
-        self._hash = hashlib.sha256(func_bytes)
-        self._zip.writestr("function.pkl", func_bytes)
-        self.chunk_starts: list[int] = []
-        self.num_tasks = 0
-
-    def add_chunk(self, tasks: list[Any]) -> None:
-        data = cloudpickle.dumps(tasks)
-        self._hash.update(len(data).to_bytes(8, "little"))
-        self._hash.update(data)
-        self._zip.writestr(f"chunks/{chunk_key(len(self.chunk_starts))}.pkl", data)
-        self.chunk_starts.append(self.num_tasks)
-        self.num_tasks += len(tasks)
-
-    def finish(self) -> str:
-        """Close the archive and return the digest of function and tasks."""
-        self._zip.close()
-        self._stream.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        return self._hash.hexdigest()
-
-    def discard(self) -> None:
-        try:
-            self._zip.close()
-        except (OSError, ValueError):
-            pass
-        self._file.close()
-        try:
-            os.unlink(self.tmp_path)
-        except FileNotFoundError:
-            pass
-
-
-class _LooseEntries(Mapping[str, str]):
-    """{archive entry: loose file name} of one kind for a reduce: the chunks' entries
-    (``chunk_key``: ``loose_name``) made as they are asked for, then ``others``."""
-
-    def __init__(self, chunks: list[int], kind: str, others: dict[str, str]):
-        self.chunks, self.kind, self.others = chunks, kind, others
-        self._members: set[int] | None = None
-
-    def __len__(self) -> int:
-        return len(self.chunks) + len(self.others)
-
-    def __iter__(self) -> Iterator[str]:
-        yield from map(chunk_key, self.chunks)
-        yield from self.others
-
-    def items(self) -> Iterator[tuple[str, str]]:  # type: ignore[override]
-        for chunk in self.chunks:
-            yield chunk_key(chunk), loose_name(chunk, self.kind)
-        yield from self.others.items()
-
-    def values(self) -> Iterator[str]:  # type: ignore[override]
-        for _, name in self.items():
-            yield name
-
-    def __getitem__(self, entry: str) -> str:
-        if entry in self.others:
-            return self.others[entry]
-        if entry.isascii() and entry.isdigit() and entry == chunk_key(int(entry)):
-            if self._members is None:
-                self._members = set(self.chunks)
-            if int(entry) in self._members:
-                return loose_name(int(entry), self.kind)
-        raise KeyError(entry)
-
-
-# scan()'s entries of chunks with final files alone, one per set of kinds: shared, so that the
-# thousands of loose chunks with a result and nothing else hold one between them.
-_FINAL_SLOTS: dict[tuple[str, ...], dict[str, list[str]]] = {}
-
-
-def _slot(names: tuple[str, ...]) -> dict[str, list[str]]:
-    """scan()'s entry of a chunk with these loose files (sorted)."""
-    final: list[str] = []
-    live: list[str] = []
-    for name in names:
-        _, kind, is_live = parse_loose_name(name)
-        if is_live:
-            live.append(name)
-        else:
-            final.append(kind)
-    if live:
-        return {"final": final, "live": live}
-    key = tuple(final)
-    slot = _FINAL_SLOTS.get(key)
-    if slot is None:
-        slot = _FINAL_SLOTS[key] = {"final": final, "live": []}
-    return slot
+KEEP_RESULT_BYTES = 16 << 10   # a result read loose up to this size is kept for its reduce,
+KEEP_RESULTS_BYTES = 16 << 20  # as long as those kept add up to no more than this,
+KEPT_RESULT_OVERHEAD = 150     # counting what the dict holds for each
 
 
 class WorkDir:
@@ -217,15 +70,16 @@ class WorkDir:
         self._tasks: StoredArchive | None = None
         # kind -> (which version of the file: inode, mtime, size; the archive opened)
         self._archives: dict[str, tuple[tuple[int, int, int], StoredArchive]] = {}
+        # kind -> where the archive's entries are: parsed once, then kept up to date by each
+        # reduce, which only appends (20 bytes a chunk; parsing a million entries costs 1 s).
+        self._indexes: dict[str, ArchiveIndex] = {}
+        # Results read loose, small ones kept for the reduce that archives them: a second read
+        # each (an open, two preads, a stat) was half of what a reduce cost.
+        self._results_read: dict[int, bytes] = {}
+        self._results_read_bytes = 0
         self.claims = Claims(self.file("claims"))  # workers mode: who runs which chunk
-        self._logs = resultlog.LogIndex()  # where the results linked to result logs are
-        # The last scan: every name listed, and what scan() returns. Between two reductions
-        # most chunks have one loose file, their result: the names of the others alone are
-        # kept by chunk (sorted), and chunks alike share one entry of scan(), so that a loose
-        # chunk costs ~170 bytes here (a map may hold half its chunks loose), not ~1 kB.
-        self._listed: set[str] = set()
-        self._loose: dict[int, tuple[str, ...]] = {}
-        self._scanned: dict[int, dict[str, list[str]]] = {}
+        self._results = resultlog.ResultReader()  # reads loose results, linked to logs or not
+        self._view = LooseView()  # the loose files at the last scan
 
     def file(self, name: str) -> str:
         """The path of a file directly in the work_dir (asked several times a chunk, where
@@ -267,22 +121,10 @@ class WorkDir:
 
     def read_manifest(self) -> Manifest | None:
         """What map the work_dir holds; None before a map was prepared in it."""
-        try:
-            with open(self.file("manifest.json"), encoding="utf-8") as f:
-                raw = json.load(f)
-            return Manifest(raw["digest"], raw["num_tasks"], raw["chunk_starts"], raw["job_name"],
-                            raw.get("mode", "array"), raw.get("function_digest", ""), raw["format"])
-        except FileNotFoundError:
-            return None
-        except (ValueError, KeyError, TypeError) as exc:
-            raise WorkDirMismatchError(f"work_dir {self.path}: manifest.json is damaged or was "
-                                       f"not written by poolparty_raster ({exc!r})") from exc
+        return read_manifest(self.file("manifest.json"), self.path)
 
     def write_manifest(self, manifest: Manifest) -> None:
-        data = json.dumps({"format": manifest.format, "digest": manifest.digest, "num_tasks": manifest.num_tasks,
-                           "chunk_starts": list(manifest.chunk_starts), "job_name": manifest.job_name,
-                           "mode": manifest.mode, "function_digest": manifest.function_digest})
-        atomic_write(self.file("manifest.json"), data.encode())
+        write_manifest(self.file("manifest.json"), manifest)
 
     # -- the worker's side -------------------------------------------------------------
     def _tasks_zip(self) -> StoredArchive:
@@ -302,6 +144,7 @@ class WorkDir:
         for _, archive in self._archives.values():
             archive.close()
         self._archives = {}
+        self._results.close()
 
     def load_function(self) -> Callable[[Any], Any]:
         return cloudpickle.loads(self._tasks_zip().read("function.pkl"))
@@ -323,46 +166,23 @@ class WorkDir:
             self.write_loose(chunk, "result", data)
 
     # -- the driver's side -------------------------------------------------------------
-    def scan(self) -> dict[int, dict[str, list[str]]]:
-        """Loose worker files by chunk: ``{chunk: {"final": [kinds], "live": [file names]}}``,
-        which the caller does not change (chunks whose files are of the same kinds, and none
-        live, share one entry). Every collect lists the work_dir, where loose results wait for
-        a reduction by the thousand: only names that came or went since the last scan are
-        read, and the entry of a chunk they touch is replaced, not changed (a caller may keep
-        one)."""
-        names = set(os.listdir(self.path))
-        changes: dict[int, list[tuple[str, bool]]] = {}
-        for name, present in itertools.chain(((n, False) for n in self._listed - names),
-                                             ((n, True) for n in names - self._listed)):
-            parsed = parse_loose_name(name)
-            if parsed is not None:
-                changes.setdefault(parsed[0], []).append((name, present))
-        for chunk, changed in changes.items():
-            chunk_names = set(self._chunk_names(chunk))
-            for name, present in changed:
-                if present:
-                    chunk_names.add(name)
-                else:
-                    chunk_names.discard(name)
-            if not chunk_names:
-                self._loose.pop(chunk, None)
-                self._scanned.pop(chunk, None)
-                continue
-            ordered = tuple(sorted(chunk_names))
-            if ordered == (loose_name(chunk, "result"),):
-                self._loose.pop(chunk, None)
-            else:
-                self._loose[chunk] = ordered
-            self._scanned[chunk] = _slot(ordered)
-        self._listed = names
-        return self._scanned
+    def scan(self) -> Mapping[int, dict[str, list[str]]]:
+        """Loose worker files by chunk (loose.LooseView.update): ``{chunk: {"final": [kinds],
+        "live": [file names]}}``, which the caller does not change, valid until the next scan.
+        The work_dir is listed name by name: a driver that fell behind may find a million
+        results waiting, and a list of them all was ~80 MB."""
+        with os.scandir(self.path) as entries:
+            return self._view.update(entry.name for entry in entries)
 
-    def _chunk_names(self, chunk: int) -> tuple[str, ...]:
-        """A chunk's loose names at the last scan."""
-        names = self._loose.get(chunk)
-        if names is not None:
-            return names
-        return (loose_name(chunk, "result"),) if chunk in self._scanned else ()
+    def scan_changed(self) -> tuple[Mapping[int, dict[str, list[str]]], Iterator[int]]:
+        """scan(), and the chunks whose entry changed since the last scan_changed (or was
+        made), ascending: a collect looks at those alone."""
+        scanned = self.scan()
+        return scanned, self._view.take_changed()
+
+    def live_captures(self) -> dict[int, list[str]]:
+        """The live captures of each chunk that has any, at the last scan."""
+        return self._view.live_captures()
 
     def worker_captures(self, worker_token: str | None = None) -> list[str]:
         """Workers mode's live captures, of one worker or of every worker."""
@@ -394,11 +214,22 @@ class WorkDir:
 
     def read_output(self, chunk: int, kind: str) -> bytes | None:
         """A chunk's output of one kind, loose or archived; None when there is none."""
+        name = loose_name(chunk, kind)
         try:
-            with self._open_loose(loose_name(chunk, kind)) as f:
-                return f.read()
+            if kind == "result":
+                data = self._results.read(self.file(name), chunk, name)
+            else:
+                with open(self.file(name), "rb") as f:
+                    data = f.read()
         except FileNotFoundError:
             pass
+        else:
+            if (kind == "result" and len(data) <= KEEP_RESULT_BYTES
+                    and self._results_read_bytes + len(data) <= KEEP_RESULTS_BYTES
+                    and chunk not in self._results_read):
+                self._results_read[chunk] = data
+                self._results_read_bytes += len(data) + KEPT_RESULT_OVERHEAD
+            return data
         archive = self._archive(kind)
         try:
             return archive.read(chunk_key(chunk)) if archive is not None else None
@@ -409,20 +240,20 @@ class WorkDir:
         """The archive of this kind, opened once per version: the driver reads a chunk's
         outputs one by one, and parsing the central directory for each would cost time
         growing with the square of the chunk count. A reduce renames a new version into
-        place, which the file's inode, mtime and size tell. Its index holds 8 bytes a chunk
-        (a ZipFile held ~450 bytes an entry: 450 MB for a million archived chunks)."""
+        place, which the file's inode, mtime and size tell; the reduce gave the index what it
+        appended, so the new version is not parsed again. The index holds 20 bytes a chunk (a
+        ZipFile held ~450 bytes an entry: 450 MB for a million archived chunks)."""
         path = self.archive_path(kind)
         try:
-            info = os.stat(path)
+            version = file_version(os.stat(path))
         except FileNotFoundError:
             return None
-        version = (info.st_ino, info.st_mtime_ns, info.st_size)
         cached = self._archives.get(kind)
         if cached is None or cached[0] != version:
             if cached is not None:
                 cached[1].close()
             try:
-                opened = StoredArchive(path)
+                opened = StoredArchive(path, index=self._index(kind))
             except FileNotFoundError:  # replaced and removed meanwhile: not there now
                 self._archives.pop(kind, None)
                 return None
@@ -432,6 +263,9 @@ class WorkDir:
     def discard_loose(self, chunk: int, kinds: tuple[str, ...] = ARCHIVE_KINDS) -> None:
         """Remove a chunk's loose outputs of these kinds (unreadable ones, a late duplicate's,
         or an exception file that the chunk's result disowns)."""
+        if "result" in kinds:
+            self._forget_result(chunk)
+            self._results.close()
         for kind in kinds:
             try:
                 os.unlink(self.file(loose_name(chunk, kind)))
@@ -461,11 +295,12 @@ class WorkDir:
         captures: dict[str, dict[str, str]] = {k: {} for k in ARCHIVE_KINDS}
         for capture, entry in lost_captures.items():
             captures[capture_stream(capture)][entry] = capture
-        additions = {k: _LooseEntries(by_kind[k], k, captures[k]) for k in ARCHIVE_KINDS}
+        additions = {k: LooseEntries(by_kind[k], k, captures[k]) for k in ARCHIVE_KINDS}
         for kind in sorted(additions, key=lambda kind: kind == "result"):
             if additions[kind]:
                 self._extend_archive(kind, additions[kind])
         removed = 0
+        self._results.close()
         for entries in additions.values():
             for name in entries.values():
                 try:
@@ -478,6 +313,7 @@ class WorkDir:
     def remove_result_logs(self) -> None:
         """Remove the result logs' own names that workers killed before their end left: every
         result linked to them is archived when the driver calls this."""
+        self._results.close()
         with os.scandir(self.path) as entries:
             for entry in entries:
                 if resultlog.is_log_name(entry.name):
@@ -487,22 +323,38 @@ class WorkDir:
     def _open_loose(self, name: str) -> IO[bytes]:
         """A loose file's content: a result that is a link to a worker's result log reads
         as its chunk's record alone."""
-        fd = os.open(self.file(name), os.O_RDONLY)
-        try:
-            parsed = parse_loose_name(name)
-            if (parsed is None or parsed[1] != "result"
-                    or not resultlog.is_log(head := os.pread(fd, resultlog.HEAD_SIZE, 0))):
-                return os.fdopen(fd, "rb")  # which closes the fd from here on
-            record = self._logs.read(fd, parsed[0], name, head)
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)
-        return io.BytesIO(record)
+        chunk = result_chunk(name)
+        if chunk is not None:
+            return io.BytesIO(self._results.read(self.file(name), chunk, name))
+        return open(self.file(name), "rb")
+
+    def _index(self, kind: str) -> ArchiveIndex:
+        index = self._indexes.get(kind)
+        if index is None:
+            index = self._indexes[kind] = ArchiveIndex()
+        return index
 
     def _extend_archive(self, kind: str, entries: dict[str, str]) -> None:
-        extend_archive(self.archive_path(kind), entries, self._open_loose,
-                       may_vanish=kind in ("stdout", "stderr"))
+        cached = self._archives.pop(kind, None)  # its index is about to move on
+        if cached is not None:
+            cached[1].close()
+        extend_archive(self.archive_path(kind), entries,
+                       self._open_result if kind == "result" else self._open_loose,
+                       may_vanish=kind in ("stdout", "stderr"), index=self._index(kind))
+
+    def _open_result(self, name: str) -> IO[bytes] | bytes:
+        """A loose result for its archive: as read_output read it, where it kept it. A loose
+        result never changes: only the driver removes one (discard_loose forgets it), and a
+        chunk's next result cannot be made while one is there."""
+        chunk = result_chunk(name)
+        data = self._forget_result(chunk) if chunk is not None else None
+        return data if data is not None else self._open_loose(name)
+
+    def _forget_result(self, chunk: int) -> bytes | None:
+        data = self._results_read.pop(chunk, None)
+        if data is not None:
+            self._results_read_bytes -= len(data) + KEPT_RESULT_OVERHEAD
+        return data
 
     def space_error(self) -> OSError | None:
         """The error a write of SPACE_PROBE_BYTES into the work_dir meets now (ENOSPC: the disk
@@ -546,28 +398,6 @@ class WorkDir:
         """Store a job record the moment the scheduler accepted it (append-only, like the log:
         one rewrite per job would cost O(n^2) for a map of n single jobs)."""
         append_line(self.file("jobs.jsonl"), record)
-
-
-def dump_results(values: list[bytes | None], errors: list[dict[str, Any]]) -> bytes:
-    """A chunk's result file: each task's pickled value (None where it raised) and the
-    records of the exceptions raised. They travel together because the result is the commit:
-    an ``.exception`` file (kept for ``inspect`` and the archive) may come from another run of
-    the chunk, one killed before its result, or a straggler's second run."""
-    return pickle.dumps((values, errors), protocol=5)
-
-
-def load_results(data: bytes) -> tuple[list[bytes | None], list[dict[str, Any]]]:
-    """(pickled values, exception records) of a chunk's result file; an error here means
-    the file is damaged (each value is unpickled on its own: outcome.loaded_values)."""
-    return pickle.loads(data)
-
-
-def dump_exceptions(records: list[dict[str, Any]]) -> bytes:
-    return pickle.dumps(records, protocol=5)
-
-
-def load_exceptions(data: bytes) -> list[dict[str, Any]]:
-    return pickle.loads(data)
 
 
 def tail_lines(data: bytes, count: int = 20) -> list[str]:

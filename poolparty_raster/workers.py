@@ -23,6 +23,7 @@ The driver's part, in the spirit of a worker manager:
 """
 from __future__ import annotations
 
+import collections
 import functools
 import os
 import socket
@@ -31,6 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from poolparty_raster.claims import ClaimsView
 from poolparty_raster.engine import SUCCEEDED_GRACE, MapRun
 from poolparty_raster.errors import SchedulerError
 from poolparty_raster.schedulers.base import JobRecord, TaskState
@@ -41,6 +43,15 @@ STALE_AFTER = 6 * HEARTBEAT_SECONDS  # a claim untouched this long belongs to a 
 STRAGGLER_FACTOR = 3.0      # a chunk running this many times the median chunk time,
 STRAGGLER_MIN_SECONDS = 60.0  # and at least this long, is issued once more,
 MIN_DURATIONS = 3           # once this many chunks have finished to compare it with
+DURATIONS_KEPT = 1024       # the median of the chunks that finished last, at most this many
+# Claims are seen through a listing of claims/, which holds a claim for every chunk that ever
+# ran (a million entries, a second to list, for a map of a million chunks): a poll lists it
+# when the last listing's cost is at most 1/LISTING_SHARE of the time since; in between it
+# looks up by name the claims it saw running (their heartbeats). Where no more than
+# PROBE_AT_MOST chunks are left, or few beside those finished, they are looked up by name
+# at every poll instead of listing; a worker that ended makes the next poll list.
+LISTING_SHARE = 30
+PROBE_AT_MOST = 4096
 
 
 @dataclass(frozen=True)
@@ -127,12 +138,19 @@ class WorkersRun(MapRun):
         self.failed_starts = 0   # workers in a row that ended without claiming a chunk
         self._earlier_workers: set[int] = set()  # reattached: an earlier driver started them
         self._last_submission = float("-inf")
-        self._claim_seen: dict[int, float] = {}            # chunk -> when the driver first saw its claim
-        self._beats: dict[int, tuple[float, float]] = {}   # chunk -> (claim mtime, when it last changed)
-        self._durations: list[float] = []
+        # Of the chunks seen running (claimed, not finished): when the driver first saw the
+        # claim, and (claim mtime, when it last changed). A chunk's go when it finishes.
+        self._claim_seen: dict[int, float] = {}
+        self._beats: dict[int, tuple[float, float]] = {}
+        self._durations: collections.deque[float] = collections.deque(maxlen=DURATIONS_KEPT)
         self._reissued: set[int] = set()       # chunks a second run may take
         self._reissue_spent: set[int] = set()  # chunks whose second runs used up their budget
-        self._claims_view: tuple[dict[int, tuple[str, float]], dict[int, str]] | None = None
+        self._claims_view: ClaimsView | None = None  # this poll's; None: to be looked at
+        self._last_view = ClaimsView()  # the last one, for the claims seen running
+        self._holder_ids: set[int | None] = set()  # the workers seen holding a claim
+        self._listed_at = float("-inf")  # the last listing of claims/: when, and its cost
+        self._listing_cost = 0.0
+        self._list_next = True  # the next look lists claims/ (or probes all that is left)
 
     # -- submission --------------------------------------------------------------------
     def _reattach_or_submit(self) -> bool:
@@ -174,37 +192,69 @@ class WorkersRun(MapRun):
                       if s.state is TaskState.PENDING and w not in holders)
 
     def _holders(self) -> set[int | None]:
-        """The workers holding a claim, of a first or a second run."""
-        claims, duplicated = self._claims()
-        return {holder_id(h) for h, _ in claims.values()} | set(map(holder_id, duplicated.values()))
+        """The workers seen holding a claim, of a first or a second run (finished chunks keep
+        their claims; a worker's are released only once it is gone)."""
+        self._claims()
+        return self._holder_ids
 
     def _claims(self) -> tuple[dict[int, tuple[str, float]], dict[int, str]]:
-        """(first-run claims, second runs' claims), read once a poll: on a shared filesystem
-        every claim read is a round trip. A change the driver makes drops the copy."""
+        """(first-run claims of chunks not finished, second runs' claims), looked at once a
+        poll: on a shared filesystem every claim read is a round trip. A change the driver
+        makes drops the copy."""
         if self._claims_view is None:
-            self._claims_view = (self.work_dir.claims.held(self.finished),
-                                 self.work_dir.claims.duplicates())
-        return self._claims_view
+            self._claims_view = self._look_at_claims()
+            self._last_view = self._claims_view
+            self._holder_ids.update(map(holder_id, self._claims_view.holders))
+        view = self._claims_view
+        return view.claims, view.duplicated
 
-    def _unclaimed(self) -> list[int]:
-        """Chunks a worker could take now: unclaimed, or re-issued and not yet taken again."""
+    def _look_at_claims(self) -> ClaimsView:
+        """All claims of unfinished chunks where a listing is due (or a probe of every chunk
+        left is cheaper: few are left); else the claims seen running at the last look, and
+        the second runs', looked up again by name."""
+        claims = self.work_dir.claims
+        left = self._outstanding_count()
+        second_runs = self._reissued | self._last_view.duplicated.keys()
+        now = time.monotonic()
+        if left <= PROBE_AT_MOST or 4 * left <= len(self.finished):
+            if self._list_next or left <= PROBE_AT_MOST or \
+                    now - self._listed_at >= LISTING_SHARE * self._listing_cost:
+                view = claims.probe(self._outstanding(), second_runs)
+                self._listed(now)
+                return view
+        elif self._list_next or now - self._listed_at >= LISTING_SHARE * self._listing_cost:
+            view = claims.survey(self.finished)
+            self._listed(now)
+            return view
+        running = [c for c in self._last_view.claims
+                   if c not in self.finished and c not in self.lost_chunks]
+        return claims.probe(running, second_runs)
+
+    def _listed(self, started: float) -> None:
+        self._listed_at, self._list_next = started, False
+        self._listing_cost = time.monotonic() - started
+
+    def _unclaimed(self) -> int:
+        """How many chunks a worker could take now: unclaimed, or re-issued and not yet taken
+        again."""
         claims, duplicated = self._claims()
-        return [c for c in self._outstanding()
-                if c not in claims or (c in self._reissued and c not in duplicated)]
+        taken = sum(1 for c in claims if c not in self.finished and c not in self.lost_chunks
+                    and (c not in self._reissued or c in duplicated))
+        return self._outstanding_count() - taken
 
     def _scale(self) -> None:
         unclaimed = self._unclaimed()
         if not unclaimed or self.submissions.waiting:
             return
         alive = self._counted()
-        wanted = min(self.max_workers - len(alive), len(unclaimed) - len(self._pending()))
+        wanted = min(self.max_workers - len(alive), unclaimed - len(self._pending()))
         if time.monotonic() - self._last_submission < self.min_gap:
             wanted = min(wanted, self.min_workers - len(alive))  # the gap paces growth above it
         if wanted <= 0:
             return
         first = max(self.workers, default=-1) + 1
         self.submissions.add(list(range(first, first + wanted)))
-        self.work_dir.log("workers_wanted", workers=wanted, unclaimed=len(unclaimed))
+        self.work_dir.log("workers_wanted", workers=wanted, unclaimed=unclaimed)
         self._submit_waiting()
         # From the end of the call: the scheduler sees the gap however long sbatch took.
         self._last_submission = time.monotonic()
@@ -214,7 +264,7 @@ class WorkersRun(MapRun):
         cancelled worker stays tracked until the scheduler reports it gone: one that started
         just before the cancel may hold a claim, which is released only once it is gone (and
         not charged to the chunk: the driver ended that run)."""
-        surplus = self._pending()[len(self._unclaimed()):]
+        surplus = self._pending()[self._unclaimed():]
         by_job: dict[str, list[int]] = {}
         for worker in surplus:
             by_job.setdefault(self.workers[worker].job_id, []).append(worker)
@@ -230,6 +280,7 @@ class WorkersRun(MapRun):
         now = time.monotonic()
         for chunk in self._fresh[before:]:
             seen = self._claim_seen.pop(chunk, None)
+            self._beats.pop(chunk, None)
             if seen is not None:
                 self._durations.append(now - seen)
             if chunk in self._reissued:
@@ -269,6 +320,7 @@ class WorkersRun(MapRun):
             self.workers[worker_id].state, self.workers[worker_id].reason = TaskState.FINISHED, reason
             self.work_dir.log("worker_ended", worker=worker_id, reason=reason)
         changed = bool(ended)
+        self._list_next = self._list_next or changed  # its claims, made since the last listing
         self._count_failed_starts([w for w, _ in ended])
         changed |= self._release_dead_claims()
         self._reissue_stragglers()
@@ -376,10 +428,9 @@ class WorkersRun(MapRun):
     def _retry_or_lose(self, dead: list[tuple[int, str]]) -> None:
         """This run submits workers, not chunks: a chunk to run again (its output unreadable)
         has its claim released, so that a worker takes it."""
-        claims = self._claims()[0]
         for chunk, reason in dead:
             self.work_dir.claims.redo(chunk)  # workers count it done: its result is archived
-            self._release(chunk, claims.get(chunk, ("",))[0], reason, [])
+            self._release(chunk, self.work_dir.claims.holder_of(chunk), reason, [])
 
     def _release(self, chunk: int, holder: str, reason: str, captures: list[str],
                  charged: bool = True) -> None:
@@ -423,7 +474,8 @@ class WorkersRun(MapRun):
             return
         limit = max(STRAGGLER_FACTOR * statistics.median(self._durations), STRAGGLER_MIN_SECONDS)
         now = time.monotonic()
-        for chunk in self._outstanding():
+        for chunk in sorted(c for c in self._claim_seen
+                            if c not in self.finished and c not in self.lost_chunks):
             running = now - self._claim_seen.get(chunk, now)
             if running > limit:
                 self._reissue(chunk, f"running {running:.0f} s, the median chunk "

@@ -1,5 +1,5 @@
-"""The archives' own writer and reader (files.py): the bytes zipfile would write, without an
-object per entry."""
+"""The archives' own writer and reader (storedzip.py, storedarchive.py): the bytes zipfile
+would write, without an object per entry."""
 from __future__ import annotations
 
 import os
@@ -7,8 +7,9 @@ import zipfile
 
 import pytest
 
-from poolparty_raster import files
-from poolparty_raster.files import StoredArchive, extend_archive, numbered_entries
+from poolparty_raster import files, storedarchive, storedzip
+from poolparty_raster.storedarchive import StoredArchive
+from poolparty_raster.storedzip import extend_archive, numbered_entries
 
 
 def _sources(tmp_path, contents):
@@ -23,12 +24,12 @@ def _both(tmp_path, batches, may_vanish=False):
     for batch, contents in batches:
         source = _sources(tmp_path, contents)
         extend_archive(ours, batch, source, may_vanish)
-        files._extend_with_zipfile(theirs, batch, source, may_vanish)
+        storedzip._extend_with_zipfile(theirs, batch, source, may_vanish)
     return ours, theirs
 
 
 def test_appended_entries_are_the_bytes_zipfile_writes(tmp_path):
-    big = os.urandom(files._SMALL_ENTRY + 12345)  # streamed, its header written twice
+    big = os.urandom(storedzip._SMALL_ENTRY + 12345)  # streamed, its header written twice
     ours, theirs = _both(tmp_path, [
         ({"000000": "a", "000002": "b"}, {"a": b"first", "b": b""}),
         ({"000001": "c", "000003.attempt-1.stderr": "d"}, {"c": b"late", "d": big}),
@@ -44,8 +45,8 @@ def test_appended_entries_are_the_bytes_zipfile_writes(tmp_path):
 
 def test_an_archive_past_zip64_limits_gets_zipfile_end_records(tmp_path, monkeypatch):
     # zipfile's limits, lowered: 70,000 entries would take long, 2 GiB offsets longer.
-    monkeypatch.setattr(files, "_COUNT_LIMIT", 3)
-    monkeypatch.setattr(files, "_ZIP64_LIMIT", 100)
+    monkeypatch.setattr(storedzip, "_COUNT_LIMIT", 3)
+    monkeypatch.setattr(storedzip, "_ZIP64_LIMIT", 100)
     monkeypatch.setattr(zipfile, "ZIP_FILECOUNT_LIMIT", 3)
     monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 100)
     contents = {f"s{i}": bytes([i]) * (30 * i) for i in range(8)}
@@ -123,12 +124,12 @@ def test_a_stored_archive_reads_entries_checked_against_their_checksum(tmp_path)
 
 
 def test_an_archive_written_front_to_back_reads_back_every_entry(tmp_path, monkeypatch):
-    monkeypatch.setattr(files, "_COUNT_LIMIT", 100)  # zip64 end records, as at 65,536 entries
+    monkeypatch.setattr(storedzip, "_COUNT_LIMIT", 100)  # zip64 end records, as at 65,536 entries
     monkeypatch.setattr(zipfile, "ZIP_FILECOUNT_LIMIT", 100)
     path = tmp_path / "tasks.zip"
     with open(path, "wb") as f:
         stream = files.ForwardWriter(f, buffer_bytes=4096)
-        writer = files.StoredZipWriter(stream)
+        writer = storedzip.StoredZipWriter(stream)
         writer.writestr("function.pkl", b"function")
         for chunk in range(300):
             writer.writestr(f"chunks/{chunk:06d}.pkl", str(chunk).encode() * chunk)
@@ -137,7 +138,7 @@ def test_an_archive_written_front_to_back_reads_back_every_entry(tmp_path, monke
     monkeypatch.undo()
     with zipfile.ZipFile(path) as z:
         assert z.testzip() is None
-        assert files.read_stored(z, "chunks/000299.pkl") == b"299" * 299
+        assert storedarchive.read_stored(z, "chunks/000299.pkl") == b"299" * 299
         assert z.read("function.pkl") == b"function"
     archive = StoredArchive(str(path), prefix="chunks/", suffix=".pkl")
     try:
@@ -161,5 +162,71 @@ def test_a_stored_archive_reads_zipfile_data_descriptors_and_compressed_entries(
     try:
         assert archive.read("000000") == b"described"
         assert archive.read("000001") == b"squeezed" * 100
+    finally:
+        archive.close()
+
+
+def test_an_archive_written_front_to_back_is_the_bytes_zipfile_writes(tmp_path, monkeypatch):
+    monkeypatch.setattr(storedzip, "_COUNT_LIMIT", 100)  # zip64 end records, as at 65,536 entries
+    monkeypatch.setattr(zipfile, "ZIP_FILECOUNT_LIMIT", 100)
+    entries = [("function.pkl", b"f")] + [(f"chunks/{c:06d}.pkl", bytes([c % 256]) * c)
+                                          for c in range(300)]
+    with open(tmp_path / "ours.zip", "wb") as f:
+        stream = files.ForwardWriter(f, buffer_bytes=4096)
+        writer = storedzip.StoredZipWriter(stream)
+        for name, data in entries:
+            writer.writestr(name, data)
+        writer.close()
+        stream.flush()
+    with zipfile.ZipFile(tmp_path / "theirs.zip", "w", allowZip64=True) as z:
+        for name, data in entries:
+            with z.open(name, "w", force_zip64=True) as dst:
+                dst.write(data)
+    assert (tmp_path / "ours.zip").read_bytes() == (tmp_path / "theirs.zip").read_bytes()
+
+
+def test_an_index_kept_by_the_writer_reads_every_entry_without_parsing_again(tmp_path, monkeypatch):
+    path = str(tmp_path / "a.zip")
+    index = storedarchive.ArchiveIndex()
+    loads = []
+    real_load = storedarchive.ArchiveIndex.load
+    monkeypatch.setattr(storedarchive.ArchiveIndex, "load",
+                        lambda self, f: (loads.append(1), real_load(self, f))[1])
+    contents = {f"s{i}": str(i).encode() * (i + 1) for i in range(9)}
+    source = _sources(tmp_path, contents)
+    for batch in (range(0, 3), range(3, 7), range(7, 9)):
+        extend_archive(path, {f"{i:06d}": f"s{i}" for i in batch} | {f"{batch[0]:06d}.x": "s0"},
+                       source, False, index=index)
+    archive = StoredArchive(path, index=index)
+    try:
+        assert [archive.read(f"{i:06d}") for i in range(9)] == [contents[f"s{i}"] for i in range(9)]
+        assert archive.read("000003.x") == contents["s0"]
+    finally:
+        archive.close()
+    assert loads == []  # appended entries were added to the index, never parsed back
+    # An entry that would replace one is seen in the index: zipfile rewrites, and the
+    # index is parsed afresh at its next use.
+    extend_archive(path, {"000004": "s8"}, source, False, index=index)
+    with zipfile.ZipFile(path) as z:
+        assert z.read("000004") == contents["s8"] and len(z.namelist()) == 12
+    archive = StoredArchive(path, index=index)
+    try:
+        assert archive.read("000004") == contents["s8"] and archive.read("000005") == contents["s5"]
+    finally:
+        archive.close()
+    assert loads == [1]
+
+
+def test_an_index_of_another_version_of_the_archive_is_parsed_again(tmp_path):
+    path = str(tmp_path / "a.zip")
+    source = _sources(tmp_path, {"a": b"first", "b": b"second"})
+    index = storedarchive.ArchiveIndex()
+    extend_archive(path, {"000000": "a"}, source, False, index=index)
+    extend_archive(path, {"000001": "b"}, source, False)  # a writer that kept no index
+    archive = StoredArchive(path, index=index)
+    try:
+        assert archive.read("000001") == b"second"
+        with pytest.raises(KeyError):
+            archive.read("000002")
     finally:
         archive.close()

@@ -8,9 +8,10 @@ import zipfile
 import cloudpickle
 import pytest
 
-from poolparty_raster.files import read_stored
+from poolparty_raster.storedarchive import read_stored
 from poolparty_raster.names import live_capture_name
-from poolparty_raster.workdir import TasksWriter, WorkDir
+from poolparty_raster.taskszip import TasksWriter
+from poolparty_raster.workdir import WorkDir
 
 
 def test_a_scan_follows_loose_files_and_an_entry_it_handed_out_stays_as_it_was(tmp_path):
@@ -87,3 +88,110 @@ def test_a_line_cut_off_by_a_full_disk_leaves_the_earlier_lines_and_the_next_one
     monkeypatch.setattr(os, "write", real_write)
     files.append_line(path, {"job_id": "3"})  # space again
     assert [r["job_id"] for r in files.read_jsonl(path)] == ["1", "3"]
+
+
+def test_a_result_archived_after_it_was_read_is_the_file_it_was(tmp_path):
+    work_dir = WorkDir(str(tmp_path / "w"))
+    work_dir.create()
+    for chunk in range(4):
+        work_dir.write_loose(chunk, "result", b"\x80\x05" + bytes([chunk]) * (chunk + 1))
+    work_dir.write_loose(4, "result", b"big" * 10_000)  # too big to be kept: read again
+    work_dir.scan()
+    assert work_dir.read_output(1, "result") == b"\x80\x05" + b"\x01" * 2  # kept for its reduce
+    assert work_dir.read_output(4, "result") == b"big" * 10_000
+    work_dir.discard_loose(2)  # unreadable, say: gone, and forgotten
+    work_dir.write_loose(2, "result", b"again")
+    work_dir.reduce({c: ["result"] for c in range(5)})
+    assert work_dir.scan() == {}
+    with zipfile.ZipFile(work_dir.archive_path("result")) as archive:
+        assert {n: archive.read(n) for n in archive.namelist()} == {
+            "000000": b"\x80\x05\x00", "000001": b"\x80\x05\x01\x01", "000002": b"again",
+            "000003": b"\x80\x05\x03\x03\x03\x03", "000004": b"big" * 10_000}
+    assert [work_dir.read_output(c, "result") for c in (1, 2)] == [b"\x80\x05\x01\x01", b"again"]
+    work_dir.close()
+
+
+def test_a_scan_tells_a_result_alone_from_one_with_other_files(tmp_path):
+    work_dir = WorkDir(str(tmp_path / "w"))
+    work_dir.create()
+    work_dir.write_loose(1, "result", b"r")
+    work_dir.write_loose(2, "stderr", b"e")
+    assert work_dir.scan() == {1: {"final": ["result"], "live": []},
+                               2: {"final": ["stderr"], "live": []}}
+    work_dir.write_loose(2, "result", b"r")
+    work_dir.discard_loose(1)
+    work_dir.write_loose(3, "result", b"r")
+    assert work_dir.scan() == {2: {"final": ["result", "stderr"], "live": []},
+                               3: {"final": ["result"], "live": []}}
+    work_dir.discard_loose(2, ("stderr",))
+    work_dir.write_loose(1, "stdout", b"o")
+    assert work_dir.scan() == {1: {"final": ["stdout"], "live": []},
+                               2: {"final": ["result"], "live": []},
+                               3: {"final": ["result"], "live": []}}
+    assert WorkDir(work_dir.path).scan() == work_dir.scan()
+
+
+def test_a_chunk_set_is_a_set_of_the_maps_chunks():
+    from poolparty_raster.chunkset import ChunkSet
+
+    chunks = ChunkSet(10, [3, 1, 3, 12, -1])
+    assert sorted(chunks) == list(chunks) == [1, 3] and len(chunks) == 2
+    chunks |= {7}
+    chunks.discard(1)
+    chunks.discard(99)
+    assert chunks == {3, 7} and 7 in chunks and 1 not in chunks and 10 not in chunks
+    assert -3 not in chunks and "x" not in chunks
+    assert list(chunks.missing()) == [0, 1, 2, 4, 5, 6, 8, 9]
+    assert chunks.first_missing(3) == 4 and ChunkSet(2, [0, 1]).first_missing() == 2
+    copy = chunks.copy()
+    copy.add(0)
+    assert 0 not in chunks and len(copy) == 3
+    with pytest.raises(IndexError):
+        chunks.add(10)
+
+
+def test_plain_tasks_are_pickled_as_cloudpickle_pickles_them():
+    from poolparty_raster import taskszip
+
+    for tasks in ([1], [2**70, -1.5, "x", b"y", None, True, 1j], [(1, "a"), ()]):
+        assert taskszip._dumps(tasks) == cloudpickle.dumps(tasks)
+    assert cloudpickle.loads(taskszip._dumps([lambda x: x + 1]))[0](1) == 2  # by value
+
+
+def test_a_manifest_keeps_its_chunk_starts_compact_and_reads_them_back(tmp_path):
+    import array
+
+    from poolparty_raster.manifest import Manifest
+
+    work_dir = WorkDir(str(tmp_path / "w"))
+    work_dir.create()
+    for starts, kept in ((array.array("q", range(0, 200_000, 2)), range(0, 200_000, 2)),
+                         ([0, 1, 5], array.array("q", [0, 1, 5])), ([0], range(0, 1)), ([], None)):
+        manifest = Manifest("d", 200_001, starts, "job", "workers")
+        if kept is not None:
+            assert manifest.chunk_starts == kept and type(manifest.chunk_starts) is type(kept)
+        work_dir.write_manifest(manifest)
+        assert work_dir.read_manifest() == manifest
+
+
+def test_the_driver_holds_a_few_result_logs_open_and_none_once_it_removes_results(tmp_path):
+    from poolparty_raster import resultlog
+
+    def open_fds():
+        return len(os.listdir("/proc/self/fd"))
+
+    work_dir = WorkDir(str(tmp_path / "w"))
+    work_dir.create()
+    for worker in range(resultlog.LOGS_HELD + 3):  # a log each
+        log = resultlog.ResultLog(work_dir.path)
+        work_dir.write_result(worker, b"%d" % worker, log)
+        log.close()
+    work_dir.scan()
+    before = open_fds()
+    assert [work_dir.read_output(c, "result") for c in range(11)] == [b"%d" % c for c in range(11)]
+    assert work_dir.read_output(10, "result") == b"10"  # again, from a log held open
+    assert open_fds() - before == resultlog.LOGS_HELD
+    work_dir.reduce({c: ["result"] for c in range(11)})
+    assert open_fds() == before
+    assert [work_dir.read_output(c, "result") for c in (0, 10)] == [b"0", b"10"]  # archived
+    work_dir.close()

@@ -230,3 +230,82 @@ def test_workers_still_running_when_the_map_ends_are_cancelled(request, fixture,
     assert pool.map(plus_one, range(4), chunksize=1) == list(range(1, 5))
     assert queue.wait_idle(30)
     assert sorted(j["state"] for j in queue.jobs()) == ["CANCELLED", "COMPLETED"]
+
+
+@pytest.mark.parametrize("hard_links", [True, False], ids=["hard-links", "o-excl-files"])
+def test_a_survey_keeps_nothing_of_finished_chunks_but_their_holders(tmp_path, monkeypatch,
+                                                                    hard_links):
+    if not hard_links:
+        monkeypatch.setattr(os, "link", _no_hard_links)
+    claims = WorkDir(str(tmp_path / "w")).claims
+    os.makedirs(os.path.dirname(claims.path))
+    claims.create()
+    first, second = type(claims)(claims.path), type(claims)(claims.path)
+    taken = [first.claim_next(6, "0 vm 11 t0", set())[0] for _ in range(3)]
+    taken += [second.claim_next(6, "1 vm 12 t1", set())[0] for _ in range(2)]
+    assert taken == [0, 1, 2, 3, 4]
+    claims.reissue(4)
+    assert first.claim_next(6, "0 vm 11 t0", set())[0] == 5
+    assert first.claim_next(6, "0 vm 11 t0", set()) == (4, claims.path_of(4) + ".dup")
+    view = claims.survey(finished={0, 1, 2, 3})
+    assert {c: holder for c, (holder, _) in view.claims.items()} == {4: "1 vm 12 t1",
+                                                                   5: "0 vm 11 t0"}
+    assert view.duplicated == {4: "0 vm 11 t0"}
+    assert view.holders == {"0 vm 11 t0", "1 vm 12 t1"}
+    assert claims.survey(finished={0, 1, 2, 3, 4, 5}).claims == {}
+    probed = claims.probe([3, 5, 6], second_runs=[4, 5])
+    assert {c: holder for c, (holder, _) in probed.claims.items()} == {3: "1 vm 12 t1",
+                                                                     5: "0 vm 11 t0"}
+    assert probed.duplicated == {4: "0 vm 11 t0"}
+    assert claims.holder_of(1) == "0 vm 11 t0" and claims.holder_of(6) == ""
+    claims.remove()
+    assert not os.path.exists(claims.path)
+    claims.remove()  # gone already: nothing to do
+
+
+@pytest.mark.parametrize("listing", ["every-poll", "once"])
+def test_claims_listed_seldom_still_show_a_dead_workers_chunk(tmp_path, monkeypatch, listing):
+    # Past PROBE_AT_MOST chunks left the driver lists claims/ as seldom as its cost asks;
+    # in between it looks only at the claims it saw running. A worker that ended makes the
+    # next poll list, so its chunk is released all the same.
+    from poolparty_raster import workers
+
+    monkeypatch.setattr(workers, "PROBE_AT_MOST", 0)
+    if listing == "once":
+        monkeypatch.setattr(workers, "LISTING_SHARE", 1e12)
+    records, flag = tmp_path / "records", tmp_path / "flag"
+    records.mkdir()
+    flag.touch()
+    pool = pp.LocalPool(4, mode="workers", progress=False, polling_interval=0.2)
+    tasks = [(x, str(records), str(flag)) for x in range(200)]
+    assert pool.map(record_run, tasks, chunksize=1) == list(range(200))
+    runs = collections.Counter(int(name.split(".")[0]) for name in os.listdir(records))
+    assert runs == {x: 2 if x == 57 else 1 for x in range(200)}
+
+
+def silent_for_a_while(args):
+    x, flag = args
+    if x == 1 and os.path.exists(flag):
+        os.unlink(flag)
+        os.utime = lambda *args, **kwargs: None  # this worker's heartbeat stops
+        import time
+        time.sleep(4)
+        return "the silent run"
+    return x
+
+
+def test_a_silent_worker_is_seen_through_listings_of_claims(tmp_path, monkeypatch):
+    import json
+
+    from poolparty_raster import workers
+
+    monkeypatch.setattr(workers, "PROBE_AT_MOST", 0)  # claims/ listed, not probed by name
+    monkeypatch.setattr(workers, "STALE_AFTER", 1.0)
+    flag, work_dir = tmp_path / "flag", tmp_path / "w"
+    flag.touch()
+    pool = pp.LocalPool(2, mode="workers", work_dir=str(work_dir), keep_work_dir=True,
+                        max_num_resubmissions=0, progress=False, polling_interval=0.2)
+    assert pool.map(silent_for_a_while, [(x, str(flag)) for x in range(3)], 1) == [0, 1, 2]
+    events = [json.loads(line) for line in (work_dir / "log.jsonl").read_text().splitlines()]
+    assert [e["chunk"] for e in events if e["event"] == "reissued"] == [1]
+    assert not [e for e in events if e["event"] == "lost"]
