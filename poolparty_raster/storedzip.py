@@ -30,7 +30,7 @@ import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable, Container, Iterator
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from poolparty_raster.files import atomic_write, copy_stream
 
@@ -228,13 +228,7 @@ def _append_entries(f: IO[bytes], path: str, directory: tuple[int, int, int],
         if old is not None:
             _copy_range(old, f, 0, cd_offset)
         at = cd_offset
-        for entry, name in entries.items():
-            try:
-                src = open_source(name)
-            except FileNotFoundError:
-                if not may_vanish:
-                    raise
-                continue
+        for entry, src in _opened(entries, open_source, may_vanish):
             encoded = entry.encode("ascii")
             if isinstance(src, bytes):
                 crc, size = zlib.crc32(src), len(src)
@@ -373,16 +367,24 @@ def _extend_with_zipfile(path: str, entries: dict[str, str],
                         if info.filename not in entries:
                             with old.open(info) as src, out.open(info, "w") as dst:
                                 copy_stream(src, dst)
-            for entry, name in entries.items():
-                try:
-                    src = open_source(name)
-                except FileNotFoundError:
-                    if not may_vanish:
-                        raise
-                    continue
+            for entry, src in _opened(entries, open_source, may_vanish):
                 if isinstance(src, bytes):
                     src = io.BytesIO(src)
                 with src, out.open(entry, "w", force_zip64=True) as dst:
                     copy_stream(src, dst)
 
     atomic_write(path, write)
+
+
+def _opened(entries: dict[str, str], open_source: Callable[[str], Any],
+            may_vanish: bool) -> Iterator[tuple[str, Any]]:
+    """(entry, its source opened) for each entry; a source that is gone is skipped where
+    ``may_vanish``, else its absence raises."""
+    for entry, name in entries.items():
+        try:
+            src = open_source(name)
+        except FileNotFoundError:
+            if not may_vanish:
+                raise
+            continue
+        yield entry, src
