@@ -182,6 +182,8 @@ class Pool:
             thread.join()
 
     def __enter__(self) -> Pool:
+        if self._closed:  # as multiprocessing's (bpo-35477): a closed pool runs nothing
+            raise ValueError("Pool not running")
         return self
 
     def __exit__(self, *exc_info: Any) -> None:

@@ -156,6 +156,17 @@ def test_closed_pool_refuses_new_work(make_pool):
 
 
 @pytest.mark.front
+def test_a_pool_left_by_its_with_block_cannot_be_entered_again(make_pool):
+    pool = make_pool()
+    with pool:
+        assert pool.map(square, [2]) == [4]
+    with pytest.raises(ValueError, match="not running"):  # as multiprocessing's (bpo-35477)
+        with pool:
+            pass
+    pool.join()
+
+
+@pytest.mark.front
 def test_unpicklable_function_fails_before_submission(make_pool, tmp_path, backend):
     if backend == "serial":
         pytest.skip("SerialPool pickles nothing: every function works in-process")
