@@ -18,7 +18,8 @@ from filelock import FileLock, Timeout
 
 from poolparty_raster import names, ownership
 from poolparty_raster.errors import WorkDirMismatchError
-from poolparty_raster.workdir import WorkDir, load_exceptions
+from poolparty_raster.outcome import load_exceptions
+from poolparty_raster.workdir import WorkDir
 
 
 def _open(path: str) -> WorkDir:

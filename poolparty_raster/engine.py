@@ -24,7 +24,8 @@ from poolparty_raster.schedulers.base import (JobRecord, PollResult, Scheduler, 
                                               contiguous_runs)
 from poolparty_raster.submissions import Submissions
 from poolparty_raster.names import capture_stream, chunk_key, parse_worker_capture
-from poolparty_raster.workdir import Manifest, WorkDir, tail_lines
+from poolparty_raster.manifest import Manifest
+from poolparty_raster.workdir import WorkDir, tail_lines
 
 FIRST_TICK = 0.02      # seconds; the adaptive interval starts here and backs off by BACKOFF
 BACKOFF = 1.5

@@ -29,6 +29,7 @@ from poolparty_raster.chunkset import ChunkSet
 from poolparty_raster.engine import MapRun, RunOptions
 from poolparty_raster.errors import WorkDirBusyError, WorkDirMismatchError
 from poolparty_raster.files import atomic_write
+from poolparty_raster.manifest import FORMAT, Manifest, function_digest
 from poolparty_raster.outcome import ChunkOutcome, load_results, loaded_values, rebuild_exception
 from poolparty_raster.progress import Progress
 from poolparty_raster.sigterm import SIGTERM_GUARD
@@ -134,7 +135,7 @@ class MapHandle:
         self._holds_sigterm = False
 
     def _prepare(self, func_bytes: bytes, tasks: Sequence[Any], chunk_starts: Sequence[int],
-                 settings: MapSettings, unstored_variables: Sequence[str]) -> wd.Manifest:
+                 settings: MapSettings, unstored_variables: Sequence[str]) -> Manifest:
         writer = TasksWriter(self.work_dir.path, func_bytes)
         try:
             for start, end in zip(chunk_starts, itertools.chain(chunk_starts[1:], [len(tasks)])):
@@ -146,11 +147,11 @@ class MapHandle:
         existing = self.work_dir.read_manifest()
         if existing is not None:
             writer.discard()
-            if existing.format != wd.FORMAT:
+            if existing.format != FORMAT:
                 raise WorkDirMismatchError(
                     f"work_dir {self.work_dir.path} was written by another version of "
                     f"poolparty_raster (format {existing.format}; this version reads format "
-                    f"{wd.FORMAT}), so it cannot be resumed. Use a new work_dir, or finish the "
+                    f"{FORMAT}), so it cannot be resumed. Use a new work_dir, or finish the "
                     f"map with the version that started it.")
             if existing.digest != digest and not self._same_map(existing, func_bytes, tasks):
                 raise WorkDirMismatchError(
@@ -164,9 +165,9 @@ class MapHandle:
                 self.work_dir.write_manifest(existing)
             return existing
         name_hash = hashlib.sha1(f"{self.work_dir.path}:{digest}".encode()).hexdigest()[:10]
-        manifest = wd.Manifest(digest, writer.num_tasks, writer.chunk_starts,
+        manifest = Manifest(digest, writer.num_tasks, writer.chunk_starts,
                                f"{settings.job_name_prefix}{name_hash}", settings.mode,
-                               wd.function_digest(func_bytes))
+                               function_digest(func_bytes))
         os.replace(writer.tmp_path, self.work_dir.tasks_path)
         script = render_script(self.work_dir.path, settings.python_path, os.environ, sys.path,
                                os.getcwd(), unstored_variables)
@@ -178,10 +179,10 @@ class MapHandle:
                           job_name=manifest.job_name)
         return manifest
 
-    def _same_map(self, existing: wd.Manifest, func_bytes: bytes, tasks: Sequence[Any]) -> bool:
+    def _same_map(self, existing: Manifest, func_bytes: bytes, tasks: Sequence[Any]) -> bool:
         """Pickles of equal tasks can differ between processes (a set's order follows string
         hashing, which is salted per process): compare the stored tasks by value."""
-        if existing.function_digest != wd.function_digest(func_bytes) or existing.num_tasks != len(tasks):
+        if existing.function_digest != function_digest(func_bytes) or existing.num_tasks != len(tasks):
             return False
         try:
             return all(self.work_dir.load_tasks(c) == list(tasks[r.start:r.stop])

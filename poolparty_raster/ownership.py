@@ -47,10 +47,7 @@ def check_private(path: str, *, worker: bool = False) -> os.stat_result:
     """``lstat`` of the work_dir, refusing a symbolic link, a non-directory, another user's
     directory and one that group or others may write. ``worker``: the check a job makes on
     its node, where root (a container) may read the work_dir of the user who submitted it."""
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        raise
+    info = os.lstat(path)  # FileNotFoundError: the caller's to read
     if stat.S_ISLNK(info.st_mode):
         raise UnsafeWorkDirError(
             f"work_dir {path} is a symbolic link (to {os.readlink(path)!r}); poolparty_raster "

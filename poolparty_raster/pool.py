@@ -297,8 +297,8 @@ class Pool:
         so a consumer that stops reading stops the input being read. A batch is submitted
         when it is full, when the input ends, or once its first item has waited 0.1 s. An
         exception raised by the input iterator itself is raised at its place, after the
-        results of the chunks before the one it broke in (as multiprocessing's). Dropping or closing the
-        iterator before its end cancels the jobs of every batch in flight.
+        results of the chunks before the one it broke in (as multiprocessing's). Dropping or
+        closing the iterator before its end cancels the jobs of every batch in flight.
 
         A collection with a length (a list, tuple, range, array, ...) runs as one map, as with
         ``map``, when it holds at most 64 chunks per slot, and whatever its length when the

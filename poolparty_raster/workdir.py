@@ -43,14 +43,9 @@ from poolparty_raster import names, ownership, resultlog
 from poolparty_raster.claims import Claims
 from poolparty_raster.files import append_line, atomic_write, read_jsonl
 from poolparty_raster.loose import LooseEntries, LooseView
-# The manifest, used from here by mapping.py, engine.py and the tests.
-from poolparty_raster.manifest import (FORMAT, Manifest, compact_starts,  # noqa: F401
-                                       function_digest, read_manifest, write_manifest)
+from poolparty_raster.manifest import Manifest, read_manifest, write_manifest
 from poolparty_raster.names import (ARCHIVE_KINDS, capture_stream, chunk_key, loose_name,
                                     parse_worker_capture, result_chunk)
-# A result file's encoding, used from here by worker.py and cli.py.
-from poolparty_raster.outcome import (dump_exceptions, dump_results,  # noqa: F401
-                                      load_exceptions, load_results)
 from poolparty_raster.storedarchive import ArchiveIndex, StoredArchive
 from poolparty_raster.storedzip import extend_archive, file_version, numbered_entries
 

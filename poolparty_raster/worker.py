@@ -243,16 +243,16 @@ def run_and_store(work_dir: Any, manifest: Any, load_function: Callable[[], Any]
     """Run one chunk with its output captured, and store its outputs; the result goes last
     (into ``results``, a worker's ResultLog, when given). Returns whether the function could
     be loaded."""
-    from poolparty_raster import workdir
+    from poolparty_raster.outcome import dump_exceptions, dump_results
 
     captures.start(chunk)
     _report_cwd_error()
     values, errors, loaded = run_chunk(work_dir, manifest, load_function, chunk)
     if errors:
-        work_dir.write_loose(chunk, "exception", workdir.dump_exceptions(errors))
+        work_dir.write_loose(chunk, "exception", dump_exceptions(errors))
     captures.finish(chunk)
     # The result goes last: its presence is what tells the driver the chunk is finished.
-    work_dir.write_result(chunk, workdir.dump_results(values, errors), results)
+    work_dir.write_result(chunk, dump_results(values, errors), results)
     return loaded
 
 
