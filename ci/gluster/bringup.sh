@@ -19,6 +19,14 @@ if ! command -v glusterd >/dev/null || ! command -v mount.glusterfs >/dev/null; 
   apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends \
       glusterfs-server glusterfs-client >/dev/null
 fi
+is_gluster() { [ "$(findmnt -n -o FSTYPE --mountpoint "$1" 2>/dev/null)" = fuse.glusterfs ]; }
+# A client whose process was ended (a session's end) stays mounted, answering ENOTCONN to
+# everything, mkdir -p of its own path included: unmount such clients before anything else.
+for mountpoint in "$SHARED" "$NODE_CLIENT"; do
+  while is_gluster "$mountpoint" && ! timeout 10 stat -f "$mountpoint" >/dev/null 2>&1; do
+    umount -l "$mountpoint"
+  done
+done
 mkdir -p "$BASE/brick" "$SHARED" "$NODE_CLIENT" /var/log/glusterfs
 pgrep -x glusterd >/dev/null || glusterd --log-file="$BASE/glusterd.log"
 for _ in $(seq 100); do gluster --mode=script volume list >/dev/null 2>&1 && break; sleep 0.1; done
@@ -30,14 +38,8 @@ fi
 gluster --mode=script volume info "$VOLUME" | grep -q "^Status: Started" ||
   gluster --mode=script volume start "$VOLUME" >/dev/null
 
-is_gluster() { [ "$(findmnt -n -o FSTYPE --target "$1" 2>/dev/null)" = fuse.glusterfs ] && \
-               [ "$(findmnt -n -o TARGET --target "$1")" = "$1" ]; }
 remounted=0
 for mountpoint in "$SHARED" "$NODE_CLIENT"; do
-  # A client whose process was ended (a session's end) stays mounted, answering ENOTCONN.
-  if is_gluster "$mountpoint" && ! timeout 10 stat -f "$mountpoint" >/dev/null 2>&1; then
-    umount -l "$mountpoint"
-  fi
   is_gluster "$mountpoint" || { mount -t glusterfs "$HOST:/$VOLUME" "$mountpoint"; remounted=1; }
 done
 chmod 0755 "$SHARED"  # work_dirs made in it are 0700 each
