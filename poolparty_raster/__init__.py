@@ -2,7 +2,7 @@
 Grid Engine, PBS or AWS, through nothing but a shared directory.
 
 Names are imported on first use, so that a worker process, which needs only
-``poolparty_raster.worker``, starts without loading the driver's machinery.
+``poolparty_raster.node``, starts without loading the driver's machinery.
 """
 from __future__ import annotations
 

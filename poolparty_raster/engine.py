@@ -22,6 +22,7 @@ from poolparty_raster.progress import Progress
 from poolparty_raster.schedulers.base import (JobRecord, PollResult, Scheduler, SubmitSpec,
                                               TaskState, TaskStatus, cancelling,
                                               contiguous_runs)
+from poolparty_raster.settings import MapSettings
 from poolparty_raster.submissions import Submissions
 from poolparty_raster.names import capture_stream, chunk_key, parse_worker_capture
 from poolparty_raster.manifest import Manifest
@@ -54,13 +55,6 @@ POLL_PATIENCE = 0.05
 # cache for up to its acdirmax (60 s by default) before the driver sees the file.
 SUCCEEDED_GRACE = 60.0
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-
-
-@dataclass
-class RunOptions:
-    max_num_resubmissions: int = 3
-    polling_interval: float = 5.0
-    verbose: bool = False
 
 
 @dataclass(slots=True)
@@ -108,7 +102,7 @@ class MapRun:
     """Drives the chunks of one prepared work_dir to completion; iterate to get finished chunks."""
 
     def __init__(self, work_dir: WorkDir, manifest: Manifest, scheduler: Scheduler,
-                 spec: SubmitSpec, options: RunOptions, progress: Progress,
+                 spec: SubmitSpec, options: MapSettings, progress: Progress,
                  abort: threading.Event):
         self.work_dir = work_dir
         self.manifest = manifest

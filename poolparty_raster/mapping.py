@@ -17,7 +17,6 @@ import time
 import uuid
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
@@ -26,7 +25,7 @@ from filelock import FileLock, Timeout
 from poolparty_raster import ownership
 from poolparty_raster import workdir as wd
 from poolparty_raster.chunkset import ChunkSet
-from poolparty_raster.engine import MapRun, RunOptions
+from poolparty_raster.engine import MapRun
 from poolparty_raster.errors import WorkDirBusyError, WorkDirMismatchError
 from poolparty_raster.files import atomic_write
 from poolparty_raster.manifest import FORMAT, Manifest, function_digest
@@ -34,27 +33,12 @@ from poolparty_raster.outcome import ChunkOutcome, load_results, loaded_values, 
 from poolparty_raster.progress import Progress
 from poolparty_raster.sigterm import SIGTERM_GUARD
 from poolparty_raster.schedulers.base import Scheduler, SubmitSpec
+from poolparty_raster.settings import MapSettings
 from poolparty_raster.taskszip import TasksWriter
-from poolparty_raster.worker import render_script
-from poolparty_raster.workers import WorkerScaling, WorkersRun
+from poolparty_raster.node import render_script
+from poolparty_raster.workers import WorkersRun
 
 WORK_DIR_ROOT_VARIABLE = "POOLPARTY_RASTER_WORK_DIR_ROOT"
-
-
-@dataclass
-class MapSettings:
-    """The pool options a map needs."""
-
-    work_dir: str | None
-    work_dir_root: str
-    keep_work_dir: bool
-    python_path: str
-    throttle: int | None
-    job_name_prefix: str
-    run_options: RunOptions
-    progress: bool | None
-    mode: str = "array"
-    scaling: WorkerScaling = WorkerScaling()
 
 
 def default_chunksize(num_tasks: int, parallelism: int) -> int:
@@ -123,11 +107,11 @@ class MapHandle:
         archived = self.work_dir.archived_chunks()
         progress = Progress(self.manifest.num_tasks, settings.progress, spec.job_name,
                             done=sum(len(self.manifest.chunk_range(c)) for c in archived))
-        run_args = (self.work_dir, self.manifest, scheduler, spec, settings.run_options, progress, abort)
+        run_args = (self.work_dir, self.manifest, scheduler, spec, settings, progress, abort)
         if settings.mode == "workers":
             self.run: MapRun = WorkersRun(
-                *run_args, scaling=settings.scaling,
-                parallelism=settings.scaling.max_workers or parallelism())
+                *run_args, scaling=settings,
+                parallelism=settings.max_workers or parallelism())
         else:
             self.run = MapRun(*run_args)
         self.wrote_stderr = False
@@ -166,7 +150,7 @@ class MapHandle:
             return existing
         name_hash = hashlib.sha1(f"{self.work_dir.path}:{digest}".encode()).hexdigest()[:10]
         manifest = Manifest(digest, writer.num_tasks, writer.chunk_starts,
-                               f"{settings.job_name_prefix}{name_hash}", settings.mode,
+                               f"{settings.job_name}{name_hash}", settings.mode,
                                function_digest(func_bytes))
         os.replace(writer.tmp_path, self.work_dir.tasks_path)
         script = render_script(self.work_dir.path, settings.python_path, os.environ, sys.path,

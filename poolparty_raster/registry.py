@@ -2,13 +2,13 @@
 
 A backend has two faces at two heights: its scheduler (schedulers/<name>.py: commands and
 output formats, below the engine) and the user's pool classes (pools/<name>.py, above
-pool.py). What the rest of the package needs to know about all of them is here, as strings,
+pools/base.py). What the rest of the package needs to know about all of them is here, as strings,
 so that its readers import neither face and no import runs back up a layer:
 
 - the package's names (``poolparty_raster.SlurmPool``, ...);
 - the applier's kinds (``CW_SLURM``, ...) and the pool class each builds, imported from the
   backend's pool module by name;
-- the worker's node variables: worker.py on a node reads them without loading a pool or a
+- the worker's node variables: node.py on a node reads them without loading a pool or a
   scheduler, so this module imports nothing of the package;
 - the tests: the consistency checks (tests/test_registry.py) and the shared contract suite,
   which runs every backend that names a dummy (tests/conftest.py).

@@ -6,7 +6,9 @@ from typing import Any
 
 from poolparty_raster.mapping import materialise
 from poolparty_raster.outcome import ChunkOutcome, add_note
-from poolparty_raster.pool import Pool, explain_options
+from poolparty_raster.pools.base import Pool
+from poolparty_raster.pools.options import check_names
+from poolparty_raster.settings import MapSettings
 
 
 class _SerialHandle:
@@ -37,9 +39,9 @@ class SerialPool(Pool):
     """Runs every task in the calling process, in order, with the same semantics as the other
     pools: results in order, a task's exception re-raised (the first by index) after all ran."""
 
-    @explain_options
-    def __init__(self, *, verbose: bool = False, progress: bool | None = None):
-        super().__init__(scheduler=None, verbose=verbose, progress=progress)  # type: ignore[arg-type]
+    def __init__(self, *, verbose: bool = False, progress: bool | None = None, **unknown: Any):
+        check_names("SerialPool", unknown, {"verbose": verbose, "progress": progress})
+        super().__init__(None, MapSettings(verbose=verbose, progress=progress))
 
     @property
     def parallelism(self) -> int:

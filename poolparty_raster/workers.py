@@ -36,7 +36,8 @@ from poolparty_raster.claims import ClaimsView
 from poolparty_raster.engine import SUCCEEDED_GRACE, MapRun
 from poolparty_raster.errors import SchedulerError
 from poolparty_raster.schedulers.base import JobRecord, TaskState
-from poolparty_raster.worker import HEARTBEAT_SECONDS
+from poolparty_raster.settings import MapSettings
+from poolparty_raster.node import HEARTBEAT_SECONDS
 from poolparty_raster.workdir import tail_lines
 
 STALE_AFTER = 6 * HEARTBEAT_SECONDS  # a claim untouched this long belongs to a hung or dead worker
@@ -52,13 +53,6 @@ DURATIONS_KEPT = 1024       # the median of the chunks that finished last, at mo
 # at every poll instead of listing; a worker that ended makes the next poll list.
 LISTING_SHARE = 30
 PROBE_AT_MOST = 4096
-
-
-@dataclass(frozen=True)
-class WorkerScaling:
-    min_workers: int = 1
-    max_workers: int | None = None   # None: the pool's parallelism
-    min_seconds_between_submissions: float = 0.0
 
 
 @dataclass
@@ -127,7 +121,7 @@ def _boot_time() -> float | None:
 class WorkersRun(MapRun):
     """A MapRun whose jobs are workers (numbered 0, 1, ...) rather than chunks."""
 
-    def __init__(self, *args: Any, scaling: WorkerScaling, parallelism: int, **kwargs: Any):
+    def __init__(self, *args: Any, scaling: MapSettings, parallelism: int, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.max_workers = scaling.max_workers or parallelism
         # At least one: a map with chunks left and no worker at all never waits out the gap.

@@ -8,7 +8,7 @@ here. Real-scheduler backends skip with the reason when absent, and fail instead
 POOLPARTY_REQUIRE_REAL=1 (CI sets it).
 
 Tests of the whole chain (submission, polling, deaths, resubmission, resume, the work_dir) run
-on every backend. Tests marked ``front`` check the multiprocessing-compatible front (pool.py,
+on every backend. Tests marked ``front`` check the multiprocessing-compatible front (pools/base.py,
 the worker's pickling), which is the same code whatever runs the chunks: they run on
 FRONT_BACKENDS, one of each kind (in-process, local, dummy, both real schedulers).
 """

@@ -798,7 +798,7 @@ def test_applier_maps_cw_ecs_and_cw_awsbatch_to_these_pools():
 
     ecs_pool = makePool(ConcurrencyStyle(computeWorkerKind=CW_ECS, numComputeWorkers=3, computeWorkerExtraParams={
         "task_definition": "td", "subnets": ["s"], "ecs_client": object()}), "rios")
-    assert isinstance(ecs_pool, pp.EcsPool) and ecs_pool._settings.scaling.max_workers == 3
+    assert isinstance(ecs_pool, pp.EcsPool) and ecs_pool.max_workers == 3
     batch = makePool(ConcurrencyStyle(computeWorkerKind=CW_AWSBATCH, computeWorkerExtraParams={
         "job_queue": "q", "job_definition": "d", "batch_client": object()}), None)
     assert isinstance(batch, pp.AwsBatchPool)

@@ -17,7 +17,9 @@ import pytest
 
 import poolparty_raster
 from poolparty_raster import applier
-from poolparty_raster.pool import Pool
+from poolparty_raster.pools.base import Pool
+from poolparty_raster.registry import BACKENDS
+from poolparty_raster.settings import option_fields
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -184,3 +186,25 @@ def test_readme_keeps_the_two_commands():
     assert "python -m pip install . && python examples/quickstart.py" in head
     assert "python -m pip install -q -e '.[test]' && python -m pytest -ra -n 4" in head
 
+
+BACKEND_PAGES = {"local": "local.md", "slurm": "slurm.md", "sge": "sge.md", "pbs": "pbs.md",
+                 "ecs": "aws.md", "awsbatch": "aws.md"}
+
+
+@pytest.mark.parametrize("entry", BACKENDS, ids=lambda b: b.name)
+def test_every_option_of_a_backend_is_explained_on_its_page(entry):
+    """help() lists each option in a line; the backend's page explains each one, with what
+    the site needs to know: a new scheduler keyword without its explanation fails here."""
+    page = (DOCS / BACKEND_PAGES[entry.name]).read_text()
+    for name in entry.pool_classes:
+        cls = getattr(poolparty_raster, name)
+        own = inspect.signature(cls._scheduler_class.__init__).parameters
+        missing = [o for o in own if o != "self" and o not in cls._fixed_options
+                   and f"`{o}`" not in page]
+        assert not missing, f"docs/{BACKEND_PAGES[entry.name]} does not explain {missing}"
+
+
+def test_every_option_of_every_pool_is_explained_on_the_pools_page():
+    page = (DOCS / "pools.md").read_text()
+    missing = [f.name for f in option_fields() if f"`{f.name}`" not in page]
+    assert not missing, f"docs/pools.md does not explain {missing}"

@@ -13,7 +13,7 @@ import cloudpickle
 import pytest
 
 import poolparty_raster as pp
-from poolparty_raster import cli, ownership, worker
+from poolparty_raster import cli, node, ownership
 from poolparty_raster.names import MARK_NAME
 from poolparty_raster.workdir import WorkDir
 
@@ -186,7 +186,7 @@ def test_the_node_refuses_a_work_dir_others_can_write(tmp_path, capsys):
     work_dir = tmp_path / "w"
     pp.LocalPool(2, work_dir=str(work_dir), keep_work_dir=True, **FAST).map(square, [1, 2])
     os.chmod(work_dir, 0o770)
-    assert worker.main(str(work_dir), ["0"]) == 2
+    assert node.main(str(work_dir), ["0"]) == 2
     assert "writable by group or others" in capsys.readouterr().err
 
 

@@ -25,7 +25,7 @@ from poolparty_raster.applier.info import BlockInfo
 from poolparty_raster.applier.reader import InputReader, InputSpec
 from poolparty_raster.applier.stats import BandStats
 from poolparty_raster.applier.structures import ApplierBlockDefn, BlockAssociations, Timers
-from poolparty_raster.worker import serving_a_map
+from poolparty_raster.node import serving_a_map
 
 Key = tuple[str, int | None]
 

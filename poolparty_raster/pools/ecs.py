@@ -1,13 +1,11 @@
-"""EcsPool: Amazon ECS tasks.
-
-The scheduler is imported when a pool is made: importing the pools (as every fork server
-does) does not load the AWS modules."""
+"""EcsPool: Amazon ECS tasks. boto3 is imported when a pool makes its client."""
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from poolparty_raster.pool import Pool, explain_options
+from poolparty_raster.pools.base import Pool
+from poolparty_raster.schedulers.ecs import EcsScheduler
 
 
 class EcsPool(Pool):
@@ -22,39 +20,10 @@ class EcsPool(Pool):
     in the container (default: python_path); ``path_mapping={driver_prefix: container_prefix}``
     when the work_dir is mounted elsewhere in the container. ``num_simultaneously_running_tasks``
     caps the tasks started at once. Requests ECS would refuse are refused here, at construction.
+    Its options: ``help(EcsPool.__init__)``, or docs/aws.md.
     """
 
-    @explain_options
-    def __init__(self, *, cluster: str | None = None, task_definition: str | None = None,
-                 container_image: str | None = None, execution_role_arn: str | None = None,
-                 task_role_arn: str | None = None, container_name: str = "poolparty",
-                 launch_type: str = "FARGATE", capacity_provider_strategy: Sequence[dict] | None = None,
-                 subnets: Sequence[str] = (), security_groups: Sequence[str] = (),
-                 assign_public_ip: bool = False, cpu: str | int | None = None,
-                 memory: str | int | None = None, tags: dict[str, str] | None = None,
-                 region: str | None = None, container_python: str | None = None,
-                 path_mapping: dict[str, str] | None = None, efs_file_system_id: str | None = None,
-                 efs_root_directory: str = "/", efs_container_path: str | None = None,
-                 efs_access_point_id: str | None = None, log_group: str | None = None,
-                 boto3_session: Any = None, ecs_client: Any = None, job_name: str = "pp",
-                 **options: Any):
-        from poolparty_raster.schedulers.awscommon import check_name_prefix
-        from poolparty_raster.schedulers.ecs import EcsScheduler
-
-        check_name_prefix(job_name)
-        scheduler = EcsScheduler(
-            cluster=cluster, task_definition=task_definition, container_image=container_image,
-            execution_role_arn=execution_role_arn, task_role_arn=task_role_arn,
-            container_name=container_name, launch_type=launch_type,
-            capacity_provider_strategy=capacity_provider_strategy, subnets=subnets,
-            security_groups=security_groups, assign_public_ip=assign_public_ip, cpu=cpu,
-            memory=memory, tags=tags, region=region, container_python=container_python,
-            path_mapping=path_mapping, efs_file_system_id=efs_file_system_id,
-            efs_root_directory=efs_root_directory, efs_container_path=efs_container_path,
-            efs_access_point_id=efs_access_point_id, log_group=log_group,
-            boto3_session=boto3_session, ecs_client=ecs_client)
-        super().__init__(scheduler, **options)
-        self._settings.job_name_prefix = job_name
+    _scheduler_class = EcsScheduler
 
     @staticmethod
     def extra_params_fargate(*, container_image: str, execution_role_arn: str,

@@ -1,9 +1,7 @@
 """LocalPool: the worker script as subprocesses of this machine."""
 from __future__ import annotations
 
-from typing import Any
-
-from poolparty_raster.pool import Pool, explain_options
+from poolparty_raster.pools.base import Pool
 from poolparty_raster.schedulers.local import LocalScheduler
 
 
@@ -19,13 +17,6 @@ class LocalPool(Pool):
     (one per slot, as multiprocessing's) only save a process start per chunk. ``mode="array"``
     runs every chunk in a process of its own."""
 
+    _scheduler_class = LocalScheduler
     _shared_filesystem = False
     _default_mode = "workers"
-
-    @explain_options
-    def __init__(self, num_workers: int | None = None, *, start_method: str | None = None,
-                 **options: Any):
-        if num_workers is not None and num_workers < 1:  # as multiprocessing.Pool(0) does
-            raise ValueError(f"num_workers must be at least 1 (or None: os.cpu_count()), "
-                             f"not {num_workers}")
-        super().__init__(LocalScheduler(num_workers, start_method), **options)

@@ -27,7 +27,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from poolparty_raster.errors import SchedulerError, SchedulerOutputError, SubmissionRefused
 from poolparty_raster.schedulers.awscommon import (AwsRequestError, AwsScheduler, aws_tags,
@@ -109,12 +109,24 @@ class Unsure:
 class AwsBatchScheduler(AwsScheduler):
     name = "awsbatch"
 
-    def __init__(self, *, job_queue: str, job_definition: str,
-                 container_overrides: dict[str, Any] | None = None, vcpus: float | None = None,
-                 memory: int | None = None, tags: dict[str, str] | None = None,
-                 region: str | None = None, container_python: str | None = None,
-                 path_mapping: dict[str, str] | None = None, boto3_session: Any = None,
-                 batch_client: Any = None, retry_backoff: float = 0.5):
+    def __init__(
+            self, *,
+            job_queue: Annotated[str, "the Batch job queue"],
+            job_definition: Annotated[str, "the job definition (name:revision)"],
+            container_overrides: Annotated[dict[str, Any] | None,
+                                           "SubmitJob's containerOverrides, merged"] = None,
+            vcpus: Annotated[float | None, "vCPUs per job (a resourceRequirements override)"] = None,
+            memory: Annotated[int | None, "memory per job, MiB (an override)"] = None,
+            tags: Annotated[dict[str, str] | None, "tags of the jobs"] = None,
+            region: Annotated[str | None, "AWS region (default: boto3's)"] = None,
+            container_python: Annotated[str | None, "the interpreter in the container "
+                                                    "(default: python_path)"] = None,
+            path_mapping: Annotated[dict[str, str] | None, "{driver prefix: container prefix} "
+                                                           "where the work_dir is elsewhere"] = None,
+            boto3_session: Annotated[Any, "a boto3.Session to make the client from"] = None,
+            batch_client: Annotated[Any, "a ready boto3 Batch client (tests, custom endpoints)"] = None,
+            retry_backoff: Annotated[float, "seconds before the first retry of a throttled "
+                                            "call (doubling)"] = 0.5):
         if not job_queue or not job_definition:
             raise ValueError("AwsBatchPool needs job_queue and job_definition")
         for name, value in (("vcpus", vcpus), ("memory", memory)):

@@ -16,7 +16,7 @@ from typing import Any
 from poolparty_raster.errors import (SchedulerError, SchedulerOutputError, SchedulerUnavailableError,
                                      SubmissionRefused)
 from poolparty_raster.schedulers.base import JobRecord, Scheduler, SubmitSpec, map_path
-from poolparty_raster.worker import KEEP_VARIABLE, REEXEC_VARIABLE
+from poolparty_raster.node import KEEP_VARIABLE, REEXEC_VARIABLE
 
 # A container that cannot start (image not pulled, EFS not mounted): no resubmission helps...
 FATAL_START_ERRORS = ("CannotPullContainerError", "ResourceInitializationError")
@@ -198,6 +198,9 @@ class AwsScheduler(Scheduler):
     unstored_variables = CONTAINER_OWN_VARIABLES  # the task role's credentials, not the caller's
     retries = 4
     backoff = 0.5
+
+    def check_job_name(self, job_name: str) -> None:
+        check_name_prefix(job_name)
 
     def _call(self, func: Callable[..., Any], what: str, **params: Any) -> Any:
         return call_with_retries(func, what, self.pause, self.retries, self.backoff, **params)

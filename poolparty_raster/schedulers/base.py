@@ -99,6 +99,9 @@ class Scheduler(ABC):
     # container's task role), and credentials have no business on a shared filesystem.
     unstored_variables: tuple[str, ...] = ()
 
+    def check_job_name(self, job_name: str) -> None:
+        """Raise ValueError if the scheduler refuses names that start with ``job_name``."""
+
     @abstractmethod
     def check_available(self) -> None:
         """Raise :class:`SchedulerUnavailableError` naming what is missing."""

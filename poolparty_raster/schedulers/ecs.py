@@ -24,7 +24,7 @@ import json
 import re
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 from poolparty_raster.errors import SchedulerError, SchedulerOutputError, SubmissionRefused
 from poolparty_raster.schedulers.awscommon import (AwsScheduler, RunTokens, absolute, aws_tags,
@@ -105,18 +105,38 @@ def classify_task(task: dict[str, Any], container_name: str | None = None) -> Ta
 class EcsScheduler(AwsScheduler):
     name = "ecs"
 
-    def __init__(self, *, cluster: str | None = None, task_definition: str | None = None,
-                 container_image: str | None = None, execution_role_arn: str | None = None,
-                 task_role_arn: str | None = None, container_name: str = "poolparty",
-                 launch_type: str = "FARGATE", capacity_provider_strategy: Sequence[dict] | None = None,
-                 subnets: Sequence[str] = (), security_groups: Sequence[str] = (),
-                 assign_public_ip: bool = False, cpu: str | int | None = None,
-                 memory: str | int | None = None, tags: dict[str, str] | None = None,
-                 region: str | None = None, container_python: str | None = None,
-                 path_mapping: dict[str, str] | None = None, efs_file_system_id: str | None = None,
-                 efs_root_directory: str = "/", efs_container_path: str | None = None,
-                 efs_access_point_id: str | None = None, log_group: str | None = None,
-                 boto3_session: Any = None, ecs_client: Any = None, retry_backoff: float = 0.5):
+    def __init__(
+            self, *,
+            cluster: Annotated[str | None, "the ECS cluster (default: the account's default)"] = None,
+            task_definition: Annotated[str | None, "an existing task definition (family:revision)"] = None,
+            container_image: Annotated[str | None, "else: the image the pool registers a task "
+                                                   "definition for, per map"] = None,
+            execution_role_arn: Annotated[str | None, "role that pulls the image, writes logs"] = None,
+            task_role_arn: Annotated[str | None, "role the tasks run with"] = None,
+            container_name: Annotated[str, "the container that runs the chunks"] = "poolparty",
+            launch_type: Annotated[str, "'FARGATE' or 'EC2'"] = "FARGATE",
+            capacity_provider_strategy: Annotated[Sequence[dict] | None,
+                                                  "RunTask's capacityProviderStrategy"] = None,
+            subnets: Annotated[Sequence[str], "awsvpc subnets (Fargate needs them)"] = (),
+            security_groups: Annotated[Sequence[str], "awsvpc security groups"] = (),
+            assign_public_ip: Annotated[bool, "Fargate: give each task a public IP"] = False,
+            cpu: Annotated[str | int | None, "task CPU: units (1024 a vCPU) or '0.5 vCPU'"] = None,
+            memory: Annotated[str | int | None, "task memory: MiB or '1GB'"] = None,
+            tags: Annotated[dict[str, str] | None, "tags of the tasks and task definitions"] = None,
+            region: Annotated[str | None, "AWS region (default: boto3's)"] = None,
+            container_python: Annotated[str | None, "the interpreter in the container "
+                                                    "(default: python_path)"] = None,
+            path_mapping: Annotated[dict[str, str] | None, "{driver prefix: container prefix} "
+                                                           "where the work_dir is elsewhere"] = None,
+            efs_file_system_id: Annotated[str | None, "EFS to mount in a registered definition"] = None,
+            efs_root_directory: Annotated[str, "the EFS directory mounted"] = "/",
+            efs_container_path: Annotated[str | None, "where the container mounts EFS"] = None,
+            efs_access_point_id: Annotated[str | None, "an EFS access point"] = None,
+            log_group: Annotated[str | None, "CloudWatch log group of a registered definition"] = None,
+            boto3_session: Annotated[Any, "a boto3.Session to make the client from"] = None,
+            ecs_client: Annotated[Any, "a ready boto3 ECS client (tests, custom endpoints)"] = None,
+            retry_backoff: Annotated[float, "seconds before the first retry of a throttled "
+                                            "call (doubling)"] = 0.5):
         if (task_definition is None) == (container_image is None):
             raise ValueError("EcsPool needs task_definition, or container_image to register one "
                              "(not both)")

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from typing import Annotated
 
 from poolparty_raster.schedulers.base import (JobRecord, PollResult, Scheduler, SubmitSpec,
                                               TaskState, TaskStatus)
@@ -38,10 +39,15 @@ class LocalScheduler(Scheduler):
     filesystem_lag = 0.0
     min_poll_interval = 0.0
 
-    def __init__(self, num_workers: int | None = None, start_method: str | None = None):
+    def __init__(
+            self,
+            num_workers: Annotated[int | None, "processes at once (default: os.cpu_count())"] = None,
+            *,
+            start_method: Annotated[str | None, "'forkserver' (default on Linux) or 'spawn'"] = None):
+        if num_workers is not None and num_workers < 1:  # as multiprocessing.Pool(0)
+            raise ValueError(f"num_workers must be at least 1 (or None: os.cpu_count()), "
+                             f"not {num_workers}")
         self.num_workers = num_workers or os.cpu_count() or 1
-        if self.num_workers < 1:
-            raise ValueError(f"num_workers must be at least 1, not {num_workers}")
         start_method = start_method or ("forkserver" if sys.platform.startswith("linux") else "spawn")
         if start_method not in ("forkserver", "spawn"):
             raise ValueError(f"start_method must be 'forkserver' or 'spawn', not {start_method!r}")

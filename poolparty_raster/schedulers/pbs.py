@@ -18,6 +18,7 @@ import json
 import os
 import re
 from collections.abc import Iterator, Sequence
+from typing import Annotated
 
 from poolparty_raster.schedulers.arrays import ArrayScheduler, ArrayThrottle
 from poolparty_raster.schedulers.base import (CommandRunner, JobRecord, PollResult, Submitter,
@@ -81,12 +82,19 @@ def parse_qstat_json(text: str, jobs: Sequence[JobRecord]) -> PollResult:
 class PbsScheduler(ArrayScheduler):
     name = "pbs"
 
-    def __init__(self, *, array: bool = True, queue: str | None = None,
-                 resources: Sequence[str] = (), walltime: str | None = None,
-                 account: str | None = None, qsub_args: Sequence[str] = (),
-                 pbs_call_timeout: float = 60.0, qsub_path: str = "qsub",
-                 qstat_path: str = "qstat", qdel_path: str = "qdel",
-                 qselect_path: str | None = None):
+    def __init__(
+            self, *,
+            array: Annotated[bool, "one qsub -J array per map, else one job per chunk"] = True,
+            queue: Annotated[str | None, "qsub -q"] = None,
+            resources: Annotated[Sequence[str], "qsub -l requests ('select=1:ncpus=2:mem=4gb')"] = (),
+            walltime: Annotated[str | None, "qsub -l walltime ('1:00:00')"] = None,
+            account: Annotated[str | None, "qsub -A"] = None,
+            qsub_args: Annotated[Sequence[str], "more qsub arguments, as given"] = (),
+            pbs_call_timeout: Annotated[float, "seconds one PBS command may take"] = 60.0,
+            qsub_path: Annotated[str, "the qsub command"] = "qsub",
+            qstat_path: Annotated[str, "the qstat command"] = "qstat",
+            qdel_path: Annotated[str, "the qdel command"] = "qdel",
+            qselect_path: Annotated[str | None, "the qselect command (default: beside qsub)"] = None):
         self.array = array
         args: list[str] = []
         if queue:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import getpass
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator, Sequence
+from typing import Annotated
 
 from poolparty_raster.errors import SchedulerError, SchedulerOutputError, SchedulerUnavailableError
 from poolparty_raster.schedulers.arrays import ArrayScheduler, ArrayThrottle
@@ -113,11 +114,20 @@ def parse_qstat_xml(text: str, job_name: str, jobs: Sequence[JobRecord]) -> Poll
 class SgeScheduler(ArrayScheduler):
     name = "sge"
 
-    def __init__(self, *, array: bool = True, queue_name: str | None = None,
-                 resources: Sequence[str] = (), parallel_environment: tuple[str, int] | None = None,
-                 project: str | None = None, qsub_args: Sequence[str] = (),
-                 sge_call_timeout: float = 60.0, qsub_path: str = "qsub",
-                 qstat_path: str = "qstat", qdel_path: str = "qdel", qconf_path: str = "qconf"):
+    def __init__(
+            self, *,
+            array: Annotated[bool, "one qsub -t array per map, else one job per chunk"] = True,
+            queue_name: Annotated[str | None, "qsub -q, the cluster queue"] = None,
+            resources: Annotated[Sequence[str], "qsub -l requests ('h_vmem=4G', 'h_rt=1:00:00')"] = (),
+            parallel_environment: Annotated[tuple[str, int] | None,
+                                            "qsub -pe (name, slots) for a multi-slot task"] = None,
+            project: Annotated[str | None, "qsub -P"] = None,
+            qsub_args: Annotated[Sequence[str], "more qsub arguments, as given"] = (),
+            sge_call_timeout: Annotated[float, "seconds one Grid Engine command may take"] = 60.0,
+            qsub_path: Annotated[str, "the qsub command"] = "qsub",
+            qstat_path: Annotated[str, "the qstat command"] = "qstat",
+            qdel_path: Annotated[str, "the qdel command"] = "qdel",
+            qconf_path: Annotated[str, "the qconf command (the cluster's slots and limits)"] = "qconf"):
         self.array = array
         args: list[str] = []
         if queue_name:

@@ -13,6 +13,7 @@ import os
 import re
 import shlex
 from collections.abc import Iterator, Sequence
+from typing import Annotated
 
 from poolparty_raster.errors import SubmissionRefused
 from poolparty_raster.schedulers.arrays import (ArrayScheduler, ArrayThrottle, split_throttle,
@@ -146,14 +147,23 @@ def sibling(path: str, command: str) -> str:
 class SlurmScheduler(ArrayScheduler):
     name = "slurm"
 
-    def __init__(self, *, array: bool = True, partition: str | None = None,
-                 time: str | None = None, mem: str | None = None,
-                 cpus_per_task: int | None = None, gres: str | None = None,
-                 account: str | None = None, qos: str | None = None,
-                 sbatch_args: Sequence[str] = (), slurm_call_timeout: float = 60.0,
-                 sbatch_path: str = "sbatch", squeue_path: str = "squeue",
-                 scancel_path: str = "scancel", scontrol_path: str | None = None,
-                 sinfo_path: str | None = None):
+    def __init__(
+            self, *,
+            array: Annotated[bool, "one sbatch --array per map, else one job per chunk"] = True,
+            partition: Annotated[str | None, "sbatch --partition"] = None,
+            time: Annotated[str | None, "sbatch --time, a job's wall time ('1:00:00')"] = None,
+            mem: Annotated[str | None, "sbatch --mem, memory per node ('4G')"] = None,
+            cpus_per_task: Annotated[int | None, "sbatch --cpus-per-task"] = None,
+            gres: Annotated[str | None, "sbatch --gres ('gpu:1')"] = None,
+            account: Annotated[str | None, "sbatch --account"] = None,
+            qos: Annotated[str | None, "sbatch --qos"] = None,
+            sbatch_args: Annotated[Sequence[str], "more sbatch arguments, as given"] = (),
+            slurm_call_timeout: Annotated[float, "seconds one SLURM command may take"] = 60.0,
+            sbatch_path: Annotated[str, "the sbatch command (scontrol and sinfo beside it)"] = "sbatch",
+            squeue_path: Annotated[str, "the squeue command"] = "squeue",
+            scancel_path: Annotated[str, "the scancel command"] = "scancel",
+            scontrol_path: Annotated[str | None, "the scontrol command (default: beside sbatch)"] = None,
+            sinfo_path: Annotated[str | None, "the sinfo command (default: beside sbatch)"] = None):
         self.array = array
         self.partition = partition
         options = {"partition": partition, "time": time, "mem": mem, "cpus-per-task": cpus_per_task,

@@ -114,7 +114,7 @@ def test_num_compute_workers_means_workers_mode():
                                      computeWorkerExtraParams={"progress": False})
     pool = poolfactory.makePool(style, None)
     try:
-        assert poolfactory.isWorkersMode(pool) and pool._settings.scaling.max_workers == 3
+        assert poolfactory.isWorkersMode(pool) and pool.max_workers == 3
         assert poolfactory.poolWidth(pool, style) == 3
     finally:
         pool.terminate()

@@ -1,26 +1,26 @@
 """The multiprocessing.Pool-compatible front shared by every pool of this package."""
 from __future__ import annotations
 
-import difflib
+import dataclasses
 import functools
-import inspect
 import os
 import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sized
-from typing import Any
+from typing import Any, ClassVar
 
 import cloudpickle
 
 from poolparty_raster.asyncresult import AsyncResult
-from poolparty_raster.engine import RunOptions
 from poolparty_raster.feeding import (MAX_BATCHES_IN_FLIGHT, LazyResults, one_map_limit,
                                       values_of)
-from poolparty_raster.mapping import MapHandle, MapSettings, default_work_dir_root, materialise
+from poolparty_raster.mapping import MapHandle, default_work_dir_root, materialise
 from poolparty_raster.outcome import ChunkOutcome
+from poolparty_raster.pools.options import check_names, help_text, pool_options
+from poolparty_raster.pools.options import signature as options_signature
 from poolparty_raster.schedulers.base import Scheduler
-from poolparty_raster.workers import WorkerScaling
+from poolparty_raster.settings import MapSettings
 
 
 class StarCall:
@@ -43,89 +43,61 @@ class ApplyCall:
         return self.func(*self.args, **self.kwds)
 
 
-def explain_options(init: Callable[..., None]) -> Callable[..., None]:
-    """Turn a misspelt constructor option into an error that lists the valid ones."""
-    @functools.wraps(init)
-    def checked(self: Any, *args: Any, **kwargs: Any) -> None:
-        valid = _option_names(type(self))
-        unknown = [k for k in kwargs if k not in valid]
-        if unknown:
-            hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, valid, 1))
-                     else repr(k) for k in unknown]
-            raise TypeError(f"{type(self).__name__} got unknown option(s) {', '.join(hints)}; "
-                            f"valid options: {', '.join(sorted(valid))}")
-        init(self, *args, **kwargs)
-    return checked
+def _constructor(cls: type[Pool]) -> Callable[..., None]:
+    """The ``__init__`` of a backend's pool class: its signature and help list the options of
+    its scheduler and of every pool (pools/options.py reads them where they are declared)."""
+    options = pool_options(cls._scheduler_class, cls._fixed_options)
+    signature = options_signature(options)
 
+    def __init__(self: Pool, *args: Any, **kwargs: Any) -> None:
+        check_names(cls.__name__, kwargs, options)
+        given = signature.bind(self, *args, **kwargs).arguments
+        own = {k: v for k, v in given.items() if k in options and options[k].scheduler}
+        settings = {k: v for k, v in given.items() if k in options and not options[k].scheduler}
+        scheduler = cls._scheduler_class(**cls._fixed_options, **own)
+        Pool.__init__(self, scheduler, MapSettings(**settings))
 
-def _option_names(cls: type) -> set[str]:
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is not None:
-            params = inspect.signature(inspect.unwrap(init)).parameters.values()
-            names |= {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
-    return names - {"self", "scheduler"}
+    __init__.__signature__ = signature  # type: ignore[attr-defined]
+    __init__.__doc__ = help_text(cls.__name__, options)
+    __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+    __init__.__module__ = cls.__module__
+    return __init__
 
 
 class Pool:
-    """A pool whose tasks run as jobs of a scheduler, through a work_dir.
-
-    Options common to every pool:
-      work_dir: the map's directory (default: a new one under $POOLPARTY_RASTER_WORK_DIR_ROOT,
-        else the current directory for cluster pools, the temporary directory for local ones).
-      keep_work_dir: keep it after a clean map (it is always kept when a task failed, lost its
-        result or wrote to stderr).
-      polling_interval: the upper bound, in seconds, of the adaptive poll interval.
-      max_num_resubmissions: how often a chunk that died or stuck in an error state is resubmitted.
-      num_simultaneously_running_tasks: cap on chunks running at once (the array throttle).
-      python_path: the interpreter on the nodes (default: sys.executable).
-      filesystem_lag: seconds a finished chunk's result may take to appear on the driver's
-        filesystem before the chunk counts as lost (default: 0 locally, 3 s on clusters).
-      verbose: print scheduler trouble as it happens. progress: a tqdm bar (default: on a terminal).
-      mode: "array" (one job per chunk) or "workers" (a few long-lived jobs that claim chunks
-        until none is left; LocalPool's default), with max_workers (default: the parallelism),
-        min_seconds_between_submissions, and min_workers (default 1) that the gap between
-        submissions never holds the number of workers below.
-    """
+    """A pool whose tasks run as jobs of a scheduler, through a work_dir: multiprocessing.Pool's
+    methods, the same semantics. Not made directly: make one of the backends' pools, whose
+    options are their scheduler's and those of every pool (:class:`MapSettings`)."""
 
     _shared_filesystem = True
-    _job_name_prefix = "pp"
     # Clusters: a job per chunk, so that no allocation holds a node while others queue.
     _default_mode = "array"
 
-    def __init__(self, scheduler: Scheduler, *, work_dir: str | None = None,
-                 keep_work_dir: bool = False, polling_interval: float = 5.0,
-                 max_num_resubmissions: int = 3, num_simultaneously_running_tasks: int | None = None,
-                 python_path: str | None = None, filesystem_lag: float | None = None,
-                 verbose: bool = False, progress: bool | None = None, mode: str | None = None,
-                 min_workers: int = 1, max_workers: int | None = None,
-                 min_seconds_between_submissions: float = 0.0):
-        if polling_interval <= 0:
-            raise ValueError(f"polling_interval must be positive, not {polling_interval}")
-        if max_num_resubmissions < 0:
-            raise ValueError(f"max_num_resubmissions must be >= 0, not {max_num_resubmissions}")
-        if num_simultaneously_running_tasks is not None and num_simultaneously_running_tasks < 1:
-            raise ValueError("num_simultaneously_running_tasks must be at least 1 (or None)")
-        mode = mode or self._default_mode
-        if mode not in ("array", "workers"):
-            raise ValueError(f"mode must be 'array' or 'workers', not {mode!r}")
-        if min_workers < 0 or (max_workers is not None and max_workers < max(1, min_workers)):
-            raise ValueError(f"need 0 <= min_workers <= max_workers and max_workers >= 1, "
-                             f"not min_workers={min_workers}, max_workers={max_workers}")
+    # A backend's pool class names its Scheduler class, whose keywords are its options, and
+    # the keywords it fixes itself (SlurmPool's array=False); its constructor is built from them.
+    _scheduler_class: ClassVar[type[Scheduler] | None] = None
+    _fixed_options: ClassVar[dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls._scheduler_class is not None and "__init__" not in cls.__dict__:
+            # setattr, not an assignment: an editor reading this source would take the built
+            # function's (*args, **kwargs) for every pool's signature (ci/make_stubs.py).
+            setattr(cls, "__init__", _constructor(cls))
+
+    def __init__(self, scheduler: Scheduler | None, settings: MapSettings):
+        settings = dataclasses.replace(
+            settings, mode=settings.mode or self._default_mode,
+            python_path=settings.python_path or sys.executable,
+            work_dir_root=default_work_dir_root(self._shared_filesystem))
         self._scheduler = scheduler
         self._abort = threading.Event()
-        if scheduler is not None:
+        if scheduler is not None:  # SerialPool has none
+            scheduler.check_job_name(settings.job_name)
             scheduler.abort = self._abort  # terminate() cuts a backend's retry waits short
-        if filesystem_lag is not None:
-            scheduler.filesystem_lag = filesystem_lag
-        self._settings = MapSettings(
-            work_dir=work_dir, work_dir_root=default_work_dir_root(self._shared_filesystem),
-            keep_work_dir=keep_work_dir, python_path=python_path or sys.executable,
-            throttle=num_simultaneously_running_tasks, job_name_prefix=self._job_name_prefix,
-            run_options=RunOptions(max_num_resubmissions, polling_interval, verbose),
-            progress=progress, mode=mode,
-            scaling=WorkerScaling(min_workers, max_workers, min_seconds_between_submissions))
+            if settings.filesystem_lag is not None:
+                scheduler.filesystem_lag = settings.filesystem_lag
+        self._settings = settings
         self._closed = False
         self._async_threads: list[threading.Thread] = []
         # imap results not read to their end: terminate() cancels their maps, which would
@@ -146,7 +118,7 @@ class Pool:
     @property
     def max_workers(self) -> int | None:
         """The most worker jobs at once in workers mode (None: the parallelism)."""
-        return self._settings.scaling.max_workers
+        return self._settings.max_workers
 
     @property
     def work_dir_parent(self) -> str:

@@ -65,7 +65,7 @@ try:
 except OSError as _error:
     os.environ[{cwd_error!r}] = str(_error)
 
-from poolparty_raster.worker import main
+from poolparty_raster.node import main
 
 sys.exit(main({work_dir!r}, sys.argv[1:]))
 '''

@@ -1,0 +1,80 @@
+"""A map's settings: the options every pool takes, whatever its scheduler, declared once.
+
+Each option field of :class:`MapSettings` is a keyword of every pool's constructor: its name,
+type, default and one line of help are read from here into the pools' signatures and into
+``help()`` (pools/base.py). A scheduler's own options are the keywords of its class's
+``__init__`` (schedulers/<name>.py), declared there once in the same way.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+MODES = ("array", "workers")
+
+
+def option(default: Any, help: str) -> Any:
+    """A field that is a pool option, with its one line of help (units included)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True, kw_only=True)
+class MapSettings:
+    """The options of a pool's maps; a pool resolves the defaults that depend on it (mode,
+    python_path, where new work_dirs go) before it makes one."""
+
+    work_dir: str | None = option(
+        None, "the map's directory; default: a new one under $POOLPARTY_RASTER_WORK_DIR_ROOT, "
+              "else the current directory (cluster pools) or the temporary one (local)")
+    keep_work_dir: bool = option(
+        False, "keep the work_dir after a clean map (it is always kept after a failure)")
+    mode: str | None = option(
+        None, "'array': a job per chunk; 'workers': a few long-lived jobs that claim chunks "
+              "(default: 'workers' for LocalPool, 'array' for cluster pools)")
+    num_simultaneously_running_tasks: int | None = option(
+        None, "cap on chunks running at once (the array throttle); None: no cap")
+    max_num_resubmissions: int = option(
+        3, "how often a chunk whose job died or stuck in an error state is resubmitted")
+    polling_interval: float = option(
+        5.0, "upper bound of the adaptive interval between scheduler polls, in seconds")
+    filesystem_lag: float | None = option(
+        None, "seconds a finished chunk's result may take to show on the driver's filesystem "
+              "before it counts as lost (default: 0 locally, 3 on clusters)")
+    python_path: str | None = option(
+        None, "the Python interpreter the jobs run (default: sys.executable)")
+    job_name: str = option("pp", "prefix of the jobs' names (a hash of the map follows)")
+    min_workers: int = option(
+        1, "workers mode: the fewest workers that min_seconds_between_submissions may hold")
+    max_workers: int | None = option(
+        None, "workers mode: the most workers at once (default: the pool's parallelism)")
+    min_seconds_between_submissions: float = option(
+        0.0, "workers mode: seconds between two submissions of workers")
+    verbose: bool = option(False, "print scheduler trouble as it happens")
+    progress: bool | None = option(
+        None, "a tqdm progress bar (default: when stderr is a terminal)")
+    # Not an option: where a map without a work_dir makes one; the pool class decides.
+    work_dir_root: str = ""
+
+    def __post_init__(self) -> None:
+        if self.polling_interval <= 0:
+            raise ValueError(f"polling_interval must be positive, not {self.polling_interval}")
+        if self.max_num_resubmissions < 0:
+            raise ValueError(f"max_num_resubmissions must be >= 0, not {self.max_num_resubmissions}")
+        if self.num_simultaneously_running_tasks is not None and self.num_simultaneously_running_tasks < 1:
+            raise ValueError("num_simultaneously_running_tasks must be at least 1 (or None)")
+        if self.mode is not None and self.mode not in MODES:
+            raise ValueError(f"mode must be 'array' or 'workers', not {self.mode!r}")
+        if self.min_workers < 0 or (self.max_workers is not None
+                                    and self.max_workers < max(1, self.min_workers)):
+            raise ValueError(f"need 0 <= min_workers <= max_workers and max_workers >= 1, not "
+                             f"min_workers={self.min_workers}, max_workers={self.max_workers}")
+
+    @property
+    def throttle(self) -> int | None:
+        return self.num_simultaneously_running_tasks
+
+
+def option_fields() -> list[dataclasses.Field[Any]]:
+    """The fields of MapSettings that are pool options, in the order of the signatures."""
+    return [f for f in dataclasses.fields(MapSettings) if "help" in f.metadata]
