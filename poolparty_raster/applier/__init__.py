@@ -8,8 +8,10 @@ Scripts written for ``rios.applier`` work after changing the import to
 from poolparty_raster.applier.apply import apply
 from poolparty_raster.applier.concurrency import ALL_KINDS, POOL_KINDS
 from poolparty_raster.applier.controls import (BOUNDS_FROM_REFERENCE, CW_NONE, CW_THREADS,
-                                               INTERSECTION, UNION, ApplierControls,
-                                               ConcurrencyStyle)
+                                               DEFAULT_RESAMPLEMETHOD, DEFAULTFOOTPRINT,
+                                               DEFAULTOVERLAP, DEFAULTWINDOWXSIZE,
+                                               DEFAULTWINDOWYSIZE, INTERSECTION, UNION,
+                                               ApplierControls, ConcurrencyStyle)
 from poolparty_raster.applier.grid import ResampleNeededError
 from poolparty_raster.applier.info import BlockInfo, Coord
 from poolparty_raster.applier.structures import (ApplierBlockDefn, ApplierReturn,
@@ -22,6 +24,7 @@ __all__ = [
     "apply", "ApplierControls", "ConcurrencyStyle", "FilenameAssociations", "BlockAssociations",
     "OtherInputs", "ApplierBlockDefn", "ApplierReturn", "Timers", "BlockInfo", "Coord",
     "ResampleNeededError",
-    "INTERSECTION", "UNION", "BOUNDS_FROM_REFERENCE",
+    "INTERSECTION", "UNION", "BOUNDS_FROM_REFERENCE", "DEFAULTWINDOWXSIZE", "DEFAULTWINDOWYSIZE",
+    "DEFAULTOVERLAP", "DEFAULTFOOTPRINT", "DEFAULT_RESAMPLEMETHOD",
     *ALL_KINDS,
 ]

@@ -26,7 +26,8 @@ from poolparty_raster.applier.poolfactory import (Scratch, howTasksRun, makePool
                                                   throttles)
 from poolparty_raster.applier.reader import checkInputNoData, inputSpecs
 from poolparty_raster.applier.structures import (ApplierBlockDefn, ApplierReturn,
-                                                 FilenameAssociations, Timers)
+                                                 FilenameAssociations, SinglePassReport,
+                                                 Timers)
 from poolparty_raster.applier.task import (PackedTaskPart, TaskPart, TaskResult, TaskRunner,
                                            TaskSpec, iterTaskBlocks, newStats)
 from poolparty_raster.applier.writer import OutputFile, finishAll, openOutputs
@@ -57,7 +58,8 @@ def apply(userFunction: Callable[..., Any], infiles: FilenameAssociations,
     started = time.perf_counter()
     with timings.interval("setup"):
         filenames = [filename for _, _, filename in infiles]
-        infos = describeRasters([*filenames, referenceName(infiles, controls)])
+        infos = describeRasters([*filenames, referenceName(infiles, controls),
+                                 *(controls.filesForExtent or [])])
         specs = inputSpecs(infiles, controls)
         checkInputNoData(specs, infos)
         grid = computeWorkingGrid(infiles, controls, infos)
@@ -81,7 +83,10 @@ def apply(userFunction: Callable[..., Any], infiles: FilenameAssociations,
             output.abort()
         raise
     timings.pairs["walltime"].append(time.perf_counter() - started)
-    return ApplierReturn(timings, otherArgsList)
+    singlePass = SinglePassReport()
+    for output in outputs.values():
+        output.report(singlePass)
+    return ApplierReturn(timings, otherArgsList, singlePass)
 
 
 def _run(spec: TaskSpec, blocks: list[ApplierBlockDefn], otherArgs: Any, outputs: Outputs,

@@ -76,3 +76,18 @@ class ConcurrencyStyle:
                           "workers read their own inputs and there is no network channel, "
                           "so there are no read workers, buffers or barrier to time out",
                           UserWarning, stacklevel=2)
+
+
+_STYLE_ATTRIBUTES = ("numReadWorkers", "numComputeWorkers", "computeWorkerKind",
+                     "computeWorkersRead", "singleBlockComputeWorkers", "haveSharedTemp",
+                     *_RIOS_TIMEOUTS, "computeWorkerExtraParams")
+
+
+def asConcurrencyStyle(style: Any) -> ConcurrencyStyle:
+    """``style`` itself if it is this package's, else a ConcurrencyStyle made from its
+    attributes (RIOS's ``rios.structures.ConcurrencyStyle`` has the same names; an
+    attribute it lacks takes RIOS's default), so that it is checked as ours are."""
+    if isinstance(style, ConcurrencyStyle):
+        return style
+    given = {name: getattr(style, name) for name in _STYLE_ATTRIBUTES if hasattr(style, name)}
+    return ConcurrencyStyle(**given)

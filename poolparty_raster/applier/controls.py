@@ -2,10 +2,13 @@
 kinds (concurrency.py) are importable from here too."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from poolparty_raster.applier.concurrency import (ALL_KINDS, CW_NONE,  # noqa: F401
-                                                  CW_THREADS, POOL_KINDS, ConcurrencyStyle)
+                                                  CW_THREADS, POOL_KINDS, ConcurrencyStyle,
+                                                  asConcurrencyStyle)
+from poolparty_raster.applier.gdalbindings import requireGdal
 from poolparty_raster.applier.sitedefaults import (DEFAULT_MINOVERVIEWDIM,  # noqa: F401
                                                    DEFAULT_OVERVIEWLEVELS, optionDict,
                                                    siteDefaults)
@@ -17,7 +20,12 @@ INTERSECTION = 0
 UNION = 1
 BOUNDS_FROM_REFERENCE = 2
 
-DEFAULT_WINDOWSIZE = 256
+# RIOS's defaults, under RIOS's names (scripts compute with them, e.g. the extent of a
+# block in world units).
+DEFAULTWINDOWXSIZE = DEFAULTWINDOWYSIZE = 256
+DEFAULTOVERLAP = 0
+DEFAULTFOOTPRINT = INTERSECTION
+DEFAULT_RESAMPLEMETHOD = "near"
 RESAMPLE_METHODS = ("near", "bilinear", "cubic", "cubicspline", "lanczos", "average", "mode",
                     "min", "max", "med", "q1", "q3", "sum", "rms")
 
@@ -31,11 +39,13 @@ class ApplierControls:
     type; see sitedefaults.py) are read when the controls are created."""
 
     def __init__(self) -> None:
-        self.windowxsize = DEFAULT_WINDOWSIZE
-        self.windowysize = DEFAULT_WINDOWSIZE
-        self.overlap = 0
-        self.footprint = INTERSECTION
+        self.windowxsize = DEFAULTWINDOWXSIZE
+        self.windowysize = DEFAULTWINDOWYSIZE
+        self.overlap = DEFAULTOVERLAP
+        self.footprint = DEFAULTFOOTPRINT
         self.referenceImage: str | None = None
+        self.referencePixgrid: Any = None
+        self.filesForExtent: list[str] | None = None
         self.progress: Any = None
         self.jobName: str | None = None
         self.concurrency = ConcurrencyStyle()
@@ -44,7 +54,7 @@ class ApplierControls:
         self.tempdir: str | None = None
         self.site = site = siteDefaults()
         self._perImage: dict[str, dict[str | None, Any]] = {
-            "resampleMethod": {None: "near"}, "inputNoData": {None: None},
+            "resampleMethod": {None: DEFAULT_RESAMPLEMETHOD}, "inputNoData": {None: None},
             "statsIgnore": {None: 0}, "driverName": {None: site.driverName},
             "creationOptions": {None: None}, "omitPyramids": {None: False},
             "omitBasicStats": {None: False}, "omitHistogram": {None: False},
@@ -52,6 +62,7 @@ class ApplierControls:
             "overviewMinDim": {None: site.overviewMinDim}, "approxStats": {None: False},
             "layerselection": {None: None}, "singlePassPyramids": {None: None},
             "singlePassBasicStats": {None: None}, "singlePassHistogram": {None: None},
+            "thematic": {None: False}, "callBeforeClose": {None: None},
         }
 
     def getOptionForImagename(self, option: str, imagename: str | None) -> Any:
@@ -117,6 +128,19 @@ class ApplierControls:
         same grid (RIOS's rule), else ``ResampleNeededError``."""
         self.referenceImage = referenceImage
 
+    def setReferencePixgrid(self, referencePixgrid: Any) -> None:
+        """A pixel grid (RIOS's ``rios.pixelgrid.PixelGridDefn``, or any object with its
+        xMin, xMax, yMin, yMax, xRes, yRes and projection WKT) whose CRS and pixel grid,
+        and with BOUNDS_FROM_REFERENCE extent, are the working grid's; in place of
+        setReferenceImage."""
+        self.referencePixgrid = referencePixgrid
+
+    def setFilesForExtent(self, filesForExtent: list[str] | None) -> None:
+        """Raster files whose extents, combined by the footprint type, give the working
+        grid's extent instead of the inputs' (they need not be inputs); ignored with
+        BOUNDS_FROM_REFERENCE."""
+        self.filesForExtent = None if filesForExtent is None else [str(f) for f in filesForExtent]
+
     def setFootprintType(self, footprint: int) -> None:
         """INTERSECTION (default), UNION or BOUNDS_FROM_REFERENCE."""
         if footprint not in (INTERSECTION, UNION, BOUNDS_FROM_REFERENCE):
@@ -158,8 +182,8 @@ class ApplierControls:
         self._set("statsIgnore", statsIgnore, imagename)
 
     def setOutputDriverName(self, driverName: str, imagename: str | None = None) -> None:
-        """Any GDAL driver rasterio can create with, or "COG" (default GTiff, or the
-        site's RIOS_DFLT_DRIVER)."""
+        """Any GDAL driver rasterio can create with, or "COG" (default: the site's
+        RIOS_DFLT_DRIVER, else HFA for a ``.img`` output and GTiff for any other)."""
         self._set("driverName", driverName, imagename)
 
     def setCreationOptions(self, creationOptions: list[str] | dict[str, str] | None,
@@ -193,13 +217,29 @@ class ApplierControls:
         written)."""
         self._set("omitHistogram", bool(omitHistogram), imagename)
 
+    def setThematic(self, thematicFlag: bool, imagename: str | None = None) -> None:
+        """Thematic (classes, not quantities) outputs, as RIOS writes them: every band's
+        LAYER_TYPE metadata is "thematic" and its histogram has a bin for every value from
+        0 (so the output's values must not be negative). False (default): athematic."""
+        self._set("thematic", bool(thematicFlag), imagename)
+
+    def setCallBeforeClose(self, func: Callable[..., Any], args: tuple = (),
+                           imagename: str | None = None) -> None:
+        """Call ``func(ds, *args)`` on each output (or this one) once its pixels,
+        statistics and overviews are written, before it is moved into place; ``ds`` is a
+        GDAL Dataset open for update, as in RIOS, so this needs GDAL's Python bindings
+        (``osgeo``): an ImportError says what to install."""
+        requireGdal("setCallBeforeClose")
+        self._set("callBeforeClose", (func, tuple(args)), imagename)
+
     # RIOS 2.0.5's single-pass switches choose between gathering as blocks are written and
-    # a second pass with GDAL; the outputs are the same either way, so scripts may set them.
+    # a second pass with GDAL.
     def setSinglePassPyramids(self, singlePassPyramids: bool | None,
                               imagename: str | None = None) -> None:
-        """Accepted: overviews are built by GDAL after the last block (the same pixels as
-        RIOS's single pass, for NEAREST). False makes RIOS_DFLT_OVERVIEWAGGTYPE the
-        default aggregation type, as in RIOS."""
+        """None (default) or True: overviews take the centre pixel of each cell, gathered as
+        the blocks are written (RIOS's single pass; True with an aggregation type other
+        than NEAREST is an error, as in RIOS). False: GDAL builds them after the last block,
+        with RIOS_DFLT_OVERVIEWAGGTYPE as the default aggregation type, as in RIOS."""
         self._set("singlePassPyramids", singlePassPyramids, imagename)
 
     def setSinglePassBasicStats(self, singlePassBasicStats: bool | None,
@@ -210,8 +250,9 @@ class ApplierControls:
 
     def setSinglePassHistogram(self, singlePassHistogram: bool | None,
                                imagename: str | None = None) -> None:
-        """Accepted: integer bands' histograms are always counted in a single pass, as the
-        workers compute the blocks; float bands get none (as the README says)."""
+        """Accepted: integer bands' histograms are counted in a single pass where their
+        range allows, float bands' by a second pass over the output (as in RIOS; the bins
+        are the same either way)."""
         self._set("singlePassHistogram", singlePassHistogram, imagename)
 
     def setApproxStats(self, approxStats: bool, imagename: str | None = None) -> None:
@@ -244,8 +285,11 @@ class ApplierControls:
         """Name for cluster jobs, passed to pool classes that take ``job_name``."""
         self.jobName = jobName
 
-    def setConcurrencyStyle(self, concurrencyStyle: ConcurrencyStyle) -> None:
-        self.concurrency = concurrencyStyle
+    def setConcurrencyStyle(self, concurrencyStyle: Any) -> None:
+        """A ConcurrencyStyle of this package, or RIOS's own ``rios.structures.
+        ConcurrencyStyle`` (read attribute by attribute, so its None for
+        computeWorkerExtraParams and its kinds' names work as they do in RIOS)."""
+        self.concurrency = asConcurrencyStyle(concurrencyStyle)
 
     def setNumThreads(self, numThreads: int) -> None:
         """RIOS's older way of asking for compute threads: numThreads > 1 means
@@ -275,9 +319,6 @@ class ApplierControls:
         self.loggingstream = loggingstream
 
     # -- not supported: explicit, never silently ignored ---------------------------------
-    def setThematic(self, thematicFlag: Any, imagename: str | None = None) -> None:
-        raise NotImplementedError("setThematic is not supported by poolparty_raster")
-
     def setLayerNames(self, layerNames: Any, imagename: str | None = None) -> None:
         raise NotImplementedError("setLayerNames is not supported by poolparty_raster")
 
@@ -291,15 +332,6 @@ class ApplierControls:
             raise NotImplementedError("setAllowOverviewsGdalwarp(True) is not supported by "
                                       "poolparty_raster: inputs are always resampled from "
                                       "their full resolution")
-
-    def setCallBeforeClose(self, func: Any, args: tuple = (), imagename: str | None = None) -> None:
-        raise NotImplementedError("setCallBeforeClose is not supported by poolparty_raster: "
-                                  "outputs are written with rasterio, not GDAL Datasets; "
-                                  "open the output after apply returns")
-
-    def setReferencePixgrid(self, referencePixgrid: Any) -> None:
-        raise NotImplementedError("setReferencePixgrid is not supported by poolparty_raster; "
-                                  "use setReferenceImage")
 
     def setJobManagerType(self, jobMgrType: Any) -> None:
         raise NotImplementedError("setJobManagerType (RIOS 1's job managers) is not supported "

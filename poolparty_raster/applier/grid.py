@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -103,12 +104,12 @@ def referenceName(infiles: FilenameAssociations, controls: ApplierControls) -> s
 
 def computeWorkingGrid(infiles: FilenameAssociations, controls: ApplierControls,
                        infos: dict[str, RasterInfo]) -> WorkingGrid:
-    """The reference image's CRS and pixel grid, over the extent the footprint type gives;
-    ``infos`` (describeRasters) covers the inputs and the reference image."""
+    """The reference's CRS and pixel grid, over the extent the footprint type gives, of the
+    inputs or of the files set with setFilesForExtent; ``infos`` (describeRasters) covers
+    the inputs, the reference image and the extent files."""
     filenames = [filename for _, _, filename in infiles]
-    refname = referenceName(infiles, controls)
-    ref = infos[refname]
-    if controls.referenceImage is None:
+    refname, ref = _reference(infiles, controls, infos)
+    if controls.referenceImage is None and controls.referencePixgrid is None:
         _requireOneGrid(refname, filenames, infos)
     reftransform, refcrs = ref.transform, ref.crs
     if reftransform.b != 0 or reftransform.d != 0 or reftransform.a < 0 or reftransform.e > 0:
@@ -116,10 +117,40 @@ def computeWorkingGrid(infiles: FilenameAssociations, controls: ApplierControls,
     if controls.footprint == BOUNDS_FROM_REFERENCE:
         bounds = ref.bounds
     else:
-        allbounds = [_boundsIn(infos[f], refcrs) for f in filenames]
+        extentFiles = controls.filesForExtent or filenames
+        allbounds = [_boundsIn(infos[f], refcrs) for f in extentFiles]
         pick = (max, max, min, min) if controls.footprint == INTERSECTION else (min, min, max, max)
         bounds = tuple(p(b[i] for b in allbounds) for i, p in enumerate(pick))
     return _snapped(bounds, reftransform, refcrs, outward=controls.footprint != INTERSECTION)
+
+
+def _reference(infiles: FilenameAssociations, controls: ApplierControls,
+               infos: dict[str, RasterInfo]) -> tuple[str, RasterInfo]:
+    """A name for the reference grid (for messages) and its description."""
+    pixgrid = controls.referencePixgrid
+    if pixgrid is None:
+        refname = referenceName(infiles, controls)
+        return refname, infos[refname]
+    return "the reference pixel grid", pixgridInfo(pixgrid)
+
+
+def pixgridInfo(pixgrid: Any) -> RasterInfo:
+    """A RasterInfo for a pixel grid given as RIOS's PixelGridDefn describes one: bounds
+    ``xMin``, ``xMax``, ``yMin``, ``yMax`` and pixel sizes ``xRes``, ``yRes`` (positive) in
+    the units of ``projection`` (WKT, or "" for none)."""
+    try:
+        xMin, xMax, yMin, yMax = (float(getattr(pixgrid, n)) for n in ("xMin", "xMax", "yMin",
+                                                                        "yMax"))
+        xRes, yRes = float(pixgrid.xRes), float(pixgrid.yRes)
+        projection = pixgrid.projection
+    except (AttributeError, TypeError) as exc:
+        raise TypeError("setReferencePixgrid takes a pixel grid with xMin, xMax, yMin, yMax, "
+                        "xRes, yRes and projection (as rios.pixelgrid.PixelGridDefn has): "
+                        f"{exc}") from None
+    crs = CRS.from_user_input(projection) if projection else None
+    width, height = round((xMax - xMin) / xRes), round((yMax - yMin) / yRes)
+    return RasterInfo(Affine(xRes, 0, xMin, 0, -yRes, yMax), crs, width, height,
+                      (xMin, yMin, xMax, yMax), 0, (1, width))
 
 
 def _requireOneGrid(first: str, filenames: list[str], infos: dict[str, RasterInfo]) -> None:

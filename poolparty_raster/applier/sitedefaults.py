@@ -2,10 +2,12 @@
 defaults, read (as RIOS 2 reads them) with RIOS's names and formats, so that a RIOS script
 run at a site that sets them writes the same outputs here.
 
-- ``RIOS_DFLT_DRIVER``: the output driver (RIOS: HFA when unset; here GTiff).
+- ``RIOS_DFLT_DRIVER``: the output driver of every output. Unset, RIOS writes HFA
+  whatever the name; here an output named ``*.img`` is HFA (what users' tools expect of
+  that name, and what RIOS writes), any other GTiff (see ``driverForFilename``).
 - ``RIOS_DFLT_CREOPT_<driver>``: that driver's creation options, space-separated
-  ``KEY=VALUE``; ``RIOS_DFLT_DRIVEROPTIONS`` (RIOS's older variable) gives the default
-  driver's, ``None`` meaning none.
+  ``KEY=VALUE``; ``RIOS_DFLT_DRIVEROPTIONS`` (RIOS's older variable) gives those of
+  RIOS_DFLT_DRIVER (HFA when unset, as in RIOS), ``None`` meaning none.
 - ``RIOS_DFLT_OVERVIEWLEVELS``: comma-separated decimation factors (4,8,...,512).
 - ``RIOS_DFLT_MINOVERLEVELDIM``: the smallest overview side in pixels (128).
 - ``RIOS_DFLT_OVERVIEWAGGTYPE``: the overview resampling where RIOS 2 builds overviews with
@@ -19,6 +21,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 DEFAULT_DRIVER = "GTiff"
+# RIOS's own default driver, which its .img outputs are written with.
+RIOS_DEFAULT_DRIVER = "HFA"
+_DRIVER_OF_EXTENSION = {".img": RIOS_DEFAULT_DRIVER}
 DEFAULT_OVERVIEWLEVELS = (4, 8, 16, 32, 64, 128, 256, 512)
 # RIOS 2's minimum: an overview whose smaller side is below 128 pixels costs a file
 # section and is never worth reading (RIOS 1 used 33).
@@ -29,10 +34,11 @@ _CREOPT_PREFIX = "RIOS_DFLT_CREOPT_"
 
 @dataclass(frozen=True)
 class SiteDefaults:
-    """The defaults an ApplierControls starts from. ``creationOptions`` maps a driver name
-    to the options the site gives for it (absent: this package's own defaults)."""
+    """The defaults an ApplierControls starts from. ``driverName`` is None where the site
+    sets none (each output's name then decides); ``creationOptions`` maps a driver name to
+    the options the site gives for it (absent: this package's own defaults)."""
 
-    driverName: str
+    driverName: str | None
     creationOptions: dict[str, dict[str, str]]
     overviewLevels: tuple[int, ...]
     overviewMinDim: int
@@ -41,11 +47,11 @@ class SiteDefaults:
 
 def siteDefaults(environ: Mapping[str, str] = os.environ) -> SiteDefaults:
     """RIOS's defaults as the environment sets them now."""
-    driverName = environ.get("RIOS_DFLT_DRIVER") or DEFAULT_DRIVER
+    driverName = environ.get("RIOS_DFLT_DRIVER") or None
     creationOptions = {}
     generic = environ.get("RIOS_DFLT_DRIVEROPTIONS")
     if generic is not None:
-        creationOptions[driverName] = optionDict(generic.split())
+        creationOptions[driverName or RIOS_DEFAULT_DRIVER] = optionDict(generic.split())
     for name, value in environ.items():
         if name.startswith(_CREOPT_PREFIX):  # these supersede the generic variable
             creationOptions[name[len(_CREOPT_PREFIX):]] = optionDict(value.split())
@@ -55,6 +61,12 @@ def siteDefaults(environ: Mapping[str, str] = os.environ) -> SiteDefaults:
         DEFAULT_OVERVIEWLEVELS if levels is None else _levels(levels),
         int(environ.get("RIOS_DFLT_MINOVERLEVELDIM", DEFAULT_MINOVERVIEWDIM)),
         environ.get("RIOS_DFLT_OVERVIEWAGGTYPE") or DEFAULT_OVERVIEWAGGTYPE)
+
+
+def driverForFilename(filename: str) -> str:
+    """The driver of an output for which neither the script nor the site names one: HFA
+    for ``.img`` (any case), else GTiff."""
+    return _DRIVER_OF_EXTENSION.get(os.path.splitext(filename)[1].lower(), DEFAULT_DRIVER)
 
 
 def optionDict(options: list[str] | tuple[str, ...]) -> dict[str, str]:

@@ -1,17 +1,19 @@
 """Band statistics gathered block by block where the blocks are computed (in the workers),
-merged on the driver, and written as RIOS writes them, so no second pass over the output
-is needed."""
+merged on the driver, and written as RIOS writes them: the basic statistics and integer
+bands' histograms need no second pass over the output (float bands' histograms do, as in
+RIOS: their bins depend on the final minimum and maximum)."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
-# RIOS's histogram: 'direct' (one bin per value) while the value range fits in this many
-# bins, else 'linear' with this many bins.
-MAX_LINEAR_BINS = 256
-# Integer counts are kept per value (RIOS's single-pass method). A band whose values span
-# more than this gets no histogram (RIOS would allocate the whole range): 2 MiB of counts.
+from poolparty_raster.applier.histogram import (HistogramPlan, histogramFromCounts,
+                                                planHistogram)
+
+# Integer counts are kept per value (RIOS's single-pass method) while a band's values span
+# at most this (2 MiB of counts travel with each task's result); a wider band's histogram
+# is counted by a second pass over the output instead.
 MAX_DIRECT_RANGE = 1 << 18
 
 
@@ -102,61 +104,31 @@ class BandStats:
         if other.count:
             self._combine(other.count, other.mean, other.m2, other.minimum, other.maximum)
 
-    def gdalMetadata(self, dtype: np.dtype, basic: bool = True,
-                     histogram: bool = True) -> dict[str, str]:
-        """The band metadata RIOS writes: with ``basic``, STATISTICS_MINIMUM/MAXIMUM/MEAN/
-        STDDEV (population standard deviation, as GDAL's), STATISTICS_SKIPFACTORX/Y and
-        STATISTICS_EXCLUDEDVALUES; with ``histogram``, for integer bands, the histogram
-        (STATISTICS_HISTOBINVALUES/HISTOMIN/HISTOMAX/HISTONUMBINS/HISTOBINFUNCTION) with
-        STATISTICS_MEDIAN and STATISTICS_MODE. Empty if every pixel was ignored."""
+    def basicTags(self) -> dict[str, str]:
+        """STATISTICS_MINIMUM/MAXIMUM/MEAN/STDDEV (population standard deviation, as
+        GDAL's), STATISTICS_SKIPFACTORX/Y and STATISTICS_EXCLUDEDVALUES, as RIOS writes
+        them; empty if every pixel was ignored."""
         if self.count == 0:
             return {}
-        tags = {}
-        if basic:
-            tags = {"STATISTICS_MINIMUM": repr(self.minimum),
-                    "STATISTICS_MAXIMUM": repr(self.maximum), "STATISTICS_MEAN": repr(self.mean),
-                    "STATISTICS_STDDEV": repr(math.sqrt(self.m2 / self.count)),
-                    "STATISTICS_SKIPFACTORX": "1", "STATISTICS_SKIPFACTORY": "1"}
-            if self.ignore is not None:
-                tags["STATISTICS_EXCLUDEDVALUES"] = repr(self.ignore)
-        if histogram and self.counts is not None and np.dtype(dtype).kind in "iu":
-            tags.update(_histogramTags(np.dtype(dtype), self.histStart, self.counts))
+        tags = {"STATISTICS_MINIMUM": repr(self.minimum),
+                "STATISTICS_MAXIMUM": repr(self.maximum), "STATISTICS_MEAN": repr(self.mean),
+                "STATISTICS_STDDEV": repr(math.sqrt(self.m2 / self.count)),
+                "STATISTICS_SKIPFACTORX": "1", "STATISTICS_SKIPFACTORY": "1"}
+        if self.ignore is not None:
+            tags["STATISTICS_EXCLUDEDVALUES"] = repr(self.ignore)
         return tags
 
+    def histogramPlan(self, dtype: np.dtype, thematic: bool) -> HistogramPlan | None:
+        """The band's histogram bins (histogram.py); None where RIOS writes no histogram:
+        no pixel counted, or an infinite minimum or maximum."""
+        if self.count == 0 or not (math.isfinite(self.minimum) and math.isfinite(self.maximum)):
+            return None
+        return planHistogram(dtype, thematic, self.minimum, self.maximum)
 
-def _histogramTags(dtype: np.dtype, start: int, counts: np.ndarray) -> dict[str, str]:
-    """RIOS's HistogramParams and writeHistogram for an integer band."""
-    nonzero = np.flatnonzero(counts)
-    minval, maxval = start + int(nonzero[0]), start + int(nonzero[-1])
-    counts = counts[nonzero[0]:nonzero[-1] + 1]
-    if dtype == np.uint8:
-        # RIOS: one bin per value from 0, whatever the minimum.
-        hist = np.zeros(maxval + 1, np.int64)
-        hist[minval:] = counts
-        lo, hi, step, function = 0, maxval, 1.0, "direct"
-    elif maxval - minval + 1 <= MAX_LINEAR_BINS:
-        hist, lo, hi, step, function = counts, minval, maxval, 1.0, "direct"
-    else:
-        lo, hi, function = minval, maxval, "linear"
-        step = (hi - lo) / MAX_LINEAR_BINS
-        hist = _linearFromDirect(MAX_LINEAR_BINS, step, counts)
-    middle = hist.sum() / 2
-    medianBin = int(np.flatnonzero(np.cumsum(hist) >= middle)[0])
-    modeBin = int(np.argmax(hist))
-    return {"STATISTICS_HISTOBINVALUES": "|".join(map(str, hist.tolist())) + "|",
-            "STATISTICS_HISTOMIN": repr(lo), "STATISTICS_HISTOMAX": repr(hi),
-            "STATISTICS_HISTONUMBINS": repr(len(hist)),
-            "STATISTICS_HISTOBINFUNCTION": function,
-            "STATISTICS_MEDIAN": repr(int(round(medianBin * step + lo))),
-            "STATISTICS_MODE": repr(int(round(modeBin * step + lo)))}
-
-
-def _linearFromDirect(numBins: int, step: float, counts: np.ndarray) -> np.ndarray:
-    """RIOS's linearHistFromDirect: each new bin sums the direct bins it starts in."""
-    out = np.zeros(numBins, np.int64)
-    upper = 0.0
-    for i in range(numBins):
-        lower, upper = upper, (i + 1) * step
-        j1, j2 = int(lower), int(upper) + (1 if i + 1 == numBins else 0)
-        out[i] = counts[j1:j2].sum()
-    return out
+    def countedHistogram(self, plan: HistogramPlan) -> np.ndarray | None:
+        """The plan's bins from the per-value counts gathered with the blocks; None where
+        there are none (float bands, integer bands of too wide a range): those take a
+        second pass over the output (histogram.BinCounter)."""
+        if self.counts is None:
+            return None
+        return histogramFromCounts(plan, self.histStart, self.counts)

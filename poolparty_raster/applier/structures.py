@@ -165,10 +165,36 @@ def _quantile(values: list[float], fraction: float) -> float:
     return values[low] + (values[high] - values[low]) * (position - low)
 
 
+class SinglePassReport:
+    """Which outputs' pyramids, basic statistics and histograms were made as the blocks were
+    written, without a second pass over the output, in the terms of RIOS's
+    ``ApplierReturn.singlePassMgr`` (keyed by output name): basic statistics always are;
+    integer histograms are unless a band's range was too wide to count per value; float
+    histograms never are (their bins need the final minimum and maximum, as in RIOS);
+    pyramids are where ``directPyramidsSupported`` and the aggregation type is NEAREST."""
+
+    def __init__(self) -> None:
+        self.directPyramidsSupported: dict[str, bool] = {}
+        self.pyramids: dict[str, bool] = {}
+        self.basicStats: dict[str, bool] = {}
+        self.histogram: dict[str, bool] = {}
+
+    def doSinglePassPyramids(self, symbolicName: str) -> bool:
+        return self.pyramids.get(symbolicName, False)
+
+    def doSinglePassStatistics(self, symbolicName: str) -> bool:
+        return self.basicStats.get(symbolicName, False)
+
+    def doSinglePassHistogram(self, symbolicName: str) -> bool:
+        return self.histogram.get(symbolicName, False)
+
+
 @dataclass
 class ApplierReturn:
-    """What ``apply`` returns: ``timings`` and one otherArgs copy per task, in task order
-    (a single entry, the caller's own object, when run serially in-process)."""
+    """What ``apply`` returns: ``timings``, one otherArgs copy per task, in task order
+    (a single entry, the caller's own object, when run serially in-process), and
+    ``singlePassMgr``, what was computed as the blocks were written."""
 
     timings: Timers = field(default_factory=Timers)
     otherArgsList: list[Any] = field(default_factory=list)
+    singlePassMgr: SinglePassReport = field(default_factory=SinglePassReport)

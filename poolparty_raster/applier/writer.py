@@ -20,9 +20,15 @@ from rasterio.windows import Window
 
 from poolparty_raster.applier.controls import ApplierControls
 from poolparty_raster.applier.gdalcache import CacheCap, outputCacheBytes
+from poolparty_raster.applier.finishing import callWithGdalDataset, writeSecondPassHistograms
 from poolparty_raster.applier.grid import WorkingGrid
+from poolparty_raster.applier.histogram import HistogramPlan, histogramTags
+from poolparty_raster.applier.pyramids import (DIRECT_PYRAMID_DRIVERS, CentredOverviews,
+                                               centredPyramidsWanted, overviewLevels)
+from poolparty_raster.applier.sitedefaults import driverForFilename
 from poolparty_raster.applier.stats import BandStats
-from poolparty_raster.applier.structures import ApplierBlockDefn, FilenameAssociations, Timers
+from poolparty_raster.applier.structures import (ApplierBlockDefn, FilenameAssociations,
+                                                 SinglePassReport, Timers)
 
 # GTiff tiles must be multiples of 16 pixels; other window sizes fall back to this.
 _FALLBACK_TILE = 256
@@ -33,12 +39,16 @@ TEMP_MARK = "poolparty_raster-partial"
 # describe the old data).
 _APPENDED_SIDECARS = (".aux.xml", ".ovr", ".ovr.aux.xml", ".msk", ".msk.aux.xml", ".aux")
 _FALSE = ("NO", "FALSE", "OFF", "0")
+_HFA_OPTIONS = {"COMPRESSED": "YES", "IGNOREUTM": "YES"}
 
 
 def defaultCreationOptions(driver: str, dtype: np.dtype, windowxsize: int,
                            windowysize: int) -> dict[str, str]:
-    """Tiled (tiles = blocks, so each block write fills whole tiles), DEFLATE with the
-    predictor suited to the dtype, BigTIFF when needed, all cores compressing."""
+    """GTiff: tiled (tiles = blocks, so each block write fills whole tiles), DEFLATE with
+    the predictor suited to the dtype, BigTIFF when needed, all cores compressing. HFA:
+    RIOS's (compressed; IGNOREUTM keeps a transverse Mercator projection as given)."""
+    if driver == "HFA":
+        return dict(_HFA_OPTIONS)
     if driver != "GTiff":
         return {}
     options = {**_structuralOptions(windowxsize, windowysize), "COMPRESS": "DEFLATE"}
@@ -82,13 +92,19 @@ class OutputFile:
         self.grid = grid
         self.controls = controls
         option = lambda key: controls.getOptionForImagename(key, name)  # noqa: E731
-        self.driver = option("driverName")
+        self.driver = option("driverName") or driverForFilename(self.filename)
         self.statsIgnore = option("statsIgnore")
         self.basicStats = not option("omitBasicStats")
         self.histogram = not option("omitHistogram")
         # Whether the workers gather statistics for this output at all.
         self.calcStats = self.basicStats or self.histogram
         self.buildPyramids = not option("omitPyramids")
+        self.thematic = option("thematic")
+        self.callBeforeClose = option("callBeforeClose")
+        gdalDriver = "GTiff" if self.driver == "COG" else self.driver
+        self.centredPyramids = self.buildPyramids and centredPyramidsWanted(
+            gdalDriver, controls.overviewAggTypeFor(name), option("singlePassPyramids"))
+        self.overviews: CentredOverviews | None = None
         directory, base = os.path.split(self.filename)
         stem, ext = os.path.splitext(base)
         self._finalStem = os.path.join(directory, stem)
@@ -110,6 +126,8 @@ class OutputFile:
             array = array.astype(self.dtype)
         self.ds.write(array, window=Window(blockDefn.left, blockDefn.top,
                                            blockDefn.ncols, blockDefn.nrows))
+        if self.overviews is not None:
+            self.overviews.add(blockDefn, array)
 
     def addStats(self, bands: list[BandStats]) -> None:
         """Merge one task's statistics of this output."""
@@ -135,25 +153,73 @@ class OutputFile:
             height=self.grid.height, count=array.shape[0], dtype=dtype, crs=self.grid.crs,
             transform=self.grid.transform, nodata=_nodataFor(self.statsIgnore, dtype),
             **options)
+        if self.thematic:
+            for bandNum in range(1, self._count + 1):
+                self.ds.update_tags(bandNum, LAYER_TYPE="thematic")
+        if self.centredPyramids:
+            levels = self._levels()
+            if levels:
+                CentredOverviews.createLevels(self.ds, levels)
+                self.overviews = CentredOverviews(levels, self._count, self.grid.width,
+                                                  self.grid.height, dtype,
+                                                  os.path.dirname(self._tmpName))
 
     def finish(self, timings: Timers) -> None:
-        """Phase one: overviews, statistics, close, COG conversion; nothing renamed yet."""
+        """Phase one: overviews, statistics, the user's callback, close, COG conversion;
+        nothing renamed yet."""
         if self.ds is None:
             raise ValueError(f"output {self.name}: the user function wrote no blocks")
-        if self.buildPyramids:
+        if self.buildPyramids and not self.centredPyramids:
             with timings.interval("pyramids"):
-                self._buildOverviews()
+                self._buildGdalOverviews()
+        secondPass = []
         if self.calcStats:
             with timings.interval("basicstats"):
-                for bandNum, bandStats in enumerate(self.stats, start=1):
-                    tags = bandStats.gdalMetadata(self.dtype, self.basicStats, self.histogram)
-                    if tags:
-                        self.ds.update_tags(bandNum, **tags)
+                secondPass = self._writeGatheredStats()
         with timings.interval("closing"):
             self.ds.close()
+        if secondPass:
+            with timings.interval("histogram"):
+                writeSecondPassHistograms(self._tmpName, secondPass, self.statsIgnore,
+                                          self.dtype)
+        if self.overviews is not None:
+            with timings.interval("pyramids"):
+                self.overviews.write(self._tmpName)
+                self.overviews.close()
+        if self.callBeforeClose is not None:
+            with timings.interval("beforeclose"):
+                callWithGdalDataset(self._tmpName, *self.callBeforeClose)
         if self.driver == "COG":
             with timings.interval("cog"):
                 self._toCog()
+
+    def _writeGatheredStats(self) -> list[tuple[int, HistogramPlan]]:
+        """Tags of what the blocks gave; returns the bands whose histogram needs a second
+        pass over the output (float bands, integer bands of too wide a range)."""
+        secondPass = []
+        for bandNum, bandStats in enumerate(self.stats, start=1):
+            tags = bandStats.basicTags() if self.basicStats else {}
+            plan = bandStats.histogramPlan(self.dtype, self.thematic) if self.histogram else None
+            if plan is not None:
+                hist = bandStats.countedHistogram(plan)
+                if hist is None:
+                    secondPass.append((bandNum, plan))
+                else:
+                    tags.update(histogramTags(plan, hist, self.dtype))
+            if tags:
+                self.ds.update_tags(bandNum, **tags)
+        return secondPass
+
+    def report(self, singlePass: SinglePassReport) -> None:
+        """Say what was made as the blocks were written (ApplierReturn.singlePassMgr)."""
+        gdalDriver = "GTiff" if self.driver == "COG" else self.driver
+        singlePass.directPyramidsSupported[self.name] = gdalDriver in DIRECT_PYRAMID_DRIVERS
+        singlePass.pyramids[self.name] = self.centredPyramids
+        singlePass.basicStats[self.name] = self.basicStats
+        singlePass.histogram[self.name] = (self.histogram and self.dtype is not None
+                                           and self.dtype.kind in "iu"
+                                           and all(b.counts is not None or b.count == 0
+                                                   for b in self.stats))
 
     def commit(self) -> None:
         """Phase two: replace the destination's whole family. The old sidecars go first
@@ -167,11 +233,15 @@ class OutputFile:
         for path in sorted(newFamily, key=lambda p: p != self._tmpName):
             os.replace(path, self._finalStem + path[len(self._tmpStem):])
 
-    def _buildOverviews(self) -> None:
-        """RIOS's rule: each level whose decimated smaller side still exceeds the minimum."""
+    def _levels(self) -> list[int]:
         option = lambda key: self.controls.getOptionForImagename(key, self.name)  # noqa: E731
-        smaller = min(self.grid.width, self.grid.height)
-        levels = [lv for lv in option("overviewLevels") if smaller // lv > option("overviewMinDim")]
+        return overviewLevels(option("overviewLevels"), option("overviewMinDim"),
+                              self.grid.width, self.grid.height)
+
+    def _buildGdalOverviews(self) -> None:
+        """GDAL's overviews after the last block, where RIOS leaves them to GDAL too
+        (setSinglePassPyramids(False), an aggregation type other than NEAREST)."""
+        levels = self._levels()
         if levels:
             aggType = self.controls.overviewAggTypeFor(self.name)
             self.ds.build_overviews(levels, Resampling[_overviewResampling(aggType)])
@@ -199,6 +269,8 @@ class OutputFile:
         if self.ds is not None and not self.ds.closed:
             with contextlib.suppress(Exception):
                 self.ds.close()
+        if self.overviews is not None:
+            self.overviews.close()
         _removeFamily(self._tmpStem)
 
 

@@ -51,13 +51,11 @@ def test_single_pass_setters_are_accepted_and_change_nothing(tmp_path, setter, v
     assert overviews == baseline[2] == [4]
 
 
-def test_overviews_in_resampling_and_call_before_close_are_refused():
+def test_overviews_in_resampling_are_refused():
     controls = applier.ApplierControls()
     controls.setAllowOverviewsGdalwarp(False)  # what the warper does here anyway
     with pytest.raises(NotImplementedError, match="setAllowOverviewsGdalwarp"):
         controls.setAllowOverviewsGdalwarp(True)
-    with pytest.raises(NotImplementedError, match="setCallBeforeClose"):
-        controls.setCallBeforeClose(print, ())
 
 
 @pytest.mark.parametrize("omit, absent, present", [
