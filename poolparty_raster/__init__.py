@@ -16,7 +16,7 @@ from poolparty_raster.registry import BACKENDS
 _EXPORTS = {
     **{name: backend.pool_module.removeprefix("poolparty_raster.")
        for backend in BACKENDS for name in backend.pool_classes},
-    "SerialPool": "serial", "applier": "applier",
+    "SerialPool": "serial", "PoolExecutor": "executor", "applier": "applier",
     "PoolPartyError": "errors", "RemoteTaskError": "errors", "RemoteTraceback": "errors",
     "SchedulerError": "errors", "SchedulerUnavailableError": "errors",
     "SchedulerOutputError": "errors", "SubmissionRefused": "errors", "TaskLostError": "errors",

@@ -17,6 +17,7 @@ from poolparty_raster.errors import UnsafeWorkDirError as UnsafeWorkDirError
 from poolparty_raster.errors import WorkDirBusyError as WorkDirBusyError
 from poolparty_raster.errors import WorkDirFullError as WorkDirFullError
 from poolparty_raster.errors import WorkDirMismatchError as WorkDirMismatchError
+from poolparty_raster.executor import PoolExecutor as PoolExecutor
 from poolparty_raster.serial import SerialPool as SerialPool
 
 __version__: str

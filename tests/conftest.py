@@ -194,12 +194,15 @@ FRONT_BACKENDS = ["serial", "local", "local_workers", "dummy_slurm_array", "dumm
 
 def pytest_generate_tests(metafunc):
     if "backend" in metafunc.fixturenames:
+        chosen = metafunc.definition.get_closest_marker("backends")
         front = metafunc.definition.get_closest_marker("front") is not None
-        metafunc.parametrize("backend", FRONT_BACKENDS if front else list(BACKENDS))
+        names = chosen.args[0] if chosen else FRONT_BACKENDS if front else list(BACKENDS)
+        metafunc.parametrize("backend", names)
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "front: a test of the pool's front, run on FRONT_BACKENDS")
+    config.addinivalue_line("markers", "backends(names): run on these BACKENDS only")
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sized
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import cloudpickle
 
@@ -21,6 +21,9 @@ from poolparty_raster.pools.options import check_names, help_text, pool_options
 from poolparty_raster.pools.options import signature as options_signature
 from poolparty_raster.schedulers.base import Scheduler
 from poolparty_raster.settings import MapSettings
+
+if TYPE_CHECKING:
+    from poolparty_raster.executor import PoolExecutor
 
 
 class StarCall:
@@ -103,6 +106,13 @@ class Pool:
         # imap results not read to their end: terminate() cancels their maps, which would
         # otherwise run on until their iterator is read or dropped.
         self._iterators: weakref.WeakSet[ResultIterator | LazyResults] = weakref.WeakSet()
+
+    def executor(self, **options: Any) -> PoolExecutor:
+        """A ``concurrent.futures.Executor`` on this pool: calls submitted together run as one
+        map. Options as for :class:`~poolparty_raster.PoolExecutor` (``linger``, seconds;
+        ``chunksize``)."""
+        from poolparty_raster.executor import PoolExecutor
+        return PoolExecutor(self, **options)
 
     @property
     def parallelism(self) -> int:

@@ -1,0 +1,322 @@
+"""``concurrent.futures`` on any pool of this package: :class:`PoolExecutor`.
+
+A cluster job costs a submission, a queue wait and an interpreter start, so a future is never a
+job of its own: submissions are collected into batches, and each batch runs as one map of the
+pool (one array, or one set of workers) in a thread of its own, which sets each future as the
+outcome of its task's chunk is read. A batch is sent once its first submission has waited
+``linger`` seconds (so a loop of submit calls becomes one map), or at the end of the outermost
+``with executor.batch():``, or at ``shutdown``. Until then a future is pending and can be
+cancelled; once sent it is running (``Future.running()``), as in the standard library.
+
+This module is also what the map's tasks import on the nodes (``call_task``): it imports
+nothing of the driver's machinery at module level.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from poolparty_raster.outcome import ChunkOutcome
+    from poolparty_raster.pools.base import Pool
+
+# Seconds a batch's first submission waits for others to join it: a loop of a thousand submit
+# calls takes a few milliseconds, and a map's own start costs more than this on any pool.
+LINGER = 0.05
+
+
+def call_task(task: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]) -> Any:
+    """One submitted call, as a task of a batch of several functions' calls. The function
+    travels with each task: a chunk is pickled as one list, so a function shared by its
+    tasks is stored once a chunk, and a chunk loads only its own tasks' functions."""
+    fn, args, kwargs = task
+    return fn(*args, **kwargs)
+
+
+class CallWith:
+    """``fn(*args, **kwargs)`` for each task ``(args, kwargs)``: a batch of calls of one
+    function stores it once, as the map's function."""
+
+    def __init__(self, fn: Callable[..., Any]):
+        self.fn = fn
+
+    def __call__(self, task: tuple[tuple[Any, ...], dict[str, Any]]) -> Any:
+        args, kwargs = task
+        return self.fn(*args, **kwargs)
+
+
+class _BatchedFuture(Future):
+    """A Future that sends its pending batch at once when its caller waits on it with
+    ``result()`` or ``exception()``: that thread submits nothing more while it waits, so the
+    batch need not linger (nor hang, inside ``batch()``). ``wait`` and ``as_completed`` do
+    not call these: there the batch is sent after ``linger``."""
+
+    def __init__(self, send_pending: Callable[[], None]):
+        super().__init__()
+        self._send_pending = send_pending
+
+    def result(self, timeout: float | None = None) -> Any:
+        self._send_if_pending()
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._send_if_pending()
+        return super().exception(timeout)
+
+    def _send_if_pending(self) -> None:
+        if not (self.running() or self.done()):
+            self._send_pending()
+
+
+class _WorkItem:
+    """A submitted call and its future, until its batch is sent."""
+
+    __slots__ = ("future", "fn", "args", "kwargs")
+
+    def __init__(self, future: Future, fn: Callable[..., Any], args: tuple[Any, ...],
+                 kwargs: dict[str, Any]):
+        self.future, self.fn, self.args, self.kwargs = future, fn, args, kwargs
+
+    def task(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        return self.fn, self.args, self.kwargs
+
+
+class PoolExecutor(Executor):
+    """A ``concurrent.futures.Executor`` whose calls run as batched maps of ``pool``.
+
+    ``linger``: seconds a batch's first submission waits for more to join it (default 0.05).
+    ``chunksize``: tasks per chunk (per array element) of the batches' maps; None (default)
+    chunks as ``pool.map`` does, four chunks per slot of the pool. A future's result is set
+    when its chunk's outcome is read, so one chunk's futures finish together.
+
+    The executor never closes or terminates the pool; give the pool no ``work_dir`` (each
+    batch is a map of its own, in a work_dir of its own).
+    """
+
+    def __init__(self, pool: Pool, *, linger: float = LINGER, chunksize: int | None = None):
+        if linger < 0:
+            raise ValueError(f"linger must be >= 0 seconds, not {linger}")
+        if chunksize is not None and chunksize < 1:
+            raise ValueError(f"chunksize must be at least 1, not {chunksize}")
+        self.pool = pool
+        self._linger = linger
+        self._chunksize = chunksize
+        self._cv = threading.Condition(threading.RLock())  # _send_pending nests in it
+        self._pending: list[_WorkItem] = []   # submitted, not yet sent
+        self._first_pending_at = 0.0          # when the oldest pending submission arrived
+        self._collector_running = False       # a thread lingers on the pending submissions
+        self._holds = 0                       # open ``batch()`` blocks
+        self._flush = False                   # send the pending submissions now
+        self._shutdown = False
+        self._threads: set[threading.Thread] = set()
+
+    # -- submitting ---------------------------------------------------------------------
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        """Schedule ``fn(*args, **kwargs)``; a Future for its value. It joins the batch being
+        collected (sent ``linger`` seconds after that batch's first submission)."""
+        future = _BatchedFuture(self._send_pending)
+        with self._cv:
+            self._check_open()
+            if not self._pending:
+                self._first_pending_at = time.monotonic()
+            self._pending.append(_WorkItem(future, fn, args, kwargs))
+            if not self._collector_running:
+                self._collector_running = True
+                self._start_thread(self._collect, "poolparty-executor-batch")
+        return future
+
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
+            chunksize: int | None = None) -> Iterator[Any]:
+        """Like ``map(fn, *iterables)``, the calls sent at once as one map of the pool.
+
+        Results come in input order; a call's exception is raised at its place. ``timeout``
+        (seconds, counted from this call) raises TimeoutError when a result is not ready in
+        time. ``chunksize``: tasks per chunk (None: the executor's, else the pool's default).
+        Closing the iterator early cancels the calls still pending (none, once sent)."""
+        if chunksize is not None and chunksize < 1:
+            raise ValueError(f"chunksize must be at least 1, not {chunksize}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        items = [_WorkItem(Future(), fn, args, {}) for args in zip(*iterables)]
+        futures = [item.future for item in items]
+        with self._cv:
+            self._check_open()
+            if items:
+                self._start_thread(functools.partial(self._run, items, chunksize or self._chunksize),
+                                   "poolparty-executor-map")
+        return _results_in_order(futures, deadline)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[PoolExecutor]:
+        """Hold every submission (of any thread) until the outermost ``batch()`` exits, then
+        send them as one map. Waiting on a pending future's ``result()`` sends them at once
+        (a future cannot finish unsent); ``wait`` and ``as_completed`` inside would hang."""
+        with self._cv:
+            self._holds += 1
+        try:
+            yield self
+        finally:
+            with self._cv:
+                self._holds -= 1
+                if self._holds == 0:
+                    self._send_pending()
+
+    # -- shutting down ------------------------------------------------------------------
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """No more submissions (RuntimeError after this). Pending calls are sent now, or
+        cancelled with ``cancel_futures``; calls already sent always run to their end.
+        ``wait``: return once every sent call has finished."""
+        with self._cv:
+            self._shutdown = True
+            if cancel_futures:
+                for item in self._pending:
+                    item.future.cancel()
+                self._pending = []
+            self._cv.notify_all()
+            threads = list(self._threads)
+        if wait:
+            for thread in threads:
+                thread.join()
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        # Ctrl-C (or SystemExit) in the block: nothing more is sent and nothing is waited
+        # for; maps already sent end when the pool is terminated (``with pool:`` does).
+        interrupted = exc_type is not None and not issubclass(exc_type, Exception)
+        self.shutdown(wait=not interrupted, cancel_futures=interrupted)
+        return False
+
+    # -- inside --------------------------------------------------------------------------
+    def _send_pending(self) -> None:
+        with self._cv:
+            if self._pending:
+                self._flush = True
+                self._cv.notify_all()
+
+    def _check_open(self) -> None:
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+
+    def _start_thread(self, target: Callable[[], None], name: str) -> None:
+        """A thread that the interpreter waits for at exit (not a daemon): a submitted call
+        runs to its end, as with the standard library's executors. Called under ``_cv``."""
+        def run() -> None:
+            try:
+                target()
+            finally:
+                with self._cv:
+                    self._threads.discard(threading.current_thread())
+        thread = threading.Thread(target=run, name=name)
+        self._threads.add(thread)
+        thread.start()
+
+    def _ready_to_send(self) -> bool:
+        if self._shutdown or self._flush:
+            return True
+        return self._holds == 0 and time.monotonic() >= self._first_pending_at + self._linger
+
+    def _collect(self) -> None:
+        """Linger on the pending submissions, then send them as one map from this thread."""
+        with self._cv:
+            while not self._ready_to_send():
+                wait = None if self._holds else self._first_pending_at + self._linger - time.monotonic()
+                self._cv.wait(wait)
+            items, self._pending = self._pending, []
+            self._collector_running = False
+            self._flush = False
+        self._run(items, self._chunksize)
+
+    def _run(self, items: list[_WorkItem], chunksize: int | None) -> None:
+        """Send the calls not cancelled as one map and set each future from its outcome."""
+        live = [item for item in items if item.future.set_running_or_notify_cancel()]
+        items.clear()
+        if live:
+            _run_map(self.pool, live, chunksize)
+
+
+def _run_map(pool: Pool, items: list[_WorkItem], chunksize: int | None) -> None:
+    futures: list[Future | None] = [item.future for item in items]
+    try:
+        # The pool's own map machinery (what pool.map uses): per-task outcomes, with each
+        # task's exception and remote traceback, in the order chunks finish.
+        handle = pool._start(*_as_map(items), chunksize)
+    except BaseException as exc:
+        retry = _fail_unpicklable(items)
+        if retry is not None:
+            _run_map(pool, retry, chunksize)
+            return
+        _fail_all(futures, exc)
+        if not isinstance(exc, Exception):
+            raise
+        return
+    items.clear()  # the calls are in the work_dir now: the driver holds no argument any longer
+    try:
+        for outcome in handle.completed():
+            _settle(futures, outcome)
+            del outcome  # no result stays referenced here while the next chunk runs
+    except BaseException as exc:  # the map failed (a task lost, the pool terminated)
+        _fail_all(futures, exc)
+        if not isinstance(exc, Exception):
+            raise
+
+
+def _as_map(items: list[_WorkItem]) -> tuple[Callable[[Any], Any], list[Any]]:
+    """The map's function and tasks for a batch of calls."""
+    fn = items[0].fn
+    if all(item.fn is fn for item in items):
+        return CallWith(fn), [(item.args, item.kwargs) for item in items]
+    return call_task, [item.task() for item in items]
+
+
+def _settle(futures: list[Future | None], outcome: ChunkOutcome) -> None:
+    """Set the futures of one chunk's tasks (and forget them: the caller holds them)."""
+    for offset, value in enumerate(outcome.values):
+        index = outcome.first_index + offset
+        future, futures[index] = futures[index], None
+        error = outcome.errors.get(index)
+        if error is None:
+            future.set_result(value)
+        else:
+            future.set_exception(error)
+
+
+def _fail_unpicklable(items: list[_WorkItem]) -> list[_WorkItem] | None:
+    """When a map could not be made, an unpicklable call fails its own future only, as in
+    ProcessPoolExecutor: those calls' futures get their pickling error, and the others are
+    returned to be sent again. None when every call pickles (the map failed for another
+    reason)."""
+    import cloudpickle  # not on the nodes' import path of call_task
+
+    kept: list[_WorkItem] = []
+    for item in items:
+        try:
+            cloudpickle.dumps(item.task())
+        except Exception as exc:
+            item.future.set_exception(exc)
+        else:
+            kept.append(item)
+    if len(kept) == len(items):
+        return None
+    return kept or None
+
+
+def _fail_all(futures: list[Future | None], exc: BaseException) -> None:
+    for future in futures:
+        if future is not None and not future.done():
+            future.set_exception(exc)
+
+
+def _results_in_order(futures: list[Future], deadline: float | None) -> Iterator[Any]:
+    """Each future's result in turn, holding none once yielded; closed early, it cancels the
+    futures not yet read (those still pending)."""
+    futures.reverse()
+    try:
+        while futures:
+            timeout = None if deadline is None else deadline - time.monotonic()
+            yield futures.pop().result(timeout)
+    finally:
+        for future in futures:
+            future.cancel()
