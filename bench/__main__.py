@@ -1,7 +1,7 @@
 """``python -m bench [suites...] [--quick]``: measure the pools and the applier against their
 references, print the table, and (unless --quick) write it to docs/benchmarks.md with the
-machine it ran on. Suites: pools, workers, slurm, sge, applier, memory, million, executor
-(default: all; ``python -m bench.million N`` runs million at any N)."""
+machine it ran on. Suites: pools, workers, slurm, sge, applier, memory, million, executor,
+filesystems (default: all; ``python -m bench.million N`` runs million at any N)."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from bench import applier, cluster, executor, memory, million, pools, workers
+from bench import applier, cluster, executor, filesystems, memory, million, pools, workers
 from bench.common import ROOT, Row
 
 SUITES: dict[str, Callable[[bool], list[Row]]] = {
@@ -23,6 +23,7 @@ SUITES: dict[str, Callable[[bool], list[Row]]] = {
     "memory": memory.rows,
     "million": million.rows,
     "executor": executor.rows,
+    "filesystems": filesystems.rows,
 }
 
 

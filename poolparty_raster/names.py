@@ -15,12 +15,13 @@ RESULT_LOG_PREFIX = "results."  # a worker's result log (resultlog.py)
 
 
 MARK_NAME = "poolparty_raster.mark"  # ownership.py: what makes a directory a work_dir of ours
+FEATURES_PROBE_NAME = "features.probe"  # fsfeatures.py's temporary files are named after it
 # The work_dir's files of fixed name (workdir.py), its claims directory (claims.py) and the
 # name TasksWriter's temporary file starts with.
 FIXED_NAMES = frozenset({
     MARK_NAME, "manifest.json", "tasks.zip", "script.py", "log.jsonl", "jobs.jsonl",
     "scheduler.log", "driver.lock", "claims", "tasks.results.zip", "tasks.exceptions.zip",
-    "tasks.stdout.zip", "tasks.stderr.zip", "space.probe"})
+    "tasks.stdout.zip", "tasks.stderr.zip", "space.probe", FEATURES_PROBE_NAME})
 # Files only the driver writes (it holds driver.lock meanwhile): a temporary file of one of
 # these is a killed driver's leftover, which the next driver removes.
 DRIVER_WRITTEN = frozenset({"manifest.json", "tasks", "jobs.jsonl", "tasks.results.zip",

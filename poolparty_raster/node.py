@@ -143,7 +143,10 @@ class Captures:
         sys.stdout.flush()
         sys.stderr.flush()
         for fd, stream in ((1, "stdout"), (2, "stderr")):
-            if os.fstat(fd).st_size:
+            # The capture is opened O_APPEND and shared only by this process and its children:
+            # its offset is its size, known to the kernel here, where an fstat asks a
+            # networked filesystem's server (or a cache that may be stale).
+            if os.lseek(fd, 0, os.SEEK_CUR):
                 null = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(null, fd)
                 os.close(null)

@@ -1,7 +1,8 @@
 """Result logs: how a long-lived worker (workers mode) stores its chunks' results cheaply.
 
 A worker appends each result, as one framed record, to its own log in the work_dir
-(``results.<host>-<pid>-<ns>``), closes the file, and only then makes the chunk's result name
+(``results.<host>-<pid>-<ns>``, held open), closes a duplicate of its descriptor (which
+flushes it, as closing the file would), and only then makes the chunk's result name
 (``chunk-NNNNNN.result``) a hard link to the log. The link is the commit, as the rename of a
 result file is elsewhere: exactly one process makes a name, also on NFS, the record is
 complete and (closing the file flushed it to an NFS server) readable before the name exists,
@@ -24,7 +25,6 @@ ends; the driver removes the names that killed workers left when the map ends.
 """
 from __future__ import annotations
 
-import errno
 import os
 import struct
 import zlib
@@ -62,6 +62,7 @@ class ResultLog:
         self.path: str | None = None
         self.records = 0
         self.size = 0  # bytes in the log: this worker alone appends to it
+        self._fd = -1  # the log's, held open while it takes records
         self.hard_links = True  # False: this filesystem has none; the caller writes files
 
     def publish(self, destination: str, chunk: int, payload: bytes) -> bool:
@@ -76,6 +77,11 @@ class ResultLog:
             os.link(path, destination)
         except FileExistsError:
             pass
+        except FileNotFoundError:
+            # The log's name is gone (the driver removes those of ended workers at the end
+            # of a map): a new log in the work_dir, if it is still there, takes the record.
+            self._retire()
+            os.link(self._append(chunk, payload), destination)
         except OSError as exc:
             if out_of_links(exc, self.records - 1):  # the log takes no more links
                 self._retire()
@@ -95,41 +101,37 @@ class ResultLog:
 
     def _append(self, chunk: int, payload: bytes) -> str:
         record = _HEADER.pack(MAGIC, chunk, len(payload), zlib.crc32(payload)) + payload
-        for _ in range(2):
-            if self.path is None:
-                self._start()
-            try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-            except FileNotFoundError:  # the driver removed it: the map ended, or a new log
-                self.path = None
-                continue
-            try:
-                write_all(fd, record)
-            except BaseException:
-                self._retire()  # its end is unknown now: later records go to a new log
-                raise
-            finally:
-                os.close(fd)  # on NFS, what sends the record to the server
-            self.size += len(record)
-            self.records += 1
-            return self.path
-        raise FileNotFoundError(errno.ENOENT, "the result log vanished twice", self.directory)
+        if self.path is None:
+            self._start()
+        try:
+            write_all(self._fd, record)
+            # Closing a descriptor is what sends its writes to an NFS server (and a FUSE
+            # filesystem's flush): closing a duplicate does it for the log, held open, so
+            # the record is readable elsewhere before its link exists, without an open (a
+            # round trip) a record.
+            os.close(os.dup(self._fd))
+        except BaseException:
+            self._retire()  # its end is unknown now: later records go to a new log
+            raise
+        self.size += len(record)
+        self.records += 1
+        return self.path
 
     def _start(self) -> None:
         """A new log, its header written before any record (and so before any link to it)."""
         path = os.path.join(self.directory, RESULT_LOG_PREFIX + process_token())
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         try:
             write_all(fd, _LOG_HEADER.pack(MAGIC, VERSION, os.urandom(16)))
         except BaseException:
+            os.close(fd)
             os.unlink(path)
             raise
-        finally:
-            os.close(fd)
-        self.path, self.records, self.size = path, 0, HEAD_SIZE
+        self.path, self._fd, self.records, self.size = path, fd, 0, HEAD_SIZE
 
     def _retire(self) -> None:
         if self.path is not None:
+            os.close(self._fd)
             try:
                 os.unlink(self.path)
             except FileNotFoundError:

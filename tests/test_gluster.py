@@ -141,3 +141,12 @@ def test_the_applier_writes_its_outputs_through_the_volume(gluster_root):
     applier.apply(double, infiles, outfiles, controls=controls)
     with rasterio.open(outfiles.out) as src:
         assert np.array_equal(src.read(1), data * 2)
+
+
+def test_the_volume_has_every_feature_the_protocol_needs(gluster_root):
+    from poolparty_raster.fsfeatures import check_filesystem
+
+    found = check_filesystem(gluster_root)
+    assert found.filesystem == "fuse.glusterfs"
+    assert (found.hard_links, found.exclusive_create, found.flock) == (True, True, True)
+    assert os.listdir(gluster_root) == []
