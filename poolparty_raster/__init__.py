@@ -21,7 +21,7 @@ _EXPORTS = {
     "SchedulerError": "errors", "SchedulerUnavailableError": "errors",
     "SchedulerOutputError": "errors", "SubmissionRefused": "errors", "TaskLostError": "errors",
     "MapTerminated": "errors", "WorkDirBusyError": "errors", "WorkDirMismatchError": "errors",
-    "UnsafeWorkDirError": "errors", "WorkDirFullError": "errors",
+    "UnsafeWorkDirError": "errors", "WorkDirFullError": "errors", "open_work_dir": "debugging",
 }
 __all__ = sorted(_EXPORTS)
 __version__ = "0.2.0"

@@ -4,6 +4,7 @@ from typing import Any
 
 from poolparty_raster.pools.base import Pool
 from poolparty_raster import applier as applier
+from poolparty_raster.debugging import open_work_dir as open_work_dir
 from poolparty_raster.errors import MapTerminated as MapTerminated
 from poolparty_raster.errors import PoolPartyError as PoolPartyError
 from poolparty_raster.errors import RemoteTaskError as RemoteTaskError

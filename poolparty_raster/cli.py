@@ -1,127 +1,163 @@
-"""``poolparty-raster``: look into a work_dir (status, report, inspect) and remove finished ones
-(clean).
+"""poolparty-raster: look into a map's work_dir, re-run one of its tasks, cancel the jobs of a
+map whose driver is gone, and remove work_dirs that are no longer needed.
 
-Resuming is done by running the same map again with the same ``work_dir`` (the pool's options
-live in the user's script, not in the work_dir); ``status`` tells how much is already stored.
+Resuming is done by running the same map again with the same work_dir (the pool's options
+live in your script, not in the work_dir); status tells how much is already stored.
 """
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
+import importlib
+import json
 import os
+import pdb
+import reprlib
 import sys
-import time
+import traceback
 from collections.abc import Iterator
+from typing import Any
 
 from filelock import FileLock, Timeout
 
-from poolparty_raster import names, ownership
-from poolparty_raster.errors import WorkDirMismatchError
-from poolparty_raster.outcome import load_exceptions
+from poolparty_raster import __version__, cliviews, ownership
+from poolparty_raster.debugging import KeptWorkDir, checked_work_dir, chunk_of
+from poolparty_raster.errors import PoolPartyError, WorkDirMismatchError
+from poolparty_raster.manifest import Manifest
+from poolparty_raster.registry import BACKENDS
+from poolparty_raster.schedulers.base import SubmitSpec, cancelling
 from poolparty_raster.workdir import WorkDir
 
+# The schedulers whose jobs the command line can cancel: their commands need no option the
+# work_dir does not hold. (LocalPool's processes end with their driver; the AWS backends
+# need the pool's cluster, queue and region.)
+CANCELLABLE = ("slurm", "sge", "pbs")
 
-def _open(path: str) -> WorkDir:
-    """The work_dir at ``path``, once it has passed the driver's checks (ownership.py): the
+
+def _open(path: str) -> tuple[WorkDir, Manifest]:
+    """The work_dir at ``path`` once it has passed the driver's checks (ownership.py): the
     CLI unpickles from it and deletes it, so never through a symbolic link, never another
     user's or a directory others may write, never one without this package's mark."""
     try:
-        ownership.check_private(path)
-        mark = ownership.read_mark(path)
+        return checked_work_dir(path)
     except FileNotFoundError:
         raise SystemExit(f"poolparty-raster: {path} does not exist") from None
     except WorkDirMismatchError as exc:
         raise SystemExit(f"poolparty-raster: {exc}") from None
-    work_dir = WorkDir(path)
-    if mark is None or work_dir.read_manifest() is None:
-        raise SystemExit(f"poolparty-raster: {path} is not a poolparty_raster work_dir (no "
-                         f"{names.MARK_NAME} or no manifest.json)")
-    return work_dir
 
 
-def status(path: str) -> str:
-    work_dir = _open(path)
-    manifest = work_dir.read_manifest()
-    done = work_dir.finished_chunks()
-    events = work_dir.read_log()
-    counts = collections.Counter(event["event"] for event in events)
-    last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(events[-1]["time"])) if events else "never"
-    return (f"{path}\n  map {manifest.job_name}: {manifest.num_tasks} tasks in {manifest.num_chunks} chunks\n"
-            f"  chunks with a stored result: {len(done)}/{manifest.num_chunks}\n"
-            f"  submissions: {counts['submitted']}, lost: {counts['lost']}, "
-            f"error states: {counts['error_state']}, failed polls: {counts['poll_failed']}\n"
-            f"  last event: {last} ({events[-1]['event'] if events else '-'})")
+@contextlib.contextmanager
+def _without_driver(work_dir: WorkDir, refusal: str) -> Iterator[None]:
+    """Hold the map's driver.lock, so that no driver starts meanwhile; refuse with
+    ``refusal`` when a driver holds it."""
+    # Not 0: a worker looking for its driver holds the lock briefly.
+    lock = FileLock(work_dir.file("driver.lock"), mode=0o600, timeout=1)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise SystemExit(f"poolparty-raster: a driver is running the map in {work_dir.path}; "
+                         f"{refusal}") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
-def report(path: str) -> str:
-    work_dir = _open(path)
-    lines = []
-    for event in work_dir.read_log():
-        stamp = time.strftime("%H:%M:%S", time.localtime(event.pop("time")))
-        name = event.pop("event")
-        details = ", ".join(f"{k}={v}" for k, v in event.items())
-        lines.append(f"{stamp} {name:<14} {details}"[:200])
-    return "\n".join(lines)
+def status(path: str) -> dict[str, Any]:
+    return cliviews.map_status(*_open(path))
 
 
-def inspect(path: str, task: int | None) -> str:
-    """A task's chunk: its exception's traceback and what it printed; without a task, the
-    chunks that raised or wrote to stderr, and the attempts that died."""
-    work_dir = _open(path)
-    manifest = work_dir.read_manifest()
+def report(path: str) -> dict[str, Any]:
+    work_dir, _ = _open(path)
+    return {"work_dir": work_dir.path, "events": work_dir.read_log()}
+
+
+def inspect(path: str, task: int | None) -> dict[str, Any]:
+    """Without a task: the chunks that raised or wrote to stderr, and the attempts that died.
+    With one: its state, its exception's traceback and what its chunk printed."""
+    work_dir, manifest = _open(path)
     if task is None:
-        lines = []
-        having = {kind: work_dir.chunks_with(kind) for kind in ("exception", "stderr")}
-        for chunk in range(manifest.num_chunks):
-            kinds = [kind for kind, chunks in having.items() if chunk in chunks]
-            if kinds:
-                tasks = manifest.chunk_range(chunk)
-                lines.append(f"chunk {chunk} (tasks {tasks.start}-{tasks.stop - 1}): {', '.join(kinds)}")
-        deaths = [e for e in work_dir.read_log() if e["event"] in ("lost", "error_state")]
-        lines += [f"{_subject(e)}: {e['event']} ({e.get('reason', '')})" for e in deaths]
-        return "\n".join(lines) or "no task raised, wrote to stderr or died"
+        return cliviews.overview(work_dir, manifest)
+    try:
+        chunk = chunk_of(manifest, task)
+    except IndexError as exc:
+        raise SystemExit(f"poolparty-raster: {exc}") from None
+    return cliviews.task_details(work_dir, manifest, task, chunk)
+
+
+def rerun(path: str, task: int, debug: bool) -> int:
+    """Run one task of the map in this process, printing its value, or its traceback (and
+    then, with ``debug``, entering pdb at the frame that raised). Returns the exit status."""
+    _, manifest = _open(path)  # the command line's refusals, before anything is unpickled
     if not 0 <= task < manifest.num_tasks:
-        raise SystemExit(f"poolparty-raster: task {task} is not in 0..{manifest.num_tasks - 1}")
-    chunk = next(c for c in range(manifest.num_chunks) if task in manifest.chunk_range(c))
-    out = [f"task {task} is in chunk {chunk} (tasks {manifest.chunk_range(chunk).start}-"
-           f"{manifest.chunk_range(chunk).stop - 1})"]
-    raw = work_dir.read_output(chunk, "exception")
-    for record in load_exceptions(raw) if raw else []:
-        if record["index"] == task:
-            out.append(f"--- exception of task {task}\n{record['traceback'].rstrip()}")
-    for stream in ("stdout", "stderr"):
-        text = work_dir.read_output(chunk, stream)
-        if text:
-            out.append(f"--- {stream} of chunk {chunk}\n{text.decode('utf-8', 'replace').rstrip()}")
-    if work_dir.read_output(chunk, "result") is None:
-        out.append(f"--- chunk {chunk} has no result (yet)")
-    return "\n".join(out)
+        raise SystemExit(f"poolparty-raster: task {task} is not in the map's "
+                         f"0..{manifest.num_tasks - 1}")
+    with KeptWorkDir(path) as kept:
+        try:
+            value = kept.rerun(task)
+        except Exception as exc:  # the task's own exception: a user debugs it here
+            return _task_raised(exc, debug)
+    print(reprlib.repr(value))
+    return 0
 
 
-def _subject(event: dict) -> str:
-    """What an event of the log is about: a chunk, or (workers mode) a worker job."""
-    return f"worker {event['worker']}" if "worker" in event else f"chunk {event.get('chunk')}"
+def _task_raised(exc: Exception, debug: bool) -> int:
+    traceback.print_exception(exc)
+    if debug:
+        pdb.post_mortem(exc.__traceback__)
+    return 1
+
+
+def cancel(path: str, scheduler_name: str | None) -> str:
+    """Cancel the map's jobs (its recorded ones, and, for SLURM and Grid Engine, whatever is
+    queued under its job name) once no driver runs it; the cancel is logged in the work_dir."""
+    work_dir, manifest = _open(path)
+    with _without_driver(work_dir, "stop it (Ctrl-C, or kill -TERM its process): it cancels "
+                                   "its own jobs"):
+        jobs = work_dir.read_jobs()
+        recorded = {job["scheduler"] for job in jobs if "scheduler" in job}
+        name = scheduler_name or (recorded.pop() if len(recorded) == 1 else None)
+        if name is None:
+            said = (f"records jobs of several schedulers ({', '.join(sorted(recorded))})"
+                    if recorded else "does not say which scheduler ran its jobs")
+            raise SystemExit(f"poolparty-raster: {path} {said}; give it: "
+                             f"--scheduler {{{','.join(CANCELLABLE)}}}")
+        if name not in CANCELLABLE:
+            raise SystemExit(f"poolparty-raster: the jobs of {path} ran on {name}, whose jobs the "
+                             f"command line cannot cancel (LocalPool's processes end with their "
+                             f"driver; cancel AWS jobs with the pool, or in the AWS console)")
+        backend = next(b for b in BACKENDS if b.name == name)
+        module = importlib.import_module(backend.scheduler_module)
+        scheduler = getattr(module, backend.scheduler_class)()  # its commands from PATH
+        spec = SubmitSpec(work_dir=work_dir.path, script_path=work_dir.script_path,
+                          python_path=sys.executable, job_name=manifest.job_name,
+                          scheduler_log=work_dir.scheduler_log_path)
+        try:
+            with cancelling():
+                scheduler.cancel(spec, jobs)
+        except PoolPartyError as exc:
+            raise SystemExit(f"poolparty-raster: cancelling the jobs of {path} failed: "
+                             f"{exc}") from None
+        work_dir.log("cancelled", reason="poolparty-raster cancel",
+                     jobs=[job["job_id"] for job in jobs])
+    return (f"cancelled the jobs of map {manifest.job_name} on {name}: "
+            f"{', '.join(job['job_id'] for job in jobs) or 'none recorded'}"
+            f"{' and any queued under its name' if name in ('slurm', 'sge') else ''}")
 
 
 def clean(paths: list[str], force: bool) -> Iterator[str]:
     """Remove the work_dirs, saying so as each goes. Every one is checked first, so that a
     refusal removes none: a map a driver is running (its lock is held) is never removed,
-    --force or not; an unfinished one only with --force."""
+    --force or not; an unfinished one, or one whose tasks raised or were lost (the work_dir
+    holds their tracebacks and attempts), only with --force."""
     with contextlib.ExitStack() as locks:
         work_dirs = []
         for path in paths:
-            work_dir = _open(path)
-            try:
-                locks.enter_context(FileLock(work_dir.file("driver.lock"), mode=0o600,
-                                             timeout=1))  # a worker may hold it briefly
-            except Timeout:
-                raise SystemExit(f"poolparty-raster: a driver is running the map in {path}; "
-                                 "stop it first (clean never removes a running map)") from None
-            manifest = work_dir.read_manifest()
-            if len(work_dir.finished_chunks()) < manifest.num_chunks and not force:
-                raise SystemExit(f"poolparty-raster: {path} holds an unfinished map; --force "
-                                 "removes it anyway")
+            work_dir, manifest = _open(path)
+            locks.enter_context(_without_driver(
+                work_dir, "stop it first (clean never removes a running map)"))
+            if not force:
+                _refuse_keeping(path, work_dir, manifest)
             work_dirs.append(work_dir)
         for work_dir in work_dirs:
             mark = ownership.read_mark(work_dir.path)
@@ -131,28 +167,79 @@ def clean(paths: list[str], force: bool) -> Iterator[str]:
                 yield f"kept {work_dir.path}: it holds files poolparty_raster did not write"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="poolparty-raster", description=__doc__)
+def _refuse_keeping(path: str, work_dir: WorkDir, manifest: Manifest) -> None:
+    finished = work_dir.finished_chunks()
+    if cliviews.lost_chunks(work_dir.read_log(), finished):
+        raise SystemExit(f"poolparty-raster: tasks of the map in {path} were lost (`poolparty-"
+                         f"raster inspect {path}` shows their attempts); --force removes it anyway")
+    if len(finished) < manifest.num_chunks:
+        raise SystemExit(f"poolparty-raster: {path} holds an unfinished map; --force removes "
+                         "it anyway")
+    if cliviews.raised_tasks(work_dir, finished):
+        raise SystemExit(f"poolparty-raster: tasks of the map in {path} raised (`poolparty-raster "
+                         f"inspect {path}` shows them); --force removes it anyway")
+
+
+def _print(result: dict[str, Any], as_json: bool, text: str) -> None:
+    print(json.dumps(result, indent=1) if as_json else text)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="poolparty-raster", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("status", help="how far a map has got").add_argument("work_dir")
-    commands.add_parser("report", help="the map's event log, one line per event").add_argument("work_dir")
-    inspector = commands.add_parser("inspect", help="a task's traceback and output, or the "
-                                    "chunks that raised, wrote to stderr or died")
-    inspector.add_argument("work_dir")
+
+    def command(name: str, help: str, json_output: bool = True) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.add_argument("work_dir")
+        if json_output:
+            sub.add_argument("--json", action="store_true", help="print it as JSON, for scripts")
+        return sub
+
+    command("status", "how far a map has got: tasks done, raised, lost and pending, its jobs, "
+                      "whether its driver runs")
+    command("report", "the map's event log, one line per event")
+    inspector = command("inspect", "a task's state, traceback and output, or the chunks that "
+                                   "raised, wrote to stderr or died")
     inspector.add_argument("--task", type=int, help="input index of the task")
-    cleaner = commands.add_parser("clean", help="remove finished work_dirs")
+    rerunner = command("rerun", "run one task of the map again in this process", json_output=False)
+    rerunner.add_argument("--task", type=int, required=True, help="input index of the task")
+    rerunner.add_argument("--pdb", action="store_true",
+                          help="enter the debugger (pdb) where the task raised")
+    canceller = command("cancel", "cancel the jobs of a map whose driver is gone",
+                        json_output=False)
+    canceller.add_argument("--scheduler", choices=CANCELLABLE,
+                           help="the scheduler its jobs ran on, where the work_dir does not say")
+    cleaner = commands.add_parser("clean", help="remove work_dirs that are no longer needed",
+                                  description="remove work_dirs that are no longer needed")
     cleaner.add_argument("work_dirs", nargs="+")
-    cleaner.add_argument("--force", action="store_true", help="remove unfinished ones too")
-    args = parser.parse_args(argv)
-    if args.command == "status":
-        print(status(os.path.abspath(args.work_dir)))
-    elif args.command == "report":
-        print(report(os.path.abspath(args.work_dir)))
-    elif args.command == "inspect":
-        print(inspect(os.path.abspath(args.work_dir), args.task))
-    else:
+    cleaner.add_argument("--force", action="store_true", help="remove unfinished ones, and "
+                         "ones whose tasks raised or were lost, too")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "clean":
         for line in clean([os.path.abspath(p) for p in args.work_dirs], args.force):
             print(line, flush=True)
+        return 0
+    path = os.path.abspath(args.work_dir)
+    if args.command == "status":
+        result = status(path)
+        _print(result, args.json, cliviews.status_text(result))
+    elif args.command == "report":
+        result = report(path)
+        _print(result, args.json, cliviews.report_text(result["events"]))
+    elif args.command == "inspect":
+        result = inspect(path, args.task)
+        text = cliviews.overview_text(result) if args.task is None else cliviews.task_text(result)
+        _print(result, args.json, text)
+    elif args.command == "rerun":
+        return rerun(path, args.task, args.pdb)
+    else:
+        print(cancel(path, args.scheduler))
     return 0
 
 
