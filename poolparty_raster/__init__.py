@@ -22,6 +22,7 @@ _EXPORTS = {
     "SchedulerOutputError": "errors", "SubmissionRefused": "errors", "TaskLostError": "errors",
     "MapTerminated": "errors", "WorkDirBusyError": "errors", "WorkDirMismatchError": "errors",
     "UnsafeWorkDirError": "errors", "WorkDirFullError": "errors", "open_work_dir": "debugging",
+    "AutoPool": "autopool", "pool_from_profile": "profiles", "ProfileError": "profiles",
 }
 __all__ = sorted(_EXPORTS)
 __version__ = "0.2.0"

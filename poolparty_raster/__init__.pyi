@@ -4,6 +4,7 @@ from typing import Any
 
 from poolparty_raster.pools.base import Pool
 from poolparty_raster import applier as applier
+from poolparty_raster.autopool import AutoPool as AutoPool
 from poolparty_raster.debugging import open_work_dir as open_work_dir
 from poolparty_raster.errors import MapTerminated as MapTerminated
 from poolparty_raster.errors import PoolPartyError as PoolPartyError
@@ -19,6 +20,8 @@ from poolparty_raster.errors import WorkDirBusyError as WorkDirBusyError
 from poolparty_raster.errors import WorkDirFullError as WorkDirFullError
 from poolparty_raster.errors import WorkDirMismatchError as WorkDirMismatchError
 from poolparty_raster.executor import PoolExecutor as PoolExecutor
+from poolparty_raster.profiles import ProfileError as ProfileError
+from poolparty_raster.profiles import pool_from_profile as pool_from_profile
 from poolparty_raster.serial import SerialPool as SerialPool
 
 __version__: str
