@@ -24,9 +24,9 @@ import rasterio
 from bench import rasters
 from bench.common import Row, interleaved, repetitions, timed, verdict
 from poolparty_raster import LocalPool, applier
-from poolparty_raster.applier.gdalcache import (effectiveCap, inputCacheBytes,
-                                                outputCacheBytes)
-from poolparty_raster.applier.grid import describeRasters
+from poolparty_raster.applier.gdalcache import (effective_cap, input_cache_bytes,
+                                                output_cache_bytes)
+from poolparty_raster.applier.grid import describe_rasters
 
 # Work of the compute benchmarks: several seconds of CPU serially on 41 Mpix, far more than
 # the I/O, as a compute-bound job would. numpy's speed differs between machines by its SIMD
@@ -71,8 +71,8 @@ def calibrated_numpy_heavy(src: str, windows: list[Any], seconds: float) -> Nump
         for block in inputs:
             probe(None, block, outputs)
         rounds += probe.rounds * len(inputs)
-    perRound = (time.perf_counter() - start) / rounds
-    return NumpyHeavy(max(1, round(seconds / (perRound * len(windows)))))
+    per_round = (time.perf_counter() - start) / rounds
+    return NumpyHeavy(max(1, round(seconds / (per_round * len(windows)))))
 
 
 def gil_bound(info: Any, inputs: Any, outputs: Any) -> None:
@@ -128,24 +128,24 @@ def _copy_rows(side: int, quick: bool, tmp: str) -> list[Row]:
         for codec in codecs:
             src = rasters.make(dtype, side, codec)
             options = rasters.creation_options(codec)
-            cap = _applierCacheCap(src)
+            cap = _applier_cache_cap(src)
             dst_floor, dst_app = os.path.join(tmp, "floor.tif"), os.path.join(tmp, "app.tif")
             n = repetitions(timed(lambda: rasters.floor_copy(src, dst_floor, options)), quick)
             t = interleaved({
                 "read": lambda: rasters.floor_read(src),
                 "floor": lambda: rasters.floor_copy(src, dst_floor, options),
-                "capped": lambda: _cappedFloor(src, dst_floor, options, cap),
+                "capped": lambda: _capped_floor(src, dst_floor, options, cap),
                 "applier": lambda: run_applier(copy_block, src, dst_app,
                                                controls_for({**options, **SERIAL})),
             }, n, warmup=not quick,
                 outputs={"floor": dst_floor, "capped": dst_floor, "applier": dst_app})
             ratio = t.ratio("applier", "floor")
-            cpuRatio = t.ratio("applier", "floor", cpu=True)
+            cpu_ratio = t.ratio("applier", "floor", cpu=True)
             out.append((f"{dtype} {mpix:.0f} Mpix, {codec}: rasterio loop read / read+write",
                         f"{t['read']:.2f} s / {t['floor']:.2f} s ({mpix / t['floor']:.0f} Mpix/s)",
                         "floor", "-"))
             out.append((f"{dtype} {codec}: applier serial copy / rasterio read+write loop",
-                        f"{ratio:.3f}x ({t['applier']:.2f} s); CPU time {cpuRatio:.3f}x "
+                        f"{ratio:.3f}x ({t['applier']:.2f} s); CPU time {cpu_ratio:.3f}x "
                         f"({t.cpu_median('applier'):.2f} s vs {t.cpu_median('floor'):.2f} s)", "<= 1.05x",
                         verdict(ratio <= 1.05)))
             out.append((f"{dtype} {codec}: applier / the same loop with GDAL's cache capped "
@@ -156,15 +156,15 @@ def _copy_rows(side: int, quick: bool, tmp: str) -> list[Row]:
     return out
 
 
-def _applierCacheCap(src: str) -> int:
+def _applier_cache_cap(src: str) -> int:
     """The GDAL_CACHEMAX the applier sets for a copy of ``src`` in 256-pixel windows (a
     plain loop keeps GDAL's default, 5 % of RAM)."""
-    info = describeRasters([src])[src]
-    return effectiveCap(inputCacheBytes([info], info.grid, 256, 256, 0)
-                        + outputCacheBytes(256, 256, info.pixelBytes))
+    info = describe_rasters([src])[src]
+    return effective_cap(input_cache_bytes([info], info.grid, 256, 256, 0)
+                         + output_cache_bytes(256, 256, info.pixel_bytes))
 
 
-def _cappedFloor(src: str, dst: str, options: dict[str, str], cap: int) -> None:
+def _capped_floor(src: str, dst: str, options: dict[str, str], cap: int) -> None:
     """The floor loop under the applier's cache cap, so that the ratio shows the applier's
     own overhead."""
     with rasterio.Env(GDAL_CACHEMAX=cap):
@@ -217,15 +217,15 @@ def _compute_rows(side: int, repeats: int, tmp: str) -> list[Row]:
         src, windows, NUMPY_SECONDS * (side / rasters.FULL_SIDE) ** 2)
     with LocalPool(2, mode="workers", progress=False) as workers_pool, \
             LocalPool(1, mode="workers", progress=False) as one_pool, \
-            multiprocessing.get_context("spawn").Pool(2, _openSource, (src,)) as mp_pool:
+            multiprocessing.get_context("spawn").Pool(2, _open_source, (src,)) as mp_pool:
         for name, function, target in (
                 (f"numpy-heavy ({numpy_heavy.rounds} rounds)", numpy_heavy, 1.75),
                 ("GIL-bound", gil_bound, 1.7)):
             dst = {k: os.path.join(tmp, f"{k}.tif") for k in ("serial", "w2", "wm", "w1")}
-            call = functools.partial(_computeWindow, function)
+            call = functools.partial(_compute_window, function)
 
             def loop() -> None:
-                _openSource(src)
+                _open_source(src)
                 for window in windows:
                     call(window)
             t = interleaved({
@@ -258,13 +258,13 @@ def _compute_rows(side: int, repeats: int, tmp: str) -> list[Row]:
 _source: Any = None
 
 
-def _openSource(path: str) -> None:
+def _open_source(path: str) -> None:
     """The ceiling's input, opened once per process (as an applier worker keeps it open)."""
     global _source
     if _source is None or _source.name != path:
         _source = rasterio.open(path)
 
 
-def _computeWindow(function: Any, window: Any) -> None:
+def _compute_window(function: Any, window: Any) -> None:
     outputs = types.SimpleNamespace()
     function(None, types.SimpleNamespace(img=_source.read(window=window)), outputs)

@@ -794,11 +794,11 @@ def test_missing_region_or_credentials_are_named_before_a_map_starts(tmp_path):
 
 def test_applier_maps_cw_ecs_and_cw_awsbatch_to_these_pools():
     from poolparty_raster.applier.controls import CW_AWSBATCH, CW_ECS, ConcurrencyStyle
-    from poolparty_raster.applier.poolfactory import makePool
+    from poolparty_raster.applier.poolfactory import make_pool
 
-    ecs_pool = makePool(ConcurrencyStyle(computeWorkerKind=CW_ECS, numComputeWorkers=3, computeWorkerExtraParams={
+    ecs_pool = make_pool(ConcurrencyStyle(computeWorkerKind=CW_ECS, numComputeWorkers=3, computeWorkerExtraParams={
         "task_definition": "td", "subnets": ["s"], "ecs_client": object()}), "rios")
     assert isinstance(ecs_pool, pp.EcsPool) and ecs_pool.max_workers == 3
-    batch = makePool(ConcurrencyStyle(computeWorkerKind=CW_AWSBATCH, computeWorkerExtraParams={
+    batch = make_pool(ConcurrencyStyle(computeWorkerKind=CW_AWSBATCH, computeWorkerExtraParams={
         "job_queue": "q", "job_definition": "d", "batch_client": object()}), None)
     assert isinstance(batch, pp.AwsBatchPool)

@@ -85,7 +85,7 @@ def test_applier_kind_is_a_rios_style_name_that_builds_the_backends_pool(entry: 
         assert getattr(module, kind) == kind
     assert kind in applier.__all__
     assert applier.ConcurrencyStyle(computeWorkerKind=kind).computeWorkerKind == kind
-    pool_class = poolfactory.poolClassFor(kind)
+    pool_class = poolfactory.pool_class_for(kind)
     assert pool_class is getattr(importlib.import_module(entry.pool_module), entry.pool_class)
 
 
@@ -101,8 +101,8 @@ def test_the_pool_factory_finds_pools_without_the_packages_lazy_names(monkeypatc
     for name in ALL_POOL_CLASSES:  # names an earlier pp.<name> cached in the package
         monkeypatch.delitem(vars(pp), name, raising=False)
     for backend in BACKENDS:
-        assert poolfactory.poolClassFor(backend.applier_kind).__name__ == backend.pool_class
-    pool = poolfactory.makePool(applier.ConcurrencyStyle(
+        assert poolfactory.pool_class_for(backend.applier_kind).__name__ == backend.pool_class
+    pool = poolfactory.make_pool(applier.ConcurrencyStyle(
         computeWorkerKind=applier.CW_SUBPROC, numComputeWorkers=2), None)
     pool.terminate()
     assert not set(asked) & set(ALL_POOL_CLASSES)

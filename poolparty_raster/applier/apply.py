@@ -17,20 +17,20 @@ from typing import Any
 
 import cloudpickle
 
-from poolparty_raster.applier.blockfiles import WORKER_FILE_BYTES, readRegion
+from poolparty_raster.applier.blockfiles import WORKER_FILE_BYTES, read_region
 from poolparty_raster.applier.controls import CW_NONE, ApplierControls
-from poolparty_raster.applier.gdalcache import CacheCap, inputCacheBytes, userChoseCache
-from poolparty_raster.applier.grid import (computeWorkingGrid, describeRasters, groupBlocks,
-                                           makeBlocks, referenceName, taskSizes)
-from poolparty_raster.applier.poolfactory import (Scratch, howTasksRun, makePool, poolWidth,
+from poolparty_raster.applier.gdalcache import CacheCap, input_cache_bytes, user_chose_cache
+from poolparty_raster.applier.grid import (compute_working_grid, describe_rasters, group_blocks,
+                                           make_blocks, reference_name, task_sizes)
+from poolparty_raster.applier.poolfactory import (Scratch, how_tasks_run, make_pool, pool_width,
                                                   throttles)
-from poolparty_raster.applier.reader import checkInputNoData, inputSpecs
+from poolparty_raster.applier.reader import check_input_nodata, input_specs
 from poolparty_raster.applier.structures import (ApplierBlockDefn, ApplierReturn,
                                                  FilenameAssociations, SinglePassReport,
                                                  Timers)
 from poolparty_raster.applier.task import (PackedTaskPart, TaskPart, TaskResult, TaskRunner,
-                                           TaskSpec, iterTaskBlocks, newStats)
-from poolparty_raster.applier.writer import OutputFile, finishAll, openOutputs
+                                           TaskSpec, iter_task_blocks, new_stats)
+from poolparty_raster.applier.writer import OutputFile, finish_all, open_outputs
 
 # Tasks handed out but not yet written, per worker, where tasks are handed out lazily.
 TASKS_IN_FLIGHT_PER_WORKER = 2
@@ -58,72 +58,72 @@ def apply(userFunction: Callable[..., Any], infiles: FilenameAssociations,
     started = time.perf_counter()
     with timings.interval("setup"):
         filenames = [filename for _, _, filename in infiles]
-        infos = describeRasters([*filenames, referenceName(infiles, controls),
-                                 *(controls.filesForExtent or [])])
-        specs = inputSpecs(infiles, controls)
-        checkInputNoData(specs, infos)
-        grid = computeWorkingGrid(infiles, controls, infos)
-        blocks = makeBlocks(grid, controls.windowxsize, controls.windowysize)
-        cacheBytes = None if userChoseCache() else inputCacheBytes(
+        infos = describe_rasters([*filenames, reference_name(infiles, controls),
+                                  *(controls.files_for_extent or [])])
+        specs = input_specs(infiles, controls)
+        check_input_nodata(specs, infos)
+        grid = compute_working_grid(infiles, controls, infos)
+        blocks = make_blocks(grid, controls.windowxsize, controls.windowysize)
+        cache_bytes = None if user_chose_cache() else input_cache_bytes(
             [infos[f] for f in filenames], grid, controls.windowxsize, controls.windowysize,
             controls.overlap)
-        cacheCap = CacheCap(cacheBytes)
-        outputs = openOutputs(outfiles, grid, controls, cacheCap)
+        cache_cap = CacheCap(cache_bytes)
+        outputs = open_outputs(outfiles, grid, controls, cache_cap)
     spec = TaskSpec(userFunction, specs, list(outputs), grid,
                     controls.windowxsize, controls.windowysize, controls.overlap,
                     otherArgs is not None,
-                    {k: o.statsIgnore for k, o in outputs.items() if o.calcStats},
-                    gdalCacheBytes=cacheBytes)
+                    {k: o.stats_ignore for k, o in outputs.items() if o.calc_stats},
+                    gdal_cache_bytes=cache_bytes)
     progress = _Progress(controls.progress, len(blocks))
     try:
-        with cacheCap:
-            otherArgsList = _run(spec, blocks, otherArgs, outputs, timings, progress, controls)
+        with cache_cap:
+            other_args_list = _run(spec, blocks, otherArgs, outputs, timings, progress, controls)
     except BaseException:
         for output in outputs.values():
             output.abort()
         raise
     timings.pairs["walltime"].append(time.perf_counter() - started)
-    singlePass = SinglePassReport()
+    single_pass = SinglePassReport()
     for output in outputs.values():
-        output.report(singlePass)
-    return ApplierReturn(timings, otherArgsList, singlePass)
+        output.report(single_pass)
+    return ApplierReturn(timings, other_args_list, single_pass)
 
 
-def _run(spec: TaskSpec, blocks: list[ApplierBlockDefn], otherArgs: Any, outputs: Outputs,
+def _run(spec: TaskSpec, blocks: list[ApplierBlockDefn], other_args: Any, outputs: Outputs,
          timings: Timers, progress: _Progress, controls: ApplierControls) -> list[Any]:
     if controls.pool is None and controls.concurrency.computeWorkerKind == CW_NONE:
-        otherArgsList = _runInProcess(spec, blocks, otherArgs, outputs, timings, progress)
+        other_args_list = _run_in_process(spec, blocks, other_args, outputs, timings, progress)
     else:
-        otherArgsList = _runOnPool(spec, blocks, otherArgs, outputs, timings, progress,
-                                   controls)
-    finishAll(outputs, timings)
-    return otherArgsList
+        other_args_list = _run_on_pool(spec, blocks, other_args, outputs, timings, progress,
+                                       controls)
+    finish_all(outputs, timings)
+    return other_args_list
 
 
-def _runInProcess(spec: TaskSpec, blocks: list[ApplierBlockDefn], otherArgs: Any,
-                  outputs: Outputs, timings: Timers, progress: _Progress) -> list[Any]:
+def _run_in_process(spec: TaskSpec, blocks: list[ApplierBlockDefn], other_args: Any,
+                    outputs: Outputs, timings: Timers, progress: _Progress) -> list[Any]:
     """Every block in this process, nothing pickled or copied: the I/O floor."""
-    stats = newStats(spec)
+    stats = new_stats(spec)
     clock = time.perf_counter
-    for blockDefn, arrays in iterTaskBlocks(spec, blocks, otherArgs, timings, stats):
+    for block_defn, arrays in iter_task_blocks(spec, blocks, other_args, timings, stats):
         start = clock()
         for key, array in arrays.items():
-            outputs[key].write(blockDefn, array)
+            outputs[key].write(block_defn, array)
         timings.add("writing", clock() - start)
         progress.advance(1)
-    _addStats(outputs, stats)
-    return [otherArgs]
+    _add_stats(outputs, stats)
+    return [other_args]
 
 
-def _runOnPool(spec: TaskSpec, blocks: list[ApplierBlockDefn], otherArgs: Any,
-               outputs: Outputs, timings: Timers, progress: _Progress,
-               controls: ApplierControls) -> list[Any]:
+def _run_on_pool(spec: TaskSpec, blocks: list[ApplierBlockDefn], other_args: Any,
+                 outputs: Outputs, timings: Timers, progress: _Progress,
+                 controls: ApplierControls) -> list[Any]:
     style = controls.concurrency
     pool = controls.pool
-    ownPool = pool is None
-    if ownPool:
-        pool = makePool(style, controls.jobName)
-    how = howTasksRun(pool)
+    own_pool = pool is None
+    if own_pool:
+        pool = make_pool(style, controls.jobName)
+    how = how_tasks_run(pool)
     # Threads share this process: the spec goes as it is, blocks come back in-band, and
     # each task opens its own inputs.
     threads = how == "threads"
@@ -131,38 +131,39 @@ def _runOnPool(spec: TaskSpec, blocks: list[ApplierBlockDefn], otherArgs: Any,
     try:
         if not threads:
             scratch = Scratch(pool)
-            spec.scratchDir = scratch.workerPath
-        width = poolWidth(pool, style)
-        blockPixels = controls.windowxsize * controls.windowysize
+            spec.scratch_dir = scratch.worker_path
+        width = pool_width(pool, style)
+        block_pixels = controls.windowxsize * controls.windowysize
         # Long-lived workers share a block file between tasks; elsewhere a task's process
         # may run nothing more, and a file it left open would stay till the end.
-        spec.blockFileBytes = WORKER_FILE_BYTES if how == "workers" else 0
-        groups = groupBlocks(blocks, taskSizes(len(blocks), width,
-                                               style.singleBlockComputeWorkers, how, blockPixels))
+        spec.block_file_bytes = WORKER_FILE_BYTES if how == "workers" else 0
+        groups = group_blocks(blocks, task_sizes(len(blocks), width,
+                                                 style.singleBlockComputeWorkers, how,
+                                                 block_pixels))
         limit = TASKS_IN_FLIGHT_PER_WORKER * width if throttles(pool) else None
-        feeder = _Feeder(groups, otherArgs, not threads, limit)
+        feeder = _Feeder(groups, other_args, not threads, limit)
         runner = TaskRunner(spec, pickled=not threads)
-        otherArgsByTask = _collect(pool, runner, feeder, scratch, spec, outputs, timings,
-                                   progress)
+        other_args_by_task = _collect(pool, runner, feeder, scratch, spec, outputs, timings,
+                                      progress)
     except BaseException:
-        if ownPool:
+        if own_pool:
             pool.terminate()
         raise
     finally:
         if scratch is not None:
             scratch.close()
-    if ownPool:
+    if own_pool:
         pool.close()
         pool.join()
-    if len(otherArgsByTask) != len(groups):
-        raise RuntimeError(f"the pool returned {len(otherArgsByTask)} of {len(groups)} tasks")
-    return [otherArgsByTask[i] for i in range(len(groups))]
+    if len(other_args_by_task) != len(groups):
+        raise RuntimeError(f"the pool returned {len(other_args_by_task)} of {len(groups)} tasks")
+    return [other_args_by_task[i] for i in range(len(groups))]
 
 
 def _collect(pool: Any, runner: TaskRunner, feeder: _Feeder, scratch: Scratch | None,
              spec: TaskSpec, outputs: Outputs, timings: Timers,
              progress: _Progress) -> dict[int, Any]:
-    otherArgsByTask: dict[int, Any] = {}
+    other_args_by_task: dict[int, Any] = {}
     results: Any = None
     clock = time.perf_counter  # per task, where a context manager costs more than the work
     try:
@@ -178,13 +179,13 @@ def _collect(pool: Any, runner: TaskRunner, feeder: _Feeder, scratch: Scratch | 
                 break
             result = TaskResult.unpacked(packed, feeder.groups[packed[0]])
             start = clock()
-            for blockDefn, arrays in _resultBlocks(result, scratch, spec):
+            for block_defn, arrays in _result_blocks(result, scratch, spec):
                 for key, array in arrays.items():
-                    outputs[key].write(blockDefn, array)
+                    outputs[key].write(block_defn, array)
             timings.add("writing", clock() - start)
-            _addStats(outputs, result.stats)
+            _add_stats(outputs, result.stats)
             timings.merge(result.timings)
-            otherArgsByTask[result.taskIndex] = result.otherArgs
+            other_args_by_task[result.task_index] = result.other_args
             feeder.done()
             progress.advance(len(result.blocks))
     except BaseException:
@@ -195,24 +196,24 @@ def _collect(pool: Any, runner: TaskRunner, feeder: _Feeder, scratch: Scratch | 
         if close is not None:
             close()
         raise
-    return otherArgsByTask
+    return other_args_by_task
 
 
-def _resultBlocks(result: TaskResult, scratch: Scratch | None,
-                  spec: TaskSpec) -> Iterator[tuple[ApplierBlockDefn, dict]]:
+def _result_blocks(result: TaskResult, scratch: Scratch | None,
+                   spec: TaskSpec) -> Iterator[tuple[ApplierBlockDefn, dict]]:
     if result.arrays is not None:
         yield from zip(result.blocks, result.arrays)
         return
     region = result.region
-    yield from readRegion(scratch.file(region.name), region.offset, result.blocks,
-                          result.layouts, spec.outputNames)
+    yield from read_region(scratch.file(region.name), region.offset, result.blocks,
+                           result.layouts, spec.output_names)
     scratch.ledger.done(region)
 
 
-def _addStats(outputs: Outputs, stats: dict) -> None:
+def _add_stats(outputs: Outputs, stats: dict) -> None:
     for key, bands in stats.items():
         if bands:
-            outputs[key].addStats(bands)
+            outputs[key].add_stats(bands)
 
 
 class _Feeder:
@@ -222,24 +223,24 @@ class _Feeder:
     the driver writes them. A pull from the driver's own thread is never made to wait,
     which would deadlock it."""
 
-    def __init__(self, groups: list[list[ApplierBlockDefn]], otherArgs: Any, pickled: bool,
+    def __init__(self, groups: list[list[ApplierBlockDefn]], other_args: Any, pickled: bool,
                  limit: int | None):
         self.groups = groups
         # Process pools: pickled once; every task unpickles its own copy from the same bytes.
-        self.otherArgs = cloudpickle.dumps(otherArgs) if pickled else otherArgs
+        self.other_args = cloudpickle.dumps(other_args) if pickled else other_args
         self.pickled = pickled
         self.slots = threading.Semaphore(limit) if limit else None
-        self.driverThread = threading.get_ident()
+        self.driver_thread = threading.get_ident()
         self.aborted = False
 
     def tasks(self) -> Iterator[PackedTaskPart]:
         for index, group in enumerate(self.groups):
-            if self.slots is not None and threading.get_ident() != self.driverThread:
+            if self.slots is not None and threading.get_ident() != self.driver_thread:
                 self.slots.acquire()
             if self.aborted:
                 return
-            otherArgs = self.otherArgs if self.pickled else copy.deepcopy(self.otherArgs)
-            yield TaskPart(index, group, otherArgs).packed()
+            other_args = self.other_args if self.pickled else copy.deepcopy(self.other_args)
+            yield TaskPart(index, group, other_args).packed()
 
     def done(self) -> None:
         if self.slots is not None:
@@ -257,21 +258,21 @@ class _Progress:
     in whole percent of the blocks written, only when the percentage changes. Objects with
     nothing but setProgress work, as with RIOS."""
 
-    def __init__(self, progress: Any, numBlocks: int):
+    def __init__(self, progress: Any, num_blocks: int):
         self.progress = progress
-        self.numBlocks = max(numBlocks, 1)
-        self.blocksDone = 0
-        self.lastPercent: int | None = None
+        self.num_blocks = max(num_blocks, 1)
+        self.blocks_done = 0
+        self.last_percent: int | None = None
         self._report()
 
-    def advance(self, numBlocks: int) -> None:
-        self.blocksDone += numBlocks
+    def advance(self, num_blocks: int) -> None:
+        self.blocks_done += num_blocks
         self._report()
 
     def _report(self) -> None:
         if self.progress is None:
             return
-        percent = round(100 * self.blocksDone / self.numBlocks)
-        if percent != self.lastPercent:
+        percent = round(100 * self.blocks_done / self.num_blocks)
+        if percent != self.last_percent:
             self.progress.setProgress(percent)
-            self.lastPercent = percent
+            self.last_percent = percent

@@ -1,6 +1,6 @@
 """Block files: how a task's output arrays travel from a worker to the driver.
 
-A worker appends each task's arrays, C order, block by block and outputs in ``outputNames``
+A worker appends each task's arrays, C order, block by block and outputs in ``output_names``
 order, to its process's block file in the shared scratch directory, as one region; each
 array's dtype and band count travel in the task's result (its rows and columns are the
 block's), so reading a block is one ``preadv`` (parsing an ``.npy`` header cost nearly as
@@ -12,7 +12,7 @@ block file without such a result, so a killed worker's half-written region is ne
 Appending to one file per process, rather than making a file per task, saves a file creation,
 a rename and a removal per task: on NFS each is a round trip, on a local disk creating and
 removing files by the hundred is what costs most in a small task. A file takes regions until
-it holds ``fileBytes`` (0: one region per file, where processes do not live on from task to
+it holds ``file_bytes`` (0: one region per file, where processes do not live on from task to
 task); its last region's result says so, and the driver removes the file once it has read
 every region of it. The file a worker still had open when it ended, one a failing task left
 (its end is unknown), and regions whose result was dropped (a duplicate run) go with the
@@ -55,16 +55,16 @@ class Region:
 class BlockWriter:
     """A process's block file in one scratch directory."""
 
-    def __init__(self, directory: str, fileBytes: int):
+    def __init__(self, directory: str, file_bytes: int):
         self.directory = directory
-        self.fileBytes = fileBytes
+        self.file_bytes = file_bytes
         self.pid = os.getpid()
         self.name: str | None = None
         self.regions = 0
         self.size = 0
 
     def write(self, blocks: Iterator[tuple[ApplierBlockDefn, dict[Key, np.ndarray]]],
-              outputNames: list[Key], timings: Timers, layouts: list[Layout]) -> Region:
+              output_names: list[Key], timings: Timers, layouts: list[Layout]) -> Region:
         """Append the task's arrays as one region, appending each block's layout to
         ``layouts``. Raises what the blocks raise; the file then takes no more regions."""
         if self.name is None:
@@ -75,7 +75,7 @@ class BlockWriter:
             for _, arrays in blocks:
                 start = time.perf_counter()
                 layout = []
-                for key in outputNames:
+                for key in output_names:
                     array = np.ascontiguousarray(arrays[key])
                     write_all(fd, memoryview(array))
                     self.size += array.nbytes
@@ -88,7 +88,7 @@ class BlockWriter:
         finally:
             os.close(fd)  # on NFS, what sends the region to the server
         self.regions = region.number
-        if self.size >= self.fileBytes:
+        if self.size >= self.file_bytes:
             region.last = True
             self.name = None
         return region
@@ -103,35 +103,36 @@ class BlockWriter:
 _writer: BlockWriter | None = None
 
 
-def writerFor(directory: str, fileBytes: int) -> BlockWriter:
+def writer_for(directory: str, file_bytes: int) -> BlockWriter:
     """This process's block writer for ``directory`` (a worker serves one apply at a time; a
     forked child starts its own)."""
     global _writer
-    if _writer is None or (_writer.directory, _writer.fileBytes, _writer.pid) != (
-            directory, fileBytes, os.getpid()):
-        _writer = BlockWriter(directory, fileBytes)
+    if _writer is None or (_writer.directory, _writer.file_bytes, _writer.pid) != (
+            directory, file_bytes, os.getpid()):
+        _writer = BlockWriter(directory, file_bytes)
     return _writer
 
 
-def readRegion(path: str, offset: int, blocks: list[ApplierBlockDefn], layouts: list[Layout],
-               outputNames: list[Key]) -> Iterator[tuple[ApplierBlockDefn, dict[Key, np.ndarray]]]:
+def read_region(path: str, offset: int, blocks: list[ApplierBlockDefn], layouts: list[Layout],
+                output_names: list[Key]
+                ) -> Iterator[tuple[ApplierBlockDefn, dict[Key, np.ndarray]]]:
     """The driver's side: one block's arrays at a time, each read straight into its array
     (one system call an array)."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        for blockDefn, layout in zip(blocks, layouts, strict=True):
+        for block_defn, layout in zip(blocks, layouts, strict=True):
             arrays = {}
-            for key, (dtype, bands) in zip(outputNames, layout, strict=True):
-                array = np.empty((bands, blockDefn.nrows, blockDefn.ncols), dtype=dtype)
+            for key, (dtype, bands) in zip(output_names, layout, strict=True):
+                array = np.empty((bands, block_defn.nrows, block_defn.ncols), dtype=dtype)
                 view = memoryview(array).cast("B")
                 while view:  # a read stops short at 2 GiB, or at the file's end
                     count = os.preadv(fd, [view], offset)
                     if count == 0:
                         raise OSError(f"block file {path} ends inside the block at "
-                                      f"top={blockDefn.top}, left={blockDefn.left}")
+                                      f"top={block_defn.top}, left={block_defn.left}")
                     view, offset = view[count:], offset + count
                 arrays[key] = array
-            yield blockDefn, arrays
+            yield block_defn, arrays
     finally:
         os.close(fd)
 
@@ -143,13 +144,13 @@ class Ledger:
     def __init__(self, directory: str):
         self.directory = directory
         self.read: dict[str, int] = {}
-        self.lastNumber: dict[str, int] = {}
+        self.last_number: dict[str, int] = {}
 
     def done(self, region: Region) -> None:
         self.read[region.name] = self.read.get(region.name, 0) + 1
         if region.last:
-            self.lastNumber[region.name] = region.number
-        if self.read[region.name] == self.lastNumber.get(region.name):
+            self.last_number[region.name] = region.number
+        if self.read[region.name] == self.last_number.get(region.name):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(self.directory, region.name))
-            del self.read[region.name], self.lastNumber[region.name]
+            del self.read[region.name], self.last_number[region.name]

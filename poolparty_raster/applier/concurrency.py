@@ -83,7 +83,7 @@ _STYLE_ATTRIBUTES = ("numReadWorkers", "numComputeWorkers", "computeWorkerKind",
                      *_RIOS_TIMEOUTS, "computeWorkerExtraParams")
 
 
-def asConcurrencyStyle(style: Any) -> ConcurrencyStyle:
+def as_concurrency_style(style: Any) -> ConcurrencyStyle:
     """``style`` itself if it is this package's, else a ConcurrencyStyle made from its
     attributes (RIOS's ``rios.structures.ConcurrencyStyle`` has the same names; an
     attribute it lacks takes RIOS's default), so that it is checked as ours are."""

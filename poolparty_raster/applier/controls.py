@@ -7,11 +7,11 @@ from typing import Any
 
 from poolparty_raster.applier.concurrency import (ALL_KINDS, CW_NONE,  # noqa: F401
                                                   CW_THREADS, POOL_KINDS, ConcurrencyStyle,
-                                                  asConcurrencyStyle)
-from poolparty_raster.applier.gdalbindings import requireGdal
+                                                  as_concurrency_style)
+from poolparty_raster.applier.gdalbindings import require_gdal
 from poolparty_raster.applier.sitedefaults import (DEFAULT_MINOVERVIEWDIM,  # noqa: F401
-                                                   DEFAULT_OVERVIEWLEVELS, optionDict,
-                                                   siteDefaults)
+                                                   DEFAULT_OVERVIEWLEVELS, option_dict,
+                                                   site_defaults)
 
 globals().update({kind: kind for kind in POOL_KINDS})  # CW_SLURM, ...: see concurrency.py
 
@@ -45,60 +45,61 @@ class ApplierControls:
         self.footprint = DEFAULTFOOTPRINT
         self.referenceImage: str | None = None
         self.referencePixgrid: Any = None
-        self.filesForExtent: list[str] | None = None
+        self.files_for_extent: list[str] | None = None
         self.progress: Any = None
         self.jobName: str | None = None
         self.concurrency = ConcurrencyStyle()
         self.pool: Any = None
         self.loggingstream: Any = None
         self.tempdir: str | None = None
-        self.site = site = siteDefaults()
-        self._perImage: dict[str, dict[str | None, Any]] = {
+        self.site = site = site_defaults()
+        self._per_image: dict[str, dict[str | None, Any]] = {
             "resampleMethod": {None: DEFAULT_RESAMPLEMETHOD}, "inputNoData": {None: None},
-            "statsIgnore": {None: 0}, "driverName": {None: site.driverName},
+            "statsIgnore": {None: 0}, "driverName": {None: site.driver_name},
             "creationOptions": {None: None}, "omitPyramids": {None: False},
             "omitBasicStats": {None: False}, "omitHistogram": {None: False},
-            "overviewAggType": {None: None}, "overviewLevels": {None: site.overviewLevels},
-            "overviewMinDim": {None: site.overviewMinDim}, "approxStats": {None: False},
+            "overviewAggType": {None: None}, "overviewLevels": {None: site.overview_levels},
+            "overviewMinDim": {None: site.overview_min_dim}, "approxStats": {None: False},
             "layerselection": {None: None}, "singlePassPyramids": {None: None},
             "singlePassBasicStats": {None: None}, "singlePassHistogram": {None: None},
             "thematic": {None: False}, "callBeforeClose": {None: None},
         }
 
     def getOptionForImagename(self, option: str, imagename: str | None) -> Any:
-        values = self._perImage[option]
+        values = self._per_image[option]
         return values.get(imagename, values[None])
 
     def _set(self, option: str, value: Any, imagename: str | None) -> None:
-        self._perImage[option][imagename] = value
+        self._per_image[option][imagename] = value
 
     # -- kept for scripts that read these attributes (RIOS has them too) ----------------
     @property
     def overviewLevels(self) -> tuple[int, ...]:
-        return self._perImage["overviewLevels"][None]
+        return self._per_image["overviewLevels"][None]
 
     @property
     def minOverviewDim(self) -> int:
-        return self._perImage["overviewMinDim"][None]
+        return self._per_image["overviewMinDim"][None]
 
     overviewMinDim = minOverviewDim
 
     # -- what the writer asks ------------------------------------------------------------
-    def creationOptionsFor(self, imagename: str | None, driverName: str) -> dict[str, str] | None:
+    def creation_options_for(self, imagename: str | None,
+                             driver_name: str) -> dict[str, str] | None:
         """The script's options for this image, else the site's for the driver
         (RIOS_DFLT_CREOPT_<driver>), else None: this package's defaults."""
         own = self.getOptionForImagename("creationOptions", imagename)
-        return own if own is not None else self.site.creationOptions.get(driverName)
+        return own if own is not None else self.site.creation_options.get(driver_name)
 
-    def overviewAggTypeFor(self, imagename: str | None) -> str:
+    def overview_agg_type_for(self, imagename: str | None) -> str:
         """The aggregation type set for this image, else RIOS 2's default: NEAREST where it
         writes overviews block by block (its default), the site's RIOS_DFLT_OVERVIEWAGGTYPE
         where it leaves them to GDAL after the last block (setSinglePassPyramids(False))."""
-        aggType = self.getOptionForImagename("overviewAggType", imagename)
-        if aggType is not None:
-            return aggType
+        agg_type = self.getOptionForImagename("overviewAggType", imagename)
+        if agg_type is not None:
+            return agg_type
         if self.getOptionForImagename("singlePassPyramids", imagename) is False:
-            return self.site.overviewAggType
+            return self.site.overview_agg_type
         return "NEAREST"
 
     # -- blocks and the working grid -----------------------------------------------------
@@ -139,7 +140,7 @@ class ApplierControls:
         """Raster files whose extents, combined by the footprint type, give the working
         grid's extent instead of the inputs' (they need not be inputs); ignored with
         BOUNDS_FROM_REFERENCE."""
-        self.filesForExtent = None if filesForExtent is None else [str(f) for f in filesForExtent]
+        self.files_for_extent = None if filesForExtent is None else [str(f) for f in filesForExtent]
 
     def setFootprintType(self, footprint: int) -> None:
         """INTERSECTION (default), UNION or BOUNDS_FROM_REFERENCE."""
@@ -193,7 +194,7 @@ class ApplierControls:
         PREDICTOR; TILED, BLOCKXSIZE/BLOCKYSIZE (= the window), BIGTIFF and NUM_THREADS
         are added when not given."""
         if isinstance(creationOptions, (list, tuple)):
-            creationOptions = optionDict(creationOptions)
+            creationOptions = option_dict(creationOptions)
         if creationOptions is not None:
             creationOptions = {str(k).upper(): str(v) for k, v in creationOptions.items()}
         self._set("creationOptions", creationOptions, imagename)
@@ -229,7 +230,7 @@ class ApplierControls:
         statistics and overviews are written, before it is moved into place; ``ds`` is a
         GDAL Dataset open for update, as in RIOS, so this needs GDAL's Python bindings
         (``osgeo``): an ImportError says what to install."""
-        requireGdal("setCallBeforeClose")
+        require_gdal("setCallBeforeClose")
         self._set("callBeforeClose", (func, tuple(args)), imagename)
 
     # RIOS 2.0.5's single-pass switches choose between gathering as blocks are written and
@@ -272,7 +273,7 @@ class ApplierControls:
 
     def setOverviewAggregationType(self, aggType: str | None, imagename: str | None = None) -> None:
         """Overview resampling, as GDAL names it ("NEAREST", "AVERAGE", ...; None: RIOS's
-        default, see overviewAggTypeFor)."""
+        default, see overview_agg_type_for)."""
         self._set("overviewAggType", aggType, imagename)
 
     # -- running -------------------------------------------------------------------------
@@ -289,7 +290,7 @@ class ApplierControls:
         """A ConcurrencyStyle of this package, or RIOS's own ``rios.structures.
         ConcurrencyStyle`` (read attribute by attribute, so its None for
         computeWorkerExtraParams and its kinds' names work as they do in RIOS)."""
-        self.concurrency = asConcurrencyStyle(concurrencyStyle)
+        self.concurrency = as_concurrency_style(concurrencyStyle)
 
     def setNumThreads(self, numThreads: int) -> None:
         """RIOS's older way of asking for compute threads: numThreads > 1 means
@@ -338,28 +339,28 @@ class ApplierControls:
                                   "by poolparty_raster: use setConcurrencyStyle or setPool")
 
     def setVectorDatatype(self, vectordatatype: Any, imagename: str | None = None) -> None:
-        _noVectors("setVectorDatatype")
+        _no_vectors("setVectorDatatype")
 
     def setBurnValue(self, burnvalue: Any, vectorname: str | None = None) -> None:
-        _noVectors("setBurnValue")
+        _no_vectors("setBurnValue")
 
     def setBurnAttribute(self, burnattribute: Any, vectorname: str | None = None) -> None:
-        _noVectors("setBurnAttribute")
+        _no_vectors("setBurnAttribute")
 
     def setFilterSQL(self, filtersql: Any, vectorname: str | None = None) -> None:
-        _noVectors("setFilterSQL")
+        _no_vectors("setFilterSQL")
 
     def setAlltouched(self, alltouched: Any, vectorname: str | None = None) -> None:
-        _noVectors("setAlltouched")
+        _no_vectors("setAlltouched")
 
     def setVectorNull(self, nullval: Any, vectorname: str | None = None) -> None:
-        _noVectors("setVectorNull")
+        _no_vectors("setVectorNull")
 
     def setVectorlayer(self, vectorlayer: Any, vectorname: str | None = None) -> None:
-        _noVectors("setVectorlayer")
+        _no_vectors("setVectorlayer")
 
 
-def _noVectors(setter: str) -> None:
+def _no_vectors(setter: str) -> None:
     raise NotImplementedError(f"{setter}: vector inputs are not supported by poolparty_raster "
                               "(rasterise them first, e.g. with rasterio.features.rasterize)")
 

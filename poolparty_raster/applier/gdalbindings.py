@@ -9,7 +9,7 @@ INSTALL_HINT = ("install GDAL's Python bindings: pip install 'poolparty_raster[g
                 "(builds against the system's libgdal) or the system's python3-gdal")
 
 
-def requireGdal(feature: str) -> ModuleType:
+def require_gdal(feature: str) -> ModuleType:
     """``osgeo.gdal`` (its exception mode left as the user set it); an ImportError naming
     ``feature`` and what to install where it is missing."""
     try:

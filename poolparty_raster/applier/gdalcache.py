@@ -22,7 +22,7 @@ from typing import Any
 import rasterio
 import rasterio.env
 
-from poolparty_raster.applier.grid import RasterInfo, WorkingGrid, onGrid
+from poolparty_raster.applier.grid import RasterInfo, WorkingGrid, on_grid
 
 # GDAL's own default: the cap never exceeds it.
 _GDAL_DEFAULT_FRACTION = 0.05
@@ -34,15 +34,15 @@ _SLACK = 2
 _WARP_MARGIN = 512
 
 
-def userChoseCache() -> bool:
+def user_chose_cache() -> bool:
     """True when GDAL_CACHEMAX comes from the user, not from GDAL's default."""
     if "GDAL_CACHEMAX" in os.environ:
         return True
     return rasterio.env.hasenv() and "GDAL_CACHEMAX" in rasterio.env.getenv()
 
 
-def inputCacheBytes(inputs: Iterable[RasterInfo], grid: WorkingGrid, windowxsize: int,
-                    windowysize: int, overlap: int) -> int:
+def input_cache_bytes(inputs: Iterable[RasterInfo], grid: WorkingGrid, windowxsize: int,
+                      windowysize: int, overlap: int) -> int:
     """Bytes of decoded tiles that reading every block's window on ``grid`` (sizes in pixels,
     overlap on each side) re-reads: per input (an entry of the inputs, as each is opened on
     its own), one window where windows fall on whole tiles, else the tiles spanning a whole
@@ -50,26 +50,26 @@ def inputCacheBytes(inputs: Iterable[RasterInfo], grid: WorkingGrid, windowxsize
     total = 0
     width, o = grid.width + 2 * overlap, overlap
     for info in inputs:
-        rows, cols = info.blockShape
-        offset = onGrid(info.transform, info.crs, grid)
+        rows, cols = info.block_shape
+        offset = on_grid(info.transform, info.crs, grid)
         if offset is None:
-            density = _sourcePixelsPerGridPixel(info, grid)
+            density = _source_pixels_per_grid_pixel(info, grid)
             pixels = density * (width + 2 * _WARP_MARGIN) * (windowysize + 2 * o + 2 * _WARP_MARGIN)
         elif o == 0 and (offset[0] % rows, offset[1] % cols, windowysize % rows,
                          windowxsize % cols) == (0, 0, 0, 0):
             pixels = windowxsize * windowysize
         else:
             pixels = (width + 2 * cols) * (windowysize + 2 * o + 2 * rows)
-        total += int(pixels * info.pixelBytes)
+        total += int(pixels * info.pixel_bytes)
     return _SLACK * total
 
 
-def outputCacheBytes(windowxsize: int, windowysize: int, pixelBytes: int) -> int:
-    """An output's share: its blocks (all bands, ``pixelBytes`` per pixel) in flight."""
-    return _SLACK * windowxsize * windowysize * pixelBytes
+def output_cache_bytes(windowxsize: int, windowysize: int, pixel_bytes: int) -> int:
+    """An output's share: its blocks (all bands, ``pixel_bytes`` per pixel) in flight."""
+    return _SLACK * windowxsize * windowysize * pixel_bytes
 
 
-def _sourcePixelsPerGridPixel(info: RasterInfo, grid: WorkingGrid) -> float:
+def _source_pixels_per_grid_pixel(info: RasterInfo, grid: WorkingGrid) -> float:
     """How many source pixels a resampled grid pixel covers (1 across CRSs, an estimate)."""
     if info.crs is not None and grid.crs is not None and info.crs != grid.crs:
         return 1.0
@@ -77,13 +77,13 @@ def _sourcePixelsPerGridPixel(info: RasterInfo, grid: WorkingGrid) -> float:
     return max(1.0, abs(grid.transform.a * grid.transform.e) / source) if source else 1.0
 
 
-def effectiveCap(nbytes: int) -> int:
+def effective_cap(nbytes: int) -> int:
     """The GDAL_CACHEMAX a cap of ``nbytes`` sets: at least MIN_CACHE_BYTES, never above
     GDAL's own default."""
-    return min(max(nbytes, MIN_CACHE_BYTES), _gdalDefault())
+    return min(max(nbytes, MIN_CACHE_BYTES), _gdal_default())
 
 
-def _gdalDefault() -> int:
+def _gdal_default() -> int:
     try:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
@@ -115,4 +115,4 @@ class CacheCap:
         if self.nbytes is not None:
             # rasterio applies GDAL_CACHEMAX at once (GDALSetCacheMax64) and restores the
             # previous size when the innermost Env exits.
-            self._stack.enter_context(rasterio.Env(GDAL_CACHEMAX=effectiveCap(self.nbytes)))
+            self._stack.enter_context(rasterio.Env(GDAL_CACHEMAX=effective_cap(self.nbytes)))

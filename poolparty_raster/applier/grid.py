@@ -19,7 +19,7 @@ from poolparty_raster.applier.structures import ApplierBlockDefn, FilenameAssoci
 
 # Fraction of a pixel by which a bound may miss the reference grid and still count as on it.
 _SNAP_TOLERANCE = 1e-6
-# Task sizing (see taskSizes): a new interpreter with numpy and rasterio costs 0.4-0.7 s
+# Task sizing (see task_sizes): a new interpreter with numpy and rasterio costs 0.4-0.7 s
 # of CPU, so in array mode (one process per task) a task carries at least 64 blocks of
 # 256 x 256 (4 Mpix: seconds of work for anything but a plain copy); workers mode pays the
 # start-up once per worker and a chunk costs ~0.6 ms, so small tasks only buy load balance.
@@ -61,8 +61,8 @@ class RasterInfo:
     width: int
     height: int
     bounds: tuple[float, float, float, float]
-    pixelBytes: int
-    blockShape: tuple[int, int]
+    pixel_bytes: int
+    block_shape: tuple[int, int]
     dtypes: tuple[str, ...] = ()
     nodatavals: tuple[float | None, ...] = ()
 
@@ -71,21 +71,21 @@ class RasterInfo:
         return WorkingGrid(self.transform, self.crs, self.width, self.height)
 
 
-def describeRasters(filenames: list[str]) -> dict[str, RasterInfo]:
+def describe_rasters(filenames: list[str]) -> dict[str, RasterInfo]:
     """Each distinct file opened once (an open costs milliseconds, more on a network
     filesystem)."""
     infos = {}
     for filename in dict.fromkeys(filenames):
         with rasterio.open(filename) as src:
-            pixelBytes = sum(np.dtype(d).itemsize for d in src.dtypes)
+            pixel_bytes = sum(np.dtype(d).itemsize for d in src.dtypes)
             infos[filename] = RasterInfo(src.transform, src.crs, src.width, src.height,
-                                         tuple(src.bounds), pixelBytes,
+                                         tuple(src.bounds), pixel_bytes,
                                          tuple(src.block_shapes[0]), tuple(src.dtypes),
                                          tuple(src.nodatavals))
     return infos
 
 
-def referenceName(infiles: FilenameAssociations, controls: ApplierControls) -> str:
+def reference_name(infiles: FilenameAssociations, controls: ApplierControls) -> str:
     """The file whose grid the blocks are on: the reference image the user named (a
     filename, or the symbolic name of a single input), else the first input."""
     filenames = [filename for _, _, filename in infiles]
@@ -102,23 +102,23 @@ def referenceName(infiles: FilenameAssociations, controls: ApplierControls) -> s
     return named[0] if named else refname
 
 
-def computeWorkingGrid(infiles: FilenameAssociations, controls: ApplierControls,
-                       infos: dict[str, RasterInfo]) -> WorkingGrid:
+def compute_working_grid(infiles: FilenameAssociations, controls: ApplierControls,
+                         infos: dict[str, RasterInfo]) -> WorkingGrid:
     """The reference's CRS and pixel grid, over the extent the footprint type gives, of the
-    inputs or of the files set with setFilesForExtent; ``infos`` (describeRasters) covers
+    inputs or of the files set with setFilesForExtent; ``infos`` (describe_rasters) covers
     the inputs, the reference image and the extent files."""
     filenames = [filename for _, _, filename in infiles]
     refname, ref = _reference(infiles, controls, infos)
     if controls.referenceImage is None and controls.referencePixgrid is None:
-        _requireOneGrid(refname, filenames, infos)
+        _require_one_grid(refname, filenames, infos)
     reftransform, refcrs = ref.transform, ref.crs
     if reftransform.b != 0 or reftransform.d != 0 or reftransform.a < 0 or reftransform.e > 0:
         raise NotImplementedError(f"{refname}: only north-up grids are supported")
     if controls.footprint == BOUNDS_FROM_REFERENCE:
         bounds = ref.bounds
     else:
-        extentFiles = controls.filesForExtent or filenames
-        allbounds = [_boundsIn(infos[f], refcrs) for f in extentFiles]
+        extent_files = controls.files_for_extent or filenames
+        allbounds = [_bounds_in(infos[f], refcrs) for f in extent_files]
         pick = (max, max, min, min) if controls.footprint == INTERSECTION else (min, min, max, max)
         bounds = tuple(p(b[i] for b in allbounds) for i, p in enumerate(pick))
     return _snapped(bounds, reftransform, refcrs, outward=controls.footprint != INTERSECTION)
@@ -129,42 +129,42 @@ def _reference(infiles: FilenameAssociations, controls: ApplierControls,
     """A name for the reference grid (for messages) and its description."""
     pixgrid = controls.referencePixgrid
     if pixgrid is None:
-        refname = referenceName(infiles, controls)
+        refname = reference_name(infiles, controls)
         return refname, infos[refname]
-    return "the reference pixel grid", pixgridInfo(pixgrid)
+    return "the reference pixel grid", pixgrid_info(pixgrid)
 
 
-def pixgridInfo(pixgrid: Any) -> RasterInfo:
+def pixgrid_info(pixgrid: Any) -> RasterInfo:
     """A RasterInfo for a pixel grid given as RIOS's PixelGridDefn describes one: bounds
     ``xMin``, ``xMax``, ``yMin``, ``yMax`` and pixel sizes ``xRes``, ``yRes`` (positive) in
     the units of ``projection`` (WKT, or "" for none)."""
     try:
-        xMin, xMax, yMin, yMax = (float(getattr(pixgrid, n)) for n in ("xMin", "xMax", "yMin",
+        x_min, x_max, y_min, y_max = (float(getattr(pixgrid, n)) for n in ("xMin", "xMax", "yMin",
                                                                         "yMax"))
-        xRes, yRes = float(pixgrid.xRes), float(pixgrid.yRes)
+        x_res, y_res = float(pixgrid.xRes), float(pixgrid.yRes)
         projection = pixgrid.projection
     except (AttributeError, TypeError) as exc:
         raise TypeError("setReferencePixgrid takes a pixel grid with xMin, xMax, yMin, yMax, "
                         "xRes, yRes and projection (as rios.pixelgrid.PixelGridDefn has): "
                         f"{exc}") from None
     crs = CRS.from_user_input(projection) if projection else None
-    width, height = round((xMax - xMin) / xRes), round((yMax - yMin) / yRes)
-    return RasterInfo(Affine(xRes, 0, xMin, 0, -yRes, yMax), crs, width, height,
-                      (xMin, yMin, xMax, yMax), 0, (1, width))
+    width, height = round((x_max - x_min) / x_res), round((y_max - y_min) / y_res)
+    return RasterInfo(Affine(x_res, 0, x_min, 0, -y_res, y_max), crs, width, height,
+                      (x_min, y_min, x_max, y_max), 0, (1, width))
 
 
-def _requireOneGrid(first: str, filenames: list[str], infos: dict[str, RasterInfo]) -> None:
+def _require_one_grid(first: str, filenames: list[str], infos: dict[str, RasterInfo]) -> None:
     """RIOS resamples only onto a reference image the user chose."""
     grid = infos[first].grid
     for filename in filenames:
-        if not onGrid(infos[filename].transform, infos[filename].crs, grid):
+        if not on_grid(infos[filename].transform, infos[filename].crs, grid):
             raise ResampleNeededError(
                 f"{filename} is not on the pixel grid of {first} (CRS, pixel size or "
                 "alignment differ): call controls.setReferenceImage(...) with the "
                 "image whose grid to resample onto")
 
 
-def onGrid(transform: Affine, crs: CRS | None, grid: WorkingGrid) -> tuple[int, int] | None:
+def on_grid(transform: Affine, crs: CRS | None, grid: WorkingGrid) -> tuple[int, int] | None:
     """(rows, cols) from the grid's origin to a raster's with this transform and CRS, if it
     lies on the grid's pixel grid (same CRS and pixel size, whole-pixel offset); else None."""
     t, g = transform, grid.transform
@@ -178,7 +178,7 @@ def onGrid(transform: Affine, crs: CRS | None, grid: WorkingGrid) -> tuple[int, 
     return (round(row), round(col))
 
 
-def _boundsIn(info: RasterInfo, crs: CRS | None) -> tuple[float, float, float, float]:
+def _bounds_in(info: RasterInfo, crs: CRS | None) -> tuple[float, float, float, float]:
     if info.crs is None or crs is None or info.crs == crs:
         return info.bounds
     return transform_bounds(info.crs, crs, *info.bounds, densify_pts=21)
@@ -204,7 +204,7 @@ def _snapped(bounds: tuple[float, ...], ref: Affine, crs: CRS | None,
     return WorkingGrid(ref @ Affine.translation(c0, r0), crs, c1 - c0, r1 - r0)
 
 
-def makeBlocks(grid: WorkingGrid, windowxsize: int, windowysize: int) -> list[ApplierBlockDefn]:
+def make_blocks(grid: WorkingGrid, windowxsize: int, windowysize: int) -> list[ApplierBlockDefn]:
     """Blocks in row-major order; those on the right and bottom edges are smaller."""
     return [ApplierBlockDefn(top, left, min(windowysize, grid.height - top),
                              min(windowxsize, grid.width - left))
@@ -212,8 +212,8 @@ def makeBlocks(grid: WorkingGrid, windowxsize: int, windowysize: int) -> list[Ap
             for left in range(0, grid.width, windowxsize)]
 
 
-def taskSizes(numBlocks: int, parallelism: int, singleBlock: bool, how: str,
-              blockPixels: int) -> list[int]:
+def task_sizes(num_blocks: int, parallelism: int, single_block: bool, how: str,
+               block_pixels: int) -> list[int]:
     """How many consecutive blocks each task carries, in task order; ``how`` is "array" (a
     new interpreter per task), "workers" (long-lived workers claim tasks) or "threads".
 
@@ -223,21 +223,21 @@ def taskSizes(numBlocks: int, parallelism: int, singleBlock: bool, how: str,
     MAX_TASK_PIXELS (MAX_INBAND_TASK_PIXELS for threads). As the blocks run out, tasks
     shrink to a 1/(2 x parallelism) share of the blocks left (guided self-scheduling): pools
     hand tasks out in order, so the slots then finish together instead of one running a
-    whole task after the others are done. ``singleBlock`` is RIOS's one block per job.
+    whole task after the others are done. ``single_block`` is RIOS's one block per job.
     """
-    if singleBlock:
-        return [1] * numBlocks
+    if single_block:
+        return [1] * num_blocks
     slots = max(parallelism, 1)
-    blockPixels = max(blockPixels, 1)
-    perSlot = TASKS_PER_WORKER_ARRAY if how == "array" else TASKS_PER_WORKER_WORKERS
-    minPixels = {"array": MIN_TASK_PIXELS_ARRAY, "workers": MIN_TASK_PIXELS_WORKERS}.get(how, 0)
-    maxPixels = MAX_INBAND_TASK_PIXELS if how == "threads" else MAX_TASK_PIXELS
-    minBlocks = math.ceil(minPixels / blockPixels)
-    largest = max(1, min(max(math.ceil(numBlocks / (perSlot * slots)), minBlocks),
-                         maxPixels // blockPixels))
-    smallest = max(1, min(largest, minBlocks))
+    block_pixels = max(block_pixels, 1)
+    per_slot = TASKS_PER_WORKER_ARRAY if how == "array" else TASKS_PER_WORKER_WORKERS
+    min_pixels = {"array": MIN_TASK_PIXELS_ARRAY, "workers": MIN_TASK_PIXELS_WORKERS}.get(how, 0)
+    max_pixels = MAX_INBAND_TASK_PIXELS if how == "threads" else MAX_TASK_PIXELS
+    min_blocks = math.ceil(min_pixels / block_pixels)
+    largest = max(1, min(max(math.ceil(num_blocks / (per_slot * slots)), min_blocks),
+                         max_pixels // block_pixels))
+    smallest = max(1, min(largest, min_blocks))
     sizes = []
-    left = numBlocks
+    left = num_blocks
     while left > 0:
         size = min(left, largest, max(smallest, math.ceil(left / (2 * slots))))
         sizes.append(size)
@@ -245,7 +245,7 @@ def taskSizes(numBlocks: int, parallelism: int, singleBlock: bool, how: str,
     return sizes
 
 
-def groupBlocks(blocks: list[ApplierBlockDefn], sizes: list[int]) -> list[list[ApplierBlockDefn]]:
+def group_blocks(blocks: list[ApplierBlockDefn], sizes: list[int]) -> list[list[ApplierBlockDefn]]:
     groups, start = [], 0
     for size in sizes:
         groups.append(blocks[start:start + size])

@@ -29,12 +29,12 @@ _USER_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TO
 _kept: bool | None = None  # decided once per process
 
 
-def keepFreedHeap() -> bool:
+def keep_freed_heap() -> bool:
     """Set this process's glibc trim and mmap thresholds, once; True if they are set, False
     where this is not glibc or the user set their own."""
     global _kept
     if _kept is None:
-        _kept = _isGlibc() and not any(name in os.environ for name in _USER_SETTINGS)
+        _kept = _is_glibc() and not any(name in os.environ for name in _USER_SETTINGS)
         if _kept:
             libc = ctypes.CDLL(None)
             # The mmap threshold first: setting either freezes glibc's adaptive thresholds,
@@ -44,7 +44,7 @@ def keepFreedHeap() -> bool:
     return _kept
 
 
-def _isGlibc() -> bool:
+def _is_glibc() -> bool:
     try:
         return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
     except (ValueError, OSError):

@@ -28,24 +28,24 @@ class BlockInfo:
     ``blocktl``/``blockbr`` (world coordinates of the block's outer corners, ``.x``/``.y``),
     ``xtotalblocks``/``ytotalblocks``, ``windowxsize``/``windowysize``."""
 
-    def __init__(self, grid: WorkingGrid, blockDefn: ApplierBlockDefn, windowxsize: int,
-                 windowysize: int, overlap: int, inputMeta: dict[int, tuple[str, list]]):
+    def __init__(self, grid: WorkingGrid, block_defn: ApplierBlockDefn, windowxsize: int,
+                 windowysize: int, overlap: int, input_meta: dict[int, tuple[str, list]]):
         self.workingGrid = grid
         self.transform: Affine = grid.transform
         self.crs: CRS | None = grid.crs
-        self.blockDefn = blockDefn
+        self.blockDefn = block_defn
         self.windowxsize = windowxsize
         self.windowysize = windowysize
         self.overlap = overlap
-        self.xblock = blockDefn.left // windowxsize
-        self.yblock = blockDefn.top // windowysize
+        self.xblock = block_defn.left // windowxsize
+        self.yblock = block_defn.top // windowysize
         self.xtotalblocks = -(-grid.width // windowxsize)
         self.ytotalblocks = -(-grid.height // windowysize)
         self.xsize, self.ysize = grid.width, grid.height
-        self.blockwidth, self.blockheight = blockDefn.ncols, blockDefn.nrows
+        self.blockwidth, self.blockheight = block_defn.ncols, block_defn.nrows
         # Keyed by id() of the input arrays given to the user function (as RIOS does), so
         # getFilenameFor(inputs.img) works; values are (filename, per-band nodata list).
-        self._inputMeta = inputMeta
+        self._input_meta = input_meta
 
     @property
     def blocktl(self) -> Coord:
@@ -100,8 +100,8 @@ class BlockInfo:
         o = self.overlap
         rows = np.arange(self.blockDefn.top - o, self.blockDefn.top + self.blockDefn.nrows + o)
         cols = np.arange(self.blockDefn.left - o, self.blockDefn.left + self.blockDefn.ncols + o)
-        colGrid, rowGrid = np.meshgrid(cols + 0.5, rows + 0.5)
-        return self.transform @ (colGrid, rowGrid)
+        col_grid, row_grid = np.meshgrid(cols + 0.5, rows + 0.5)
+        return self.transform @ (col_grid, row_grid)
 
     def getPixColRow(self, x: int, y: int) -> tuple[int, int]:
         """(col, row) in the working grid of column ``x``, row ``y`` of the block
@@ -112,11 +112,11 @@ class BlockInfo:
         """(row, col) in the block's arrays (overlap included) of the pixel containing world
         point (x, y); (None, None) when it lies outside them."""
         col, row = ~self.transform @ (x, y)
-        blockRow = int(np.floor(row)) - (self.blockDefn.top - self.overlap)
-        blockCol = int(np.floor(col)) - (self.blockDefn.left - self.overlap)
-        if (0 <= blockRow < self.blockDefn.nrows + 2 * self.overlap
-                and 0 <= blockCol < self.blockDefn.ncols + 2 * self.overlap):
-            return (blockRow, blockCol)
+        block_row = int(np.floor(row)) - (self.blockDefn.top - self.overlap)
+        block_col = int(np.floor(col)) - (self.blockDefn.left - self.overlap)
+        if (0 <= block_row < self.blockDefn.nrows + 2 * self.overlap
+                and 0 <= block_col < self.blockDefn.ncols + 2 * self.overlap):
+            return (block_row, block_col)
         return (None, None)
 
     def isFirstBlock(self) -> bool:
@@ -142,7 +142,7 @@ class BlockInfo:
 
     def _lookup(self, block: Any) -> tuple[str, list]:
         try:
-            return self._inputMeta[id(block)]
+            return self._input_meta[id(block)]
         except KeyError:
             raise KeyError("getFilenameFor/getNoDataValueFor take an array of `inputs` "
                            "as given to the user function") from None

@@ -20,14 +20,14 @@ from poolparty_raster.registry import BACKENDS
 _BACKEND_OF_KIND = {backend.applier_kind: backend for backend in BACKENDS}
 
 
-def poolClassFor(kind: str) -> type:
+def pool_class_for(kind: str) -> type:
     """The pool class that runs a pool kind (CW_SUBPROC, CW_SLURM, ...): its backend's
     usual pool, imported from the backend's module by the name the registry gives."""
     backend = _BACKEND_OF_KIND[kind]
     return getattr(importlib.import_module(backend.pool_module), backend.pool_class)
 
 
-def makePool(style: ConcurrencyStyle, jobName: str | None) -> Any:
+def make_pool(style: ConcurrencyStyle, job_name: str | None) -> Any:
     """A new pool for ``style`` (not CW_NONE); the caller closes it.
 
     CW_THREADS: a ThreadPool of numComputeWorkers threads. Pool kinds (issue 7): with
@@ -43,7 +43,7 @@ def makePool(style: ConcurrencyStyle, jobName: str | None) -> Any:
     workers = style.numComputeWorkers or None
     if kind == CW_THREADS:
         return ThreadPool(workers or os.cpu_count(), **style.computeWorkerExtraParams)
-    cls = poolClassFor(kind)
+    cls = pool_class_for(kind)
     options = inspect.signature(cls).parameters
     kwargs: dict[str, Any] = {}
     if "num_workers" in options:
@@ -54,13 +54,13 @@ def makePool(style: ConcurrencyStyle, jobName: str | None) -> Any:
             kwargs["num_simultaneously_running_tasks"] = workers
     elif workers:
         kwargs.update(mode="workers", max_workers=workers)
-    if jobName is not None and "job_name" in options:
-        kwargs["job_name"] = jobName
+    if job_name is not None and "job_name" in options:
+        kwargs["job_name"] = job_name
     kwargs.update(style.computeWorkerExtraParams)
     return cls(**kwargs)
 
 
-def poolWidth(pool: Any, style: ConcurrencyStyle) -> int:
+def pool_width(pool: Any, style: ConcurrencyStyle) -> int:
     """How many tasks run at once, which task sizes follow: the style's numComputeWorkers
     when given (with setPool too: the user's word for how many will run), else what the pool
     says (``pool.parallelism`` for this package's pools, at most max_workers in workers
@@ -69,20 +69,20 @@ def poolWidth(pool: Any, style: ConcurrencyStyle) -> int:
         return style.numComputeWorkers
     parallelism = getattr(pool, "parallelism", None)
     if isinstance(parallelism, int) and parallelism > 0:
-        maxWorkers = getattr(pool, "max_workers", None)
-        if isWorkersMode(pool) and maxWorkers:
-            return min(parallelism, maxWorkers)
+        max_workers = getattr(pool, "max_workers", None)
+        if is_workers_mode(pool) and max_workers:
+            return min(parallelism, max_workers)
         return parallelism
     return getattr(pool, "_processes", None) or os.cpu_count() or 1
 
 
-def isWorkersMode(pool: Any) -> bool:
+def is_workers_mode(pool: Any) -> bool:
     return getattr(pool, "mode", None) == "workers"
 
 
-def howTasksRun(pool: Any) -> str:
+def how_tasks_run(pool: Any) -> str:
     """How a pool runs tasks, which decides how they travel and how large they are (see
-    grid.taskSizes):
+    grid.task_sizes):
 
     "threads": threads of this process (multiprocessing's ThreadPool, whoever made it).
     They share the process, so the spec and the arrays go in-band, and each task opens its
@@ -93,7 +93,7 @@ def howTasksRun(pool: Any) -> str:
     task, or a pool we know nothing of (the cautious sizing)."""
     if isinstance(pool, ThreadPool):
         return "threads"
-    if isWorkersMode(pool):
+    if is_workers_mode(pool):
         return "workers"
     if isinstance(pool, MultiprocessingPool) and getattr(pool, "_maxtasksperchild", None) is None:
         return "workers"
@@ -110,7 +110,7 @@ def throttles(pool: Any) -> bool:
 class Scratch:
     """A private directory (0700) for block files, where driver and workers both see it:
     beside the pool's work_dirs (which must be shared for cluster pools), else in the
-    temporary directory for pools on this machine. ``workerPath`` is the same directory as
+    temporary directory for pools on this machine. ``worker_path`` is the same directory as
     the workers see it (an ECS pool may mount the work_dir elsewhere); ``ledger`` removes
     each block file once the driver has read it. Removed on close."""
 
@@ -120,7 +120,8 @@ class Scratch:
         self.path = os.path.join(os.path.abspath(root),
                                  f"poolparty_raster.applier.{stamp}.{uuid.uuid4().hex[:8]}")
         os.makedirs(self.path, mode=0o700)
-        self.workerPath = pool.worker_path(self.path) if hasattr(pool, "worker_path") else self.path
+        self.worker_path = (pool.worker_path(self.path) if hasattr(pool, "worker_path")
+                            else self.path)
         self.ledger = Ledger(self.path)
 
     def file(self, name: str) -> str:

@@ -23,23 +23,23 @@ DIRECT_PYRAMID_DRIVERS = ("GTiff", "HFA")
 _ROWS_PER_WRITE = 1024
 
 
-def overviewLevels(levels: tuple[int, ...], minDim: int, width: int, height: int) -> list[int]:
+def overview_levels(levels: tuple[int, ...], min_dim: int, width: int, height: int) -> list[int]:
     """RIOS's rule: as many of the first levels as there are levels by which the image's
-    smaller side divided still exceeds ``minDim`` pixels."""
+    smaller side divided still exceeds ``min_dim`` pixels."""
     smaller = min(width, height)
-    return list(levels[:sum(1 for level in levels if smaller // level > minDim)])
+    return list(levels[:sum(1 for level in levels if smaller // level > min_dim)])
 
 
-def centredPyramidsWanted(driver: str, aggType: str, singlePass: bool | None) -> bool:
+def centred_pyramids_wanted(driver: str, agg_type: str, single_pass: bool | None) -> bool:
     """Whether RIOS would write this output's overviews block by block (its "single pass":
     NEAREST, not switched off, a driver that can); otherwise GDAL builds them after the
     last block. Asking for single-pass pyramids with another aggregation type is an error
     in RIOS, and here."""
-    nearest = aggType.upper() == "NEAREST"
-    if singlePass is True and not nearest:
+    nearest = agg_type.upper() == "NEAREST"
+    if single_pass is True and not nearest:
         raise ValueError(f"setSinglePassPyramids(True) needs the NEAREST aggregation type, "
-                         f"not {aggType!r} (RIOS's rule)")
-    return singlePass is not False and nearest and driver in DIRECT_PYRAMID_DRIVERS
+                         f"not {agg_type!r} (RIOS's rule)")
+    return single_pass is not False and nearest and driver in DIRECT_PYRAMID_DRIVERS
 
 
 class CentredOverviews:
@@ -59,19 +59,19 @@ class CentredOverviews:
             self.arrays.append(np.memmap(file, dtype=dtype, mode="w+", shape=shape))
 
     @staticmethod
-    def createLevels(ds: Any, levels: list[int]) -> None:
+    def create_levels(ds: Any, levels: list[int]) -> None:
         """Create the levels on the new, still empty output (as RIOS does)."""
         ds.build_overviews(levels, Resampling.nearest)
 
-    def add(self, blockDefn: ApplierBlockDefn, array: np.ndarray) -> None:
+    def add(self, block_defn: ApplierBlockDefn, array: np.ndarray) -> None:
         """Keep the block's pixels (bands, nrows, ncols) that are overview pixels."""
         for level, overview in zip(self.levels, self.arrays):
-            rows = _picked(blockDefn.top, blockDefn.nrows, level)
-            cols = _picked(blockDefn.left, blockDefn.ncols, level)
+            rows = _picked(block_defn.top, block_defn.nrows, level)
+            cols = _picked(block_defn.left, block_defn.ncols, level)
             if rows is None or cols is None:
                 continue
-            (r0, rowOffset, nr), (c0, colOffset, nc) = rows, cols
-            overview[:, r0:r0 + nr, c0:c0 + nc] = array[:, rowOffset::level, colOffset::level]
+            (r0, row_offset, nr), (c0, col_offset, nc) = rows, cols
+            overview[:, r0:r0 + nr, c0:c0 + nc] = array[:, row_offset::level, col_offset::level]
 
     def write(self, path: str) -> None:
         """Write every level into the closed output at ``path``. Overview pixels whose

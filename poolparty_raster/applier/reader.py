@@ -17,7 +17,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from poolparty_raster.applier.grid import RasterInfo, WorkingGrid, onGrid
+from poolparty_raster.applier.grid import RasterInfo, WorkingGrid, on_grid
 from poolparty_raster.applier.structures import FilenameAssociations
 
 _RESAMPLING_NAMES = {"near": "nearest", "cubicspline": "cubic_spline"}
@@ -30,10 +30,10 @@ class InputSpec:
     (None: all, else 1-based numbers)."""
 
     name: str
-    seqNum: int | None
+    seq_num: int | None
     filename: str
-    resampleMethod: str
-    nodataOverride: float | list[float | None] | None
+    resample_method: str
+    nodata_override: float | list[float | None] | None
     layers: list[int] | None = None
 
 
@@ -59,14 +59,14 @@ class InputReader:
             raise ValueError(f"{self.spec.filename} has {src.count} bands; layers {layers} "
                              "were selected")
         self.layers = None if self.spec.layers is None else layers
-        self.nodata = nodataList(self.spec, src.nodatavals, layers)
+        self.nodata = nodata_list(self.spec, src.nodatavals, layers)
         self.dtype = np.dtype(src.dtypes[layers[0] - 1])
-        offset = onGrid(src.transform, src.crs, self.grid)
+        offset = on_grid(src.transform, src.crs, self.grid)
         if offset is None:
             self._warped(src, layers)
         else:
             self.parts = [(src, self.layers, None)]
-            self.rowOffset, self.colOffset = offset
+            self.row_offset, self.col_offset = offset
             self.height, self.width = src.height, src.width
         self.fill = np.array([0 if v is None else v for v in self.nodata],
                              dtype=self.dtype)[:, None, None]
@@ -77,7 +77,7 @@ class InputReader:
         g = self.grid
         transform = g.transform @ Affine.translation(-o, -o)
         width, height = g.width + 2 * o, g.height + 2 * o
-        extras = _fixedScale(src, g, transform, width, height)
+        extras = _fixed_scale(src, g, transform, width, height)
         groups: dict[Any, list[int]] = {}
         for position, nodata in enumerate(self.nodata):
             groups.setdefault(nodata, []).append(position)
@@ -89,11 +89,11 @@ class InputReader:
                                                 "UNIFIED_SRC_NODATA": "NO"}
             vrt = self._stack.enter_context(WarpedVRT(
                 src, crs=g.crs, transform=transform, width=width, height=height,
-                resampling=_resampling(self.spec.resampleMethod), **kwargs, **extras))
+                resampling=_resampling(self.spec.resample_method), **kwargs, **extras))
             indexes = [layers[p] for p in positions]
             whole = len(groups) == 1 and self.layers is None
             self.parts.append((vrt, None if whole else indexes, None if whole else positions))
-        self.rowOffset = self.colOffset = -o
+        self.row_offset = self.col_offset = -o
         self.height, self.width = height, width
 
     def __exit__(self, *exc: Any) -> None:
@@ -102,19 +102,19 @@ class InputReader:
     def read(self, row: int, col: int, nrows: int, ncols: int) -> np.ndarray:
         """Rows row..row+nrows, cols col..col+ncols of the working grid, shaped (bands,
         nrows, ncols); pixels beyond the file hold its nodata value (0 where it has none)."""
-        r0, c0 = row - self.rowOffset, col - self.colOffset
+        r0, c0 = row - self.row_offset, col - self.col_offset
         ra, rb = max(r0, 0), min(r0 + nrows, self.height)
         ca, cb = max(c0, 0), min(c0 + ncols, self.width)
         if (ra, rb, ca, cb) == (r0, r0 + nrows, c0, c0 + ncols):
-            return self._readWindow(Window(c0, r0, ncols, nrows))
+            return self._read_window(Window(c0, r0, ncols, nrows))
         array = np.empty((len(self.nodata), nrows, ncols), dtype=self.dtype)
         array[:] = self.fill
         if ra < rb and ca < cb:
-            array[:, ra - r0:rb - r0, ca - c0:cb - c0] = self._readWindow(
+            array[:, ra - r0:rb - r0, ca - c0:cb - c0] = self._read_window(
                 Window(ca, ra, cb - ca, rb - ra))
         return array
 
-    def _readWindow(self, window: Window) -> np.ndarray:
+    def _read_window(self, window: Window) -> np.ndarray:
         if len(self.parts) == 1 and self.parts[0][2] is None:
             ds, indexes, _ = self.parts[0]
             return ds.read(indexes, window=window)
@@ -124,10 +124,10 @@ class InputReader:
         return out
 
 
-def nodataList(spec: InputSpec, nodatavals: tuple[Any, ...], layers: list[int]) -> list[Any]:
+def nodata_list(spec: InputSpec, nodatavals: tuple[Any, ...], layers: list[int]) -> list[Any]:
     """One nodata value per band read: the override (a scalar for all, or a list per band),
     else the file's (``nodatavals``, per band of the file)."""
-    override = spec.nodataOverride
+    override = spec.nodata_override
     if override is None:
         return [nodatavals[b - 1] for b in layers]
     if isinstance(override, list):
@@ -138,14 +138,14 @@ def nodataList(spec: InputSpec, nodatavals: tuple[Any, ...], layers: list[int]) 
     return [override] * len(layers)
 
 
-def checkNoDataFits(spec: InputSpec, nodata: list[Any], dtype: np.dtype) -> None:
+def check_nodata_fits(spec: InputSpec, nodata: list[Any], dtype: np.dtype) -> None:
     """A ValueError naming the input, the value and the dtype where the arrays read
     (``dtype``) cannot hold a band's nodata value exactly: pixels outside the input are
     filled with it, and comparing the data with a value it cannot hold finds nothing."""
     for band, value in enumerate(nodata, start=1):
         if value is None or _holds(dtype, value):
             continue
-        if spec.nodataOverride is not None:
+        if spec.nodata_override is not None:
             where = f"setInputNoDataValue gives {value!r} for band {band} of"
             advice = "give a value the dtype can hold"
         else:
@@ -155,15 +155,15 @@ def checkNoDataFits(spec: InputSpec, nodata: list[Any], dtype: np.dtype) -> None
                          f"{np.dtype(dtype).name} arrays cannot hold it: {advice}")
 
 
-def checkInputNoData(specs: list[InputSpec], infos: dict[str, RasterInfo]) -> None:
+def check_input_nodata(specs: list[InputSpec], infos: dict[str, RasterInfo]) -> None:
     """The check of every input's nodata values, made once by the driver before any block
-    is read, with what ``describeRasters`` found (the readers in the tasks rely on it)."""
+    is read, with what ``describe_rasters`` found (the readers in the tasks rely on it)."""
     for spec in specs:
         info = infos[spec.filename]
         layers = spec.layers or list(range(1, len(info.dtypes) + 1))
         if max(layers) <= len(info.dtypes):  # else the reader says which layers are missing
-            checkNoDataFits(spec, nodataList(spec, info.nodatavals, layers),
-                            np.dtype(info.dtypes[layers[0] - 1]))
+            check_nodata_fits(spec, nodata_list(spec, info.nodatavals, layers),
+                              np.dtype(info.dtypes[layers[0] - 1]))
 
 
 def _holds(dtype: np.dtype, value: Any) -> bool:
@@ -186,31 +186,31 @@ def _holds(dtype: np.dtype, value: Any) -> bool:
 
 
 def _label(spec: InputSpec) -> str:
-    return spec.name if spec.seqNum is None else f"{spec.name}[{spec.seqNum}]"
+    return spec.name if spec.seq_num is None else f"{spec.name}[{spec.seq_num}]"
 
 
-def _fixedScale(src: Any, grid: WorkingGrid, transform: Affine, width: int,
-                height: int) -> dict[str, str]:
+def _fixed_scale(src: Any, grid: WorkingGrid, transform: Affine, width: int,
+                 height: int) -> dict[str, str]:
     """XSCALE/YSCALE as GDAL would compute them when warping the whole grid at once:
     destination pixels per source pixel over the grid's footprint in the source."""
     bounds = (transform.c, transform.f + height * transform.e,
               transform.c + width * transform.a, transform.f)
     if src.crs is not None and grid.crs is not None and src.crs != grid.crs:
         bounds = transform_bounds(grid.crs, src.crs, *bounds, densify_pts=21)
-    srcCols = (bounds[2] - bounds[0]) / abs(src.transform.a)
-    srcRows = (bounds[3] - bounds[1]) / abs(src.transform.e)
-    if not (srcCols > 0 and srcRows > 0 and math.isfinite(srcCols + srcRows)):
+    src_cols = (bounds[2] - bounds[0]) / abs(src.transform.a)
+    src_rows = (bounds[3] - bounds[1]) / abs(src.transform.e)
+    if not (src_cols > 0 and src_rows > 0 and math.isfinite(src_cols + src_rows)):
         return {}
-    return {"XSCALE": repr(width / srcCols), "YSCALE": repr(height / srcRows)}
+    return {"XSCALE": repr(width / src_cols), "YSCALE": repr(height / src_rows)}
 
 
 def _resampling(name: str) -> Resampling:
     return Resampling[_RESAMPLING_NAMES.get(name, name)]
 
 
-def inputSpecs(infiles: FilenameAssociations, controls: Any) -> list[InputSpec]:
-    return [InputSpec(name, seqNum, filename,
+def input_specs(infiles: FilenameAssociations, controls: Any) -> list[InputSpec]:
+    return [InputSpec(name, seq_num, filename,
                       controls.getOptionForImagename("resampleMethod", name),
                       controls.getOptionForImagename("inputNoData", name),
                       controls.getOptionForImagename("layerselection", name))
-            for name, seqNum, filename in infiles]
+            for name, seq_num, filename in infiles]

@@ -4,7 +4,7 @@ run at a site that sets them writes the same outputs here.
 
 - ``RIOS_DFLT_DRIVER``: the output driver of every output. Unset, RIOS writes HFA
   whatever the name; here an output named ``*.img`` is HFA (what users' tools expect of
-  that name, and what RIOS writes), any other GTiff (see ``driverForFilename``).
+  that name, and what RIOS writes), any other GTiff (see ``driver_for_filename``).
 - ``RIOS_DFLT_CREOPT_<driver>``: that driver's creation options, space-separated
   ``KEY=VALUE``; ``RIOS_DFLT_DRIVEROPTIONS`` (RIOS's older variable) gives those of
   RIOS_DFLT_DRIVER (HFA when unset, as in RIOS), ``None`` meaning none.
@@ -34,42 +34,42 @@ _CREOPT_PREFIX = "RIOS_DFLT_CREOPT_"
 
 @dataclass(frozen=True)
 class SiteDefaults:
-    """The defaults an ApplierControls starts from. ``driverName`` is None where the site
-    sets none (each output's name then decides); ``creationOptions`` maps a driver name to
+    """The defaults an ApplierControls starts from. ``driver_name`` is None where the site
+    sets none (each output's name then decides); ``creation_options`` maps a driver name to
     the options the site gives for it (absent: this package's own defaults)."""
 
-    driverName: str | None
-    creationOptions: dict[str, dict[str, str]]
-    overviewLevels: tuple[int, ...]
-    overviewMinDim: int
-    overviewAggType: str
+    driver_name: str | None
+    creation_options: dict[str, dict[str, str]]
+    overview_levels: tuple[int, ...]
+    overview_min_dim: int
+    overview_agg_type: str
 
 
-def siteDefaults(environ: Mapping[str, str] = os.environ) -> SiteDefaults:
+def site_defaults(environ: Mapping[str, str] = os.environ) -> SiteDefaults:
     """RIOS's defaults as the environment sets them now."""
-    driverName = environ.get("RIOS_DFLT_DRIVER") or None
-    creationOptions = {}
+    driver_name = environ.get("RIOS_DFLT_DRIVER") or None
+    creation_options = {}
     generic = environ.get("RIOS_DFLT_DRIVEROPTIONS")
     if generic is not None:
-        creationOptions[driverName or RIOS_DEFAULT_DRIVER] = optionDict(generic.split())
+        creation_options[driver_name or RIOS_DEFAULT_DRIVER] = option_dict(generic.split())
     for name, value in environ.items():
         if name.startswith(_CREOPT_PREFIX):  # these supersede the generic variable
-            creationOptions[name[len(_CREOPT_PREFIX):]] = optionDict(value.split())
+            creation_options[name[len(_CREOPT_PREFIX):]] = option_dict(value.split())
     levels = environ.get("RIOS_DFLT_OVERVIEWLEVELS")
     return SiteDefaults(
-        driverName, creationOptions,
+        driver_name, creation_options,
         DEFAULT_OVERVIEWLEVELS if levels is None else _levels(levels),
         int(environ.get("RIOS_DFLT_MINOVERLEVELDIM", DEFAULT_MINOVERVIEWDIM)),
         environ.get("RIOS_DFLT_OVERVIEWAGGTYPE") or DEFAULT_OVERVIEWAGGTYPE)
 
 
-def driverForFilename(filename: str) -> str:
+def driver_for_filename(filename: str) -> str:
     """The driver of an output for which neither the script nor the site names one: HFA
     for ``.img`` (any case), else GTiff."""
     return _DRIVER_OF_EXTENSION.get(os.path.splitext(filename)[1].lower(), DEFAULT_DRIVER)
 
 
-def optionDict(options: list[str] | tuple[str, ...]) -> dict[str, str]:
+def option_dict(options: list[str] | tuple[str, ...]) -> dict[str, str]:
     """GDAL creation options as RIOS takes them ("KEY=VALUE" strings; a lone "None" is
     none at all) to a dict with upper-case keys."""
     if list(options) == ["None"]:

@@ -8,8 +8,8 @@ import math
 
 import numpy as np
 
-from poolparty_raster.applier.histogram import (HistogramPlan, histogramFromCounts,
-                                                planHistogram)
+from poolparty_raster.applier.histogram import (HistogramPlan, histogram_from_counts,
+                                                plan_histogram)
 
 # Integer counts are kept per value (RIOS's single-pass method) while a band's values span
 # at most this (2 MiB of counts travel with each task's result); a wider band's histogram
@@ -31,9 +31,9 @@ class BandStats:
         self.minimum = math.inf
         self.maximum = -math.inf
         self.integer: bool | None = None
-        self.histStart = 0          # value counted by counts[0]
+        self.hist_start = 0          # value counted by counts[0]
         self.counts: np.ndarray | None = None
-        self.histTooWide = False
+        self.hist_too_wide = False
 
     def add(self, band: np.ndarray) -> None:
         values = band
@@ -50,7 +50,7 @@ class BandStats:
             return
         vmin, vmax = values.min(), values.max()
         if self.integer:
-            self._addCounts(values, int(vmin), int(vmax))
+            self._add_counts(values, int(vmin), int(vmax))
         values = values.astype(np.float64, copy=False)
         mean = float(values.mean())
         m2 = float(np.square(values - mean).sum())
@@ -65,46 +65,46 @@ class BandStats:
         self.minimum = min(self.minimum, vmin)
         self.maximum = max(self.maximum, vmax)
 
-    def _addCounts(self, values: np.ndarray, vmin: int, vmax: int) -> None:
-        if self.histTooWide or vmax - vmin >= MAX_DIRECT_RANGE:
-            self._dropHistogram()
+    def _add_counts(self, values: np.ndarray, vmin: int, vmax: int) -> None:
+        if self.hist_too_wide or vmax - vmin >= MAX_DIRECT_RANGE:
+            self._drop_histogram()
             return
         counts = np.bincount((values.astype(np.int64) - vmin).ravel(), minlength=vmax - vmin + 1)
-        self._mergeCounts(vmin, counts)
+        self._merge_counts(vmin, counts)
 
-    def _mergeCounts(self, start: int, counts: np.ndarray) -> None:
+    def _merge_counts(self, start: int, counts: np.ndarray) -> None:
         if self.counts is None:
-            self.histStart, self.counts = start, counts.astype(np.int64)
+            self.hist_start, self.counts = start, counts.astype(np.int64)
             return
-        offset = start - self.histStart
+        offset = start - self.hist_start
         if offset >= 0 and offset + len(counts) <= len(self.counts):  # the common case
             self.counts[offset:offset + len(counts)] += counts
             return
-        lo = min(self.histStart, start)
-        hi = max(self.histStart + len(self.counts), start + len(counts))
+        lo = min(self.hist_start, start)
+        hi = max(self.hist_start + len(self.counts), start + len(counts))
         if hi - lo > MAX_DIRECT_RANGE:
-            self._dropHistogram()
+            self._drop_histogram()
             return
         merged = np.zeros(hi - lo, np.int64)
-        merged[self.histStart - lo:self.histStart - lo + len(self.counts)] += self.counts
+        merged[self.hist_start - lo:self.hist_start - lo + len(self.counts)] += self.counts
         merged[start - lo:start - lo + len(counts)] += counts
-        self.histStart, self.counts = lo, merged
+        self.hist_start, self.counts = lo, merged
 
-    def _dropHistogram(self) -> None:
-        self.histTooWide, self.counts = True, None
+    def _drop_histogram(self) -> None:
+        self.hist_too_wide, self.counts = True, None
 
     def merge(self, other: BandStats) -> None:
         """Add another part's statistics (of the same band, other blocks)."""
         if other.integer is not None:
             self.integer = other.integer
-        if other.histTooWide:
-            self._dropHistogram()
-        elif other.counts is not None and not self.histTooWide:
-            self._mergeCounts(other.histStart, other.counts)
+        if other.hist_too_wide:
+            self._drop_histogram()
+        elif other.counts is not None and not self.hist_too_wide:
+            self._merge_counts(other.hist_start, other.counts)
         if other.count:
             self._combine(other.count, other.mean, other.m2, other.minimum, other.maximum)
 
-    def basicTags(self) -> dict[str, str]:
+    def basic_tags(self) -> dict[str, str]:
         """STATISTICS_MINIMUM/MAXIMUM/MEAN/STDDEV (population standard deviation, as
         GDAL's), STATISTICS_SKIPFACTORX/Y and STATISTICS_EXCLUDEDVALUES, as RIOS writes
         them; empty if every pixel was ignored."""
@@ -118,17 +118,17 @@ class BandStats:
             tags["STATISTICS_EXCLUDEDVALUES"] = repr(self.ignore)
         return tags
 
-    def histogramPlan(self, dtype: np.dtype, thematic: bool) -> HistogramPlan | None:
+    def histogram_plan(self, dtype: np.dtype, thematic: bool) -> HistogramPlan | None:
         """The band's histogram bins (histogram.py); None where RIOS writes no histogram:
         no pixel counted, or an infinite minimum or maximum."""
         if self.count == 0 or not (math.isfinite(self.minimum) and math.isfinite(self.maximum)):
             return None
-        return planHistogram(dtype, thematic, self.minimum, self.maximum)
+        return plan_histogram(dtype, thematic, self.minimum, self.maximum)
 
-    def countedHistogram(self, plan: HistogramPlan) -> np.ndarray | None:
+    def counted_histogram(self, plan: HistogramPlan) -> np.ndarray | None:
         """The plan's bins from the per-value counts gathered with the blocks; None where
         there are none (float bands, integer bands of too wide a range): those take a
         second pass over the output (histogram.BinCounter)."""
         if self.counts is None:
             return None
-        return histogramFromCounts(plan, self.histStart, self.counts)
+        return histogram_from_counts(plan, self.hist_start, self.counts)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-def _splitKey(key: str | tuple[str, int | None]) -> tuple[str, int | None]:
+def _split_key(key: str | tuple[str, int | None]) -> tuple[str, int | None]:
     """RIOS indexes by ``(symbolicName, seqNum)`` or by the bare name."""
     return (key, None) if isinstance(key, str) else key
 
@@ -26,8 +26,8 @@ class FilenameAssociations:
     def __iter__(self) -> Iterator[tuple[str, int | None, str]]:
         for name, value in vars(self).items():
             if isinstance(value, (list, tuple)):
-                for seqNum, filename in enumerate(value):
-                    yield name, seqNum, str(filename)
+                for seq_num, filename in enumerate(value):
+                    yield name, seq_num, str(filename)
             else:
                 yield name, None, str(value)
 
@@ -35,17 +35,17 @@ class FilenameAssociations:
         return sum(1 for _ in self)
 
     def __getitem__(self, key: str | tuple[str, int | None]) -> Any:
-        name, seqNum = _splitKey(key)
+        name, seq_num = _split_key(key)
         if name not in vars(self):
             raise KeyError(key)
         value = vars(self)[name]
         if isinstance(value, (list, tuple)):
-            if seqNum is None:
+            if seq_num is None:
                 return list(value)
-            if not 0 <= seqNum < len(value):
+            if not 0 <= seq_num < len(value):
                 raise KeyError(key)
-            return str(value[seqNum])
-        if seqNum is not None:
+            return str(value[seq_num])
+        if seq_num is not None:
             raise KeyError(key)
         return str(value)
 
@@ -69,24 +69,24 @@ class BlockAssociations:
                         else None)
 
     def __getitem__(self, key: str | tuple[str, int | None]) -> Any:
-        name, seqNum = _splitKey(key)
+        name, seq_num = _split_key(key)
         if name not in vars(self):
             raise KeyError(key)
         value = vars(self)[name]
         if isinstance(value, list):
-            if seqNum is None or not 0 <= seqNum < len(value):
+            if seq_num is None or not 0 <= seq_num < len(value):
                 raise KeyError(key)
-            return value[seqNum]
+            return value[seq_num]
         return value
 
     def __setitem__(self, key: str | tuple[str, int | None], array: Any) -> None:
-        name, seqNum = _splitKey(key)
-        if seqNum is None:
+        name, seq_num = _split_key(key)
+        if seq_num is None:
             setattr(self, name, array)
         else:
             values = vars(self).setdefault(name, [])
-            values.extend([None] * (seqNum + 1 - len(values)))
-            values[seqNum] = array
+            values.extend([None] * (seq_num + 1 - len(values)))
+            values[seq_num] = array
 
     def __len__(self) -> int:
         return sum(len(v) if isinstance(v, list) else 1 for v in vars(self).values())
@@ -176,14 +176,14 @@ class SinglePassReport:
     def __init__(self) -> None:
         self.directPyramidsSupported: dict[str, bool] = {}
         self.pyramids: dict[str, bool] = {}
-        self.basicStats: dict[str, bool] = {}
+        self.basic_stats: dict[str, bool] = {}
         self.histogram: dict[str, bool] = {}
 
     def doSinglePassPyramids(self, symbolicName: str) -> bool:
         return self.pyramids.get(symbolicName, False)
 
     def doSinglePassStatistics(self, symbolicName: str) -> bool:
-        return self.basicStats.get(symbolicName, False)
+        return self.basic_stats.get(symbolicName, False)
 
     def doSinglePassHistogram(self, symbolicName: str) -> bool:
         return self.histogram.get(symbolicName, False)

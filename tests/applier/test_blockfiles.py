@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from poolparty_raster.applier.blockfiles import BlockWriter, Ledger, readRegion
+from poolparty_raster.applier.blockfiles import BlockWriter, Ledger, read_region
 from poolparty_raster.applier.structures import ApplierBlockDefn, Timers
 
 NAMES = [("out", None), ("mask", None)]
@@ -28,12 +28,12 @@ def write(writer, first, count):
 
 
 def read(tmp_path, region, blocks, layouts):
-    return list(readRegion(str(tmp_path / region.name), region.offset, blocks, layouts, NAMES))
+    return list(read_region(str(tmp_path / region.name), region.offset, blocks, layouts, NAMES))
 
 
 def test_tasks_share_a_file_until_it_is_full_and_read_back_exactly(tmp_path):
     taskBytes = 3 * (2 * 20 * 2 + 20)  # three blocks: 2 bands of int16 and 1 of uint8, 20 px
-    writer = BlockWriter(str(tmp_path), fileBytes=2 * taskBytes)
+    writer = BlockWriter(str(tmp_path), file_bytes=2 * taskBytes)
     written = [write(writer, 3 * t, 3) for t in range(5)]
     regions = [w[0] for w in written]
     assert [(r.number, r.last) for r in regions] == [(1, False), (2, True), (1, False), (2, True),
@@ -50,10 +50,10 @@ def test_tasks_share_a_file_until_it_is_full_and_read_back_exactly(tmp_path):
 
 
 def test_a_file_is_removed_once_every_region_of_it_was_read(tmp_path):
-    writer = BlockWriter(str(tmp_path), fileBytes=1)  # 0 or 1: one task a file
+    writer = BlockWriter(str(tmp_path), file_bytes=1)  # 0 or 1: one task a file
     alone = write(writer, 0, 2)[0]
     assert alone.last and alone.number == 1
-    writer = BlockWriter(str(tmp_path), fileBytes=10_000)
+    writer = BlockWriter(str(tmp_path), file_bytes=10_000)
     first, second, third = (write(writer, i, 1)[0] for i in range(3))
     ledger = Ledger(str(tmp_path))
     ledger.done(alone)
@@ -63,7 +63,7 @@ def test_a_file_is_removed_once_every_region_of_it_was_read(tmp_path):
     ledger.done(second)
     ledger.done(third)
     assert (tmp_path / first.name).exists() and not third.last
-    writer.fileBytes = 1  # the next region fills the file
+    writer.file_bytes = 1  # the next region fills the file
     fourth = write(writer, 3, 1)[0]
     assert fourth.last and fourth.number == 4
     ledger.done(fourth)
@@ -73,7 +73,7 @@ def test_a_file_is_removed_once_every_region_of_it_was_read(tmp_path):
 
 
 def test_a_task_that_fails_while_writing_leaves_the_earlier_regions_readable(tmp_path):
-    writer = BlockWriter(str(tmp_path), fileBytes=10_000)
+    writer = BlockWriter(str(tmp_path), file_bytes=10_000)
     kept = write(writer, 0, 2)
 
     def failing():
@@ -90,7 +90,7 @@ def test_a_task_that_fails_while_writing_leaves_the_earlier_regions_readable(tmp
 
 
 def test_a_region_cut_short_reads_as_an_error_naming_the_block(tmp_path):
-    writer = BlockWriter(str(tmp_path), fileBytes=10_000)
+    writer = BlockWriter(str(tmp_path), file_bytes=10_000)
     region, blocks, _, layouts = write(writer, 0, 2)
     os.truncate(tmp_path / region.name, os.path.getsize(tmp_path / region.name) - 1)
     with pytest.raises(OSError, match="ends inside the block at top=4, left=0"):

@@ -161,7 +161,7 @@ def test_a_users_thread_pool_runs_as_threads(tmp_path, singleBlock):
         results, result = runMixed(tmp_path, configure, _mkdir(tmp_path / "threads"))
     assertIdentical(results, reference)
     # Sized as threads (nothing to amortise): several tasks per thread, not one task.
-    sizes = [1] * 30 if singleBlock else grid.taskSizes(30, 2, False, "threads", 16 * 16)
+    sizes = [1] * 30 if singleBlock else grid.task_sizes(30, 2, False, "threads", 16 * 16)
     assert len(result.otherArgsList) == len(sizes) > 2 * 2
 
 

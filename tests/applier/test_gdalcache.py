@@ -9,8 +9,8 @@ import rasterio.env
 from rasterhelpers import writeRaster
 
 from poolparty_raster import applier
-from poolparty_raster.applier.gdalcache import MIN_CACHE_BYTES, inputCacheBytes
-from poolparty_raster.applier.grid import describeRasters
+from poolparty_raster.applier.gdalcache import MIN_CACHE_BYTES, input_cache_bytes
+from poolparty_raster.applier.grid import describe_rasters
 
 MIB = 1024 * 1024
 
@@ -64,14 +64,14 @@ def test_a_cache_size_the_user_chose_is_kept(tmp_path, monkeypatch):
 def test_the_cap_covers_the_tiles_windows_share(tmp_path):
     path = writeRaster(tmp_path / "t.tif", np.zeros((2, 1000, 4000), np.int16),
                        TILED="YES", BLOCKXSIZE=256, BLOCKYSIZE=256)
-    info = describeRasters([path])[path]
+    info = describe_rasters([path])[path]
     grid = info.grid
-    aligned = inputCacheBytes([info], grid, 256, 256, 0)
-    overlapping = inputCacheBytes([info], grid, 256, 256, 2)
+    aligned = input_cache_bytes([info], grid, 256, 256, 0)
+    overlapping = input_cache_bytes([info], grid, 256, 256, 2)
     assert aligned == 2 * 256 * 256 * 4  # one window, both bands, twice over
     # With a margin, the tiles of a whole row of windows (three tile rows deep) are re-read.
     assert overlapping >= 4000 * 3 * 256 * 4
-    assert inputCacheBytes([info, info], grid, 256, 256, 2) == 2 * overlapping
+    assert input_cache_bytes([info, info], grid, 256, 256, 2) == 2 * overlapping
 
 
 def _cacheSetting(_):

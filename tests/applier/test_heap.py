@@ -13,7 +13,7 @@ from rasterhelpers import writeRaster
 from poolparty_raster import applier
 from poolparty_raster.applier import heap
 
-pytestmark = pytest.mark.skipif(not heap._isGlibc(),
+pytestmark = pytest.mark.skipif(not heap._is_glibc(),
                                 reason="the heap setting is glibc's; elsewhere nothing is set")
 
 # Three temporaries of 3 MiB alive at once, then freed: 9 MiB free at the heap's top, over

@@ -50,16 +50,16 @@ def test_set_pool_sizes_tasks_by_its_parallelism(tmp_path):
     pool = RecordingPool(parallelism=3)
     runOn(tmp_path, pool)
     assert len(pool.tasks) == 1
-    assert grid.taskSizes(10_000, 3, False, "array", 256 * 256)[0] == 834  # 12 tasks' worth
-    assert grid.taskSizes(10_000, 50, False, "array", 256 * 256)[0] == 64  # the minimum
+    assert grid.task_sizes(10_000, 3, False, "array", 256 * 256)[0] == 834  # 12 tasks' worth
+    assert grid.task_sizes(10_000, 50, False, "array", 256 * 256)[0] == 64  # the minimum
     pool = RecordingPool(parallelism=3)
     runOn(tmp_path, pool, singleBlockComputeWorkers=True)
     assert len(pool.tasks) == 100 and all(
         len(TaskPart.unpacked(t).blocks) == 1 for t in pool.tasks)
     # numComputeWorkers with setPool: the user's word for how many run at once.
     style = applier.ConcurrencyStyle(numComputeWorkers=7, computeWorkerKind=applier.CW_SUBPROC)
-    assert poolfactory.poolWidth(RecordingPool(parallelism=3), style) == 7
-    assert poolfactory.poolWidth(RecordingPool(parallelism=3), applier.ConcurrencyStyle()) == 3
+    assert poolfactory.pool_width(RecordingPool(parallelism=3), style) == 7
+    assert poolfactory.pool_width(RecordingPool(parallelism=3), applier.ConcurrencyStyle()) == 3
 
 
 def countTasks(info, inputs, outputs, otherArgs):
@@ -70,7 +70,7 @@ def test_a_multiprocessing_pool_is_sized_as_long_lived_workers(tmp_path):
     # Its processes live from task to task: start-up is paid once per process, so tasks
     # are sized as in workers mode (8 per slot, >= 0.25 Mpix), not as one process each
     # (>= 4 Mpix, which left Pool(8) on a 4096 x 4096 raster with 4 tasks).
-    assert len(grid.taskSizes(256, 8, False, "workers", 256 * 256)) >= 8 * 8
+    assert len(grid.task_sizes(256, 8, False, "workers", 256 * 256)) >= 8 * 8
     array = np.arange(1024 * 1024, dtype=np.int32).reshape(1, 1024, 1024) % 251
     infiles, outfiles = applier.FilenameAssociations(), applier.FilenameAssociations()
     infiles.img = writeRaster(tmp_path / "in.tif", array.astype(np.uint8))
@@ -80,7 +80,8 @@ def test_a_multiprocessing_pool_is_sized_as_long_lived_workers(tmp_path):
         controls.setPool(pool)
         result = applier.apply(countTasks, infiles, outfiles, applier.OtherInputs(), controls)
     # 16 blocks of 256 x 256 on 2 processes: tasks of 4 blocks (array mode: one task).
-    assert len(result.otherArgsList) == len(grid.taskSizes(16, 2, False, "workers", 256 * 256)) == 4
+    sizes = grid.task_sizes(16, 2, False, "workers", 256 * 256)
+    assert len(result.otherArgsList) == len(sizes) == 4
     np.testing.assert_array_equal(readRaster(outfiles.out), array)
 
 
@@ -88,15 +89,15 @@ def test_tasks_are_capped_whatever_the_raster_size():
     blockPixels = 256 * 256
     cap = grid.MAX_TASK_PIXELS // blockPixels
     for numBlocks in (10_000, 40_000, 160_000):
-        assert max(grid.taskSizes(numBlocks, 1, False, "array", blockPixels)) == cap
-    assert max(grid.taskSizes(100_000, 2, False, "workers", blockPixels)) == cap
-    assert grid.taskSizes(640, 2, False, "workers", blockPixels)[0] == 40  # 16 tasks' worth
+        assert max(grid.task_sizes(numBlocks, 1, False, "array", blockPixels)) == cap
+    assert max(grid.task_sizes(100_000, 2, False, "workers", blockPixels)) == cap
+    assert grid.task_sizes(640, 2, False, "workers", blockPixels)[0] == 40  # 16 tasks' worth
 
 
 def test_tasks_shrink_as_the_blocks_run_out_so_the_slots_finish_together():
     for numBlocks, slots, how, smallest in ((625, 2, "workers", 4), (10_000, 3, "array", 64),
                                             (5_000, 8, "threads", 1)):
-        sizes = grid.taskSizes(numBlocks, slots, False, how, 256 * 256)
+        sizes = grid.task_sizes(numBlocks, slots, False, how, 256 * 256)
         assert sum(sizes) == numBlocks
         assert sizes == sorted(sizes, reverse=True)
         # No task holds more than its share of the blocks left, so no slot is still busy
@@ -106,30 +107,30 @@ def test_tasks_shrink_as_the_blocks_run_out_so_the_slots_finish_together():
             assert size <= max(smallest, -(-left // (2 * slots)))
             left -= size
         assert sizes[-2] == smallest and sizes[-1] <= smallest
-    assert grid.taskSizes(7, 2, True, "workers", 256 * 256) == [1] * 7
+    assert grid.task_sizes(7, 2, True, "workers", 256 * 256) == [1] * 7
 
 
 def test_num_compute_workers_means_workers_mode():
     style = applier.ConcurrencyStyle(numComputeWorkers=3, computeWorkerKind=applier.CW_SUBPROC,
                                      computeWorkerExtraParams={"progress": False})
-    pool = poolfactory.makePool(style, None)
+    pool = poolfactory.make_pool(style, None)
     try:
-        assert poolfactory.isWorkersMode(pool) and pool.max_workers == 3
-        assert poolfactory.poolWidth(pool, style) == 3
+        assert poolfactory.is_workers_mode(pool) and pool.max_workers == 3
+        assert poolfactory.pool_width(pool, style) == 3
     finally:
         pool.terminate()
     single = applier.ConcurrencyStyle(numComputeWorkers=3, computeWorkerKind=applier.CW_SUBPROC,
                                       singleBlockComputeWorkers=True)
-    pool = poolfactory.makePool(single, None)
+    pool = poolfactory.make_pool(single, None)
     try:
-        assert not poolfactory.isWorkersMode(pool)
+        assert not poolfactory.is_workers_mode(pool)
     finally:
         pool.terminate()
     override = applier.ConcurrencyStyle(numComputeWorkers=3, computeWorkerKind=applier.CW_SUBPROC,
                                         computeWorkerExtraParams={"mode": "array"})
-    pool = poolfactory.makePool(override, None)
+    pool = poolfactory.make_pool(override, None)
     try:
-        assert not poolfactory.isWorkersMode(pool)
+        assert not poolfactory.is_workers_mode(pool)
     finally:
         pool.terminate()
 
