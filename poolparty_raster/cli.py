@@ -20,9 +20,10 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from poolparty_raster import __version__, cliviews, ownership
+from poolparty_raster import __version__, cliviews, htmlreport, ownership, reportdata
 from poolparty_raster.debugging import KeptWorkDir, checked_work_dir, chunk_of
 from poolparty_raster.errors import PoolPartyError, WorkDirMismatchError
+from poolparty_raster.files import atomic_write
 from poolparty_raster.manifest import Manifest
 from poolparty_raster.registry import BACKENDS
 from poolparty_raster.schedulers.base import SubmitSpec, cancelling
@@ -67,9 +68,17 @@ def status(path: str) -> dict[str, Any]:
     return cliviews.map_status(*_open(path))
 
 
-def report(path: str) -> dict[str, Any]:
-    work_dir, _ = _open(path)
-    return {"work_dir": work_dir.path, "events": work_dir.read_log()}
+def report(path: str, html_path: str | None = None, png_path: str | None = None) -> dict[str, Any]:
+    """The map's events and chunk records (reportdata.py); with ``html_path`` or
+    ``png_path``, the pictures of them written there (under a temporary name, renamed)."""
+    result = reportdata.map_report(*_open(path))
+    if html_path:
+        atomic_write(html_path, htmlreport.render(result).encode())
+    if png_path:
+        from poolparty_raster.pngreport import render_png
+
+        atomic_write(png_path, render_png(result))
+    return result
 
 
 def inspect(path: str, task: int | None) -> dict[str, Any]:
@@ -199,7 +208,12 @@ def _parser() -> argparse.ArgumentParser:
 
     command("status", "how far a map has got: tasks done, raised, lost and pending, its jobs, "
                       "whether its driver runs")
-    command("report", "the map's event log, one line per event")
+    reporter = command("report", "the map's event log and where and how its chunks ran; "
+                                 "--html or --png draws them")
+    reporter.add_argument("--html", metavar="FILE", help="write a self-contained HTML page: "
+                          "timeline, tasks done over time, queue waits, memory, settings")
+    reporter.add_argument("--png", metavar="FILE", help="write a static picture (needs "
+                          "matplotlib: pip install poolparty_raster[plot])")
     inspector = command("inspect", "a task's state, traceback and output, or the chunks that "
                                    "raised, wrote to stderr or died")
     inspector.add_argument("--task", type=int, help="input index of the task")
@@ -230,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         result = status(path)
         _print(result, args.json, cliviews.status_text(result))
     elif args.command == "report":
-        result = report(path)
-        _print(result, args.json, cliviews.report_text(result["events"]))
+        result = report(path, args.html, args.png)
+        _print(result, args.json, cliviews.report_text(result))
     elif args.command == "inspect":
         result = inspect(path, args.task)
         text = cliviews.overview_text(result) if args.task is None else cliviews.task_text(result)

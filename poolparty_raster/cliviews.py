@@ -14,6 +14,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from poolparty_raster import reportdata
 from poolparty_raster.attempts import ranges
 from poolparty_raster.manifest import Manifest
 from poolparty_raster.outcome import load_exceptions, load_results
@@ -130,13 +131,31 @@ def status_text(status: dict[str, Any]) -> str:
     return "\n  ".join(lines)
 
 
-def report_text(events: list[dict[str, Any]]) -> str:
+def report_text(report: dict[str, Any]) -> str:
+    """The event log, one line per event, then what the chunks' records say."""
     lines = []
-    for event in events:
+    for event in report["events"]:
         details = ", ".join(f"{k}={v}" for k, v in event.items() if k not in ("time", "event"))
         stamp = time.strftime("%H:%M:%S", time.localtime(event["time"]))
         lines.append(f"{stamp} {event['event']:<14} {details}"[:200])
-    return "\n".join(lines)
+    return "\n".join(lines + _records_lines(report))
+
+
+def _records_lines(report: dict[str, Any]) -> list[str]:
+    facts = reportdata.summary(report)
+    if not facts:
+        return []
+    lines = [f"chunks run: {len(report['runs'])} on {facts['hosts']} host(s), "
+             f"{facts['last_end'] - facts['first_start']:.2f} s from the first start to the last "
+             f"end, {facts['busy_seconds']:.2f} s busy, median chunk "
+             f"{facts['median_seconds']:.3f} s, largest peak RSS "
+             f"{facts['max_peak_rss'] / 1e6:.1f} MB"]
+    for run in reportdata.slowest(report["runs"], SHOWN_AT_MOST):
+        lines.append(f"  slow: chunk {run['chunk']} (tasks {run['first_task']}-"
+                     f"{run['last_task']}) {run['seconds']:.3f} s, CPU {run['cpu']:.3f} s, "
+                     f"{run['peak_rss'] / 1e6:.1f} MB, on {run['host']}, job "
+                     f"{reportdata.job_label(run)}, attempt {run['attempt']}: {run['exit']}")
+    return lines
 
 
 def _subject(event: dict[str, Any]) -> str:

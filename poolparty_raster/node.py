@@ -16,9 +16,12 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from poolparty_raster.registry import BACKENDS
+
+if TYPE_CHECKING:
+    from poolparty_raster.records import ChunkClock
 
 # Variables that describe the node or the allocation the worker runs in: the caller's values
 # (from a login node, or another job) would be wrong there, so they never travel. Any node's
@@ -242,20 +245,23 @@ DRIVER_CHECK_SECONDS = 2.0  # how often, at most, it looks for its driver before
 
 
 def run_and_store(work_dir: Any, manifest: Any, load_function: Callable[[], Any],
-                  chunk: int, captures: Captures, results: Any = None) -> bool:
+                  chunk: int, captures: Captures, clock: ChunkClock,
+                  results: Any = None) -> bool:
     """Run one chunk with its output captured, and store its outputs; the result goes last
-    (into ``results``, a worker's ResultLog, when given). Returns whether the function could
-    be loaded."""
+    (into ``results``, a worker's ResultLog, when given), carrying the chunk's record
+    (``clock``'s: records.py). Returns whether the function could be loaded."""
     from poolparty_raster.outcome import dump_exceptions, dump_results
 
     captures.start(chunk)
     _report_cwd_error()
+    clock.start()
     values, errors, loaded = run_chunk(work_dir, manifest, load_function, chunk)
+    record = clock.finish(0 if not errors else 1 if loaded else 2)
     if errors:
         work_dir.write_loose(chunk, "exception", dump_exceptions(errors))
     captures.finish(chunk)
     # The result goes last: its presence is what tells the driver the chunk is finished.
-    work_dir.write_result(chunk, dump_results(values, errors), results)
+    work_dir.write_result(chunk, dump_results(values, errors) + record, results)
     return loaded
 
 
@@ -333,7 +339,7 @@ class DriverWatch:
 
 
 def claim_and_run(work_dir: Any, manifest: Any, load_function: Callable[[], Any],
-                  worker: int, captures: Captures) -> None:
+                  worker: int, captures: Captures, clock: ChunkClock) -> None:
     """Workers mode: claim the next free chunk, run it, and again, until none is left or the
     driver is gone (DriverWatch). A worker whose node cannot load the function fails the
     chunk it holds and stops, leaving the rest to workers elsewhere."""
@@ -352,7 +358,8 @@ def claim_and_run(work_dir: Any, manifest: Any, load_function: Callable[[], Any]
                 return
             chunk, heartbeat.claim = claimed
             try:
-                if not run_and_store(work_dir, manifest, load_function, chunk, captures, results):
+                if not run_and_store(work_dir, manifest, load_function, chunk, captures, clock,
+                                     results):
                     return
             finally:
                 heartbeat.claim = None
@@ -373,6 +380,7 @@ def main(work_dir_path: str, argv: Sequence[str]) -> int:
     from poolparty_raster import ownership, workdir
     from poolparty_raster.claims import process_token
     from poolparty_raster.errors import WorkDirMismatchError
+    from poolparty_raster.records import ChunkClock, process_identity
 
     global _serving_a_map
     _serving_a_map = True
@@ -392,15 +400,18 @@ def main(work_dir_path: str, argv: Sequence[str]) -> int:
               file=sys.stderr)
         return 0
     load_function = functools.cache(work_dir.load_function)  # once per process
-    captures = Captures(work_dir, process_token() if manifest.mode == "workers" else None)
+    workers = manifest.mode == "workers"
+    captures = Captures(work_dir, process_token() if workers else None)
+    clock = ChunkClock(process_identity(os.environ, index if workers else None))
     try:
-        if manifest.mode == "workers":
-            claim_and_run(work_dir, manifest, load_function, index, captures)
+        if workers:
+            claim_and_run(work_dir, manifest, load_function, index, captures, clock)
         else:
-            run_and_store(work_dir, manifest, load_function, index, captures)
+            run_and_store(work_dir, manifest, load_function, index, captures, clock)
     except Exception:  # the work_dir failed us (a full disk, say): said where the driver looks,
         traceback.print_exc()  # the capture that it files under the chunk this process held
         return 1
     finally:
         captures.close()
+        clock.close()
     return 0
