@@ -1,6 +1,22 @@
 """The exceptions a caller of a pool may see."""
 from __future__ import annotations
 
+from typing import Any
+
+# multiprocessing's own classes, re-exported: a task's exception has a RemoteTraceback
+# (attribute ``tb``) as its ``__cause__``, and a result that cannot be pickled raises
+# MaybeEncodingError, as with multiprocessing.Pool, whose users catch and inspect these very
+# classes (CPython's Pool tests check the exact type). Imported on first use: a worker imports
+# this module, and multiprocessing.pool would add 12 ms to every interpreter start.
+MULTIPROCESSING_CLASSES = ("MaybeEncodingError", "RemoteTraceback")
+
+
+def __getattr__(name: str) -> Any:
+    if name in MULTIPROCESSING_CLASSES:
+        import multiprocessing.pool
+        return getattr(multiprocessing.pool, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 class PoolPartyError(Exception):
     """Base class of this package's own errors."""
@@ -66,17 +82,6 @@ class WorkDirFullError(PoolPartyError):
 
 class WorkDirBusyError(PoolPartyError):
     """Another driver is running a map in this work_dir right now."""
-
-
-class RemoteTraceback(Exception):
-    """Carries a task's traceback text from the worker; set as the ``__cause__`` of its error."""
-
-    def __init__(self, traceback_text: str):
-        super().__init__(traceback_text)
-        self.traceback_text = traceback_text
-
-    def __str__(self) -> str:
-        return "\n\n" + self.traceback_text
 
 
 class RemoteTaskError(PoolPartyError):

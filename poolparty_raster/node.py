@@ -194,6 +194,17 @@ def pickled_result(value: Any) -> bytes:
         return cloudpickle.dumps(value)
 
 
+def _encoding_error(exc: Exception, value: Any) -> BaseException:
+    """What multiprocessing.Pool raises for a result it cannot send back."""
+    from multiprocessing.pool import MaybeEncodingError
+
+    error = MaybeEncodingError(exc, value)
+    if hasattr(error, "add_note"):
+        error.add_note(f"poolparty_raster: the result ({type(value).__qualname__}) cannot be "
+                       f"pickled")
+    return error
+
+
 def run_chunk(work_dir: Any, manifest: Any, load_function: Callable[[], Any],
               chunk: int) -> tuple[list[bytes | None], list[dict[str, Any]], bool]:
     """Run every task of a chunk: (pickled values, exception records, whether the function
@@ -222,9 +233,7 @@ def run_chunk(work_dir: Any, manifest: Any, load_function: Callable[[], Any],
             values.append(pickled_result(value))
         except Exception as exc:
             values.append(None)
-            wrapped = TypeError(f"the result of task {first + offset} ({type(value).__qualname__}) "
-                                f"cannot be pickled: {exc}")
-            errors.append(_exception_record(first + offset, wrapped))
+            errors.append(_exception_record(first + offset, _encoding_error(exc, value)))
     return values, errors, True
 
 
@@ -351,6 +360,7 @@ def claim_and_run(work_dir: Any, manifest: Any, load_function: Callable[[], Any]
     driver = DriverWatch(work_dir.file("driver.lock"))
     heartbeat = Heartbeat()
     results = ResultLog(work_dir.path)
+    ran = 0
     try:
         while driver.present():
             claimed = work_dir.claims.claim_next(num_chunks, name, done)
@@ -363,6 +373,11 @@ def claim_and_run(work_dir: Any, manifest: Any, load_function: Callable[[], Any]
                     return
             finally:
                 heartbeat.claim = None
+            ran += 1
+            # The pool's maxtasksperchild (processsetup.py): this process ends, and the driver
+            # starts a fresh worker for the chunks left, as multiprocessing replaces its own.
+            if ran == getattr(load_function(), "maxtasksperchild", None):
+                return
     finally:
         results.close()
 

@@ -52,8 +52,7 @@ class SerialPool(Pool):
 
     def _start(self, func: Callable[[Any], Any], iterable: Iterable[Any],
                chunksize: int | None) -> _SerialHandle | None:
-        if self._closed:
-            raise ValueError("Pool not running")
+        self._check_running()
         if chunksize is not None and chunksize < 1:
             raise ValueError(f"chunksize must be at least 1, not {chunksize}")
         tasks = list(materialise(iterable))

@@ -8,6 +8,7 @@ type, default and one line of help are read from here into the pools' signatures
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,13 @@ class MapSettings:
     verbose: bool = option(False, "print scheduler trouble as it happens")
     progress: bool | None = option(
         None, "a tqdm progress bar (default: when stderr is a terminal)")
+    initializer: Callable[..., Any] | None = option(
+        None, "called as initializer(*initargs) once in each worker process before its first "
+              "task, as multiprocessing.Pool's (array mode: in each chunk's process)")
+    initargs: tuple[Any, ...] = option((), "the arguments of initializer")
+    maxtasksperchild: int | None = option(
+        None, "chunks a worker process runs before a fresh one takes over (array mode: one "
+              "always); None: as many as there are")
     # Not an option: where a map without a work_dir makes one; the pool class decides.
     work_dir_root: str = ""
 
@@ -69,6 +77,14 @@ class MapSettings:
                                     and self.max_workers < max(1, self.min_workers)):
             raise ValueError(f"need 0 <= min_workers <= max_workers and max_workers >= 1, not "
                              f"min_workers={self.min_workers}, max_workers={self.max_workers}")
+        # As multiprocessing.Pool checks them (a float or a string is a ValueError there too).
+        if self.maxtasksperchild is not None and (
+                not isinstance(self.maxtasksperchild, int) or self.maxtasksperchild <= 0):
+            raise ValueError(f"maxtasksperchild must be a positive int or None, "
+                             f"not {self.maxtasksperchild!r}")
+        if self.initializer is not None and not callable(self.initializer):
+            raise TypeError("initializer must be a callable")
+        object.__setattr__(self, "initargs", tuple(self.initargs))  # any iterable, as there
 
     @property
     def throttle(self) -> int | None:

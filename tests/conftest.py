@@ -62,8 +62,8 @@ def dummy_backends(backend: Backend) -> dict[str, tuple[str, Callable[..., Any]]
 
 BACKENDS = {
     "serial": (None, lambda **o: pp.SerialPool()),
-    "local": (None, lambda **o: pp.LocalPool(2, mode="array", **o)),
-    "local_workers": (None, lambda **o: pp.LocalPool(2, mode="workers", **o)),
+    "local": (None, lambda **o: pp.LocalPool(**{"processes": 2, "mode": "array", **o})),
+    "local_workers": (None, lambda **o: pp.LocalPool(**{"processes": 2, "mode": "workers", **o})),
     **{name: entry for backend in REGISTERED_BACKENDS if backend.dummy is not None
        for name, entry in dummy_backends(backend).items()},
     # The same fakes with their commands misbehaving at the start of every test: the chain

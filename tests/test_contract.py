@@ -5,6 +5,7 @@ Runs on every backend in conftest.BACKENDS (and the dummy / real schedulers wher
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.pool
 import os
 import stat
 import sys
@@ -112,7 +113,7 @@ def test_task_exception_is_reraised_with_remote_traceback(make_pool, tmp_path, b
     assert "task 3" in notes
     if backend != "serial":
         assert isinstance(exc.__cause__, pp.RemoteTraceback)
-        assert "fail_on_three" in exc.__cause__.traceback_text
+        assert "fail_on_three" in exc.__cause__.tb
         (kept,) = kept_dirs(tmp_path)
         assert str(kept) in notes
 
@@ -181,12 +182,13 @@ def test_unpicklable_function_fails_before_submission(make_pool, tmp_path, backe
 
 
 @pytest.mark.front
-def test_unpicklable_result_fails_that_task(make_pool, backend):
+def test_unpicklable_result_fails_that_task_as_multiprocessing_fails_it(make_pool, backend):
     if backend == "serial":
         pytest.skip("SerialPool returns results without pickling them")
     pool = make_pool()
-    with pytest.raises(TypeError, match="task 1 .*cannot be pickled"):
+    with pytest.raises(multiprocessing.pool.MaybeEncodingError) as info:
         pool.map(lambda x: x if x != 1 else (i for i in range(x)), [0, 1, 2])
+    assert "task 1" in " ".join(info.value.__notes__)
 
 
 def carries_what_only_cloudpickle_can(x):

@@ -86,7 +86,7 @@ def test_a_calls_exception_is_set_on_its_future_only_with_the_remote_traceback(p
     error = bad.exception(120)
     assert isinstance(error, ZeroDivisionError)
     assert isinstance(error.__cause__, RemoteTraceback)
-    assert "ZeroDivisionError" in error.__cause__.traceback_text
+    assert "ZeroDivisionError" in error.__cause__.tb
     with pytest.raises(ZeroDivisionError):
         bad.result()
 

@@ -7,6 +7,7 @@ import dataclasses
 import inspect
 import pydoc
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,37 @@ def _scheduler_keywords(pool: type) -> list[str]:
 
 @pytest.mark.parametrize("pool", POOLS, ids=lambda c: c.__name__)
 def test_the_signature_holds_the_scheduler_options_then_every_pools(pool):
-    assert list(inspect.signature(pool).parameters) == _scheduler_keywords(pool) + COMMON
+    """...after the options it also takes by position (LocalPool's are multiprocessing's)."""
+    first = list(pool._positional_options)
+    rest = [n for n in _scheduler_keywords(pool) + COMMON if n not in first]
+    assert list(inspect.signature(pool).parameters) == first + rest
+
+
+def test_local_pool_takes_multiprocessing_pools_positional_order():
+    pool = pp.LocalPool(3, print, ("set up",), 5, mode="array")
+    assert pool.parallelism == 3
+    assert pool._settings.initializer is print and pool._settings.initargs == ("set up",)
+    assert pool._settings.maxtasksperchild == 5
+    assert pp.LocalPool(processes=2).parallelism == 2
+    assert pp.LocalPool(num_workers=4).parallelism == 4  # its former name
+    with pytest.raises(TypeError, match="not both"):
+        pp.LocalPool(2, num_workers=2)
+
+
+@pytest.mark.parametrize("value", [0, -1, 0.5, "12"])
+def test_maxtasksperchild_is_refused_as_multiprocessing_refuses_it(value):
+    with pytest.raises(ValueError, match="maxtasksperchild"):
+        pp.LocalPool(2, maxtasksperchild=value)
+    with pytest.raises(ValueError, match="maxtasksperchild"):
+        pp.SlurmArrayPool(maxtasksperchild=value)
+
+
+def test_an_initializer_that_cannot_travel_is_refused_when_the_pool_is_made():
+    with pytest.raises(TypeError, match="callable"):
+        pp.LocalPool(2, initializer="not a function")
+    lock = threading.Lock()
+    with pytest.raises(TypeError, match="pickle"):
+        pp.LocalPool(2, initializer=print, initargs=(lock,))
 
 
 def test_types_and_defaults_come_from_the_declarations():
@@ -70,9 +101,9 @@ def test_a_misspelt_scheduler_option_names_the_right_one():
 
 
 def test_positional_and_required_options_are_checked_as_python_checks_them():
-    assert pp.LocalPool(2)._scheduler.num_workers == 2  # as multiprocessing.Pool(2)
+    assert pp.LocalPool(2)._scheduler.processes == 2  # as multiprocessing.Pool(2)
     with pytest.raises(TypeError):
-        pp.LocalPool(2, "spawn")  # start_method is a keyword
+        pp.LocalPool(2, None, (), None, "spawn")  # start_method is a keyword
     with pytest.raises(TypeError, match="job_queue"):
         pp.AwsBatchPool(job_definition="jd")
 
@@ -80,7 +111,7 @@ def test_positional_and_required_options_are_checked_as_python_checks_them():
 def test_bad_values_are_refused_when_the_pool_is_made():
     with pytest.raises(ValueError, match="mode must be"):
         pp.LocalPool(mode="threads")
-    with pytest.raises(ValueError, match="num_workers must be at least 1"):
+    with pytest.raises(ValueError, match="Number of processes must be at least 1"):
         pp.LocalPool(0)
     with pytest.raises(ValueError, match="job_name"):
         pp.EcsPool(container_image="img", subnets=["s"], job_name="two words")

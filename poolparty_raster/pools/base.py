@@ -6,19 +6,23 @@ import functools
 import os
 import sys
 import threading
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sized
+from multiprocessing.pool import CLOSE, RUN, TERMINATE
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import cloudpickle
 
-from poolparty_raster.asyncresult import AsyncResult
+from poolparty_raster.asyncresult import AsyncResult, ResultHandler
+from poolparty_raster.codesource import WithSource
 from poolparty_raster.feeding import (MAX_BATCHES_IN_FLIGHT, LazyResults, one_map_limit,
                                       values_of)
 from poolparty_raster.mapping import MapHandle, default_work_dir_root, materialise
 from poolparty_raster.outcome import ChunkOutcome
 from poolparty_raster.pools.options import check_names, help_text, pool_options
 from poolparty_raster.pools.options import signature as options_signature
+from poolparty_raster.processsetup import ProcessSetup
 from poolparty_raster.schedulers.base import Scheduler
 from poolparty_raster.settings import MapSettings
 
@@ -49,7 +53,7 @@ class ApplyCall:
 def _constructor(cls: type[Pool]) -> Callable[..., None]:
     """The ``__init__`` of a backend's pool class: its signature and help list the options of
     its scheduler and of every pool (pools/options.py reads them where they are declared)."""
-    options = pool_options(cls._scheduler_class, cls._fixed_options)
+    options = pool_options(cls._scheduler_class, cls._fixed_options, cls._positional_options)
     signature = options_signature(options)
 
     def __init__(self: Pool, *args: Any, **kwargs: Any) -> None:
@@ -80,6 +84,9 @@ class Pool:
     # the keywords it fixes itself (SlurmPool's array=False); its constructor is built from them.
     _scheduler_class: ClassVar[type[Scheduler] | None] = None
     _fixed_options: ClassVar[dict[str, Any]] = {}
+    # Options its constructor also takes by position, in this order (LocalPool's are
+    # multiprocessing.Pool's); the others are keywords only.
+    _positional_options: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -101,8 +108,14 @@ class Pool:
             if settings.filesystem_lag is not None:
                 scheduler.filesystem_lag = settings.filesystem_lag
         self._settings = settings
-        self._closed = False
+        # Fails here for an initializer that cannot be pickled, before anything is submitted.
+        self._process_setup = ProcessSetup(settings.initializer, settings.initargs,
+                                           settings.maxtasksperchild)
+        # RUN, CLOSE or TERMINATE: multiprocessing.Pool's attribute and values, which code
+        # written for it (and CPython's Pool tests) may read.
+        self._state = RUN
         self._async_threads: list[threading.Thread] = []
+        self._result_handler = ResultHandler()
         # imap results not read to their end: terminate() cancels their maps, which would
         # otherwise run on until their iterator is read or dropped.
         self._iterators: weakref.WeakSet[ResultIterator | LazyResults] = weakref.WeakSet()
@@ -145,11 +158,12 @@ class Pool:
     # -- life cycle --------------------------------------------------------------------
     def close(self) -> None:
         """No new work; maps already started run to their end."""
-        self._closed = True
+        if self._state == RUN:
+            self._state = CLOSE
 
     def terminate(self) -> None:
         """Stop at once: cancel the jobs of every running map (their work_dirs are kept)."""
-        self._closed = True
+        self._state = TERMINATE
         self._abort.set()
         for iterator in list(self._iterators):
             iterator.abandon()
@@ -158,42 +172,57 @@ class Pool:
     def join(self) -> None:
         """Wait for the maps started with the ``*_async`` methods; the pool must be closed or
         terminated first (ValueError otherwise, as multiprocessing's)."""
-        if not self._closed:
+        if self._state == RUN:
             raise ValueError("Pool is still running")
         for thread in list(self._async_threads):
             thread.join()
+        self._result_handler.stop()  # once their callbacks have run
 
     def __enter__(self) -> Pool:
-        if self._closed:  # as multiprocessing's (bpo-35477): a closed pool runs nothing
-            raise ValueError("Pool not running")
+        self._check_running()  # as multiprocessing's (bpo-35477): a closed pool runs nothing
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
         self.terminate()
 
+    def __del__(self, _warn: Callable[..., Any] = warnings.warn, _running: str = RUN) -> None:
+        # Defaults bound at definition: at interpreter exit, module globals may be gone.
+        if getattr(self, "_state", None) == _running:  # as multiprocessing's, same words
+            _warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning,
+                  source=self)
+
+    def _check_running(self) -> None:
+        if self._state != RUN:
+            raise ValueError("Pool not running")
+
     def _start(self, func: Callable[[Any], Any], iterable: Iterable[Any],
                chunksize: int | None) -> MapHandle | None:
-        if self._closed:
-            raise ValueError("Pool not running")
+        self._check_running()
         self._scheduler.check_available()
         tasks = materialise(iterable)
         if len(tasks) == 0:
             return None
-        handle = MapHandle(self._scheduler, self._settings, func, tasks, chunksize, self._abort)
+        handle = MapHandle(self._scheduler, self._settings, self._sent(func), tasks, chunksize,
+                           self._abort)
         handle.start()  # submitted now, whenever the caller starts reading results
         return handle
 
+    def _sent(self, func: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """The map's function as the workers get it: run after their process's set-up
+        (initializer), its tracebacks naming its file and lines (codesource.py)."""
+        return WithSource(self._process_setup.wrap(func))
+
     def _start_batch(self, func: Callable[[Any], Any], chunksize: int,
                      tasks: list[Any]) -> MapHandle:
-        """One batch of a lazily read imap: a map of its own, in a new work_dir."""
+        """One batch of a lazily read imap: a map of its own, in a new work_dir (``func`` is
+        as ``_sent`` made it already)."""
         handle = MapHandle(self._scheduler, self._settings, func, tasks, chunksize, self._abort)
         handle.start()
         return handle
 
     def _imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int | None,
               ordered: bool, method: str) -> Iterator[Any]:
-        if self._closed:
-            raise ValueError("Pool not running")
+        self._check_running()
         # A collection (its length known, its items in memory already) runs as one map when
         # a work_dir was given, which holds one map, or when it is no longer than a batch.
         sized = isinstance(iterable, Sized) and not isinstance(iterable, Iterator)
@@ -216,6 +245,7 @@ class Pool:
         if chunksize < 1:
             raise ValueError(f"chunksize must be at least 1, not {chunksize}")
         self._scheduler.check_available()
+        func = self._sent(func)
         cloudpickle.dumps(func)  # an unpicklable function fails here, before anything is read
         # Two batches in flight are two maps, each held to the pool's bounds: twice the bound.
         bounded = self._settings.throttle is not None or (
@@ -325,11 +355,10 @@ class Pool:
     def _async(self, method: Callable[..., Any], args: tuple[Any, ...],
                callback: Callable[[Any], Any] | None,
                error_callback: Callable[[BaseException], Any] | None) -> AsyncResult:
-        if self._closed:
-            raise ValueError("Pool not running")
+        self._check_running()
         result = AsyncResult(callback, error_callback)
-        thread = threading.Thread(target=result.run, args=(method, args), daemon=True,
-                                  name="poolparty-async")
+        thread = threading.Thread(target=result.run, args=(method, args, self._result_handler),
+                                  daemon=True, name="poolparty-async")
         self._async_threads.append(thread)
         thread.start()
         return result

@@ -6,8 +6,10 @@ from poolparty_raster.schedulers.local import LocalScheduler
 
 
 class LocalPool(Pool):
-    """Runs the worker script as subprocesses on this machine, ``num_workers`` at a time
+    """Runs the worker script as subprocesses on this machine, ``processes`` at a time
     (default ``os.cpu_count()``), through the same work_dir protocol as the cluster pools.
+    Its first four options are multiprocessing.Pool's, in its order: ``LocalPool(processes,
+    initializer, initargs, maxtasksperchild)``.
 
     ``start_method``: "forkserver" (default on Linux) forks each worker's process from a
     server started once per pool, which has imported what every chunk needs (and numpy and
@@ -20,3 +22,4 @@ class LocalPool(Pool):
     _scheduler_class = LocalScheduler
     _shared_filesystem = False
     _default_mode = "workers"
+    _positional_options = ("processes", "initializer", "initargs", "maxtasksperchild")

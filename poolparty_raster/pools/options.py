@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, NamedTuple
 
 from poolparty_raster.settings import MapSettings, option_fields
@@ -47,15 +47,22 @@ def _setting_options() -> list[Option]:
             for f in option_fields()]
 
 
-def pool_options(scheduler_class: type, fixed: Mapping[str, Any]) -> dict[str, Option]:
-    """Every option of a pool of this scheduler, the scheduler's first, by name."""
+def pool_options(scheduler_class: type, fixed: Mapping[str, Any],
+                 positional: Sequence[str] = ()) -> dict[str, Option]:
+    """Every option of a pool of this scheduler, by name: ``positional`` first, in that order
+    and taken by position too (LocalPool's are multiprocessing.Pool's), then the scheduler's,
+    then the map settings."""
     options = {o.parameter.name: o for o in _scheduler_options(scheduler_class, fixed)}
     for option in _setting_options():
         if option.parameter.name in options:
             raise TypeError(f"{scheduler_class.__name__} declares {option.parameter.name!r}, "
                             f"which is a map setting of every pool")
         options[option.parameter.name] = option
-    return options
+    first = {name: options.pop(name) for name in positional}
+    for name, option in first.items():
+        first[name] = option._replace(parameter=option.parameter.replace(
+            kind=inspect.Parameter.POSITIONAL_OR_KEYWORD))
+    return {**first, **options}
 
 
 def signature(options: Mapping[str, Option]) -> inspect.Signature:

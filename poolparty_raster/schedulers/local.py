@@ -1,7 +1,7 @@
 """The local backend: runs the worker script as subprocesses on this machine.
 
 It is a scheduler like the others (same work_dir protocol, same engine), with a queue held in
-memory: ``num_workers`` threads each start one worker process at a time and wait for it. On
+memory: ``processes`` threads each start one worker process at a time and wait for it. On
 Linux the processes are forked by a fork server (forkserver.py), which saves each chunk the
 interpreter start and the import of numpy and rasterio; elsewhere, or should the server fail,
 each chunk starts ``python script.py chunk`` afresh.
@@ -41,13 +41,19 @@ class LocalScheduler(Scheduler):
 
     def __init__(
             self,
-            num_workers: Annotated[int | None, "processes at once (default: os.cpu_count())"] = None,
+            processes: Annotated[int | None, "processes at once (default: os.cpu_count())"] = None,
             *,
-            start_method: Annotated[str | None, "'forkserver' (default on Linux) or 'spawn'"] = None):
-        if num_workers is not None and num_workers < 1:  # as multiprocessing.Pool(0)
-            raise ValueError(f"num_workers must be at least 1 (or None: os.cpu_count()), "
-                             f"not {num_workers}")
-        self.num_workers = num_workers or os.cpu_count() or 1
+            start_method: Annotated[str | None,
+                                    "'forkserver' (default on Linux) or 'spawn'"] = None,
+            num_workers: Annotated[int | None, "the former name of processes"] = None):
+        if num_workers is not None:
+            if processes is not None:
+                raise TypeError("give processes or num_workers (its former name), not both")
+            processes = num_workers
+        if processes is not None and processes < 1:  # as multiprocessing.Pool(0)
+            raise ValueError(f"Number of processes must be at least 1 (or None: "
+                             f"os.cpu_count()), not {processes}")
+        self.processes = processes or os.cpu_count() or 1
         start_method = start_method or ("forkserver" if sys.platform.startswith("linux") else "spawn")
         if start_method not in ("forkserver", "spawn"):
             raise ValueError(f"start_method must be 'forkserver' or 'spawn', not {start_method!r}")
@@ -67,14 +73,14 @@ class LocalScheduler(Scheduler):
         """Always available: it needs nothing but this machine."""
 
     def default_parallelism(self) -> int:
-        return self.num_workers
+        return self.processes
 
     def throttles(self, spec: SubmitSpec) -> bool:
-        return True  # at most min(num_workers, throttle) chunks run at once
+        return True  # at most min(processes, throttle) chunks run at once
 
     def submit(self, spec: SubmitSpec, chunks: Sequence[int]) -> Iterator[JobRecord]:
         job_id = f"local-{os.getpid()}-{next(self._ids)}"
-        cap = min(self.num_workers, spec.throttle or self.num_workers)
+        cap = min(self.processes, spec.throttle or self.processes)
         with self._lock:
             for chunk in chunks:
                 self._states[(job_id, chunk)] = TaskStatus(TaskState.PENDING)
