@@ -17,7 +17,7 @@ O_EXCL`` file holding the worker's name.
 The driver creates the directory and removes it when the map ends; a worker never creates it,
 so one that starts after the map ended (its work_dir removed) finds nothing to do. The driver
 sees it through ``survey`` (one listing; what it keeps does not grow with the claims that
-finished chunks keep) or ``probe`` (chunks looked up by name): workers.py says when which.
+finished chunks keep) or ``probe`` (chunks looked up by name): claimwatch.py says when which.
 """
 from __future__ import annotations
 

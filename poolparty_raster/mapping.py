@@ -28,6 +28,7 @@ from poolparty_raster.chunkset import ChunkSet
 from poolparty_raster.engine import MapRun
 from poolparty_raster.errors import WorkDirBusyError, WorkDirMismatchError
 from poolparty_raster.files import atomic_write
+from poolparty_raster.fsfeatures import check_filesystem
 from poolparty_raster.manifest import FORMAT, Manifest, function_digest
 from poolparty_raster.outcome import ChunkOutcome, load_results, loaded_values, rebuild_exception
 from poolparty_raster.progress import Progress
@@ -36,7 +37,7 @@ from poolparty_raster.schedulers.base import Scheduler, SubmitSpec
 from poolparty_raster.settings import MapSettings
 from poolparty_raster.taskszip import TasksWriter
 from poolparty_raster.node import render_script
-from poolparty_raster.workers import WorkersRun
+from poolparty_raster.workersmode import WorkersMode
 
 WORK_DIR_ROOT_VARIABLE = "POOLPARTY_RASTER_WORK_DIR_ROOT"
 
@@ -84,6 +85,12 @@ class MapHandle:
         self._mode_changed = False  # resumed in the other mode (set by _prepare)
         self.work_dir = wd.WorkDir(path)
         self._mark = self.work_dir.create()
+        try:
+            _check_filesystem_once(path)
+        except BaseException:  # a filesystem the protocol cannot run on: leave nothing there
+            if existing is None:
+                ownership.remove(path, self._mark)
+            raise
         # Not thread-local: an imap dropped in another thread (its finalizer) releases it too.
         self._lock = FileLock(self.work_dir.file("driver.lock"), mode=0o600, thread_local=False)
         try:
@@ -109,9 +116,8 @@ class MapHandle:
                             done=sum(len(self.manifest.chunk_range(c)) for c in archived))
         run_args = (self.work_dir, self.manifest, scheduler, spec, settings, progress, abort)
         if settings.mode == "workers":
-            self.run: MapRun = WorkersRun(
-                *run_args, scaling=settings,
-                parallelism=settings.max_workers or parallelism())
+            workers_parallelism = settings.max_workers or parallelism()
+            self.run = MapRun(*run_args, mode=lambda run: WorkersMode(run, workers_parallelism))
         else:
             self.run = MapRun(*run_args)
         self.wrote_stderr = False
@@ -184,7 +190,7 @@ class MapHandle:
         first = self.manifest.chunk_starts[chunk]
         # A kind the scan did not see is not there: not looking for it saves two failed
         # lookups a chunk (round trips on NFS). Archived chunks are looked up in full.
-        seen = self.run.unreduced.get(chunk)
+        seen = self.run.output_kinds(chunk)
 
         def read(kind: str) -> bytes | None:
             if seen is not None and kind not in seen:
@@ -192,8 +198,7 @@ class MapHandle:
             return self.work_dir.read_output(chunk, kind)
         pickled, records = load_results(read("result"))
         if not records and seen is not None and "exception" in seen:  # another run's: disowned
-            self.work_dir.discard_loose(chunk, ("exception",))
-            self.run.unreduced[chunk] = [kind for kind in seen if kind != "exception"]
+            self.run.discard_output(chunk, "exception")
         errors = {r["index"]: rebuild_exception(r, self.work_dir.path) for r in records}
         values = loaded_values(pickled, first, errors)
         self.failed = self.failed or bool(errors)
@@ -259,7 +264,7 @@ class MapHandle:
     def abandon(self) -> None:
         """The caller dropped the results unfinished: cancel the map's jobs, keep its work_dir."""
         if self._lock.is_locked:
-            self.run._cancel_all(reason="abandoned")
+            self.run.abandon(reason="abandoned")
             self.failed = True
             self.close()
 
@@ -274,10 +279,8 @@ class MapHandle:
             SIGTERM_GUARD.release()
         try:
             self.work_dir.close()
-            dead_attempt_stderr = any(tail for c in self.run.chunks.values() for _, tail in c.deaths)
-            clean = not (self.failed or self.wrote_stderr or self.run.lost_chunks or dead_attempt_stderr)
-            finished = len(self.run.finished) == self.manifest.num_chunks
-            if clean and finished and not self.settings.keep_work_dir:
+            clean = not (self.failed or self.wrote_stderr or self.run.left_something_to_see())
+            if clean and self.run.all_finished() and not self.settings.keep_work_dir:
                 ownership.remove(self.work_dir.path, self._mark)  # under the lock, till it is gone
                 return
             try:
@@ -286,6 +289,18 @@ class MapHandle:
                 self.work_dir.log("archive_failed", error=str(exc))
         finally:
             self._lock.release()
+
+
+_PROBED_DEVICES: set[int] = set()
+
+
+def _check_filesystem_once(path: str) -> None:
+    """Probe the work_dir's filesystem for what the protocol needs (fsfeatures.py) once per
+    filesystem and process: a map of a few tasks should not pay the probe's round trips again."""
+    device = os.stat(path).st_dev
+    if device not in _PROBED_DEVICES:
+        check_filesystem(path)
+        _PROBED_DEVICES.add(device)
 
 
 def default_work_dir_root(shared: bool) -> str:

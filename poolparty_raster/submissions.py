@@ -1,4 +1,5 @@
-"""A map's submissions: the jobs the scheduler accepted, and the members waiting to be submitted.
+"""A map's submissions: the jobs the scheduler accepted, the members waiting to be submitted,
+and the cancelling of jobs.
 
 Members are chunks (array mode) or worker numbers (workers mode). Every accepted job is stored
 in the work_dir the moment the scheduler yields it, so a driver that dies, or a submission that
@@ -13,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from poolparty_raster.errors import SchedulerError, SubmissionRefused
 from poolparty_raster.progress import Progress
-from poolparty_raster.schedulers.base import JobRecord, Scheduler, SubmitSpec
+from poolparty_raster.schedulers.base import JobRecord, Scheduler, SubmitSpec, cancelling
 from poolparty_raster.workdir import WorkDir
 
 FIRST_RETRY = 2.0    # seconds before a refused submission is tried again; doubles to MAX_RETRY
@@ -21,6 +22,9 @@ MAX_RETRY = 60.0
 
 
 class Submissions:
+    """The map's jobs (``jobs``, as recorded in jobs.jsonl) and its members waiting to be
+    submitted (``waiting``)."""
+
     def __init__(self, work_dir: WorkDir, scheduler: Scheduler, spec: SubmitSpec,
                  progress: Progress, verbose: bool):
         self.work_dir, self.scheduler, self.spec = work_dir, scheduler, spec
@@ -60,6 +64,7 @@ class Submissions:
         try:
             for record in self.scheduler.submit(self.spec, batch):
                 record["submitted"] = time.time()
+                record["scheduler"] = self.scheduler.name  # poolparty-raster cancel reads it
                 self.jobs.append(record)
                 self.work_dir.append_job(record)
                 self.drop(record["chunks"])
@@ -87,3 +92,36 @@ class Submissions:
                                  f"jobs was queued). The work_dir is kept: {self.work_dir.path}")
         self._retry_at = now + self._delay
         self._delay = min(self._delay * 2, MAX_RETRY)
+
+    def cancel(self, elements: dict[str, list[int]]) -> set[str]:
+        """Cancel ``{job_id: [chunk or worker, ...]}``; a failing cancel is logged, not raised
+        (at the end of a map that succeeded, say). Returns the jobs whose cancel failed."""
+        failed = set()
+        for job_id, members in elements.items():
+            try:
+                self.scheduler.cancel(self.spec, [self.record(job_id)], members)
+                self.work_dir.log("cancelled_leftovers", job_id=job_id, elements=members)
+            except Exception as exc:
+                self.work_dir.log("cancel_failed", job_id=job_id, error=str(exc))
+                failed.add(job_id)
+        return failed
+
+    def cancel_all(self, reason: str) -> None:
+        """Cancel everything of the map, also when no job was recorded (a scheduler may hold
+        more: a job whose submission seemed to fail, an ECS task definition)."""
+        try:
+            with cancelling():
+                self.scheduler.cancel(self.spec, self.jobs)
+            self.work_dir.log("cancelled", reason=reason)
+        except Exception as exc:  # the original exception matters more; say what was left
+            self.work_dir.log("cancel_failed", reason=reason, error=str(exc))
+
+    def supersede(self) -> None:
+        """Cancel and forget the jobs an earlier driver recorded (their members are of the
+        other mode: chunks, or workers)."""
+        if self.jobs:
+            with cancelling():
+                self.scheduler.cancel(self.spec, self.jobs)
+            self.work_dir.log("superseded", jobs=[job["job_id"] for job in self.jobs])
+            self.work_dir.forget_jobs()
+            self.jobs = []

@@ -193,8 +193,9 @@ def test_clean_keeps_a_work_dir_whose_task_raised_unless_forced(tmp_path):
     assert list(cli.clean([work_dir], force=True)) == [f"removed {work_dir}"]
 
 
-def test_cancel_needs_to_know_the_scheduler(raised_and_lost):
-    with pytest.raises(SystemExit, match="--scheduler"):
+def test_cancel_refuses_a_local_map_and_says_why(raised_and_lost):
+    """The jobs record their scheduler; LocalPool's processes end with their driver."""
+    with pytest.raises(SystemExit, match="ran on local, whose jobs the command line cannot cancel"):
         cli.cancel(raised_and_lost, None)
 
 

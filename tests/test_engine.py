@@ -14,7 +14,7 @@ import cloudpickle
 import pytest
 
 import poolparty_raster as pp
-from poolparty_raster import workers
+from poolparty_raster import workersmode
 from poolparty_raster.workdir import WorkDir
 from poolparty_raster.schedulers import forkserver
 from workdirlog import log_events
@@ -100,7 +100,7 @@ def silent_for_a_while(args):
 def test_a_silent_worker_has_its_chunk_issued_once_more_and_is_neither_cancelled_nor_charged(
         tmp_path, monkeypatch):
     # A worker whose heartbeat stops may be hung, or busy in one long call that holds the GIL.
-    monkeypatch.setattr(workers, "STALE_AFTER", 1.0)
+    monkeypatch.setattr(workersmode, "STALE_AFTER", 1.0)
     flag, work_dir = tmp_path / "flag", str(tmp_path / "w")
     flag.touch()
     pool = pp.LocalPool(2, mode="workers", work_dir=work_dir, keep_work_dir=True,
@@ -169,7 +169,7 @@ def straggles_once(args):
 
 
 def test_straggling_chunk_is_issued_once_more_and_the_first_result_wins(tmp_path, monkeypatch):
-    monkeypatch.setattr(workers, "STRAGGLER_MIN_SECONDS", 1.0)
+    monkeypatch.setattr(workersmode, "STRAGGLER_MIN_SECONDS", 1.0)
     work_dir = str(tmp_path / "w")
     pool = pp.LocalPool(2, mode="workers", work_dir=work_dir, keep_work_dir=True, **FAST)
     tasks = [(x, str(tmp_path / "marker")) for x in range(8)]
@@ -193,7 +193,7 @@ def straggles_and_its_second_run_dies(args):
 
 
 def test_a_straggler_whose_second_run_died_is_issued_again(tmp_path, monkeypatch):
-    monkeypatch.setattr(workers, "STRAGGLER_MIN_SECONDS", 1.0)
+    monkeypatch.setattr(workersmode, "STRAGGLER_MIN_SECONDS", 1.0)
     markers, work_dir = tmp_path / "markers", str(tmp_path / "w")
     markers.mkdir()
     pool = pp.LocalPool(2, mode="workers", work_dir=work_dir, keep_work_dir=True, **FAST)

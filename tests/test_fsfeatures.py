@@ -78,3 +78,22 @@ def test_locks_that_stay_on_the_client_are_named_from_the_mount_options(tmp_path
                         lambda path: ("lustre", "rw,localflock"))
     with pytest.warns(UserWarning, match="localflock"):
         check_filesystem(str(work))
+
+
+def test_a_map_whose_work_dir_refuses_flock_fails_before_anything_runs_and_leaves_nothing(
+        tmp_path, monkeypatch):
+    import functools
+
+    import poolparty_raster as pp
+    from poolparty_raster import mapping
+
+    def lustre_without_flock(directory):
+        return probe_features(directory, flock=refuse(errno.ENOSYS))
+    monkeypatch.setattr(mapping, "check_filesystem",
+                        functools.partial(check_filesystem, probe=lustre_without_flock))
+    monkeypatch.setattr(mapping, "_PROBED_DEVICES", set())
+    ran = tmp_path / "ran"
+    with pp.LocalPool(1, work_dir=str(tmp_path / "map"), progress=False) as pool:
+        with pytest.raises(FilesystemFeatureError, match="-o flock"):
+            pool.map(ran.mkdir, [0o700])
+    assert os.listdir(tmp_path) == []  # no work_dir left, and no task ran

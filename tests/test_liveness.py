@@ -12,8 +12,10 @@ import pytest
 
 import poolparty_raster as pp
 from dummy_queues import _state
-from poolparty_raster import engine
+from poolparty_raster import polling
 from poolparty_raster.errors import SchedulerError
+from poolparty_raster.polling import SUCCEEDED_GRACE, Presence, Seen, observe
+from poolparty_raster.schedulers.base import TaskState, TaskStatus
 
 # Tasks defined here travel by value: a worker need not import this module (and pytest).
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -65,10 +67,29 @@ def sleeps_long(x):
 
 def test_a_poll_that_never_answers_fails_the_map_after_the_outage_limit(dummy_slurm,
                                                                          monkeypatch):
-    monkeypatch.setattr(engine, "MAX_POLL_OUTAGE", 2.0)  # the 30 minutes, shortened
+    monkeypatch.setattr(polling, "MAX_POLL_OUTAGE", 2.0)  # the 30 minutes, shortened
     dummy_slurm.inject_command_failure("squeue", times=1000, mode="hang", seconds=HANG)
     started = time.monotonic()
     with pytest.raises(SchedulerError, match="has not answered a poll"):
         pp.SlurmArrayPool(**FAST).map(sleeps_long, range(2), chunksize=1)
     assert time.monotonic() - started < 30
     assert dummy_slurm.wait_idle(30), dummy_slurm.jobs()  # and its jobs were cancelled
+
+
+def test_one_reading_of_a_poll_tells_when_a_member_that_left_the_queue_is_gone():
+    """Chunks (array mode) and workers (workers mode) are read by the same function: gone
+    after two polls and the filesystem's lag, a job that ended well after SUCCEEDED_GRACE
+    where that is asked for, and a listed member starts counting afresh."""
+    running, ended_well = TaskStatus(TaskState.RUNNING), TaskStatus(TaskState.FINISHED, succeeded=True)
+    presence = Presence()
+    assert observe(presence, running, 0.0, lag=3.0) is Seen.LISTED
+    assert [observe(presence, None, now, lag=3.0) for now in (10.0, 12.0, 13.0)] == [
+        Seen.VANISHED, Seen.MISSING, Seen.GONE]
+    assert observe(presence, running, 14.0, lag=3.0) is Seen.LISTED
+    assert observe(presence, None, 15.0, lag=0.0) is Seen.GONE  # no lag: one poll is enough
+    waited = Presence()
+    assert [observe(waited, ended_well, now, 3.0, succeeded_grace=True)
+            for now in (0.0, 3.0, SUCCEEDED_GRACE)] == [Seen.VANISHED, Seen.MISSING, Seen.GONE]
+    assert observe(Presence(), ended_well, 0.0, 0.0, succeeded_grace=True) is Seen.GONE
+    assert observe(Presence(), TaskStatus(TaskState.ERROR, "Eqw"), 0.0, 3.0) is Seen.ERROR_STATE
+    assert observe(Presence(), TaskStatus(TaskState.FATAL, "bad"), 0.0, 3.0) is Seen.FATAL

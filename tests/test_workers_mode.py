@@ -205,7 +205,7 @@ def test_a_workers_capture_goes_to_the_chunk_it_ran(tmp_path):
 
 def test_a_dead_workers_captures_are_told_from_a_later_process_with_its_pid(tmp_path):
     from poolparty_raster.names import worker_capture_name
-    from poolparty_raster.workers import holder_token
+    from poolparty_raster.claimwatch import holder_token
 
     work_dir = WorkDir(str(tmp_path / "w"))
     work_dir.create()
@@ -274,11 +274,11 @@ def test_claims_listed_seldom_still_show_a_dead_workers_chunk(tmp_path, monkeypa
     # Past PROBE_AT_MOST chunks left the driver lists claims/ as seldom as its cost asks;
     # in between it looks only at the claims it saw running. A worker that ended makes the
     # next poll list, so its chunk is released all the same.
-    from poolparty_raster import workers
+    from poolparty_raster import claimwatch
 
-    monkeypatch.setattr(workers, "PROBE_AT_MOST", 0)
+    monkeypatch.setattr(claimwatch, "PROBE_AT_MOST", 0)
     if listing == "once":
-        monkeypatch.setattr(workers, "LISTING_SHARE", 1e12)
+        monkeypatch.setattr(claimwatch, "LISTING_SHARE", 1e12)
     assert runs_of_a_map_whose_worker_dies_at_57(tmp_path) == {
         x: 2 if x == 57 else 1 for x in range(200)}
 
@@ -297,10 +297,10 @@ def silent_for_a_while(args):
 def test_a_silent_worker_is_seen_through_listings_of_claims(tmp_path, monkeypatch):
     import json
 
-    from poolparty_raster import workers
+    from poolparty_raster import claimwatch, workersmode
 
-    monkeypatch.setattr(workers, "PROBE_AT_MOST", 0)  # claims/ listed, not probed by name
-    monkeypatch.setattr(workers, "STALE_AFTER", 1.0)
+    monkeypatch.setattr(claimwatch, "PROBE_AT_MOST", 0)  # claims/ listed, not probed by name
+    monkeypatch.setattr(workersmode, "STALE_AFTER", 1.0)
     flag, work_dir = tmp_path / "flag", tmp_path / "w"
     flag.touch()
     pool = pp.LocalPool(2, mode="workers", work_dir=str(work_dir), keep_work_dir=True,

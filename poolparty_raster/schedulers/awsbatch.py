@@ -152,7 +152,7 @@ class AwsBatchScheduler(AwsScheduler):
         self._session, self._client = boto3_session, batch_client
         self._submit_client = batch_client
         self._final: dict[str, TaskStatus] = {}  # finished children need no more describe calls
-        # map -> job name -> lost submission. Polls run in a thread of their own (engine.py)
+        # map -> job name -> lost submission. Polls run in a thread of their own (polling.py)
         # beside submissions: entries go with pop, and are iterated over copies.
         self._unsure: dict[str, dict[str, Unsure]] = {}
 

@@ -59,7 +59,7 @@ JobRecord = dict[str, Any]
 # Poll results are keyed by (job_id, chunk): a resubmitted chunk has several jobs.
 PollResult = dict[tuple[str, int], TaskStatus]
 # Seconds a scheduler out of reach is waited out before the map fails: the outage the
-# engine's polls tolerate (engine.MAX_POLL_OUTAGE), here for submissions.
+# engine's polls tolerate (polling.MAX_POLL_OUTAGE), here for submissions.
 MAX_OUTAGE = 1800.0
 # The id of a job that may have got in although its answer was lost (see Submitter).
 UNCONFIRMED = "unconfirmed-"
