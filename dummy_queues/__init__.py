@@ -1,19 +1,20 @@
-"""dummy_queues: fake SLURM, Grid Engine and PBS Pro commands (and, in ``dummy_queues.aws``,
-ECS and AWS Batch clients) for testing pipelines.
+"""dummy_queues: fake SLURM, Grid Engine, PBS Pro and IBM Spectrum LSF commands (and, in
+``dummy_queues.aws``, ECS and AWS Batch clients) for testing pipelines.
 
 Install the fakes and put them first on PATH; the pools then need no options::
 
     q = dummy_queues.install("/tmp/bin", scheduler="slurm", slots=4, max_array_size=1001)
     os.environ["PATH"] = "/tmp/bin:" + os.environ["PATH"]
 
-or, in pytest, use the fixtures ``dummy_slurm``, ``dummy_sge``, ``dummy_pbs``
+or, in pytest, use the fixtures ``dummy_slurm``, ``dummy_sge``, ``dummy_pbs``, ``dummy_lsf``
 (they yield a :class:`DummyQueue` and kill leftover jobs at teardown), or ``dummy_ecs`` and
 ``dummy_batch`` (see pytest_plugin.py).
 
 Commands: SLURM ``sbatch squeue scancel scontrol``(show config) ``sinfo``
 (``-N``, ``-p``, ``-o``); SGE ``qsub qstat``(plain, ``-xml``, ``-j``, ``-g c``) ``qdel qconf``
 (``-sconf``); PBS ``qsub qstat``(``-f -F json``; ``-u`` is refused, as it belongs to the
-alternate displays) ``qdel qselect``(``-N -u -x -J -T``).  Unknown flags are rejected
+alternate displays) ``qdel qselect``(``-N -u -x -J -T``); LSF ``bsub bjobs``(``-a -d -u -J
+-o -json -noheader``) ``bkill badmin``(``showconf mbd``).  Unknown flags are rejected
 (stderr, rc != 0).
 State lives in one ``queue_state.json`` beside the scripts (or ``state_path``),
 changed only under a file lock and replaced atomically.  Jobs run under detached
@@ -25,7 +26,7 @@ DummyQueue API:
   jobs(), state(), calls, calls_to(cmd), submissions, wait_idle(timeout)
   inject_error_state(task=None, name=None, count=1, reason=None)
       SLURM: PENDING "launch failed requeued held" (or reason, e.g. "JobHeldAdmin");
-      SGE: Eqw; PBS: H.  Stays until cancelled; count decrements per occurrence
+      SGE: Eqw; PBS: H; LSF: PSUSP.  Stays until cancelled; count decrements per occurrence
       across resubmissions (an element is matched when it would start).
   inject_vanish(task=None, name=None, count=1)
       never runs, writes nothing; SLURM shows NODE_FAIL/NodeDown in --states=all.
@@ -40,7 +41,7 @@ DummyQueue API:
   set_limits(max_array_size, max_jobs_per_user, max_job_count, min_job_age, slots, kill_wait)
   clear_faults(), kill_all()
 Selectors: `task` is the array task id as the scheduler numbers it (SLURM 0-based
-as submitted, SGE 1-based, PBS as given to -J; None matches non-array jobs too),
+as submitted, SGE and LSF 1-based, PBS as given to -J; None matches non-array jobs too),
 `name` is the job name or an fnmatch glob; both None = any element.
 
 Choices where no real output was available:
@@ -57,6 +58,9 @@ Choices where no real output was available:
   when empty; arrays list the parent `N[]` (state Q/B/F) and, with -t, the
   subjobs (Q/R/H, finished X with -x); -J needs >= 2 indices
   (`qsub: illegal -J value`, rc 2); unknown id rc 153, finished without -x rc 35.
+- LSF (no real LSF was available; formats from IBM's LSF 10.1 reference): see
+  docs/dummy-queues.md for its choices (jobs start in the submission directory, -env none
+  passes a login-like minimum, nothing found exits 255).
 """
 from ._queue import DummyQueue, install
 

@@ -12,7 +12,8 @@ from . import _state
 
 COMMANDS = {"slurm": ("sbatch", "squeue", "scancel", "scontrol", "sinfo"),
             "sge": ("qsub", "qstat", "qdel", "qconf"),
-            "pbs": ("qsub", "qstat", "qdel", "qselect")}
+            "pbs": ("qsub", "qstat", "qdel", "qselect"),
+            "lsf": ("bsub", "bjobs", "bkill", "badmin")}
 COMMAND_MODES = ("fail", "hang", "garble", "lose_id", "late")
 
 
@@ -86,12 +87,14 @@ class DummyQueue:
         """The next `count` matching elements land in an error state instead of running.
 
         SLURM: PENDING with reason `launch failed requeued held` (or `reason`,
-        e.g. "JobHeldAdmin"); SGE: Eqw; PBS: H.  They stay until cancelled.
+        e.g. "JobHeldAdmin"); SGE: Eqw; PBS: H; LSF: PSUSP.  They stay until cancelled.
         task: array task id as the scheduler numbers it; name: job name or glob.
         """
         if reason is None:
             reason = {"slurm": "launch failed requeued held",
-                      "sge": "exit_status of job start = 100"}.get(self.scheduler, "")
+                      "sge": "exit_status of job start = 100",
+                      "lsf": "The job was suspended by LSF admin or root while pending"
+                      }.get(self.scheduler, "")
         self._add_fault("error_state", task=task, name=name, count=count, reason=reason)
 
     def inject_vanish(self, task: int | None = None, name: str | None = None,

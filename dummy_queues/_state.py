@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import importlib
 import json
 import os
 import signal
@@ -141,13 +142,7 @@ def take_fault(state: dict[str, Any], kind: str, job: dict[str, Any],
 # ---------------------------------------------------------------- scheduling
 def adapter(scheduler: str) -> Any:
     """The scheduler module that knows each job's environment and output paths."""
-    if scheduler == "slurm":
-        from . import slurm as mod
-    elif scheduler == "sge":
-        from . import sge as mod
-    else:
-        from . import pbs as mod
-    return mod
+    return importlib.import_module(f"{__package__}.{scheduler}")
 
 
 def finish(elem: dict[str, Any], state_word: str, now: float, **extra: Any) -> None:

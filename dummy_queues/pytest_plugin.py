@@ -1,4 +1,4 @@
-"""pytest fixtures dummy_slurm, dummy_sge, dummy_pbs, dummy_ecs and dummy_batch (registered
+"""pytest fixtures dummy_slurm, dummy_sge, dummy_pbs, dummy_lsf, dummy_ecs and dummy_batch (registered
 via the pytest11 entry point).
 
 The command-line ones install fake commands into a per-test temp dir, put that dir first on
@@ -49,6 +49,13 @@ def dummy_pbs(tmp_path_factory: pytest.TempPathFactory,
               monkeypatch: pytest.MonkeyPatch) -> Iterator[DummyQueue]:
     """A fake PBS Pro (qsub qstat qdel) first on PATH."""
     yield from _fixture("pbs", tmp_path_factory, monkeypatch)
+
+
+@pytest.fixture
+def dummy_lsf(tmp_path_factory: pytest.TempPathFactory,
+              monkeypatch: pytest.MonkeyPatch) -> Iterator[DummyQueue]:
+    """A fake IBM Spectrum LSF (bsub bjobs bkill badmin) first on PATH."""
+    yield from _fixture("lsf", tmp_path_factory, monkeypatch)
 
 
 def _aws_fixture(kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:

@@ -174,6 +174,42 @@ class LocalPool(Pool):
     ) -> None: ...
 
 
+class LsfPool(Pool):
+    def __init__(
+        self,
+        *,
+        queue: str | None = None,
+        resources: Sequence[str] = (),
+        walltime: str | None = None,
+        memory: str | None = None,
+        project: str | None = None,
+        bsub_args: Sequence[str] = (),
+        max_array_size: int | None = None,
+        lsf_call_timeout: float = 60.0,
+        bsub_path: str = 'bsub',
+        bjobs_path: str = 'bjobs',
+        bkill_path: str = 'bkill',
+        badmin_path: str = 'badmin',
+        work_dir: str | None = None,
+        keep_work_dir: bool = False,
+        mode: str | None = None,
+        num_simultaneously_running_tasks: int | None = None,
+        max_num_resubmissions: int = 3,
+        polling_interval: float = 5.0,
+        filesystem_lag: float | None = None,
+        python_path: str | None = None,
+        job_name: str = 'pp',
+        min_workers: int = 1,
+        max_workers: int | None = None,
+        min_seconds_between_submissions: float = 0.0,
+        verbose: bool = False,
+        progress: bool | None = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        maxtasksperchild: int | None = None,
+    ) -> None: ...
+
+
 class PbsPool(Pool):
     def __init__(
         self,

@@ -72,6 +72,10 @@ BACKENDS: tuple[Backend, ...] = (
     Backend(name="pbs", pool_class="PbsPool", scheduler_class="PbsScheduler",
             applier_kind="CW_PBS", node_variable_prefixes=("PBS_",), node_variables=("NCPUS",),
             dummy="dummy_pbs"),
+    # LSF_ENVDIR and kin point a node's tools at its cluster; LS_* are set per job.
+    Backend(name="lsf", pool_class="LsfPool", scheduler_class="LsfScheduler",
+            applier_kind="CW_LSF", node_variable_prefixes=("LSB_", "LSF_"),
+            node_variables=("LS_SUBCWD", "LS_EXECCWD", "LS_JOBPID"), dummy="dummy_lsf"),
     Backend(name="ecs", pool_class="EcsPool", scheduler_class="EcsScheduler",
             applier_kind="CW_ECS", node_variable_prefixes=("ECS_", "AWS_CONTAINER_"),
             dummy="dummy_ecs"),

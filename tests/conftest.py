@@ -71,6 +71,7 @@ BACKENDS = {
     "faulty_slurm_array": ("faulty_slurm", lambda **o: pp.SlurmArrayPool(**o)),
     "faulty_sge_array": ("faulty_sge", lambda **o: pp.SgePool(**o)),
     "faulty_pbs": ("faulty_pbs", lambda **o: pp.PbsPool(**o)),
+    "faulty_lsf": ("faulty_lsf", lambda **o: pp.LsfPool(**o)),
     "real_slurm": ("real_slurm", lambda **o: pp.SlurmArrayPool(**o)),
     "real_sge": ("real_sge", lambda **o: pp.SgePool(**o)),
     "real_slurm_workers": ("real_slurm", lambda **o: pp.SlurmArrayPool(mode="workers", max_workers=3, **o)),
@@ -110,7 +111,8 @@ def require_real(kind: str) -> None:
 
 
 COMMAND_FAULTS = {  # scheduler: (submission command, poll command)
-    "slurm": ("sbatch", "squeue"), "sge": ("qsub", "qstat"), "pbs": ("qsub", "qstat")}
+    "slurm": ("sbatch", "squeue"), "sge": ("qsub", "qstat"), "pbs": ("qsub", "qstat"),
+    "lsf": ("bsub", "bjobs")}
 
 
 @pytest.fixture(autouse=True)
@@ -140,6 +142,11 @@ def faulty_sge(dummy_sge):
 @pytest.fixture
 def faulty_pbs(dummy_pbs):
     return _faulty(dummy_pbs)
+
+
+@pytest.fixture
+def faulty_lsf(dummy_lsf):
+    return _faulty(dummy_lsf)
 
 
 @pytest.fixture

@@ -310,7 +310,7 @@ def test_get_timeout_raises_multiprocessing_timeout(make_pool, backend):
 
 
 @pytest.mark.parametrize("cls", [pp.SerialPool, pp.LocalPool, pp.SlurmArrayPool, pp.SlurmPool,
-                                 pp.SgePool, pp.PbsPool])
+                                 pp.SgePool, pp.PbsPool, pp.LsfPool])
 def test_misspelt_option_lists_valid_ones(cls):
     with pytest.raises(TypeError, match="did you mean 'verbose'.*valid options: "):
         cls(verbos=True)

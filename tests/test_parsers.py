@@ -1,17 +1,21 @@
 """What each backend makes of its scheduler's words: every state and reason the notes on the
-real schedulers record (shared/notes/real-slurm.md, real-sge.md) and PBS Pro's documentation,
-and the refusals of the submission commands. No scheduler runs here: these are the parsers."""
+real schedulers record (shared/notes/real-slurm.md, real-sge.md), PBS Pro's documentation and
+LSF's (tests/golden/lsf/, written from IBM's LSF 10.1 reference: no LSF runs here), and the
+refusals of the submission commands. No scheduler runs here: these are the parsers."""
 from __future__ import annotations
 
 import pytest
 
 from poolparty_raster.errors import SchedulerOutputError
-from poolparty_raster.schedulers import pbs, sge, slurm
+from pathlib import Path
+
+from poolparty_raster.schedulers import lsf, pbs, sge, slurm
 from poolparty_raster.schedulers.base import TaskState
 
 PENDING, RUNNING, FINISHED = TaskState.PENDING, TaskState.RUNNING, TaskState.FINISHED
 ERROR, FATAL = TaskState.ERROR, TaskState.FATAL
 ARRAY = [{"job_id": "11", "chunks": list(range(10)), "array": True, "offset": 0}]
+GOLDEN = Path(__file__).with_name("golden")
 
 
 @pytest.mark.parametrize("state, reason, expected", [
@@ -153,3 +157,65 @@ def test_a_clean_end_is_told_apart_from_a_failed_one():
     jobs = [{"job_id": "12[].s", "chunks": [0, 1, 2], "array": True, "offset": 0}]
     statuses = pbs.parse_qstat_json(text, jobs)
     assert statuses[("12[].s", 1)].succeeded and not statuses[("12[].s", 2)].succeeded
+
+
+# An LSF array of chunks 10-19 (indices 1-10, so offset 9), and its resubmitted chunk 10.
+LSF_JOBS = [{"job_id": "1234", "chunks": list(range(10, 20)), "array": True, "offset": 9},
+            {"job_id": "1240", "chunks": [10], "array": True, "offset": 9}]
+
+
+def test_bjobs_json_states_from_the_documented_sample():
+    statuses = lsf.parse_bjobs_json((GOLDEN / "lsf" / "bjobs_json_states.json").read_text(),
+                                    LSF_JOBS)
+    assert {key: s.state for key, s in statuses.items()} == {
+        ("1234", 10): FINISHED, ("1234", 11): FINISHED, ("1234", 12): RUNNING,
+        ("1234", 13): RUNNING, ("1234", 14): RUNNING, ("1234", 15): PENDING,
+        ("1234", 16): ERROR,  # PSUSP: held while pending, nothing releases it for the pool
+        ("1234", 17): FINISHED,  # ZOMBI: killed while its host was out of reach
+        ("1234", 18): ERROR,  # UNKWN: its host is out of reach
+        ("1234", 19): FINISHED, ("1240", 10): RUNNING}
+    assert statuses[("1234", 10)].succeeded and not statuses[("1234", 11)].succeeded
+    assert statuses[("1234", 11)].reason == "EXIT exit 17"
+    assert "running element limit" in statuses[("1234", 15)].reason
+
+
+def test_bjobs_json_quotes_what_it_cannot_read():
+    with pytest.raises(SchedulerOutputError, match="BOGUS"):
+        lsf.parse_bjobs_json('{"RECORDS": [{"JOBID": "1234", "STAT": "BOGUS", '
+                             '"JOB_NAME": "pp[1]"}]}', LSF_JOBS)
+    with pytest.raises(SchedulerOutputError, match="garbled"):
+        lsf.parse_bjobs_json("garbled", LSF_JOBS)
+    assert lsf.parse_bjobs_json("", LSF_JOBS) == {}
+
+
+@pytest.mark.parametrize("returncode, stderr, text", [
+    (0, "", "{}"), (255, "No job found", ""), (255, "Job <pp9f3084c126> is not found", ""),
+    (255, "LSF is down. Please wait ...", None)])
+def test_bjobs_listing_tells_no_job_from_a_failure(returncode, stderr, text):
+    assert lsf.listing(returncode, "{}" if returncode == 0 else "", stderr) == text
+
+
+@pytest.mark.parametrize("stderr, kind", [
+    ("LSF is down. Please wait ...\nbatch system daemon not responding ... still trying", "transient"),
+    ("Cannot connect to LSF. Please wait ...", "transient"),
+    ("Failed in an LSF library call: Communication time out", "answer_lost"),
+    ("User <ann>: Pending job threshold reached. Job not submitted.", "limit"),
+    ("No such queue. Job not submitted.", "permanent"),
+    ("Job array index too large. Job not submitted.", "permanent"),
+    ("", "unknown"), ("bsub: illegal option -- x", "unknown"),
+])
+def test_bsub_refusals(stderr, kind):
+    assert lsf.classify_refusal(stderr) == kind
+
+
+@pytest.mark.parametrize("stdout, job_id", [
+    ((GOLDEN / "lsf" / "bsub_submitted.txt").read_text(), "1234"), ("", None),
+    ("\u00bf#garbled", None), ("Job <> is submitted", None)])
+def test_bsub_ids(stdout, job_id):
+    assert lsf.parse_job_id(stdout) == job_id
+
+
+def test_max_job_array_size_from_badmin_showconf():
+    text = (GOLDEN / "lsf" / "badmin_showconf_mbd.txt").read_text()
+    assert lsf.parse_max_array_size(text) == 2000
+    assert lsf.parse_max_array_size("MBD configuration at ...\n") is None

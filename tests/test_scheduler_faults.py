@@ -27,7 +27,11 @@ CLUSTERS = {
     "slurm_jobs": ("dummy_slurm", pp.SlurmPool, None),
     "sge": ("dummy_sge", pp.SgePool, 1),
     "pbs": ("dummy_pbs", pp.PbsPool, 0),
+    "lsf": ("dummy_lsf", pp.LsfPool, 1),
 }
+SUBMIT = {"slurm": "sbatch", "sge": "qsub", "pbs": "qsub", "lsf": "bsub"}
+POLL = {"slurm": "squeue", "sge": "qstat", "pbs": "qstat", "lsf": "bjobs"}
+CANCEL = {"slurm": "scancel", "sge": "qdel", "pbs": "qdel", "lsf": "bkill"}
 FAST = {"polling_interval": 0.3, "filesystem_lag": 0.3, "progress": False}
 
 
@@ -58,7 +62,7 @@ def test_error_state_is_cancelled_and_resubmitted(cluster, tmp_path):
     pool = pool_class(keep_work_dir=True, **FAST)
     assert pool.map(plus_one, range(8), chunksize=2) == list(range(1, 9))
     assert [e["event"] for e in events_of(tmp_path)].count("error_state") == 1
-    assert queue.calls_to("scancel" if "slurm" in queue.scheduler else "qdel")
+    assert queue.calls_to(CANCEL[queue.scheduler])
 
 
 def sleeps_long(x):
@@ -68,7 +72,7 @@ def sleeps_long(x):
 
 def test_terminate_cancels_the_jobs_although_the_first_cancel_fails(cluster):
     queue, pool_class, _ = cluster
-    cancel = "scancel" if "slurm" in queue.scheduler else "qdel"
+    cancel = CANCEL[queue.scheduler]
     pool = pool_class(**FAST)
     result = pool.map_async(sleeps_long, range(3), chunksize=1)
     deadline = time.monotonic() + 60
@@ -122,7 +126,7 @@ def once_a_poll_failed(args):
 @pytest.mark.parametrize("mode", ["fail", "garble"])
 def test_failing_poll_command_costs_polls_not_the_map(cluster, tmp_path, mode):
     queue, pool_class, _ = cluster
-    queue.inject_command_failure("squeue" if "slurm" in queue.scheduler else "qstat", times=1, mode=mode)
+    queue.inject_command_failure(POLL[queue.scheduler], times=1, mode=mode)
     work_dir = tmp_path / "w"
     pool = pool_class(work_dir=str(work_dir), keep_work_dir=True, **FAST)
     log = str(work_dir / "log.jsonl")
@@ -140,9 +144,6 @@ def test_hanging_poll_command_times_out(dummy_slurm):
     assert dummy_slurm.calls_to("squeue"), "the hanging command was never called"
 
 
-SUBMIT = {"slurm": "sbatch", "sge": "qsub", "pbs": "qsub"}
-POLL = {"slurm": "squeue", "sge": "qstat", "pbs": "qstat"}
-
 
 def settle(x):
     time.sleep(1.5)  # Grid Engine lists a job only until it ends: long enough to be found
@@ -158,7 +159,7 @@ def test_failed_or_lost_submission_is_retried_and_never_duplicated(cluster, mode
     assert len(queue.submissions) == expected
 
 
-LISTING = {"slurm": "squeue", "sge": "qstat", "pbs": "qselect"}
+LISTING = {"slurm": "squeue", "sge": "qstat", "pbs": "qselect", "lsf": "bjobs"}
 
 
 def test_a_scheduler_out_of_reach_during_a_submission_defers_it(cluster, tmp_path):
@@ -240,7 +241,8 @@ def test_throttle_caps_the_chunks_running_at_once(cluster, death):
 
 
 @pytest.mark.parametrize("fixture, pool_class", [("dummy_slurm", pp.SlurmArrayPool),
-                                                 ("dummy_sge", pp.SgePool)])
+                                                 ("dummy_sge", pp.SgePool),
+                                                 ("dummy_lsf", pp.LsfPool)])
 def test_throttle_holds_across_the_arrays_of_a_split_map(request, fixture, pool_class):
     queue = request.getfixturevalue(fixture)
     queue.set_limits(max_array_size=3)  # 8 chunks: three arrays at least
@@ -262,7 +264,7 @@ def test_surplus_pending_workers_are_cancelled_as_soon_as_nothing_is_left_for_th
     assert queue.wait_idle(30)
     assert sum(len(s["tasks"] or [None]) for s in queue.submissions) == 3  # None: a lone job
     (worker,) = [j for j in queue.jobs() if j["start"]]  # the two others never started
-    cancels = queue.calls_to("scancel" if "slurm" in queue.scheduler else "qdel")
+    cancels = queue.calls_to(CANCEL[queue.scheduler])
     # cancelled while the first worker still ran the last chunk, not at the map's end
     assert cancels and cancels[0]["time"] < worker["end"] - 1.0
 
@@ -277,6 +279,13 @@ def test_per_user_job_limit_is_waited_out(dummy_slurm):
     dummy_slurm.set_limits(max_jobs_per_user=3)
     assert pp.SlurmArrayPool(**FAST).map(plus_one, range(8), chunksize=1) == list(range(1, 9))
     assert all(len(s["tasks"]) <= 3 for s in dummy_slurm.submissions)
+
+
+def test_lsf_reads_max_job_array_size_and_waits_out_the_pending_job_threshold(dummy_lsf):
+    dummy_lsf.set_limits(max_array_size=5, max_jobs_per_user=3)
+    assert pp.LsfPool(**FAST).map(plus_one, range(12), chunksize=1) == list(range(1, 13))
+    assert dummy_lsf.calls_to("badmin")
+    assert all(len(s["tasks"]) <= 3 and max(s["tasks"]) <= 5 for s in dummy_lsf.submissions)
 
 
 def test_reason_no_resubmission_fixes_fails_the_map_at_once(dummy_slurm):
