@@ -11,6 +11,7 @@ import pytest
 
 from poolparty_raster.autopool import AutoPool, find_schedulers
 from poolparty_raster.pools import LocalPool, PbsPool, SgePool, SlurmArrayPool, SlurmPool
+from poolparty_raster.registry import BACKENDS
 from poolparty_raster.profiles import (CONFIG_VARIABLE, PROFILE_VARIABLE, ProfileError,
                                        load_profile, pool_from_profile, profile_names)
 
@@ -166,7 +167,7 @@ BAD_FILES = {
         queue = "normal"
         backend = "pbss"
         """, "gadi", ["line 6", "unknown backend 'pbss'", "did you mean 'pbs'?",
-                      "local, slurm, sge, pbs, ecs, awsbatch, LocalPool, SlurmArrayPool"]),
+                      ", ".join(b.name for b in BACKENDS) + ", LocalPool, SlurmArrayPool"]),
     "unknown option": ("""
         [profiles.gadi]
         backend = "pbs"
