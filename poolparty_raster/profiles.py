@@ -9,7 +9,8 @@ The file is ``$POOLPARTY_RASTER_CONFIG``, else ``~/.config/poolparty_raster/conf
     walltime = "1:00:00"
     work_dir_root = "/scratch/ab12/$USER/pp"
 
-A profile's keys are ``backend``, ``work_dir_root`` and the options of the backend's pool class,
+A profile's keys are ``backend`` and the options of the backend's pool class (``work_dir_root``,
+with ``~`` and ``$VARIABLES`` expanded, among them),
 read from its signature (which pools/options.py builds from the scheduler's keywords and
 settings.MapSettings): nothing here lists them again. Only the profile asked for is checked
 and its backend imported, so a profile for a backend whose extras are missing on this machine
@@ -69,38 +70,23 @@ class Profile:
     path: Path
     pool_class: type[Pool]
     options: dict[str, Any]
-    work_dir_root: str | None
 
     def make_pool(self, **overrides: Any) -> Pool:
-        """A new pool of this profile; ``overrides`` (options of the same pool class, and
-        ``work_dir_root``) win over the profile's values."""
-        overrides.setdefault(WORK_DIR_ROOT_KEY, self.work_dir_root)
+        """A new pool of this profile; ``overrides`` (options of the same pool class) win over
+        the profile's values."""
         return build_pool(self.pool_class, {**self.options, **overrides},
                           f"{self.path}: profile {self.name!r} ({self.pool_class.__name__})")
 
 
 def build_pool(pool_class: type[Pool], options: dict[str, Any], where: str) -> Pool:
-    """``pool_class(**options)``, where ``options`` may also hold ``work_dir_root``: where the
-    pool's maps make their work_dirs. A misspelt option is the pool's own TypeError (with its
+    """``pool_class(**options)``. A misspelt option is the pool's own TypeError (with its
     suggestion); a value the pool refuses is a ProfileError that says ``where`` it came from."""
-    options = dict(options)
-    work_dir_root = options.pop(WORK_DIR_ROOT_KEY, None)
     check_names(pool_class.__name__, options, inspect.signature(pool_class).parameters)
     try:
         pool = pool_class(**options)
     except (TypeError, ValueError) as exc:  # mode="nope", max_num_resubmissions=-1
         raise ProfileError(f"{where}: {exc}") from exc
-    if work_dir_root is not None:
-        _place_work_dirs(pool, work_dir_root)
     return pool
-
-
-def _place_work_dirs(pool: Pool, root: str) -> None:
-    """Make the pool's maps put their work_dirs under ``root``. Pools read the root only from
-    $POOLPARTY_RASTER_WORK_DIR_ROOT when they are made (mapping.default_work_dir_root), and
-    no option sets it, so the pool's settings are replaced here: the one place this module
-    reaches into a pool."""
-    pool._settings = dataclasses.replace(pool._settings, work_dir_root=root)
 
 
 def profile_names(path: Path | None = None) -> list[str]:
@@ -136,8 +122,8 @@ def load_profile(name: str | None = None, path: Path | None = None) -> Profile:
 
 def pool_from_profile(name: str | None = None, **overrides: Any) -> Pool:
     """A new pool as the profile ``name`` of the profiles file describes it (default: the
-    profile ``$POOLPARTY_RASTER_PROFILE`` names); ``overrides`` (options of its pool class, and
-    ``work_dir_root``) win over the profile's values."""
+    profile ``$POOLPARTY_RASTER_PROFILE`` names); ``overrides`` (options of its pool class) win
+    over the profile's values."""
     return load_profile(name).make_pool(**overrides)
 
 
@@ -174,21 +160,21 @@ def _checked(name: str, table: Mapping[str, Any], path: Path, text: str) -> Prof
                            f"backend {backend_name!r}{hint}; one of: {_backend_choices()}")
     backend, class_name = _POOL_OF_NAME[backend_name]
     pool_class = getattr(importlib.import_module(backend.pool_module), class_name)
-    valid = [*inspect.signature(pool_class).parameters, WORK_DIR_ROOT_KEY]
+    valid = list(inspect.signature(pool_class).parameters)
     options = {k: v for k, v in table.items() if k != BACKEND_KEY}
     for key in options:
         if key not in valid:
             raise ProfileError(f"{path}{_at(text, name, key)}: profile {name!r}: {class_name} "
                                f"has no option {key!r}{_suggestion(key, valid)}; its options: "
                                f"{', '.join(sorted(valid))}")
-    work_dir_root = options.pop(WORK_DIR_ROOT_KEY, None)
+    work_dir_root = options.get(WORK_DIR_ROOT_KEY)
     if work_dir_root is not None:
         if not isinstance(work_dir_root, str):
             raise ProfileError(f"{path}{_at(text, name, WORK_DIR_ROOT_KEY)}: profile {name!r}: "
                                f"'{WORK_DIR_ROOT_KEY}' must be a string (a directory)")
         # One file serves several accounts and machines: "~/pp", "/scratch/$PROJECT/$USER/pp".
-        work_dir_root = os.path.expanduser(os.path.expandvars(work_dir_root))
-    return Profile(name, path, pool_class, options, work_dir_root)
+        options[WORK_DIR_ROOT_KEY] = os.path.expanduser(os.path.expandvars(work_dir_root))
+    return Profile(name, path, pool_class, options)
 
 
 def _backend_choices() -> str:

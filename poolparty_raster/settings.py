@@ -28,6 +28,9 @@ class MapSettings:
     work_dir: str | None = option(
         None, "the map's directory; default: a new one under $POOLPARTY_RASTER_WORK_DIR_ROOT, "
               "else the current directory (cluster pools) or the temporary one (local)")
+    work_dir_root: str | None = option(
+        None, "where maps without a work_dir make theirs; default: $POOLPARTY_RASTER_WORK_DIR_ROOT, "
+              "else the current directory (cluster pools) or the temporary one (local)")
     keep_work_dir: bool = option(
         False, "keep the work_dir after a clean map (it is always kept after a failure)")
     mode: str | None = option(
@@ -61,8 +64,6 @@ class MapSettings:
     maxtasksperchild: int | None = option(
         None, "chunks a worker process runs before a fresh one takes over (array mode: one "
               "always); None: as many as there are")
-    # Not an option: where a map without a work_dir makes one; the pool class decides.
-    work_dir_root: str = ""
 
     def __post_init__(self) -> None:
         if self.polling_interval <= 0:

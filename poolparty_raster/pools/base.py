@@ -99,7 +99,7 @@ class Pool:
         settings = dataclasses.replace(
             settings, mode=settings.mode or self._default_mode,
             python_path=settings.python_path or sys.executable,
-            work_dir_root=default_work_dir_root(self._shared_filesystem))
+            work_dir_root=settings.work_dir_root or default_work_dir_root(self._shared_filesystem))
         self._scheduler = scheduler
         self._abort = threading.Event()
         if scheduler is not None:  # SerialPool has none
