@@ -6,7 +6,9 @@ import heapq
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from poolparty_raster.schedulers.base import JobRecord, Scheduler, Submitter, SubmitSpec
+from poolparty_raster.errors import SubmissionRefused
+from poolparty_raster.schedulers.base import (JobRecord, OutOfReach, Scheduler, Submitter,
+                                              SubmitSpec)
 
 
 def split_throttle(throttle: int, sizes: Sequence[int]) -> list[int]:
@@ -85,3 +87,27 @@ class ArrayScheduler(Scheduler):
     def remember(self, spec: SubmitSpec, jobs: Sequence[JobRecord]) -> None:
         self.submitter.note(spec, jobs)
         self.throttle.note(spec, jobs)
+
+    def _submit_array(self, spec: SubmitSpec, chunks: list[int],
+                      throttle: int | None) -> Iterator[JobRecord]:
+        """One array; halved while a limit (per user, or on pending jobs) refuses it, which a
+        smaller one may pass (the halves share its throttle; one with no share is left to the
+        engine)."""
+        try:
+            record = self._submit_one_array(spec, chunks, throttle)
+        except OutOfReach:
+            raise
+        except SubmissionRefused:
+            if len(chunks) == 1:
+                raise
+            halves = [chunks[:len(chunks) // 2], chunks[len(chunks) // 2:]]
+            shares = split_throttle(throttle, [len(h) for h in halves]) if throttle else [None] * 2
+            for half, share in with_shares(halves, shares):
+                yield from self._submit_array(spec, half, share)
+            return
+        yield record
+
+    def _submit_one_array(self, spec: SubmitSpec, chunks: list[int],
+                          throttle: int | None) -> JobRecord:
+        """Submit ``chunks`` as one array with this throttle (SubmissionRefused: a limit)."""
+        raise NotImplementedError

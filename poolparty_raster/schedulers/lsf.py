@@ -23,10 +23,9 @@ import shlex
 from collections.abc import Iterator, Sequence
 from typing import Annotated
 
-from poolparty_raster.errors import SchedulerError, SchedulerOutputError, SubmissionRefused
-from poolparty_raster.schedulers.arrays import (ArrayScheduler, ArrayThrottle, split_throttle,
-                                                with_shares)
-from poolparty_raster.schedulers.base import (CommandRunner, JobRecord, OutOfReach, PollResult,
+from poolparty_raster.errors import SchedulerError, SchedulerOutputError
+from poolparty_raster.schedulers.arrays import ArrayScheduler, ArrayThrottle
+from poolparty_raster.schedulers.base import (CommandRunner, JobRecord, PollResult,
                                               Submitter, SubmitSpec, TaskState, TaskStatus,
                                               cancel_targets, index_ranges, refusal_kind,
                                               require_commands, split_by_span, unanswered,
@@ -183,25 +182,8 @@ class LsfScheduler(ArrayScheduler):
         for group, share in self.throttle.throttled(spec, groups):
             yield from self._submit_array(spec, group, share)
 
-    def _submit_array(self, spec: SubmitSpec, chunks: list[int],
-                      throttle: int | None) -> Iterator[JobRecord]:
-        """One array; halved while a pending-job limit refuses it, which a smaller one may
-        pass (the halves share its throttle; one with no share is left to the engine)."""
-        try:
-            record = self._bsub(spec, chunks, throttle)
-        except OutOfReach:
-            raise
-        except SubmissionRefused:
-            if len(chunks) == 1:
-                raise
-            halves = [chunks[:len(chunks) // 2], chunks[len(chunks) // 2:]]
-            shares = split_throttle(throttle, [len(h) for h in halves]) if throttle else [None] * 2
-            for half, share in with_shares(halves, shares):
-                yield from self._submit_array(spec, half, share)
-            return
-        yield record
-
-    def _bsub(self, spec: SubmitSpec, chunks: list[int], throttle: int | None) -> JobRecord:
+    def _submit_one_array(self, spec: SubmitSpec, chunks: list[int],
+                          throttle: int | None) -> JobRecord:
         offset = chunks[0] - 1  # LSF's indices start at 1
         limit = f"%{throttle}" if throttle else ""
         name = f"{spec.job_name}[{index_ranges([c - offset for c in chunks])}]{limit}"

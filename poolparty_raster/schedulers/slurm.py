@@ -15,10 +15,8 @@ import shlex
 from collections.abc import Iterator, Sequence
 from typing import Annotated
 
-from poolparty_raster.errors import SubmissionRefused
-from poolparty_raster.schedulers.arrays import (ArrayScheduler, ArrayThrottle, split_throttle,
-                                                with_shares)
-from poolparty_raster.schedulers.base import (CommandRunner, JobRecord, OutOfReach, PollResult,
+from poolparty_raster.schedulers.arrays import ArrayScheduler, ArrayThrottle
+from poolparty_raster.schedulers.base import (CommandRunner, JobRecord, PollResult,
                                               Submitter, SubmitSpec, TaskState, TaskStatus,
                                               cancel_targets, index_ranges, require_commands,
                                               refusal_kind, split_by_span, unparseable)
@@ -219,23 +217,9 @@ class SlurmScheduler(ArrayScheduler):
         for group, share in self.throttle.throttled(spec, groups):
             yield from self._submit_array(spec, group, share)
 
-    def _submit_array(self, spec: SubmitSpec, chunks: list[int],
-                      throttle: int | None) -> Iterator[JobRecord]:
-        """One array; halved while a per-user limit refuses it, which a smaller one may pass
-        (the halves share its throttle; one with no share is left to the engine)."""
-        try:
-            record = self._submit_one(spec, chunks, chunks[0], throttle)
-        except OutOfReach:
-            raise
-        except SubmissionRefused:
-            if len(chunks) == 1:
-                raise
-            halves = [chunks[:len(chunks) // 2], chunks[len(chunks) // 2:]]
-            shares = split_throttle(throttle, [len(h) for h in halves]) if throttle else [None] * 2
-            for half, share in with_shares(halves, shares):
-                yield from self._submit_array(spec, half, share)
-            return
-        yield record
+    def _submit_one_array(self, spec: SubmitSpec, chunks: list[int],
+                          throttle: int | None) -> JobRecord:
+        return self._submit_one(spec, chunks, chunks[0], throttle)
 
     def _submit_one(self, spec: SubmitSpec, chunks: list[int], offset: int | None,
                     throttle: int | None) -> JobRecord:
