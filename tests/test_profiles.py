@@ -11,6 +11,7 @@ import pytest
 
 from poolparty_raster.autopool import AutoPool, find_schedulers
 from poolparty_raster.pools import LocalPool, PbsPool, SgePool, SlurmArrayPool, SlurmPool
+from poolparty_raster.pools.base import Pool
 from poolparty_raster.registry import BACKENDS
 from poolparty_raster.profiles import (CONFIG_VARIABLE, PROFILE_VARIABLE, ProfileError,
                                        load_profile, pool_from_profile, profile_names)
@@ -317,3 +318,15 @@ def test_with_slurm_and_pbs_the_scheduler_whose_environment_is_set_wins(
     decided = AutoPool()
     assert type(decided) is PbsPool
     assert "PBS_SERVER set" in decided.auto_choice.reason
+
+
+def test_a_pool_class_makes_itself_from_a_profile_of_its_kind_only(config):
+    config("""
+        [profiles.laptop]
+        backend = "local"
+        processes = 2
+        """)
+    assert isinstance(Pool.from_profile("laptop"), LocalPool)
+    assert LocalPool.from_profile("laptop", processes=3).parallelism == 3
+    with pytest.raises(ProfileError, match="profile 'laptop' makes a LocalPool, not a PbsPool"):
+        PbsPool.from_profile("laptop")

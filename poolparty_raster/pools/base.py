@@ -120,6 +120,20 @@ class Pool:
         # otherwise run on until their iterator is read or dropped.
         self._iterators: weakref.WeakSet[ResultIterator | LazyResults] = weakref.WeakSet()
 
+    @classmethod
+    def from_profile(cls, name: str | None = None, **overrides: Any) -> Pool:
+        """The pool the profile ``name`` of the profiles file describes (default: the one
+        ``$POOLPARTY_RASTER_PROFILE`` names; see docs/profiles.md); ``overrides`` (options of
+        its pool class) win over the profile's values. Called on a backend's class
+        (``PbsPool.from_profile``), the profile must make that class."""
+        # Imported here: profiles.py imports the pools' modules, which import this one.
+        from poolparty_raster.profiles import ProfileError, load_profile
+        profile = load_profile(name)
+        if not issubclass(profile.pool_class, cls):
+            raise ProfileError(f"{profile.path}: profile {profile.name!r} makes a "
+                               f"{profile.pool_class.__name__}, not a {cls.__name__}")
+        return profile.make_pool(**overrides)
+
     def executor(self, **options: Any) -> PoolExecutor:
         """A ``concurrent.futures.Executor`` on this pool: calls submitted together run as one
         map. Options as for :class:`~poolparty_raster.PoolExecutor` (``linger``, seconds;
