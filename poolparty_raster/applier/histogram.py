@@ -18,6 +18,17 @@ import numpy as np
 MAX_LINEAR_BINS = 256
 
 
+def counted_values(band: np.ndarray, ignore: float | None) -> np.ndarray:
+    """The values of a band that statistics and histograms count: not NaN, not ``ignore``
+    (the band itself where nothing is left out)."""
+    if band.dtype.kind == "f":
+        keep = ~np.isnan(band)
+        if ignore is not None and not math.isnan(ignore):
+            keep &= band != ignore
+        return band[keep]
+    return band if ignore is None else band[band != ignore]
+
+
 @dataclass(frozen=True)
 class HistogramPlan:
     """The bins of one band: ``lo``/``hi`` (STATISTICS_HISTOMIN/MAX, in pixel values),
@@ -86,14 +97,7 @@ class BinCounter:
         self.hist = np.zeros(plan.num_bins, np.int64)
 
     def add(self, band: np.ndarray) -> None:
-        values = band.ravel()
-        if band.dtype.kind == "f":
-            keep = ~np.isnan(values)
-            if self.ignore is not None and not math.isnan(self.ignore):
-                keep &= values != self.ignore
-            values = values[keep]
-        elif self.ignore is not None:
-            values = values[values != self.ignore]
+        values = counted_values(band, self.ignore).ravel()
         if values.size == 0:
             return
         plan = self.plan

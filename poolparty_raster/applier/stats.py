@@ -8,8 +8,8 @@ import math
 
 import numpy as np
 
-from poolparty_raster.applier.histogram import (HistogramPlan, histogram_from_counts,
-                                                plan_histogram)
+from poolparty_raster.applier.histogram import (HistogramPlan, counted_values,
+                                                histogram_from_counts, plan_histogram)
 
 # Integer counts are kept per value (RIOS's single-pass method) while a band's values span
 # at most this (2 MiB of counts travel with each task's result); a wider band's histogram
@@ -36,14 +36,7 @@ class BandStats:
         self.hist_too_wide = False
 
     def add(self, band: np.ndarray) -> None:
-        values = band
-        if band.dtype.kind == "f":
-            mask = ~np.isnan(band)
-            if self.ignore is not None and not math.isnan(self.ignore):
-                mask &= band != self.ignore
-            values = band[mask]
-        elif self.ignore is not None:
-            values = band[band != self.ignore]
+        values = counted_values(band, self.ignore)
         self.integer = band.dtype.kind in "iub"
         n = values.size
         if n == 0:
