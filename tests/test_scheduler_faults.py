@@ -2,6 +2,7 @@
 returns the right results, or fails fast with a clear error, and never hangs."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import cloudpickle
 import pytest
 
 import poolparty_raster as pp
+from dummy_queues._queue import DummyQueue
 from poolparty_raster.errors import SchedulerError
 from poolparty_raster.schedulers import base
 from workdirlog import log_events
@@ -251,8 +253,21 @@ def test_throttle_holds_across_the_arrays_of_a_split_map(request, fixture, pool_
     assert running_at_once(queue) <= 2 and len(queue.submissions) >= 3
 
 
-def naps_long_on_the_last(x):
-    time.sleep(3 if x == 3 else 0.3)
+def submitted_workers(queue):
+    return sum(len(s["tasks"] or [None]) for s in queue.submissions)  # None: a lone job
+
+
+def holds_the_last_until_the_surplus_is_gone(state_path, x):
+    """The last chunk runs until all three worker jobs were submitted and none pends any more
+    (or a minute passed): the surplus workers must be cancelled while a worker still runs,
+    not when the map ends."""
+    if x == 3:
+        queue = DummyQueue(os.path.dirname(state_path), "", state_path)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (
+                submitted_workers(queue) < 3
+                or any(job["state"] == "PENDING" for job in queue.jobs())):
+            time.sleep(0.05)
     return x
 
 
@@ -260,13 +275,14 @@ def test_surplus_pending_workers_are_cancelled_as_soon_as_nothing_is_left_for_th
     queue, pool_class, _ = cluster
     queue.set_limits(slots=1)  # the first worker claims every chunk while the others wait
     pool = pool_class(mode="workers", max_workers=3, **FAST)
-    assert pool.map(naps_long_on_the_last, range(4), chunksize=1) == list(range(4))
+    task = functools.partial(holds_the_last_until_the_surplus_is_gone, queue.state_path)
+    assert pool.map(task, range(4), chunksize=1) == list(range(4))
     assert queue.wait_idle(30)
-    assert sum(len(s["tasks"] or [None]) for s in queue.submissions) == 3  # None: a lone job
+    assert submitted_workers(queue) == 3
     (worker,) = [j for j in queue.jobs() if j["start"]]  # the two others never started
     cancels = queue.calls_to(CANCEL[queue.scheduler])
     # cancelled while the first worker still ran the last chunk, not at the map's end
-    assert cancels and cancels[0]["time"] < worker["end"] - 1.0
+    assert cancels and cancels[0]["time"] < worker["end"]
 
 
 def test_map_larger_than_max_array_size_is_split(dummy_slurm):
