@@ -1,93 +1,69 @@
 """Workers mode's claims: which worker runs which chunk, in the work_dir's ``claims/``.
 
-    claims/NNNNNN          chunk NNNNNN is taken; holds "<worker> <host> <pid> <token>" (the
-                           token names the worker's captures); its mtime is the worker's
+    claims/NNNNNN          a run of chunks from NNNNNN is taken (claimfiles.py: runs form a
+                           chain from chunk 0 and never overlap); holds "<worker> <host> <pid>
+                           <token>" (the token names the worker's captures), and the run's
+                           length where it is more than one; its mtime is the worker's
                            heartbeat. A finished chunk keeps its claim.
+    claims/NNNNNN.free     the driver freed chunk NNNNNN (its worker died before its result)
+    claims/NNNNNN.again    a worker's claim of that freed chunk
     claims/NNNNNN.reissue  the driver lets a second worker run this straggling chunk
     claims/NNNNNN.dup      that second worker's claim
     claims/NNNNNN.redo     the chunk's stored output is unreadable: run it although it is done
-    claims/worker.<host>-<pid>-<ns>  a worker's badge: its claims are hard links to it
+    claims/worker.<host>-<pid>-<ns>  a worker's badge (one per run length): its claims are
+                           hard links to it
 
-A claim is a hard link to its worker's badge, a file the worker makes once holding its name:
-exactly one process can make a link of a name, also on NFS, and a link allocates nothing,
-where a new file a chunk cost a file creation, the slowest metadata operation on NFS and on
-a busy local disk alike. The links share the badge's mtime, so one heartbeat covers the
-claim the worker runs. Where hard links are not supported, a claim is an ``O_CREAT |
-O_EXCL`` file holding the worker's name.
-The driver creates the directory and removes it when the map ends; a worker never creates it,
-so one that starts after the map ended (its work_dir removed) finds nothing to do. The driver
-sees it through ``survey`` (one listing; what it keeps does not grow with the claims that
-finished chunks keep) or ``probe`` (chunks looked up by name): claimwatch.py says when which.
+A claim is a hard link to its worker's badge: exactly one process can make a link of a name,
+also on NFS, and a link allocates nothing. The links share the badge's mtime, so one
+heartbeat covers the claim the worker runs. Where hard links are not supported, a claim is
+an ``O_CREAT | O_EXCL`` file holding the worker's name, of one chunk (claimmaker.py is the
+worker's side). The driver creates the directory and removes it when the map ends; a worker
+never creates it, so one that starts after the map ended (its work_dir removed) finds nothing
+to do. The driver sees it through ``survey`` (one listing; what it keeps does not grow with
+the claims that finished chunks keep) or ``probe`` (runs looked up by name, along the chain
+as far as it is known and then on): claimwatch.py says when which.
 """
 from __future__ import annotations
 
-import collections
-import errno
+import bisect
 import os
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
+# process_token: names.py and the applier's block files name their files with it.
+from poolparty_raster.claimfiles import (AGAIN, DUPLICATE, FREE, REDO, REISSUE, process_token,
+                                         suffixed)
+from poolparty_raster.claimmaker import ClaimMaker
 from poolparty_raster.lookupcosts import LookupCosts
 
-_REISSUE = ".reissue"
-_DUPLICATE = ".dup"
-_REDO = ".redo"
-_BADGE_PREFIX = "worker."
-# What os.link raises where the filesystem has no hard links: claims are O_EXCL files there.
-NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS}
-
-
-def out_of_links(exc: OSError, linked_before: int) -> bool:
-    """Whether a failed link means that its source takes no more links (the caller starts
-    another): EMLINK, or ENOSPC once the source has links. GlusterFS keeps an extended
-    attribute per link on its brick's inode, and an ext4 brick holds about 40 of them in a
-    block: the next link fails with ENOSPC while the disk has room. A source's first link
-    failing with ENOSPC is a full disk."""
-    return exc.errno == errno.EMLINK or (exc.errno == errno.ENOSPC and linked_before > 0)
-# Claims a worker tries one by one before it lists claims/ (a round trip each on NFS: many
-# workers racing for the same chunks list instead).
-DIRECT_TRIES = 4
-
-
-def process_token() -> str:
-    """``<host>-<pid>-<ns>``: names this process's own files on a filesystem that many hosts
-    share, unique also after a pid is reused."""
-    return f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
-
-
-def _key(chunk: int) -> str:
-    return f"{chunk:06d}"
+__all__ = ["Claims", "ClaimsView", "process_token"]
 
 
 @dataclass
 class ClaimsView:
     """What the driver saw of claims/: ``claims`` {chunk: (holder, heartbeat mtime)} of first
-    runs, ``duplicated`` {chunk: holder} of second runs, ``holders`` of the claims seen."""
+    runs, ``duplicated`` {chunk: holder} of second runs, ``holders`` of the claims seen, and
+    ``run_starts`` {chunk: the chunk its run starts at} of the chunks in ``claims`` whose run
+    is longer than one (a run's worker runs its chunks in order)."""
 
     claims: dict[int, tuple[str, float]] = field(default_factory=dict)
     duplicated: dict[int, str] = field(default_factory=dict)
     holders: set[str] = field(default_factory=set)
+    run_starts: dict[int, int] = field(default_factory=dict)
 
 
-class Claims:
+class Claims(ClaimMaker):
     def __init__(self, path: str):
-        self.path = path
-        self._holders: dict[Any, str] = {}  # badge inode, or (chunk, inode) -> holder
-        self._cursor = 0  # a worker's: the next chunk it tries to claim directly
-        self._stride = 1  # a worker's: how far it steps after a claim (workers beside it + 1)
-        self._behind: collections.deque[int] = collections.deque()  # free at the last listing
-        self._badge: tuple[str, str, int] | None = None  # a worker's: (name, path, inode)
-        self._badge_links = 0  # claims linked to the badge
-        self._hard_links = True
+        super().__init__(path)
         self._costs = LookupCosts()  # the driver's: what a lookup and a listing cost here
-
-    def path_of(self, chunk: int) -> str:
-        return f"{self.path}{os.sep}{_key(chunk)}"  # not os.path.join: asked for every claim
+        self._runs: dict[int, int] = {}  # the driver's: start -> length of the runs seen
+        self._starts: list[int] = []  # their starts, ascending
+        self._chain_end = 0  # where the runs seen, from chunk 0 without a gap, end
+        self._freed: set[int] = set()  # chunks with a .free name (this driver's, or listed)
+        self._listed = False  # whether claims/ was listed yet (to learn an earlier driver's .free)
 
     # -- the driver's side ------------------------------------------------------------
     def create(self) -> None:
@@ -115,184 +91,216 @@ class Claims:
         shutil.rmtree(self.path, ignore_errors=True)
 
     def held(self, finished: Collection[int] = ()) -> dict[int, tuple[str, float]]:
-        """{chunk: (holder, heartbeat mtime)} of every first-run claim present. A claim's
-        holder is read once per badge (its links share its inode, and a badge stays till the
-        map ends, so its inode is not reused), an O_EXCL claim once per chunk and inode. The
-        claims of ``finished`` chunks whose holder is known are not looked at again (no
-        heartbeat matters there: mtime 0): finished chunks keep their claims, and a stat
-        each per poll is a round trip each on NFS. A claim just made may show an empty
-        holder."""
-        found: dict[int, tuple[str, float]] = {}
-        try:
-            entries = os.scandir(self.path)
-        except FileNotFoundError:
-            return {}
-        with entries:
-            for entry in entries:
-                if entry.name.isdigit():
-                    chunk = int(entry.name)
-                    if chunk in finished:
-                        known = self._known_holder(chunk, entry.inode())
-                        if known:
-                            found[chunk] = (known, 0.0)
-                            continue
-                    claim = self._read(entry.path, chunk, entry)
-                    if claim is not None:
-                        found[chunk] = claim
-        return found
+        """{chunk: (holder, heartbeat mtime)} of every first-run claim present, finished
+        chunks' too (with mtime 0 where the holder was known without a stat: no heartbeat
+        matters there). A claim just made may show an empty holder."""
+        return self._list(finished, keep_finished=True).view.claims
 
     def survey(self, finished: Collection[int]) -> ClaimsView:
         """What claims/ holds, in one listing that keeps nothing per finished chunk: the
-        first-run claims of the chunks not in ``finished`` (as ``held`` has them), the second
-        runs' claims, and the holder of every claim, finished chunks' too. A finished chunk's
-        claim costs a dict lookup here once its badge is known (a map of a million chunks
-        keeps a million claims: a list and a tuple each were ~400 MB)."""
-        view = ClaimsView()
-        try:
-            entries = os.scandir(self.path)
-        except FileNotFoundError:
-            return view
-        with entries:
-            for entry in entries:
-                name = entry.name
-                if name.isdigit():
-                    chunk = int(name)
-                    if chunk in finished:
-                        known = self._known_holder(chunk, entry.inode())
-                        if known:
-                            view.holders.add(known)
-                            continue
-                    claim = self._read(entry.path, chunk, entry)
-                    if claim is not None:
-                        view.holders.add(claim[0])
-                        if chunk not in finished:
-                            view.claims[chunk] = claim
-                elif name.endswith(_DUPLICATE) and name[:-len(_DUPLICATE)].isdigit():
-                    holder = self._read_duplicate(entry.path)
-                    if holder is not None:
-                        view.duplicated[int(name[:-len(_DUPLICATE)])] = holder
-                        view.holders.add(holder)
-        return view
+        first-run claims of the chunks not in ``finished``, the second runs' claims, and the
+        holder of every claim, finished chunks' too. A run whose chunks are all finished
+        costs set lookups here once its badge is known (a map of a million chunks keeps up
+        to a million claims: a list and a tuple each were ~400 MB)."""
+        return self._list(finished).view
 
     def probe(self, chunks: Iterable[int], second_runs: Iterable[int] = ()) -> ClaimsView:
         """The claims of these chunks alone, and the second runs' claims of ``second_runs``:
-        looked up by name (a stat each), or through one listing of claims/ where that costs
-        less. On a networked filesystem a lookup, of a missing name too, is a round trip
-        (GlusterFS: 0.3-2 ms), where a listing brings hundreds of names a round trip: the
-        driver asking after 2,000 unclaimed chunks by name spent 5 stats a chunk of a map.
-        Both costs are measured as they are paid (LookupCosts)."""
+        looked up by name (a stat a run, along the chain of runs), or through one listing of
+        claims/ where that costs less (and the first time, to find an earlier driver's freed
+        chunks). On a networked filesystem a lookup, of a missing name too, is a round trip
+        (GlusterFS: 0.3-2 ms), where a listing brings hundreds of names a round trip. Both
+        costs are measured as they are paid (LookupCosts)."""
         chunks, second_runs = list(chunks), list(second_runs)
         view = ClaimsView()
-        if not self._costs.lookup_seconds and len(chunks) > LookupCosts.FEW:
+        if not self._costs.lookup_seconds and len(chunks) > LookupCosts.FEW and self._listed:
             # The last chunks, the least likely to be claimed: missing names, as most are.
             sample, chunks = chunks[-LookupCosts.FEW:], chunks[:-LookupCosts.FEW]
             self._look_up(sample, (), view)
-        if self._costs.listing_is_cheaper(len(chunks) + len(second_runs)):
-            self._probe_by_listing(set(chunks), set(second_runs), view)
+        if not self._listed or self._costs.listing_is_cheaper(len(chunks) + len(second_runs)):
+            started = time.perf_counter()
+            listed = self._list((), set(chunks), set(second_runs))
+            self._costs.listing_took(time.perf_counter() - started, listed.entries)
+            view.claims.update(listed.view.claims)
+            view.duplicated.update(listed.view.duplicated)
+            view.holders |= listed.view.holders
+            view.run_starts.update(listed.view.run_starts)
         else:
             self._look_up(chunks, second_runs, view)
         return view
 
-    def _look_up(self, chunks: list[int], second_runs: list[int], view: ClaimsView) -> None:
-        started = time.perf_counter()
+    def _look_up(self, chunks: list[int], second_runs: Iterable[int], view: ClaimsView) -> None:
+        started, lookups = time.perf_counter(), 0
+        runs: dict[int, tuple[str, float, int] | None] = {}
+        chain_ends = None  # where this look found the chain to end
         for chunk in chunks:
-            claim = self._read(self.path_of(chunk), chunk)
+            if chunk in self._freed:
+                claim = self._read(self.path_of(chunk) + AGAIN, chunk)
+                lookups += 1
+            elif chain_ends is not None and chunk >= chain_ends and not self.files_seen:
+                continue  # past the chain's end: no run holds it
+            else:
+                start, walked = self._start_of(chunk)
+                if start is None:
+                    chain_ends = self._chain_end
+                lookups += walked
+                if start is None:
+                    continue
+                if start not in runs:
+                    runs[start] = self._read(self.path_of(start), start)
+                    lookups += 1
+                claim = runs[start]
+                if claim is not None and claim[2] > 1:
+                    view.run_starts[chunk] = start
             if claim is not None:
-                view.claims[chunk] = claim
+                view.claims[chunk] = claim[:2]
                 view.holders.add(claim[0])
         for chunk in second_runs:
-            holder = self._read_duplicate(self.path_of(chunk) + _DUPLICATE)
+            holder = self._read_holder(self.path_of(chunk) + DUPLICATE)
+            lookups += 1
             if holder is not None:
                 view.duplicated[chunk] = holder
                 view.holders.add(holder)
-        self._costs.lookups_took(time.perf_counter() - started, len(chunks) + len(second_runs))
+        self._costs.lookups_took(time.perf_counter() - started, max(lookups, 1))
 
-    def _probe_by_listing(self, chunks: set[int], second_runs: set[int], view: ClaimsView) -> None:
-        started, entries_seen = time.perf_counter(), 0
+    def _start_of(self, chunk: int) -> tuple[int | None, int]:
+        """(where the run holding ``chunk`` starts, None where no run holds it; lookups
+        made). Past the runs known, the chain is followed by name: the next run starts where
+        the last one ends. Where it breaks off before the chunk and claims are files of
+        their own (without hard links a worker steps over finished chunks unclaimed), the
+        chunk's own claim is looked up."""
+        at = bisect.bisect_right(self._starts, chunk) - 1
+        if at >= 0 and self._starts[at] + self._runs[self._starts[at]] > chunk:
+            return self._starts[at], 0  # a run seen: run claims are never removed
+        walked = 0
+        while self._chain_end <= chunk:
+            claim = self._read(self.path_of(self._chain_end), self._chain_end)
+            walked += 1
+            if claim is None:
+                if self._chain_end == chunk or not self.files_seen:
+                    return None, walked
+                claim = self._read(self.path_of(chunk), chunk)
+                if claim is None:
+                    return None, walked + 1
+                self._learn(chunk, claim[2])
+                return chunk, walked + 1
+            self._learn(self._chain_end, claim[2])
+        return self._starts[bisect.bisect_right(self._starts, chunk) - 1], walked
+
+    def _learn(self, start: int, length: int) -> None:
+        if start not in self._runs:
+            self._runs[start] = length
+            bisect.insort(self._starts, start)
+            while self._chain_end in self._runs:
+                self._chain_end += self._runs[self._chain_end]
+
+    def _list(self, finished: Collection[int], chunks: Collection[int] | None = None,
+              second_runs: Collection[int] | None = None, keep_finished: bool = False
+              ) -> _Listing:
+        """One pass over claims/: the claims of ``chunks`` (all where None) that are not
+        ``finished`` (or are, with ``keep_finished``), and the second runs' claims of
+        ``second_runs`` (all where None)."""
+        listing = _Listing()
+        view = listing.view
+        runs: list[tuple[int, str, float, int]] = []
+        again: dict[int, tuple[str, float]] = {}
         try:
             entries = os.scandir(self.path)
         except FileNotFoundError:
-            return
+            return listing
         with entries:
             for entry in entries:
-                entries_seen += 1
+                listing.entries += 1
                 name = entry.name
                 if name.isdigit():
-                    if int(name) in chunks:
-                        claim = self._read(entry.path, int(name), entry)
-                        if claim is not None:
-                            view.claims[int(name)] = claim
-                            view.holders.add(claim[0])
-                elif name.endswith(_DUPLICATE) and name[:-len(_DUPLICATE)].isdigit():
-                    chunk = int(name[:-len(_DUPLICATE)])
-                    if chunk in second_runs:
-                        holder = self._read_duplicate(entry.path)
+                    start = int(name)
+                    known = self._known(start, entry.inode())
+                    if known is not None:
+                        self._learn(start, known[1])
+                        if all(c in finished for c in range(start, start + known[1])):
+                            view.holders.add(known[0])
+                            if keep_finished:
+                                runs.append((start, known[0], 0.0, known[1]))
+                            continue
+                    claim = self._read(entry.path, start, entry)
+                    if claim is not None:
+                        self._learn(start, claim[2])
+                        view.holders.add(claim[0])
+                        runs.append((start, *claim))
+                elif (chunk := suffixed(name, FREE)) is not None:
+                    self._freed.add(chunk)
+                elif (chunk := suffixed(name, AGAIN)) is not None:
+                    claim = self._read(entry.path, chunk, entry)
+                    if claim is not None:
+                        again[chunk] = claim[:2]
+                        view.holders.add(claim[0])
+                elif (chunk := suffixed(name, DUPLICATE)) is not None:
+                    if second_runs is None or chunk in second_runs:
+                        holder = self._read_holder(entry.path)
                         if holder is not None:
                             view.duplicated[chunk] = holder
                             view.holders.add(holder)
-        self._costs.listing_took(time.perf_counter() - started, entries_seen)
+        self._listed = True
+
+        def wanted(chunk: int) -> bool:
+            return (chunks is None or chunk in chunks) and (keep_finished or chunk not in finished)
+        for start, holder, mtime, length in runs:
+            for chunk in range(start, start + length):
+                if chunk not in self._freed and wanted(chunk):
+                    view.claims[chunk] = (holder, 0.0 if chunk in finished else mtime)
+                    if length > 1:
+                        view.run_starts[chunk] = start
+        for chunk, claim in again.items():
+            if chunk in self._freed and wanted(chunk):
+                view.claims[chunk] = claim
+        return listing
 
     def holder_of(self, chunk: int) -> str:
         """The holder of a chunk's first-run claim; "" when it has none."""
-        claim = self._read(self.path_of(chunk), chunk)
+        if chunk in self._freed or os.path.exists(self.path_of(chunk) + FREE):
+            return self._read_holder(self.path_of(chunk) + AGAIN) or ""
+        start, _ = self._start_of(chunk)
+        claim = self._read(self.path_of(start), start) if start is not None else None
         return claim[0] if claim is not None else ""
-
-    def _known_holder(self, chunk: int, inode: int) -> str | None:
-        return self._holders.get(inode) or self._holders.get((chunk, inode))
-
-    def _read(self, path: str, chunk: int, entry: os.DirEntry[str] | None = None
-              ) -> tuple[str, float] | None:
-        """(holder, mtime) of the claim at ``path``; None when there is none."""
-        try:
-            info = entry.stat() if entry is not None else os.stat(path)
-            key = info.st_ino if info.st_nlink > 1 else (chunk, info.st_ino)
-            holder = self._holders.get(key)
-            if holder is None:
-                with open(path) as f:
-                    holder = f.read()
-                if holder:  # empty: its worker is still writing its name
-                    self._holders[key] = holder
-        except FileNotFoundError:
-            return None
-        return holder, info.st_mtime
-
-    @staticmethod
-    def _read_duplicate(path: str) -> str | None:
-        try:
-            with open(path) as f:
-                return f.read()
-        except FileNotFoundError:
-            return None
 
     def duplicates(self) -> dict[int, str]:
         """{chunk: holder} of the second runs of re-issued chunks."""
         found = {}
         for name in self._names():
-            if name.endswith(_DUPLICATE) and name[:-len(_DUPLICATE)].isdigit():
-                holder = self._read_duplicate(os.path.join(self.path, name))
+            chunk = suffixed(name, DUPLICATE)
+            if chunk is not None:
+                holder = self._read_holder(os.path.join(self.path, name))
                 if holder is not None:
-                    found[int(name[:-len(_DUPLICATE)])] = holder
+                    found[chunk] = holder
         return found
 
-    def release(self, chunk: int) -> None:
-        """Free a dead worker's chunk for another worker to claim. The holder read for its
-        claim is forgotten: a new O_EXCL claim file of the chunk may get the freed inode."""
-        self._unlink(self.path_of(chunk))
-        for key in [k for k in self._holders if isinstance(k, tuple) and k[0] == chunk]:
-            del self._holders[key]
+    def release(self, chunk: int, holder: str | None = None) -> None:
+        """Free a dead worker's chunk for another worker to claim: a ``.free`` name of its
+        own, since its run's claim must stay (the next run starts where it ends). A freed
+        chunk's own claim (``.again``) is removed instead, where it is ``holder``'s (any
+        holder's where None)."""
+        try:
+            os.close(os.open(self.path_of(chunk) + FREE, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                             0o600))
+        except FileExistsError:
+            again = self.path_of(chunk) + AGAIN
+            if holder is None or self._read_holder(again) == holder:
+                self._unlink(again)
+                self._forget(chunk)
+        self._freed.add(chunk)
 
     def release_second_run(self, chunk: int) -> None:
         """Free a re-issued chunk's second run (its worker died) for another worker."""
-        self._unlink(self.path_of(chunk) + _DUPLICATE)
+        self._unlink(self.path_of(chunk) + DUPLICATE)
 
     def reissue(self, chunk: int) -> None:
         """Let one more worker run a straggling chunk."""
-        self._mark(chunk, _REISSUE)
+        self._mark(chunk, REISSUE)
 
     def redo(self, chunk: int) -> None:
         """Let a worker run a chunk counted as done (its output turned out unreadable) once
         its claim is released."""
-        self._mark(chunk, _REDO)
+        self._mark(chunk, REDO)
 
     def _mark(self, chunk: int, suffix: str) -> None:
         fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f"{suffix}.")
@@ -301,122 +309,10 @@ class Claims:
 
     def withdraw_reissue(self, chunk: int) -> None:
         """The chunk finished: no worker should start its second run any more."""
-        self._unlink(self.path_of(chunk) + _REISSUE)
+        self._unlink(self.path_of(chunk) + REISSUE)
 
-    # -- the worker's side ------------------------------------------------------------
-    def claim_next(self, num_chunks: int, worker: str, done: set[int]) -> tuple[int, str] | None:
-        """Claim the first chunk that is neither claimed nor in ``done``, else one the driver
-        re-issued; returns (chunk, claim file), or None when nothing is left or the map has
-        ended. ``done`` holds the chunks finished before this worker started (finished ones
-        keep their claims).
 
-        Workers take chunks in order, so the next free one is usually just ahead of this
-        worker's last: it is tried directly (one link each). Workers side by side would each
-        try first the chunk another just took (a failed link and a stat a chunk): one that
-        stepped over k taken chunks to its claim has k others beside it, and steps k + 1
-        chunks from then on, so that they interleave. After DIRECT_TRIES taken by other
-        workers, and once that runs past the last chunk (for what was freed behind, or
-        stepped over: a dead worker's chunk, one to redo, a straggler's second run), the
-        worker lists claims/ instead, and tries the free chunks behind it that the listing
-        showed before it lists again; listing it for every claim made a map of n chunks cost
-        n^2."""
-        try:
-            tries = 0
-            while self._behind and tries < DIRECT_TRIES:
-                chunk = self._behind.popleft()
-                tries += 1
-                if self._create(self.path_of(chunk), worker):
-                    return chunk, self.path_of(chunk)
-            stepped = 0
-            while self._cursor < num_chunks and tries < DIRECT_TRIES:
-                chunk, self._cursor = self._cursor, self._cursor + 1
-                if chunk in done:
-                    continue
-                tries += 1
-                if self._create(self.path_of(chunk), worker):
-                    self._stride = stepped + 1 if stepped else self._stride
-                    self._cursor = chunk + self._stride
-                    return chunk, self.path_of(chunk)
-                stepped += 1
-            return self._claim_by_listing(num_chunks, worker, done)
-        except FileNotFoundError:  # the driver removed the claims: the map is over
-            return None
-
-    def _claim_by_listing(self, num_chunks: int, worker: str,
-                          done: set[int]) -> tuple[int, str] | None:
-        self._stride = 1
-        names = os.listdir(self.path)
-        claimed: set[int] = set()
-        redo: set[int] = set()
-        reissued: set[int] = set()
-        duplicated: set[int] = set()
-        by_suffix = {"": claimed, _REDO: redo, _REISSUE: reissued, _DUPLICATE: duplicated}
-        for name in names:
-            stem, dot, suffix = name.partition(".")
-            if stem.isdigit() and dot + suffix in by_suffix:
-                by_suffix[dot + suffix].add(int(stem))
-        free = sorted(set(range(num_chunks)).difference(claimed, done - redo))
-        for index, chunk in enumerate(free):
-            if self._create(self.path_of(chunk), worker):
-                self._cursor = max(self._cursor, chunk + 1)
-                # Never a chunk at or past the cursor: the cursor reaches those.
-                self._behind = collections.deque(c for c in free[index + 1:] if c < self._cursor)
-                return chunk, self.path_of(chunk)
-        for chunk in sorted(reissued - duplicated):
-            if chunk not in done and self._create(self.path_of(chunk) + _DUPLICATE, worker):
-                return chunk, self.path_of(chunk) + _DUPLICATE
-        return None
-
-    def _create(self, path: str, worker: str) -> bool:
-        """Make the claim ``path`` for ``worker``; False if another process has it."""
-        if self._hard_links:
-            badge = self._badge_of(worker)
-            try:
-                os.link(badge[1], path)
-                self._badge_links += 1
-                return True
-            except FileExistsError:
-                # On NFS a link whose reply was lost is sent again and reports EEXIST.
-                try:
-                    return os.stat(path).st_ino == badge[2]
-                except FileNotFoundError:  # released meanwhile: a later listing finds it
-                    return False
-            except OSError as exc:
-                if out_of_links(exc, self._badge_links):  # the badge takes no more links
-                    self._badge = None
-                    return self._create(path, worker)
-                if exc.errno not in NO_HARD_LINKS:
-                    raise
-                self._hard_links = False
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w") as f:
-            f.write(worker)
-        return True
-
-    def _badge_of(self, worker: str) -> tuple[str, str, int]:
-        """This worker's badge, made on its first claim and complete before any link to it."""
-        if self._badge is None or self._badge[0] != worker:
-            path = os.path.join(self.path, _BADGE_PREFIX + process_token())
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(worker)
-                inode = os.fstat(fd).st_ino  # no lookup of what this worker just made
-            self._badge = (worker, path, inode)
-            self._badge_links = 0
-        return self._badge
-
-    def _names(self) -> list[str]:
-        try:
-            return os.listdir(self.path)
-        except FileNotFoundError:
-            return []
-
-    @staticmethod
-    def _unlink(path: str) -> None:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+@dataclass
+class _Listing:
+    view: ClaimsView = field(default_factory=ClaimsView)
+    entries: int = 0  # names listed: what the listing's cost is measured against

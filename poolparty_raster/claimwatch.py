@@ -1,11 +1,11 @@
 """Workers mode: the driver's view of claims/ (whose chunk runs where), and the changes it
 makes there (releasing a dead worker's chunk, issuing a straggler's once more).
 
-A claim holds ``"<worker> <host> <pid> <token>"``. Claims are seen through a listing of
-claims/, which holds a claim for every chunk that ever ran (a million entries, a second to
-list, for a map of a million chunks): a poll lists it when the last listing's cost is at most
-1/LISTING_SHARE of the time since; in between it looks up by name the claims it saw running
-(their heartbeats). Where no more than PROBE_AT_MOST chunks are left, or few beside those
+A claim holds ``"<worker> <host> <pid> <token>"`` and may take a run of chunks (claims.py).
+Claims are seen through a listing of claims/, which holds a claim for every run that ever ran
+(up to a million entries, a second to list, for a map of a million chunks): a poll lists it
+when the last listing's cost is at most 1/LISTING_SHARE of the time since; in between it looks
+up by name the claims it saw running (their heartbeats). Where no more than PROBE_AT_MOST chunks are left, or few beside those
 finished, they are looked up by name at every poll instead of listing; a worker that ended
 makes the next poll list.
 """
@@ -147,9 +147,9 @@ class ClaimWatch:
         self._listing_cost = time.monotonic() - started
 
     # -- changes -------------------------------------------------------------------------------
-    def release(self, chunk: int) -> None:
-        """Free a dead worker's chunk for another worker."""
-        self.claims.release(chunk)
+    def release(self, chunk: int, holder: str) -> None:
+        """Free a dead worker's chunk (``holder``'s) for another worker."""
+        self.claims.release(chunk, holder)
         self._view = None
 
     def release_second_run(self, chunk: int, spent: bool) -> None:

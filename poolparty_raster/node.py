@@ -6,13 +6,11 @@ before anything else is imported (so ``OMP_NUM_THREADS`` and friends take effect
 """
 from __future__ import annotations
 
-import errno
 import functools
 import os
 import pickle
 import socket
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -249,137 +247,28 @@ def _report_cwd_error() -> None:
               file=sys.stderr, flush=True)
 
 
-HEARTBEAT_SECONDS = 5.0  # how often a worker in workers mode touches its claim
-DRIVER_CHECK_SECONDS = 2.0  # how often, at most, it looks for its driver before a claim
-
-
 def run_and_store(work_dir: Any, manifest: Any, load_function: Callable[[], Any],
                   chunk: int, captures: Captures, clock: ChunkClock,
-                  results: Any = None) -> bool:
+                  results: Any = None) -> float | None:
     """Run one chunk with its output captured, and store its outputs; the result goes last
     (into ``results``, a worker's ResultLog, when given), carrying the chunk's record
-    (``clock``'s: records.py). Returns whether the function could be loaded."""
+    (``clock``'s: records.py). Returns the seconds its tasks took, None where the function
+    could not be loaded."""
     from poolparty_raster.outcome import dump_exceptions, dump_results
 
     captures.start(chunk)
     _report_cwd_error()
     clock.start()
+    started = time.monotonic()
     values, errors, loaded = run_chunk(work_dir, manifest, load_function, chunk)
+    seconds = time.monotonic() - started
     record = clock.finish(0 if not errors else 1 if loaded else 2)
     if errors:
         work_dir.write_loose(chunk, "exception", dump_exceptions(errors))
     captures.finish(chunk)
     # The result goes last: its presence is what tells the driver the chunk is finished.
     work_dir.write_result(chunk, dump_results(values, errors) + record, results)
-    return loaded
-
-
-class Heartbeat:
-    """Touches the claim of the chunk this worker runs every HEARTBEAT_SECONDS, from one
-    thread for the process's life: starting a thread a chunk costs more than a small chunk."""
-
-    def __init__(self) -> None:
-        self.claim: str | None = None
-        threading.Thread(target=self._beat, daemon=True, name="poolparty-heartbeat").start()
-
-    def _beat(self) -> None:
-        while True:
-            time.sleep(HEARTBEAT_SECONDS)
-            claim = self.claim
-            if claim is not None:
-                try:
-                    os.utime(claim)
-                except FileNotFoundError:  # the driver released it: it gave up on this run
-                    pass
-
-
-def driver_lock_held(path: str) -> bool | None:
-    """Whether a process holds the flock on ``path`` (the driver's driver.lock): the lock is
-    tried shared and without waiting, and let go at once. Shared, so that workers trying it
-    at the same time do not see each other; a driver that holds it (exclusive) is never
-    disturbed. None where it cannot be told (no flock on this filesystem)."""
-    try:
-        import fcntl
-    except ImportError:  # not a POSIX system
-        return None
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:  # the work_dir was removed: the map is over
-        return False
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as exc:
-            return True if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) else None
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
-
-
-class DriverWatch:
-    """Whether the map's driver is still there, asked before each claim. A worker whose driver
-    died (nothing tells a cluster job that) stops claiming chunks: a driver that resumes the
-    map would find them claimed by a worker it does not know, and each chunk run after the
-    map ended writes into a work_dir that may be removed.
-
-    The driver holds driver.lock for the whole map; a worker that can take it found no
-    driver. It looks at most every DRIVER_CHECK_SECONDS (an open and two flocks, round trips
-    on NFS). Where locks do not reach from node to node (Lustre mounted with localflock,
-    BeeGFS without global file locks) every node sees the lock free: a free lock counts only
-    once this worker has seen it held, so a worker there runs on as it did before."""
-
-    def __init__(self, lock_path: str):
-        self.lock_path = lock_path
-        self._seen_held = False
-        self._checked = float("-inf")
-
-    def present(self) -> bool:
-        now = time.monotonic()
-        if now - self._checked < DRIVER_CHECK_SECONDS:
-            return True
-        self._checked = now
-        held = driver_lock_held(self.lock_path)
-        if held:
-            self._seen_held = True
-        return held is not False or not self._seen_held
-
-
-def claim_and_run(work_dir: Any, manifest: Any, load_function: Callable[[], Any],
-                  worker: int, captures: Captures, clock: ChunkClock) -> None:
-    """Workers mode: claim the next free chunk, run it, and again, until none is left or the
-    driver is gone (DriverWatch). A worker whose node cannot load the function fails the
-    chunk it holds and stops, leaving the rest to workers elsewhere."""
-    from poolparty_raster.resultlog import ResultLog
-
-    num_chunks = manifest.num_chunks
-    name = f"{worker} {socket.gethostname()} {os.getpid()} {captures.worker_token}"
-    done = work_dir.finished_chunks()
-    driver = DriverWatch(work_dir.file("driver.lock"))
-    heartbeat = Heartbeat()
-    results = ResultLog(work_dir.path)
-    ran = 0
-    try:
-        while driver.present():
-            claimed = work_dir.claims.claim_next(num_chunks, name, done)
-            if claimed is None:
-                return
-            chunk, heartbeat.claim = claimed
-            try:
-                if not run_and_store(work_dir, manifest, load_function, chunk, captures, clock,
-                                     results):
-                    return
-            finally:
-                heartbeat.claim = None
-            ran += 1
-            # The pool's maxtasksperchild (processsetup.py): this process ends, and the driver
-            # starts a fresh worker for the chunks left, as multiprocessing replaces its own.
-            if ran == getattr(load_function(), "maxtasksperchild", None):
-                return
-    finally:
-        results.close()
+    return seconds if loaded else None
 
 
 _serving_a_map = False
@@ -420,6 +309,8 @@ def main(work_dir_path: str, argv: Sequence[str]) -> int:
     clock = ChunkClock(process_identity(os.environ, index if workers else None))
     try:
         if workers:
+            from poolparty_raster.workerloop import claim_and_run
+
             claim_and_run(work_dir, manifest, load_function, index, captures, clock)
         else:
             run_and_store(work_dir, manifest, load_function, index, captures, clock)

@@ -29,7 +29,7 @@ import os
 import struct
 import zlib
 
-from poolparty_raster.claims import NO_HARD_LINKS, out_of_links, process_token
+from poolparty_raster.claimfiles import NO_HARD_LINKS, out_of_links, process_token
 from poolparty_raster.files import write_all
 from poolparty_raster.names import RESULT_LOG_PREFIX
 

@@ -5,7 +5,8 @@ work_dir until none is left (node.py is the workers' side).
   workers than unclaimed chunks (surplus pending ones are cancelled), never submitting faster
   than ``min_seconds_between_submissions``;
 - a worker that died holding a claim (gone from the queue) has the claim released, so another
-  worker takes the chunk, counting toward ``max_num_resubmissions`` for that chunk; one that
+  worker takes the chunk, counting toward ``max_num_resubmissions`` for that chunk (of a run
+  of chunks, the one it ran: the rest of the run is freed uncharged); one that
   ended well is given SUCCEEDED_GRACE for its last result to show (a shared filesystem's
   directory cache); the second run of a straggler is watched the same way;
 - a resumed map's claims held by workers of the earlier driver (or by any worker this driver
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from poolparty_raster.claimwatch import ClaimWatch, holder_id, holder_token, process_alive
-from poolparty_raster.node import HEARTBEAT_SECONDS
+from poolparty_raster.workerloop import HEARTBEAT_SECONDS
 from poolparty_raster.polling import (SUCCEEDED_GRACE, Presence, Seen, cannot_run, end_reason,
                                       observe)
 from poolparty_raster.schedulers.base import JobRecord, PollResult, TaskState
@@ -82,6 +83,7 @@ class WorkersMode:
         self._claim_seen: dict[int, float] = {}
         self._beats: dict[int, tuple[float, float]] = {}
         self._durations: collections.deque[float] = collections.deque(maxlen=DURATIONS_KEPT)
+        self._running: dict[tuple[str, int], int] = {}  # (holder, run start) -> chunk it runs
 
     # -- submission --------------------------------------------------------------------------
     def start(self) -> bool:
@@ -223,16 +225,28 @@ class WorkersMode:
         now = time.monotonic()
         released = False
         view = self.claims.view()
-        for chunk, (holder, mtime) in view.claims.items():
+        previous, self._running = self._running, {}
+        for chunk, (holder, mtime) in sorted(view.claims.items()):
             if run.settled(chunk):
                 continue
+            # A run's worker runs its chunks in order: the first unfinished one is the one
+            # it runs (and dies of), the others it has not started; unless a second run
+            # finished the one it was seen in, where it may be still.
+            key = (holder, view.run_starts.get(chunk, chunk))
+            if key not in self._running:
+                at = previous.get(key)
+                held_up = at is not None and run.settled(at) and at in self.claims.reissued
+                self._running[key] = at if held_up else chunk
+            started = self._running[key] == chunk
             self._claim_seen.setdefault(chunk, now)
             if self._beats.get(chunk, (None,))[0] != mtime:
                 self._beats[chunk] = (mtime, now)
             silence = now - self._beats[chunk][1]
             worker = holder_id(holder)
             if not self._holder_gone(worker, now, holder, chunk):
-                if silence > STALE_AFTER + run.scheduler.filesystem_lag:
+                # The chunk a silent worker runs; the rest of its run waits for it, as any
+                # chunk running long does (the straggler policy).
+                if started and silence > STALE_AFTER + run.scheduler.filesystem_lag:
                     self.claims.reissue(chunk, f"no heartbeat for {silence:.0f} s")
                 continue
             run.collect()
@@ -240,9 +254,10 @@ class WorkersMode:
                 continue
             surplus = worker in self.workers and self.workers[worker].surplus
             token = holder_token(holder)
-            captures = run.work_dir.worker_captures(token) if token else []
+            captures = run.work_dir.worker_captures(token) if token and started else []
             self._release(chunk, holder, self._end_reason(worker), captures,
-                          charged=not surplus and not self._earlier(worker))
+                          charged=started and not surplus and not self._earlier(worker),
+                          started=started)
             released = True
         for chunk, holder in view.duplicated.items():
             if run.settled(chunk):
@@ -301,25 +316,30 @@ class WorkersMode:
         self._release(chunk, claims.holder_of(chunk), reason, [])
 
     def _release(self, chunk: int, holder: str, reason: str, captures: list[str],
-                 charged: bool = True) -> None:
+                 charged: bool = True, started: bool = True) -> None:
         """Free the chunk (or give up on it); ``captures``: its dead worker's, which hold
         what the chunk printed. ``charged``: the run counts toward ``max_num_resubmissions``
-        (not when the driver itself cancelled its worker)."""
+        (not when the driver itself cancelled its worker); ``started``: False for a chunk of
+        a dead worker's run that it never reached, which is freed and nothing more."""
         run = self.run
         if charged:
             run.stop_if_disk_full()
             self.releases[chunk] = self.releases.get(chunk, 0) + 1
             run.attempts[chunk].attempts = self.releases[chunk]
-        run.attempts.record_death(chunk, reason, captures)
-        run.work_dir.log("lost", chunk=chunk, holder=holder, reason=reason, charged=charged)
+        if started:
+            run.attempts.record_death(chunk, reason, captures)
+            run.work_dir.log("lost", chunk=chunk, holder=holder, reason=reason, charged=charged)
+        else:
+            run.work_dir.log("released", chunk=chunk, holder=holder, reason=reason)
         self._claim_seen.pop(chunk, None)
         self._beats.pop(chunk, None)
         if self.releases.get(chunk, 0) > run.options.max_num_resubmissions:
             run.lose([chunk])  # its claim stays, so no worker takes it again
             run.progress.note_failed(len(run.manifest.chunk_range(chunk)))
         else:
-            self.claims.release(chunk)
-            run.progress.note_resubmitted(1)
+            self.claims.release(chunk, holder)
+            if started:
+                run.progress.note_resubmitted(1)
 
     def _release_second_run(self, chunk: int, holder: str, reason: str,
                             charged: bool = True) -> None:

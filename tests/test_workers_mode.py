@@ -24,12 +24,14 @@ def _no_hard_links(src, dst):
     raise OSError(errno.EPERM, "Operation not permitted", dst)
 
 
-def _claim_all(path: str, worker: int, num_chunks: int, out, hard_links: bool) -> None:
+def _claim_all(path: str, worker: int, num_chunks: int, out, hard_links: bool, go) -> None:
     if not hard_links:  # this child process sees a filesystem without hard links
         os.link = _no_hard_links
     work_dir = WorkDir(path)
     claimed = []
-    while (claim := work_dir.claims.claim_next(num_chunks, str(worker), set())) is not None:
+    run = 2 + worker % 4 * 3  # workers claiming runs of 2, 5, 8 and 11 chunks side by side
+    go.wait()  # all at once
+    while (claim := work_dir.claims.claim_next(num_chunks, str(worker), set(), run)) is not None:
         claimed.append(claim[0])
     out.put((str(worker), claimed))
 
@@ -40,19 +42,24 @@ def test_each_chunk_is_claimed_exactly_once_under_contention(tmp_path, hard_link
     work_dir.create()
     work_dir.write_manifest(Manifest("x", 300, list(range(300)), "pp-test", "workers"))
     work_dir.claims.create()
-    out = multiprocessing.Queue()
-    workers = [multiprocessing.Process(target=_claim_all, args=(work_dir.path, w, 300, out, hard_links))
+    out, go = multiprocessing.Queue(), multiprocessing.Event()
+    workers = [multiprocessing.Process(target=_claim_all,
+                                       args=(work_dir.path, w, 300, out, hard_links, go))
                for w in range(8)]
     for process in workers:
         process.start()
+    go.set()
     by_worker = dict(out.get(timeout=120) for _ in workers)
     claimed = [chunk for chunks in by_worker.values() for chunk in chunks]
     for process in workers:
         process.join(60)
-    assert sorted(claimed) == list(range(300))
+    assert sorted(claimed) == list(range(300))  # runs of different lengths never overlap
     held = work_dir.claims.held()
     assert {c: holder for c, (holder, _) in held.items()} == {
         c: worker for worker, chunks in by_worker.items() for c in chunks}
+    if hard_links:
+        claim_names = [n for n in os.listdir(work_dir.claims.path) if n.isdigit()]
+        assert len(claim_names) <= 150  # a name a run of two chunks or more
 
 
 def test_a_claim_shows_its_worker_and_takes_its_heartbeat(tmp_path):
@@ -119,8 +126,7 @@ def test_a_released_claim_file_is_read_again_for_the_worker_that_claims_it_next(
     assert claims.held()[0][0] == "1 vm 12 t1"
 
 
-def test_workers_side_by_side_interleave_and_one_left_alone_takes_what_it_stepped_over(
-        tmp_path, monkeypatch):
+def test_workers_side_by_side_claim_runs_along_the_chain_with_one_name_a_run(tmp_path, monkeypatch):
     claims = WorkDir(str(tmp_path / "w")).claims
     os.makedirs(os.path.dirname(claims.path))
     claims.create()
@@ -128,19 +134,20 @@ def test_workers_side_by_side_interleave_and_one_left_alone_takes_what_it_steppe
     links = []
     real_link = os.link
     monkeypatch.setattr(os, "link", lambda src, dst: (links.append(dst), real_link(src, dst))[1])
-    # Each first tries the chunk the other just took, once; from then on they alternate.
-    assert [claims.claim_next(10, "0", set())[0], other.claim_next(10, "1", set())[0],
-            claims.claim_next(10, "0", set())[0]] == [0, 1, 2]
-    links.clear()
-    assert [other.claim_next(10, "1", set())[0], claims.claim_next(10, "0", set())[0],
-            other.claim_next(10, "1", set())[0]] == [3, 4, 5]
-    assert len(links) == 3  # a link a claim, none refused
-    # The other worker ends: this one steps over what it would have taken, then lists.
-    taken = []
-    while (claim := claims.claim_next(10, "0", set())) is not None:
-        taken.append(claim[0])
-    assert taken == [6, 8, 7, 9]
-    assert sorted(claims.held()) == list(range(10))
+    assert [claims.claim_next(20, "0", set(), run=4)[0] for _ in range(4)] == [0, 1, 2, 3]
+    assert links == [claims.path_of(0)]  # one name for the run of four
+    # The other tries where it thinks the chain ends, finds the run there and steps past it.
+    assert other.claim_next(20, "1", set(), run=8) == (4, claims.path_of(4))
+    assert claims.claim_next(20, "0", set(), run=2) == (12, claims.path_of(12))
+    assert len(links) == 5  # 0; the other: 0 refused, 4; this one: 4 refused, 12
+    held = claims.held()
+    assert {c: h for c, (h, _) in held.items()} == {**dict.fromkeys([0, 1, 2, 3, 12, 13], "0"),
+                                                     **dict.fromkeys(range(4, 12), "1")}
+    # The run is clipped at the map's end; then nothing is left.
+    taken = [claim[0] for claim in iter(lambda: other.claim_next(20, "1", set(), run=64), None)]
+    assert taken == [*range(5, 12), *range(14, 20)]
+    assert claims.claim_next(20, "0", set(), run=64) == (13, claims.path_of(12))
+    assert claims.claim_next(20, "0", set(), run=64) is None
 
 
 def record_run(args):
@@ -235,7 +242,7 @@ def test_workers_still_running_when_the_map_ends_are_cancelled(request, fixture,
                       filesystem_lag=0.3)
     assert pool.map(plus_one, range(4), chunksize=1) == list(range(1, 5))
     assert queue.wait_idle(30)
-    assert sorted(j["state"] for j in queue.jobs()) == ["CANCELLED", "COMPLETED"]
+    assert sorted(j["state"] for j in queue.jobs()) == ["CANCELLED", "COMPLETED"], queue.jobs()
 
 
 @pytest.mark.parametrize("hard_links", [True, False], ids=["hard-links", "o-excl-files"])

@@ -40,8 +40,8 @@ from typing import Any, TypeVar
 # Imported by the server for every chunk: the worker's own modules, and the pools, which a
 # function's module that uses this package imports when it is unpickled (filelock alone takes
 # tens of milliseconds).
-ALWAYS_PRELOADED = ("cloudpickle", "poolparty_raster.node", "poolparty_raster.workdir",
-                    "poolparty_raster.pools")
+ALWAYS_PRELOADED = ("cloudpickle", "poolparty_raster.node", "poolparty_raster.workerloop",
+                    "poolparty_raster.workdir", "poolparty_raster.pools")
 # Imported by the server when the driver has them, so that chunks start with them loaded.
 PRELOADABLE = ("numpy", "rasterio", "scipy", "pandas", "poolparty_raster.applier")
 # Read by those libraries as they are imported (thread counts, GDAL's configuration): a server
