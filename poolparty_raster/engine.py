@@ -22,9 +22,10 @@ from typing import Protocol
 from poolparty_raster.arraymode import ArrayMode
 from poolparty_raster.attempts import Attempts
 from poolparty_raster.chunkset import ChunkKinds, ChunkSet
-from poolparty_raster.errors import MapTerminated, WorkDirFullError
+from poolparty_raster.errors import MapTerminated, TaskLostError, WorkDirFullError
 from poolparty_raster.manifest import Manifest
 from poolparty_raster.names import capture_stream, chunk_key, parse_worker_capture
+from poolparty_raster.outcome import add_note, load_results, rebuild_exception
 from poolparty_raster.polling import SchedulerPolls
 from poolparty_raster.progress import Progress
 from poolparty_raster.schedulers.base import JobRecord, PollResult, Scheduler, SubmitSpec
@@ -110,6 +111,7 @@ class MapRun:
         self._fresh = array.array("q")  # finished chunks not yet handed to the consumer
         self._reattached: bool | None = None  # None until started
         self._next_scan = 0.0  # when the loop may scan the work_dir again (SCAN_SHARE)
+        self.lost_error: TaskLostError | None = None  # set when the map ends with lost chunks
         self.mode = mode(self)
 
     @property
@@ -285,8 +287,15 @@ class MapRun:
         self.scheduler.release(self.jobs)
         self.work_dir.log("map_finished", chunks=self.manifest.num_chunks, lost=sorted(self.lost_chunks))
         if self.lost_chunks:
-            raise self.attempts.lost_error(self.lost_chunks, self.manifest,
-                                           self.options.max_num_resubmissions)
+            self.lost_error = self.attempts.lost_error(self.lost_chunks, self.manifest,
+                                                       self.options.max_num_resubmissions)
+            raised = self._first_raised()
+            if raised is None:
+                raise self.lost_error
+            # The user catches their own exception type, as with multiprocessing; the deaths
+            # are told beside it rather than hidden behind a TaskLostError.
+            add_note(raised, f"poolparty_raster: besides this exception, {self.lost_error}")
+            raise raised
 
     def _poll_scheduler(self) -> bool:
         """Ask the scheduler (when the mode has jobs to ask about) and let the mode act on
@@ -295,12 +304,40 @@ class MapRun:
             statuses = self.polls.answer()
             if statuses is None:
                 return False
+            self._show_queue(statuses)
         elif self.mode.polls_when_idle:
             statuses = {}
         else:
             return False
         self.collect()  # a result written just before the poll must not look lost
         return self.mode.after_poll(statuses)
+
+    def _first_raised(self) -> BaseException | None:
+        """The exception of the first task (by input index) that raised, read back from the
+        results: only chunks with an exception file can hold one (a file the result
+        disowns, another run's, holds none)."""
+        archived_raised = self.work_dir.archived_chunks("exception")
+        for chunk in self.finished:
+            kinds = self._unreduced.get(chunk)
+            if not (chunk in archived_raised if kinds is None else "exception" in kinds):
+                continue
+            try:
+                _, records = load_results(self.work_dir.read_output(chunk, "result"))
+            except Exception:  # a damaged result: the map ends anyway, with what is readable
+                continue
+            if records:
+                first = min(records, key=lambda record: record["index"])
+                return rebuild_exception(first, self.work_dir.path)
+        return None
+
+    def _show_queue(self, statuses: PollResult) -> None:
+        """The poll's queued and running counts for the progress: of workers in workers
+        mode, else of chunks still to finish (a finished chunk's job may be listed a while)."""
+        if self.options.mode == "workers":
+            self.progress.note_queue(statuses.values(), "workers")
+        else:
+            self.progress.note_queue((s for (_, chunk), s in statuses.items()
+                                      if not self.settled(chunk)), "chunks")
 
     def _take_fresh(self) -> array.array[int]:
         """The next fresh chunks for the consumer, at most FRESH_AT_MOST: the loop reduces

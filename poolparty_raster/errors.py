@@ -25,6 +25,11 @@ class PoolPartyError(Exception):
 class TaskLostError(PoolPartyError):
     """Tasks died without a result more often than ``max_num_resubmissions`` allowed.
 
+    Where other tasks of the map raised, the map raises the first of their exceptions
+    instead (the caller catches their own exception type, as with multiprocessing), with this
+    error's message, naming the lost tasks and what the scheduler said, in a note; an
+    executor's futures of the lost tasks get this error.
+
     ``task_indices`` are the lost tasks' positions in the input, ``attempts`` how often each
     of their chunks ran, ``stderr_tails`` the last lines each attempt wrote to stderr.
     """

@@ -3,10 +3,14 @@
 A cluster job costs a submission, a queue wait and an interpreter start, so a future is never a
 job of its own: submissions are collected into batches, and each batch runs as one map of the
 pool (one array, or one set of workers) in a thread of its own, which sets each future as the
-outcome of its task's chunk is read. A batch is sent once its first submission has waited
-``linger`` seconds (so a loop of submit calls becomes one map), or at the end of the outermost
-``with executor.batch():``, or at ``shutdown``. Until then a future is pending and can be
-cancelled; once sent it is running (``Future.running()``), as in the standard library.
+outcome of its task's chunk is read. A batch is sent as soon as its caller waits on one of its
+futures (``result()``, ``exception()``, ``concurrent.futures.wait``, ``as_completed``: a thread
+that waits submits nothing more), else once no submission has come for ``linger`` seconds (so
+a loop of submit calls becomes one map, also where a busy machine stalls it now and then; a
+batch waits at most LINGER_CAP lingers, against an endless stream of submissions), or at the
+end of the outermost ``with executor.batch():``, or at ``shutdown``. Until then a future is
+pending and can be cancelled; once sent it is running (``Future.running()``), as in the
+standard library.
 
 This module is also what the map's tasks import on the nodes (``call_task``): it imports
 nothing of the driver's machinery at module level.
@@ -25,9 +29,11 @@ if TYPE_CHECKING:
     from poolparty_raster.outcome import ChunkOutcome
     from poolparty_raster.pools.base import Pool
 
-# Seconds a batch's first submission waits for others to join it: a loop of a thousand submit
-# calls takes a few milliseconds, and a map's own start costs more than this on any pool.
+# Seconds without a new submission after which a batch is sent when nobody waits on its
+# futures (callbacks, fire and forget): a loop of a thousand submit calls takes a few
+# milliseconds with gaps of microseconds, and a map's own start costs more than this on any pool.
 LINGER = 0.05
+LINGER_CAP = 20  # lingers a batch's first submission waits at most (a steady stream of submits)
 
 
 def call_task(task: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]) -> Any:
@@ -43,22 +49,37 @@ class CallWith:
     function stores it once, as the map's function."""
 
     def __init__(self, fn: Callable[..., Any]):
-        self.fn = fn
+        self.func = fn  # named as the package's other wrappers' (the progress label looks through)
 
     def __call__(self, task: tuple[tuple[Any, ...], dict[str, Any]]) -> Any:
         args, kwargs = task
-        return self.fn(*args, **kwargs)
+        return self.func(*args, **kwargs)
+
+
+class _WaitersThatSend(list):
+    """A future's list of waiters. ``concurrent.futures.wait`` and ``as_completed`` call no
+    method of the futures they wait on: each installs a waiter in every future's ``_waiters``
+    (CPython's since 3.2), which is the moment to send the batch instead of lingering."""
+
+    def __init__(self, on_wait: Callable[[], None]):
+        super().__init__()
+        self._on_wait = on_wait
+
+    def append(self, waiter: Any) -> None:
+        super().append(waiter)
+        self._on_wait()
 
 
 class _BatchedFuture(Future):
-    """A Future that sends its pending batch at once when its caller waits on it with
-    ``result()`` or ``exception()``: that thread submits nothing more while it waits, so the
-    batch need not linger (nor hang, inside ``batch()``). ``wait`` and ``as_completed`` do
-    not call these: there the batch is sent after ``linger``."""
+    """A Future that sends its pending batch at once when its caller waits on it: that thread
+    submits nothing more while it waits, so the batch need not linger. ``result()`` and
+    ``exception()`` send it even inside ``batch()`` (where they would otherwise hang); ``wait``
+    and ``as_completed`` send it outside ``batch()``."""
 
-    def __init__(self, send_pending: Callable[[], None]):
+    def __init__(self, send_pending: Callable[[], None], send_unless_held: Callable[[], None]):
         super().__init__()
         self._send_pending = send_pending
+        self._waiters = _WaitersThatSend(send_unless_held)
 
     def result(self, timeout: float | None = None) -> Any:
         self._send_if_pending()
@@ -89,7 +110,8 @@ class _WorkItem:
 class PoolExecutor(Executor):
     """A ``concurrent.futures.Executor`` whose calls run as batched maps of ``pool``.
 
-    ``linger``: seconds a batch's first submission waits for more to join it (default 0.05).
+    ``linger``: seconds without a new submission after which a batch nobody waits on is sent
+    (default 0.05; a batch's first submission waits at most LINGER_CAP times that).
     ``chunksize``: tasks per chunk (per array element) of the batches' maps; None (default)
     chunks as ``pool.map`` does, four chunks per slot of the pool. A future's result is set
     when its chunk's outcome is read, so one chunk's futures finish together.
@@ -109,6 +131,7 @@ class PoolExecutor(Executor):
         self._cv = threading.Condition(threading.RLock())  # _send_pending nests in it
         self._pending: list[_WorkItem] = []   # submitted, not yet sent
         self._first_pending_at = 0.0          # when the oldest pending submission arrived
+        self._last_pending_at = 0.0           # when the newest one did
         self._collector_running = False       # a thread lingers on the pending submissions
         self._holds = 0                       # open ``batch()`` blocks
         self._flush = False                   # send the pending submissions now
@@ -118,12 +141,14 @@ class PoolExecutor(Executor):
     # -- submitting ---------------------------------------------------------------------
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Schedule ``fn(*args, **kwargs)``; a Future for its value. It joins the batch being
-        collected (sent ``linger`` seconds after that batch's first submission)."""
-        future = _BatchedFuture(self._send_pending)
+        collected (sent when a future of it is waited on, else once no submission has come
+        for ``linger`` seconds)."""
+        future = _BatchedFuture(self._send_pending, self._send_unless_held)
         with self._cv:
             self._check_open()
+            self._last_pending_at = time.monotonic()
             if not self._pending:
-                self._first_pending_at = time.monotonic()
+                self._first_pending_at = self._last_pending_at
             self._pending.append(_WorkItem(future, fn, args, kwargs))
             if not self._collector_running:
                 self._collector_running = True
@@ -154,7 +179,8 @@ class PoolExecutor(Executor):
     def batch(self) -> Iterator[PoolExecutor]:
         """Hold every submission (of any thread) until the outermost ``batch()`` exits, then
         send them as one map. Waiting on a pending future's ``result()`` sends them at once
-        (a future cannot finish unsent); ``wait`` and ``as_completed`` inside would hang."""
+        (a future cannot finish unsent); ``wait`` and ``as_completed`` inside wait for the
+        block's end (without a timeout, inside the block, they would hang)."""
         with self._cv:
             self._holds += 1
         try:
@@ -172,12 +198,15 @@ class PoolExecutor(Executor):
         ``wait``: return once every sent call has finished."""
         with self._cv:
             self._shutdown = True
+            cancelled: list[_WorkItem] = []
             if cancel_futures:
-                for item in self._pending:
-                    item.future.cancel()
-                self._pending = []
+                cancelled, self._pending = self._pending, []
             self._cv.notify_all()
             threads = list(self._threads)
+        # Outside the executor's lock: a thread in wait() holds the futures' locks while it
+        # asks for the executor's (_send_unless_held); the two are never taken the other way.
+        for item in cancelled:
+            item.future.cancel()
         if wait:
             for thread in threads:
                 thread.join()
@@ -195,6 +224,11 @@ class PoolExecutor(Executor):
             if self._pending:
                 self._flush = True
                 self._cv.notify_all()
+
+    def _send_unless_held(self) -> None:
+        with self._cv:
+            if not self._holds:
+                self._send_pending()
 
     def _check_open(self) -> None:
         if self._shutdown:
@@ -216,13 +250,18 @@ class PoolExecutor(Executor):
     def _ready_to_send(self) -> bool:
         if self._shutdown or self._flush:
             return True
-        return self._holds == 0 and time.monotonic() >= self._first_pending_at + self._linger
+        return self._holds == 0 and time.monotonic() >= self._send_at()
+
+    def _send_at(self) -> float:
+        """When the pending batch goes if nothing sends it sooner."""
+        return min(self._last_pending_at + self._linger,
+                   self._first_pending_at + LINGER_CAP * self._linger)
 
     def _collect(self) -> None:
         """Linger on the pending submissions, then send them as one map from this thread."""
         with self._cv:
             while not self._ready_to_send():
-                wait = None if self._holds else self._first_pending_at + self._linger - time.monotonic()
+                wait = None if self._holds else self._send_at() - time.monotonic()
                 self._cv.wait(wait)
             items, self._pending = self._pending, []
             self._collector_running = False
@@ -258,7 +297,9 @@ def _run_map(pool: Pool, items: list[_WorkItem], chunksize: int | None) -> None:
             _settle(futures, outcome)
             del outcome  # no result stays referenced here while the next chunk runs
     except BaseException as exc:  # the map failed (a task lost, the pool terminated)
-        _fail_all(futures, exc)
+        # Where tasks both raised and died, the map raises the first raised exception; the
+        # futures still unset are the dead tasks', whose error is the TaskLostError.
+        _fail_all(futures, handle.run.lost_error or exc)
         if not isinstance(exc, Exception):
             raise
 

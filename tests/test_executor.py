@@ -138,6 +138,25 @@ def test_batch_holds_submissions_until_it_exits(pool, out):
     assert sorted(os.listdir(out)) == sorted(str(i) for i in range(5))
 
 
+# A linger of an hour: only the wait itself can have sent these batches within the test.
+HOUR = 3600.0
+
+
+def test_as_completed_sends_the_batch_without_lingering(pool):
+    with PoolExecutor(pool, linger=HOUR) as executor:
+        futures = [executor.submit(mul, i, 3) for i in range(20)]
+        assert sorted(f.result() for f in cf.as_completed(futures, timeout=120)) == \
+            [3 * i for i in range(20)]
+
+
+def test_wait_sends_the_batch_without_lingering(pool):
+    with PoolExecutor(pool, linger=HOUR) as executor:
+        futures = [executor.submit(mul, i, 3) for i in range(20)]
+        done, not_done = cf.wait(futures, timeout=120, return_when=cf.FIRST_COMPLETED)
+        assert done and all(f.running() or f.done() for f in not_done)
+        assert cf.wait(futures, timeout=120).not_done == set()
+
+
 def test_waiting_on_a_result_inside_batch_sends_the_batch(pool):
     with PoolExecutor(pool) as executor, executor.batch():
         assert executor.submit(mul, 6, 7).result(120) == 42
@@ -214,8 +233,7 @@ def test_a_thousand_submits_are_a_handful_of_sbatch_calls(dummy_slurm):
     try:
         with PoolExecutor(pool) as executor:
             futures = [executor.submit(mul, i, 2) for i in range(1000)]
-            # wait() sends nothing itself: the submissions go when the first has lingered.
-            assert cf.wait(futures, timeout=300).not_done == set()
+            assert cf.wait(futures, timeout=300).not_done == set()  # wait() sends the batch
             assert [f.result() for f in futures] == [2 * i for i in range(1000)]
     finally:
         pool.terminate()

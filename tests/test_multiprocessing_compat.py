@@ -2,8 +2,12 @@
 
 The test classes (``_TestPool``, ``_TestPoolWorkerErrors``, ``_TestPoolWorkerLifetime``) are
 imported from the interpreter's ``test`` package when the tests run: none of their code is
-copied here. Each test runs against LocalPool in both modes and SlurmArrayPool on the dummy
-SLURM, with ``multiprocessing.Pool`` (which some of them call directly) swapped for that pool.
+copied here. Each test runs against LocalPool in both modes, SlurmArrayPool on the dummy SLURM
+and on the real SLURM, and SgePool on the real Grid Engine, with ``multiprocessing.Pool``
+(which some of them call directly) swapped for that pool. The real schedulers' runs skip, saying
+why, where none answers (and fail under POOLPARTY_REQUIRE_REAL=1, as in CI); all 31 tests take
+about 120 s of test time on the CI machine's real SLURM and 60 s on its Grid Engine (under a
+minute of wall time with ``-n 4``), so the whole set runs there, not a subset.
 Only the tests that read multiprocessing's private attributes, and the one expecting a lambda
 result to be unpicklable (cloudpickle carries it), are expected to fail.
 """
@@ -22,7 +26,7 @@ mp_tests = pytest.importorskip(
 
 import poolparty_raster as pp  # noqa: E402  (after the skip: nothing to set up without them)
 
-COMPAT_BACKENDS = ["local", "local_workers", "dummy_slurm_array"]
+COMPAT_BACKENDS = ["local", "local_workers", "dummy_slurm_array", "real_slurm", "real_sge"]
 pytestmark = pytest.mark.backends(COMPAT_BACKENDS)
 
 # The runnable classes, made as CPython makes them (a mixin and unittest.TestCase) at module
@@ -73,16 +77,22 @@ def _local(mode):
     return build
 
 
+# A cluster pool's nearest to multiprocessing's number of processes is its throttle.
 def _slurm_array(processes, **options):
-    # A cluster pool's nearest to multiprocessing's number of processes is its throttle.
     return pp.SlurmArrayPool(num_simultaneously_running_tasks=processes, filesystem_lag=0.5,
                              **options)
 
 
-# What builds each backend's pool, and the dummy queue it needs (as tests/conftest.py's
-# BACKENDS, whose LocalPool already takes a number of processes by position).
+def _sge_array(processes, **options):
+    return pp.SgePool(num_simultaneously_running_tasks=processes, filesystem_lag=0.5, **options)
+
+
+# What builds each backend's pool, and the dummy queue or real scheduler it needs (the
+# fixtures of tests/conftest.py's BACKENDS, whose LocalPool already takes a number of
+# processes by position).
 BUILDERS = {"local": (None, _local("array")), "local_workers": (None, _local("workers")),
-            "dummy_slurm_array": ("dummy_slurm", _slurm_array)}
+            "dummy_slurm_array": ("dummy_slurm", _slurm_array),
+            "real_slurm": ("real_slurm", _slurm_array), "real_sge": ("real_sge", _sge_array)}
 
 
 @pytest.fixture
