@@ -31,6 +31,7 @@ BSUB_OPTS = {
     "-J": O("name"), "-o": O("output"), "-oo": O("output_over"), "-e": O("error"),
     "-eo": O("error_over"), "-q": O("queue"), "-W": O("run_limit"), "-M": O("mem_limit"),
     "-P": O("project"), "-R": O("requirements", multi=True), "-n": O("slots"),
+    "-gpu": O("gpu"),
     "-env": O("env"), "-H": O("hold", False), "-cwd": O("cwd"), "-G": O("user_group"),
     "-app": O("application"), "-u": O("mail"), "-B": O("mail_begin", False),
     "-N": O("mail_end", False),
@@ -233,6 +234,8 @@ def parse_format(text: str) -> tuple[list[str], str]:
 def bjobs(argv: list[str], state: dict[str, Any], now: float) -> Result:
     opts, pos = _cmd.parse(argv, BJOBS_OPTS, "bjobs", stop_at_positional=False, joined=False,
                            unknown_rc=255, unknown=lambda a: f"bjobs: illegal option -- {a.lstrip('-')}")
+    if opts.get("json") and not state["cluster"].get("lsf_json", True):  # before LSF 10.1
+        raise UsageError("bjobs: illegal option -- json", rc=255)
     names, delimiter = parse_format(opts.get("format") or DEFAULT_FIELDS)
     users = None if opts.get("user") == "all" else {opts.get("user") or _cmd.user()}
     total, per_job = _state.running_counts(state)

@@ -26,6 +26,7 @@ MESSAGES = {
     "qstat": {"fail": (DOWN, 1)},
     "qdel": {"fail": (DOWN, 1)},
     "qconf": {"fail": (DOWN, 1)},
+    "qacct": {"fail": (DOWN, 1)},
 }
 QSUB_OPTS = {
     "-terse": O("terse", False), "-N": O("name"), "-S": O("shell"), "-o": O("output"),
@@ -255,8 +256,38 @@ def qconf(argv: list[str], state: dict[str, Any], now: float) -> Result:
                        "max_jobs                     0"])
 
 
+# qacct's "failed" for a job qmaster killed at its h_rt (SGE 8.1.9, see shared/notes)
+LIMIT_FAILED = "37  : qmaster enforced h_rt, h_cpu, or h_vmem limit"
+
+
+def qacct(argv: list[str], state: dict[str, Any], now: float) -> Result:
+    """``qacct -j ID [-t TASK]``: the accounting of ended elements (failed, exit_status), as
+    SGE 8.1.9 prints it, without its lag; a job that did not end: rc 1."""
+    opts, pos = _cmd.parse(argv, {"-j": O("job"), "-t": O("task")}, "qacct",
+                           unknown=lambda a: f"error: invalid option argument \"{a}\"")
+    if pos or not opts.get("job"):
+        raise UsageError("error: dummy_queues supports only 'qacct -j ID [-t TASK]'", rc=1)
+    jid = opts["job"]
+    out = []
+    for elem in state["elements"].values():
+        task = opts.get("task")
+        if str(elem["job"]) != jid or elem["end"] is None or elem["state"] == "VANISHED":
+            continue
+        if task is not None and str(elem["task"]) != task:
+            continue
+        killed = elem["state"] == "TIMEOUT"
+        code = 137 if killed or elem["state"] == "CANCELLED" else elem.get("exit_code") or 0
+        out += ["=" * 62, f"{'taskid':<13}{elem['task'] or 'undefined'}",
+                f"{'failed':<13}{LIMIT_FAILED if killed else '0'}",
+                f"{'exit_status':<13}{code}"]
+    if not out:
+        what = f"Job-array tasks {jid}.{opts['task']}-{opts['task']}:1" if opts.get("task") else f"job id {jid}"
+        return Result(rc=1, err=[f"error: {what} not found"])
+    return Result(out=out)
+
+
 def main() -> None:
-    funcs = {"qsub": qsub, "qstat": qstat, "qdel": qdel, "qconf": qconf}
+    funcs = {"qsub": qsub, "qstat": qstat, "qdel": qdel, "qconf": qconf, "qacct": qacct}
     _cmd.dispatch({n: (lambda n=n, f=f: _cmd.run(n, f, MESSAGES[n])) for n, f in funcs.items()})
 
 

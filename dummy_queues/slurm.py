@@ -21,7 +21,7 @@ SBATCH_OPTS = {
     "--open-mode": O("open_mode"), "--array": O("array"), "-a": O("array"),
     "--partition": O("partition"), "-p": O("partition"), "--time": O("time"),
     "-t": O("time"), "--mem": O("mem"), "--cpus-per-task": O("cpus"), "-c": O("cpus"),
-    "--gres": O("gres"), "--account": O("account"), "-A": O("account"),
+    "--gres": O("gres"), "--gpus-per-task": O("gpus_per_task"), "--account": O("account"), "-A": O("account"),
     "--qos": O("qos"), "-q": O("qos"), "--chdir": O("chdir"), "-D": O("chdir"),
     "--hold": O("hold", False), "-H": O("hold", False), "--wrap": O("wrap"),
     "--export": O("export"), "--nodes": O("nodes"), "-N": O("nodes"),

@@ -1,17 +1,26 @@
 """Array mode, the run's default mode: each chunk is a member of a job (an array element, or a
 job of its own); a chunk whose job died without its result is submitted again, up to
-``max_num_resubmissions`` times, then lost."""
+``max_num_resubmissions`` times, then lost. Deaths that the same job would die again are not
+resubmitted unchanged: a failed set-up line loses the chunk at once, and a wall-time or
+memory kill too, unless ``retry_resources`` says what larger request to resubmit with."""
 from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING
 
+from poolparty_raster.attempts import describe_request, next_request
 from poolparty_raster.errors import SchedulerError
 from poolparty_raster.polling import Seen, cannot_run, end_reason, observe
 from poolparty_raster.schedulers.base import JobRecord, PollResult, TaskState, TaskStatus
+from poolparty_raster.schedulers.jobcommand import SETUP_FAILED
 
 if TYPE_CHECKING:
     from poolparty_raster.engine import MapRun
+
+# Seconds a chunk gone from a listing that drops ended jobs (Grid Engine) waits for the
+# scheduler's accounting to say how it ended (a wall-time kill is not resubmitted unchanged);
+# SGE 8.1.9's qacct showed an ended job 10 to 20 s late here.
+ACCOUNTING_PATIENCE = 60.0
 
 
 class ArrayMode:
@@ -23,6 +32,8 @@ class ArrayMode:
         self.run = run
         self.attempts = run.attempts
         self.submissions = run.submissions
+        self.attempts.request_options = run.scheduler.request_options
+        self._asking: dict[int, float] = {}  # chunk gone -> since when its end is asked about
 
     # -- submission --------------------------------------------------------------------------
     def start(self) -> bool:
@@ -34,6 +45,7 @@ class ArrayMode:
             for chunk in job["chunks"]:
                 if chunk in todo:
                     self.attempts[chunk].job_id = job["job_id"]
+                    self.attempts[chunk].request = job.get("resources")
         reattached = sorted(c for c in todo if self.attempts[c].job_id is not None)
         if reattached:
             self.run.work_dir.log("reattached", chunks=reattached)
@@ -58,6 +70,7 @@ class ArrayMode:
             state = self.attempts[chunk]
             state.attempts += 1
             state.job_id = record["job_id"]
+            state.request = record.get("resources")
             state.absent_polls, state.absent_since = 0, None
 
     def _in_flight(self) -> list[int]:
@@ -78,9 +91,13 @@ class ArrayMode:
         run = self.run
         now = time.monotonic()
         changed = False
-        dead: list[tuple[int, str]] = []
+        dead: list[tuple[int, str, str | None]] = []
         errors: dict[str, list[tuple[int, TaskStatus]]] = {}
+        dead += self._ask_how_they_ended(now)
+        told = {chunk for chunk, _, _ in dead}
         for chunk in self._in_flight():
+            if chunk in self._asking or chunk in told:
+                continue
             state = self.attempts[chunk]
             status = statuses.get((state.job_id, chunk))
             seen = observe(state, status, now, run.scheduler.filesystem_lag, succeeded_grace=True)
@@ -90,16 +107,44 @@ class ArrayMode:
                 errors.setdefault(state.job_id, []).append((chunk, status))
             elif seen is Seen.VANISHED:
                 changed = True
+            elif seen is Seen.GONE and status is None and run.scheduler.asks_after_end:
+                self._asking[chunk] = now
+                dead += self._ask_how_they_ended(now, [chunk])
             elif seen is Seen.GONE:
                 reason = end_reason(status)
                 run.work_dir.log("lost", chunk=chunk, job_id=state.job_id, reason=reason)
-                dead.append((chunk, reason))
+                dead.append((chunk, reason, status.exceeded if status else None))
         dead += self._cancel_error_states(errors)
         self._retry_or_lose(dead)
         return changed or bool(dead)
 
+    def _ask_how_they_ended(self, now: float, chunks: list[int] | None = None
+                            ) -> list[tuple[int, str, str | None]]:
+        """Ask the scheduler's accounting how chunks gone from its listing ended (all those
+        waiting for an answer, or ``chunks``); those it does not know yet are asked again at
+        the next poll, until ACCOUNTING_PATIENCE has passed."""
+        run = self.run
+        dead = []
+        for chunk in list(self._asking) if chunks is None else chunks:
+            state = self.attempts[chunk]
+            if run.settled(chunk) or state.job_id is None:
+                del self._asking[chunk]
+                continue
+            try:
+                status = run.scheduler.end_status(run.spec, self.submissions.record(state.job_id),
+                                                  chunk)
+            except SchedulerError:
+                status = None
+            if status is None and now - self._asking[chunk] < ACCOUNTING_PATIENCE:
+                continue
+            del self._asking[chunk]
+            reason = end_reason(status)
+            run.work_dir.log("lost", chunk=chunk, job_id=state.job_id, reason=reason)
+            dead.append((chunk, reason, status.exceeded if status else None))
+        return dead
+
     def _cancel_error_states(self, errors: dict[str, list[tuple[int, TaskStatus]]]
-                             ) -> list[tuple[int, str]]:
+                             ) -> list[tuple[int, str, str | None]]:
         """Cancel stuck elements, one call per job; one that cannot be cancelled now stays in
         its error state and is tried again at the next poll."""
         run = self.run
@@ -116,31 +161,51 @@ class ArrayMode:
             for chunk, status in members:
                 run.work_dir.log("error_state", chunk=chunk, job_id=job_id,
                                  reason=status.reason, detail=detail)
-                dead.append((chunk, f"stuck in {status.reason}" + (f": {detail}" if detail else "")))
+                dead.append((chunk, f"stuck in {status.reason}" + (f": {detail}" if detail else ""),
+                             None))
         return dead
 
     # -- dead attempts ---------------------------------------------------------------------------
     def run_again(self, chunk: int, reason: str) -> None:
-        self._retry_or_lose([(chunk, reason)])
+        self._retry_or_lose([(chunk, reason, None)])
 
-    def _retry_or_lose(self, dead: list[tuple[int, str]]) -> None:
-        """Resubmit the chunks whose attempt died, or give up on those out of attempts."""
+    def _retry_or_lose(self, dead: list[tuple[int, str, str | None]]) -> None:
+        """Resubmit the chunks whose attempt died (``exceeded``: killed at its "time" or "mem"
+        request), or give up on those out of attempts or that would die the same way."""
         if not dead:
             return
         run = self.run
         run.stop_if_disk_full()
         run.work_dir.scan()
         live = run.work_dir.live_captures()
-        resubmit, lost = [], []
-        for chunk, reason in dead:
-            self.attempts.record_death(chunk, reason, live.get(chunk, []))
+        resubmit: dict[tuple[tuple[str, str], ...], list[int]] = {}  # by the next request
+        lost = []
+        for chunk, reason, exceeded in dead:
             state = self.attempts[chunk]
+            asked = describe_request(run.scheduler, state.request)
+            tail = self.attempts.record_death(
+                chunk, f"{reason} (asked for {asked})" if asked and exceeded else reason,
+                live.get(chunk, []))
             state.job_id = None
-            (resubmit if state.attempts <= run.options.max_num_resubmissions else lost).append(chunk)
+            state.cause = "setup" if tail and tail[-1].startswith(SETUP_FAILED) else exceeded
+            request = state.request
+            if exceeded and state.cause == exceeded:
+                request = next_request(run.options.retry_resources, run.scheduler,
+                                       state.attempts + 1, exceeded, state.request)
+                if request is not None:
+                    run.work_dir.log("retry_resources", chunk=chunk, exceeded=exceeded,
+                                     request=request)
+                    state.cause = None
+            if state.cause or state.attempts > run.options.max_num_resubmissions:
+                lost.append(chunk)
+            else:
+                resubmit.setdefault(tuple(sorted((request or {}).items())), []).append(chunk)
         run.lose(lost)
+        for request, chunks in resubmit.items():
+            run.progress.note_resubmitted(len(chunks))
+            self.submissions.add(chunks, dict(request) or None)
         if resubmit:
-            run.progress.note_resubmitted(len(resubmit))
-            self._submit(resubmit)
+            self.submit_waiting()
         if lost:
             run.progress.note_failed(sum(len(run.manifest.chunk_range(c)) for c in lost))
 

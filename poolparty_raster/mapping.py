@@ -31,7 +31,7 @@ from poolparty_raster.files import atomic_write
 from poolparty_raster.fsfeatures import check_filesystem
 from poolparty_raster.manifest import FORMAT, Manifest, function_digest
 from poolparty_raster.outcome import ChunkOutcome, load_results, loaded_values, rebuild_exception
-from poolparty_raster.progress import Progress
+from poolparty_raster.progress import Progress, function_label
 from poolparty_raster.sigterm import SIGTERM_GUARD
 from poolparty_raster.schedulers.base import Scheduler, SubmitSpec
 from poolparty_raster.settings import MapSettings
@@ -110,9 +110,9 @@ class MapHandle:
         spec = SubmitSpec(work_dir=self.work_dir.path, script_path=self.work_dir.script_path,
                           python_path=settings.python_path, job_name=self.manifest.job_name,
                           scheduler_log=self.work_dir.scheduler_log_path, throttle=settings.throttle,
-                          cwd=os.getcwd())
+                          cwd=os.getcwd(), mode=settings.mode)
         archived = self.work_dir.archived_chunks()
-        progress = Progress(self.manifest.num_tasks, settings.progress, spec.job_name,
+        progress = Progress(self.manifest.num_tasks, settings.progress, function_label(func),
                             done=sum(len(self.manifest.chunk_range(c)) for c in archived))
         run_args = (self.work_dir, self.manifest, scheduler, spec, settings, progress, abort)
         if settings.mode == "workers":

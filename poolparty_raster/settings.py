@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 MODES = ("array", "workers")
+RESOURCE_KINDS = ("time", "mem")  # what a kill can say ran out (retry_resources' keys)
 
 
 def option(default: Any, help: str) -> Any:
@@ -40,6 +41,10 @@ class MapSettings:
         None, "cap on chunks running at once (the array throttle); None: no cap")
     max_num_resubmissions: int = option(
         3, "how often a chunk whose job died or stuck in an error state is resubmitted")
+    retry_resources: Callable[[int, str], dict[str, str]] | dict[str, float] | None = option(
+        None, "after a wall-time or memory kill: None fails the chunk at once; {'time': 2.0, "
+              "'mem': 2.0} resubmits with that request multiplied (each time); a callable "
+              "(attempt, 'time' or 'mem') -> {'time': ..., 'mem': ...} gives the next request")
     polling_interval: float = option(
         5.0, "upper bound of the adaptive interval between scheduler polls, in seconds")
     filesystem_lag: float | None = option(
@@ -56,7 +61,8 @@ class MapSettings:
         0.0, "workers mode: seconds between two submissions of workers")
     verbose: bool = option(False, "print scheduler trouble as it happens")
     progress: bool | None = option(
-        None, "a tqdm progress bar (default: when stderr is a terminal)")
+        None, "a tqdm.auto bar in a terminal or notebook, else a summary line a minute on "
+              "stderr (default); True: always the bar; False: nothing")
     initializer: Callable[..., Any] | None = option(
         None, "called as initializer(*initargs) once in each worker process before its first "
               "task, as multiprocessing.Pool's (array mode: in each chunk's process)")
@@ -66,6 +72,7 @@ class MapSettings:
               "always); None: as many as there are")
 
     def __post_init__(self) -> None:
+        check_retry_form(self.retry_resources)
         if self.polling_interval <= 0:
             raise ValueError(f"polling_interval must be positive, not {self.polling_interval}")
         if self.max_num_resubmissions < 0:
@@ -90,6 +97,20 @@ class MapSettings:
     @property
     def throttle(self) -> int | None:
         return self.num_simultaneously_running_tasks
+
+
+def check_retry_form(retry: Any) -> None:
+    """Refuse a ``retry_resources`` that no kill could use."""
+    if retry is None or callable(retry):
+        return
+    if not isinstance(retry, dict) or not retry:
+        raise TypeError(f"retry_resources must be None, a callable or a dict such as "
+                        f"{{'time': 2.0, 'mem': 2.0}}, not {retry!r}")
+    for kind, factor in retry.items():
+        if kind not in RESOURCE_KINDS:
+            raise ValueError(f"retry_resources: {kind!r} is not one of {RESOURCE_KINDS}")
+        if not isinstance(factor, (int, float)) or factor <= 1:
+            raise ValueError(f"retry_resources[{kind!r}] must be a factor above 1, not {factor!r}")
 
 
 def option_fields() -> list[dataclasses.Field[Any]]:

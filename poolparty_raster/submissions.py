@@ -8,9 +8,10 @@ for now (they are tried again, backing off) or when the engine's own throttle ho
 """
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from poolparty_raster.errors import SchedulerError, SubmissionRefused
 from poolparty_raster.progress import Progress
@@ -34,6 +35,9 @@ class Submissions:
         # driver's job, listed under the map's name, for the new one.
         scheduler.remember(spec, self.jobs)
         self.waiting: set[int] = set()
+        # Members to submit with requests in place of the pool's (a retry after a kill);
+        # the job record keeps them ("resources"), so jobs.jsonl shows what each job asked for.
+        self.requests: dict[int, dict[str, str]] = {}
         self._retry_at = 0.0
         self._delay = FIRST_RETRY
         self._refused: tuple[str, float] | None = None  # (reason, since when)
@@ -41,11 +45,19 @@ class Submissions:
     def record(self, job_id: str | None) -> JobRecord:
         return next(job for job in self.jobs if job["job_id"] == job_id)
 
-    def add(self, members: Sequence[int]) -> None:
+    def add(self, members: Sequence[int], request: dict[str, str] | None = None) -> None:
+        """Members to submit, with ``request`` in place of the pool's requests if given."""
         self.waiting.update(members)
+        for member in members:
+            if request:
+                self.requests[member] = request
+            else:
+                self.requests.pop(member, None)
 
     def drop(self, members: Sequence[int]) -> None:
         self.waiting.difference_update(members)
+        for member in members:
+            self.requests.pop(member, None)
 
     def submit(self, accepted: Callable[[JobRecord], None], room: int | None = None,
                nothing_queued: bool = False) -> bool:
@@ -62,7 +74,7 @@ class Submissions:
             return False
         submitted = False
         try:
-            for record in self.scheduler.submit(self.spec, batch):
+            for record in self._submit_by_request(batch):
                 record["submitted"] = time.time()
                 record["scheduler"] = self.scheduler.name  # poolparty-raster cancel reads it
                 self.jobs.append(record)
@@ -76,6 +88,19 @@ class Submissions:
             return submitted
         self._delay, self._refused = FIRST_RETRY, None
         return submitted
+
+    def _submit_by_request(self, batch: list[int]) -> Iterator[JobRecord]:
+        """Submit ``batch``, one submission per distinct request (most members have the
+        pool's)."""
+        groups: dict[tuple[tuple[str, str], ...], list[int]] = {}
+        for member in batch:
+            groups.setdefault(tuple(sorted(self.requests.get(member, {}).items())), []).append(member)
+        for request, members in groups.items():
+            spec = dataclasses.replace(self.spec, resources=dict(request)) if request else self.spec
+            for record in self.scheduler.submit(spec, members):
+                if request:
+                    record["resources"] = dict(request)
+                yield record
 
     def _defer(self, exc: SubmissionRefused, nothing_queued: bool) -> None:
         now = time.monotonic()

@@ -543,7 +543,9 @@ def test_ecs_survives_placement_failures_throttling_and_stops(dummy_ecs, tmp_pat
     dummy_ecs.inject_stop(chunk=1, stop_code="SpotInterruption", stopped_reason="Your Spot Task was interrupted.")
     dummy_ecs.inject_stop(chunk=2, exit_code=137, reason="OutOfMemoryError: Container killed due to memory usage")
     monkeypatch.setattr("poolparty_raster.submissions.FIRST_RETRY", 0.05)
-    pool = aws_pool(pp.EcsPool, "ecs", num_simultaneously_running_tasks=2)
+    # the out-of-memory stop is resubmitted unchanged only because retry_resources asks it
+    pool = aws_pool(pp.EcsPool, "ecs", num_simultaneously_running_tasks=2,
+                    retry_resources=lambda attempt, reason: {})
     trace = str(tmp_path / "trace")
     assert pool.map(traced_square, [(x, trace) for x in range(4)], chunksize=1) == [0, 1, 4, 9]
     kept, log = events(tmp_path / "work")

@@ -83,6 +83,31 @@ def test_cluster_profile_submits_with_its_options_under_its_work_dir_root(
     assert len(work_dirs_in(root)) == 1
 
 
+def greeting(_):
+    return os.environ.get("POOLPARTY_TEST_GREETING")
+
+
+def test_a_profiles_setup_lines_run_on_the_node(dummy_slurm, config):
+    config("""
+        [profiles.site]
+        backend = "slurm"
+        setup = ["export POOLPARTY_TEST_GREETING=from-the-profile"]
+        polling_interval = 0.3
+        progress = false
+    """)
+    assert pool_from_profile("site").map(greeting, range(2)) == ["from-the-profile"] * 2
+
+
+def test_a_profile_for_a_local_pool_refuses_setup_lines(config):
+    config("""
+        [profiles.laptop]
+        backend = "local"
+        setup = ["module load gdal"]
+    """)
+    with pytest.raises(ProfileError, match="setup"):
+        pool_from_profile("laptop")
+
+
 def test_local_profile_runs_a_map_in_its_work_dir_root_with_variables_expanded(
         config, tmp_path, monkeypatch):
     monkeypatch.setenv("PP_TEST_SCRATCH", str(tmp_path))

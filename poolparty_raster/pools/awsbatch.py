@@ -1,8 +1,6 @@
 """AwsBatchPool: AWS Batch array jobs. boto3 is imported when a pool makes its client."""
 from __future__ import annotations
 
-from typing import Any
-
 from poolparty_raster.pools.base import Pool
 from poolparty_raster.schedulers.awsbatch import AwsBatchScheduler
 

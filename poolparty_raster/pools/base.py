@@ -24,6 +24,7 @@ from poolparty_raster.pools.options import check_names, help_text, pool_options
 from poolparty_raster.pools.options import signature as options_signature
 from poolparty_raster.processsetup import ProcessSetup
 from poolparty_raster.schedulers.base import Scheduler
+from poolparty_raster.attempts import check_retry_resources
 from poolparty_raster.settings import MapSettings
 
 if TYPE_CHECKING:
@@ -101,6 +102,7 @@ class Pool:
             python_path=settings.python_path or sys.executable,
             work_dir_root=settings.work_dir_root or default_work_dir_root(self._shared_filesystem))
         self._scheduler = scheduler
+        check_retry_resources(settings.retry_resources, scheduler)
         self._abort = threading.Event()
         if scheduler is not None:  # SerialPool has none
             scheduler.check_job_name(settings.job_name)
@@ -284,7 +286,8 @@ class Pool:
     def map(self, func: Callable[[Any], Any], iterable: Iterable[Any],
             chunksize: int | None = None) -> list[Any]:
         """Like ``list(map(func, iterable))``. A task's exception is re-raised (the first by
-        input index) once every task has run; the other results stay in the kept work_dir."""
+        input index) once every task has run, also when other tasks died (a note names them);
+        the other results stay in the kept work_dir."""
         handle = self._start(func, iterable, chunksize)
         if handle is None:
             return []

@@ -22,6 +22,7 @@ so is the throttle (Batch has none per array: the engine submits at most that ma
 """
 from __future__ import annotations
 
+import os
 import time
 import uuid
 import warnings
@@ -36,7 +37,9 @@ from poolparty_raster.schedulers.awscommon import (AwsRequestError, AwsScheduler
                                                    make_client, safe_name, spot_or_host_loss,
                                                    submission_failure_kind)
 from poolparty_raster.schedulers.base import (JobRecord, PollResult, SubmitSpec, TaskState,
-                                              TaskStatus, contiguous_runs, split_by_span)
+                                              TaskStatus, contiguous_runs, map_path,
+                                              split_by_span)
+from poolparty_raster.schedulers.jobcommand import checked_setup, scale_memory, with_setup
 
 ARRAY_VARIABLE = "AWS_BATCH_JOB_ARRAY_INDEX"
 MAX_ARRAY_SIZE = 10_000
@@ -74,6 +77,7 @@ def classify_job(job: dict[str, Any]) -> TaskStatus:
             return TaskStatus(TaskState.FATAL, " ".join(w for w in words if w))
         if "OutOfMemory" in why and reason != CANCEL_REASON:  # 137 alone is any SIGKILL
             words.insert(0, f"out of memory (container killed{', exit 137' if code == 137 else ''}):")
+            return TaskStatus(_STATES[status], " ".join(w for w in words if w), exceeded="mem")
         if loss := spot_or_host_loss(reason):
             words.insert(0, loss)
     # SUCCEEDED: the worker exited 0, after writing its result (see ecs.classify_task).
@@ -117,6 +121,10 @@ class AwsBatchScheduler(AwsScheduler):
                                            "SubmitJob's containerOverrides, merged"] = None,
             vcpus: Annotated[float | None, "vCPUs per job (a resourceRequirements override)"] = None,
             memory: Annotated[int | None, "memory per job, MiB (an override)"] = None,
+            gpus_per_task: Annotated[int | None, "GPUs per job (a resourceRequirements "
+                                                  "override)"] = None,
+            setup: Annotated[Sequence[str], "shell lines run in the container before each "
+                                            "job's Python starts, in bash"] = (),
             tags: Annotated[dict[str, str] | None, "tags of the jobs"] = None,
             region: Annotated[str | None, "AWS region (default: boto3's)"] = None,
             container_python: Annotated[str | None, "the interpreter in the container "
@@ -138,7 +146,7 @@ class AwsBatchScheduler(AwsScheduler):
             raise ValueError("container_overrides may not set command: it runs the worker")
         requirements = list(self.overrides.pop("resourceRequirements", []))
         # resourceRequirements, not the deprecated vcpus/memory fields (refused on Fargate)
-        for kind, value in (("VCPU", vcpus), ("MEMORY", memory)):
+        for kind, value in (("VCPU", vcpus), ("MEMORY", memory), ("GPU", gpus_per_task)):
             if value is not None:
                 requirements = [r for r in requirements if r.get("type") != kind]
                 text = f"{value:g}" if isinstance(value, float) else str(value)
@@ -146,6 +154,9 @@ class AwsBatchScheduler(AwsScheduler):
         if requirements:
             self.overrides["resourceRequirements"] = requirements
         check_tags(dict(tags or {}))
+        self.requests = {"mem": None if memory is None else str(memory)}
+        self.request_options = {"mem": "memory"}
+        self.setup = checked_setup(setup)
         self.tags, self.region = dict(tags or {}), region
         self.container_python, self.path_mapping = container_python, checked_mapping(path_mapping)
         self.backoff = retry_backoff
@@ -176,6 +187,9 @@ class AwsBatchScheduler(AwsScheduler):
     def default_parallelism(self) -> int:
         return 32
 
+    def scale_request(self, kind: str, value: str, factor: float) -> str:
+        return scale_memory(value, factor)  # MiB
+
     # -- submit ------------------------------------------------------------------------
     def submit(self, spec: SubmitSpec, chunks: Sequence[int]) -> Iterator[JobRecord]:
         """The map's lost submissions are looked up first: one that got in with chunks all
@@ -193,8 +207,14 @@ class AwsBatchScheduler(AwsScheduler):
         worker_args = (["--env", ARRAY_VARIABLE, "--offset", str(chunks[0])] if array
                        else [str(chunks[0])])
         overrides = dict(self.overrides)
-        overrides["command"] = container_command(spec, self.container_python, self.path_mapping,
-                                                 worker_args)
+        if "mem" in spec.resources:  # a retry after an out-of-memory kill asks for more
+            overrides["resourceRequirements"] = [
+                *(r for r in overrides.get("resourceRequirements", []) if r.get("type") != "MEMORY"),
+                {"type": "MEMORY", "value": spec.resources["mem"]}]
+        overrides["command"] = with_setup(
+            container_command(spec, self.container_python, self.path_mapping, worker_args),
+            self.setup, worker_args, os.path.dirname(map_path(spec.script_path, self.path_mapping)),
+            spec.mode)
         # A name of its own for every call: a listing by name finds what that one call did.
         name = f"{safe_name(spec.job_name, 80)}-{chunks[0]}-{uuid.uuid4().hex[:12]}"
         params: dict[str, Any] = {

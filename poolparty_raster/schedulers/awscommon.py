@@ -58,7 +58,7 @@ CONTAINER_OWN_VARIABLES = (
 BOOTSTRAP = f"""import json,os,re,sys
 (r,m),d=json.loads(sys.argv[1]);p=sys.argv[2];s=open(p).read()
 if m:s=re.sub(r,lambda x:m[x[0]],s)
-os.environ['{KEEP_VARIABLE}']=','.join(d);os.environ['{REEXEC_VARIABLE}']='1';sys.argv=sys.argv[2:]
+os.environ['{KEEP_VARIABLE}']=','.join([*d,os.environ.get('{KEEP_VARIABLE}','')]);os.environ['{REEXEC_VARIABLE}']='1';sys.argv=sys.argv[2:]
 exec(compile(s,p,'exec'),{{'__name__':'__main__','__file__':p}})"""
 
 # Batch's rule for job names, which also fits ECS families and startedBy.

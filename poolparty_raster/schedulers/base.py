@@ -37,6 +37,8 @@ class TaskStatus:
     # The scheduler says the job ended well (exit code 0): its result exists, and a driver
     # that does not see it yet is looking at a shared filesystem's stale directory cache.
     succeeded: bool = False
+    # The scheduler killed it for outgrowing its request: "time" (wall time) or "mem".
+    exceeded: str | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,10 @@ class SubmitSpec:
     scheduler_log: str
     throttle: int | None = None
     cwd: str = "."
+    mode: str = "array"  # the map's: a job runs one chunk ("array") or claims many ("workers")
+    # This submission's requests in place of the pool's, by kind ("time", "mem": see
+    # Scheduler.requests), in the backend's own format: a retry after a kill enlarges them.
+    resources: dict[str, str] = field(default_factory=dict)
 
 
 # A job record is the JSON-serialisable description of one submission that the backend yields
@@ -98,6 +104,25 @@ class Scheduler(ABC):
     # The caller's variables that script.py must not carry: the jobs have their own (a
     # container's task role), and credentials have no business on a shared filesystem.
     unstored_variables: tuple[str, ...] = ()
+
+    # The pool's requests a retry after a wall-time or memory kill may enlarge: {"time": the
+    # wall time, "mem": the memory} in the backend's own format (None: the site's default),
+    # and the option that sets each, for messages. Backends that can tell such kills set them.
+    requests: dict[str, str | None] = {}
+    request_options: dict[str, str] = {}
+
+    # Whether a member gone from the listing is worth asking about (end_status): a
+    # scheduler whose listing drops ended jobs tells why one ended only in its accounting.
+    asks_after_end = False
+
+    def end_status(self, spec: SubmitSpec, job: JobRecord, chunk: int) -> TaskStatus | None:
+        """How a member that left the listing ended, from the scheduler's accounting; None
+        while the accounting does not know yet (it is asked again at the next poll)."""
+        return None
+
+    def scale_request(self, kind: str, value: str, factor: float) -> str:
+        """A request of ``kind`` ("time" or "mem") times ``factor``, in the backend's format."""
+        raise ValueError(f"{self.name} cannot enlarge its {kind} request")
 
     def check_job_name(self, job_name: str) -> None:
         """Raise ValueError if the scheduler refuses names that start with ``job_name``."""

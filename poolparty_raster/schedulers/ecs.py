@@ -21,6 +21,7 @@ Facts this module is built on (the ECS API reference, botocore's service model):
 from __future__ import annotations
 
 import json
+import os
 import re
 import warnings
 from collections.abc import Iterator, Sequence
@@ -34,6 +35,7 @@ from poolparty_raster.schedulers.awscommon import (AwsScheduler, RunTokens, abso
                                                    submission_failure_kind)
 from poolparty_raster.schedulers.base import (JobRecord, PollResult, SubmitSpec, TaskState,
                                               TaskStatus, map_path)
+from poolparty_raster.schedulers.jobcommand import checked_setup, with_setup
 
 CHUNK_VARIABLE = "POOLPARTY_RASTER_CHUNK"
 OVERRIDES_LIMIT = 8192
@@ -98,8 +100,12 @@ def classify_task(task: dict[str, Any], container_name: str | None = None) -> Ta
         return TaskStatus(TaskState.FATAL, reason)
     # The worker exits 0 only after its result is written: the engine then allows the shared
     # filesystem's directory cache time to show it before the chunk counts as lost.
-    succeeded = _container(task, container_name).get("exitCode") == 0
-    return TaskStatus(TaskState.FINISHED, reason, succeeded=succeeded)
+    container = _container(task, container_name)
+    # An out-of-memory kill is a memory request the same task outgrows again (retry_resources
+    # cannot enlarge it here: a chunk's run_task token must ask for the same task).
+    exceeded = "mem" if "OutOfMemory" in container.get("reason", "") else None
+    return TaskStatus(TaskState.FINISHED, reason, succeeded=container.get("exitCode") == 0,
+                      exceeded=exceeded)
 
 
 class EcsScheduler(AwsScheduler):
@@ -122,6 +128,10 @@ class EcsScheduler(AwsScheduler):
             assign_public_ip: Annotated[bool, "Fargate: give each task a public IP"] = False,
             cpu: Annotated[str | int | None, "task CPU: units (1024 a vCPU) or '0.5 vCPU'"] = None,
             memory: Annotated[str | int | None, "task memory: MiB or '1GB'"] = None,
+            gpus_per_task: Annotated[int | None, "GPUs for each task's container (EC2 "
+                                                  "launch type: Fargate has none)"] = None,
+            setup: Annotated[Sequence[str], "shell lines run in the container before each "
+                                            "task's Python starts, in bash"] = (),
             tags: Annotated[dict[str, str] | None, "tags of the tasks and task definitions"] = None,
             region: Annotated[str | None, "AWS region (default: boto3's)"] = None,
             container_python: Annotated[str | None, "the interpreter in the container "
@@ -148,6 +158,8 @@ class EcsScheduler(AwsScheduler):
                              "network interface (networkMode awsvpc) in one of them")
         if (security_groups or assign_public_ip) and not subnets:
             raise ValueError("security_groups and assign_public_ip need subnets (awsvpc)")
+        if gpus_per_task and fargate:
+            raise ValueError("Fargate offers no GPUs: gpus_per_task needs launch_type='EC2'")
         if assign_public_ip and not fargate:
             raise ValueError("assign_public_ip works on Fargate only; on EC2 use a NAT gateway")
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", container_name):
@@ -190,6 +202,9 @@ class EcsScheduler(AwsScheduler):
                     "containerPath": efs_container_path and absolute(efs_container_path, "efs_container_path"),
                     "accessPointId": efs_access_point_id}
         self.log_group, self.backoff = log_group, retry_backoff
+        self.gpus_per_task = gpus_per_task
+        self.setup = checked_setup(setup)
+        self.request_options = {"mem": "memory"}  # named in an out-of-memory kill's message
         self._session, self._client = boto3_session, ecs_client
         self._registered: dict[str, str] = {}  # map name -> task definition ARN we registered
         self._deregistered: set[str] = set()
@@ -325,10 +340,15 @@ class EcsScheduler(AwsScheduler):
         raise SubmissionRefused("ecs run_task: its client tokens conflict", PLACEMENT_GIVE_UP_AFTER)
 
     def run_task_params(self, spec: SubmitSpec, definition: str, chunk: int) -> dict[str, Any]:
-        command = container_command(spec, self.container_python, self.path_mapping,
-                                    ["--env", CHUNK_VARIABLE])
+        worker_args = ["--env", CHUNK_VARIABLE]
+        command = with_setup(
+            container_command(spec, self.container_python, self.path_mapping, worker_args),
+            self.setup, worker_args, os.path.dirname(map_path(spec.script_path, self.path_mapping)),
+            spec.mode)
         override = {"name": self.container_name, "command": command,
                     "environment": [{"name": CHUNK_VARIABLE, "value": str(chunk)}]}
+        if self.gpus_per_task:
+            override["resourceRequirements"] = [{"type": "GPU", "value": str(self.gpus_per_task)}]
         if len(json.dumps([override])) > OVERRIDES_LIMIT:
             raise SchedulerError(f"the container command is longer than ECS's {OVERRIDES_LIMIT} "
                                  f"bytes of overrides (a long path_mapping or paths?): {command}")

@@ -143,16 +143,16 @@ class LocalScheduler(Scheduler):
         # Started from this thread, which waits for the process: the parent-death signal
         # comes when the thread that forked ends, not only when the driver does.
         driver = os.getpid()
-        dies_with_driver = None
-        if forkserver.can_die_with_parent():
-            def dies_with_driver() -> None:
-                if not forkserver.die_with_parent(signal.SIGKILL, driver):
-                    os._exit(1)  # the driver died while this process started
+
+        def dies_with_driver() -> None:
+            if not forkserver.die_with_parent(signal.SIGKILL, driver):
+                os._exit(1)  # the driver died while this process started
+        preexec = dies_with_driver if forkserver.can_die_with_parent() else None
         with open(spec.scheduler_log, "ab") as log:
             os.chmod(spec.scheduler_log, 0o600)
             return subprocess.Popen([spec.python_path, spec.script_path, str(chunk)], cwd=spec.work_dir,
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True, preexec_fn=dies_with_driver)
+                                    start_new_session=True, preexec_fn=preexec)
 
     def poll(self, spec: SubmitSpec, jobs: Sequence[JobRecord]) -> PollResult:
         wanted = {job["job_id"] for job in jobs}

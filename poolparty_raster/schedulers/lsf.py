@@ -12,14 +12,17 @@ the bundled dummy follows the same documentation):
   and ``-o`` it prints ``{"COMMAND": "bjobs", "JOBS": n, "RECORDS": [{"JOBID": ...}, ...]}``,
   an array's elements as records of the array's JOBID, named ``name[4]``; ``-J NAME`` selects
   an array by its name without indices;
-- ``bjobs`` exits non-zero, saying "No job found" or "is not found", when nothing matches.
+- ``bjobs`` exits non-zero, saying "No job found" or "is not found", when nothing matches;
+- LSF before 10.1 has no ``-json`` (bjobs refuses it as an illegal option): ``-noheader -o
+  "jobid stat delimiter='^'"`` prints a line a job instead, ``-`` for an empty field.
 """
 from __future__ import annotations
 
 import getpass
 import json
+import math
 import re
-import shlex
+import subprocess
 from collections.abc import Iterator, Sequence
 from typing import Annotated
 
@@ -30,6 +33,8 @@ from poolparty_raster.schedulers.base import (CommandRunner, JobRecord, PollResu
                                               cancel_targets, index_ranges, refusal_kind,
                                               require_commands, split_by_span, unanswered,
                                               unparseable)
+from poolparty_raster.schedulers.jobcommand import (checked_setup, node_shell_command,
+                                                    scale_memory)
 
 BJOBS_FIELDS = "jobid stat job_name exit_code pend_reason"
 DEFAULT_MAX_ARRAY_SIZE = 1000  # lsb.params MAX_JOB_ARRAY_SIZE's default
@@ -55,6 +60,8 @@ TRANSIENT_MESSAGES = ("batch system daemon not responding", "Cannot connect to L
 # ... and after it was sent: the job may be in (bjobs -a will tell)
 ANSWER_LOST_MESSAGES = ("Communication time out", "timed out")
 NOTHING_LISTED = ("No job found", "is not found", "No matching job found")
+# LSF before 10.1 has no bjobs -json: its -o output, one delimited line a job, instead
+TEXT_DELIMITER = "^"
 
 
 def classify_refusal(stderr: str) -> str:
@@ -80,10 +87,22 @@ def parse_max_array_size(text: str) -> int | None:
     return None
 
 
+# The exit code of a job LSF killed at its run limit (TERM_RUNLIMIT: 128 + SIGUSR2).
+RUN_LIMIT_EXIT_CODE = "140"
+
+
+def run_limit_scaled(text: str, factor: float) -> str:
+    """bsub -W's ``[hours:]minutes`` times ``factor``, rounded up to the minute."""
+    hours, _, minutes = text.strip().rpartition(":")
+    total = math.ceil((float(hours or 0) * 60 + float(minutes)) * factor)
+    return f"{total // 60}:{total % 60:02d}"
+
+
 def classify(state: str, exit_code: str, reason: str) -> TaskStatus:
     """Normalise a bjobs STAT, with its exit code and pending reason for the log."""
     words = " ".join(w for w in (state, f"exit {exit_code}" if exit_code else "", reason) if w)
-    return TaskStatus(_STATES[state], words, state == "DONE")
+    return TaskStatus(_STATES[state], words, state == "DONE",
+                      "time" if state == "EXIT" and exit_code == RUN_LIMIT_EXIT_CODE else None)
 
 
 def read_records(text: str) -> list[dict[str, str]]:
@@ -97,6 +116,30 @@ def read_records(text: str) -> list[dict[str, str]]:
     return records
 
 
+def read_text_records(text: str, fields: str) -> list[dict[str, str]]:
+    """The lines of ``bjobs -noheader -o "<fields> delimiter='^'"`` as the records of -json
+    ("-" is an empty field). The last field may hold the delimiter: the pending reason is
+    last."""
+    names = [name.upper() for name in fields.split()]
+    records = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        values = line.split(TEXT_DELIMITER, len(names) - 1)
+        if len(values) != len(names):
+            raise unparseable("bjobs -noheader -o", line)
+        records.append({name: "" if value.strip() == "-" else value.strip()
+                        for name, value in zip(names, values)})
+    return records
+
+
+def json_refused(returncode: int, stderr: str) -> bool:
+    """Whether bjobs refused -json, as an LSF before 10.1 does (the other options of the call
+    are older)."""
+    return returncode != 0 and any(words in stderr.lower() for words in (
+        "illegal option", "invalid option", "unknown option"))
+
+
 def listing(returncode: int, stdout: str, stderr: str) -> str | None:
     """bjobs' output: its JSON; "" when it found no job (it exits 255 saying so); None when
     it failed."""
@@ -108,9 +151,16 @@ def listing(returncode: int, stdout: str, stderr: str) -> str | None:
 def parse_bjobs_json(text: str, jobs: Sequence[JobRecord]) -> PollResult:
     """``bjobs -a -json -o "jobid stat job_name exit_code pend_reason"`` -> statuses of the
     elements of ``jobs``. A record with an ERROR field (a job that is not found) is skipped."""
+    return parse_bjobs_records(read_records(text), jobs)
+
+
+def parse_bjobs_records(records: Sequence[dict[str, str]], jobs: Sequence[JobRecord]
+                        ) -> PollResult:
+    """Records of ``bjobs -json`` (or lines read by :func:`read_text_records`) -> statuses of
+    the elements of ``jobs``."""
     by_id = {job["job_id"]: job for job in jobs}
     result: PollResult = {}
-    for record in read_records(text):
+    for record in records:
         if "ERROR" in record:
             continue
         job = by_id.get(record.get("JOBID", ""))
@@ -119,7 +169,7 @@ def parse_bjobs_json(text: str, jobs: Sequence[JobRecord]) -> PollResult:
             continue
         state = record.get("STAT", "")
         if state not in _STATES:
-            raise unparseable("bjobs -json", json.dumps(record))
+            raise unparseable("bjobs", json.dumps(record))
         status = classify(state, record.get("EXIT_CODE", ""), record.get("PEND_REASON", ""))
         result[(job["job_id"], job["offset"] + int(element["index"]))] = status
     return result
@@ -140,6 +190,9 @@ class LsfScheduler(ArrayScheduler):
             walltime: Annotated[str | None, "bsub -W, a job's run limit ('[hours:]minutes')"] = None,
             memory: Annotated[str | None, "bsub -M, the memory limit ('4GB')"] = None,
             project: Annotated[str | None, "bsub -P, the project charged"] = None,
+            gpus_per_task: Annotated[int | None, "bsub -gpu \"num=N\": GPUs for each chunk's job"] = None,
+            setup: Annotated[Sequence[str], "shell lines run on the node before each job's "
+                                            "Python starts ('module load gdal'), in bash"] = (),
             bsub_args: Annotated[Sequence[str], "more bsub arguments, as given"] = (),
             max_array_size: Annotated[int | None, "the site's MAX_JOB_ARRAY_SIZE (default: asked)"] = None,
             lsf_call_timeout: Annotated[float, "seconds one LSF command may take"] = 60.0,
@@ -149,9 +202,14 @@ class LsfScheduler(ArrayScheduler):
             badmin_path: Annotated[str, "the badmin command (reads MAX_JOB_ARRAY_SIZE)"] = "badmin"):
         self.array = True  # always: an array of one element is a job like any other
         args: list[str] = []
-        for flag, value in (("-q", queue), ("-W", walltime), ("-M", memory), ("-P", project)):
+        for flag, value in (("-q", queue), ("-P", project)):
             if value is not None:
                 args += [flag, value]
+        if gpus_per_task:
+            args += ["-gpu", f"num={gpus_per_task}"]
+        self.requests = {"time": walltime, "mem": memory}
+        self.request_options = {"time": "walltime", "mem": "memory"}
+        self.setup = checked_setup(setup)
         for requirement in resources:
             args += ["-R", requirement]
         self.resource_args = args + list(bsub_args)
@@ -163,9 +221,13 @@ class LsfScheduler(ArrayScheduler):
                                    classify_refusal)
         self.throttle = ArrayThrottle()
         self._max_array_size = max_array_size
+        self.json_output = True  # until bjobs refuses -json (LSF before 10.1)
 
     def check_available(self) -> None:
         require_commands("LSF", self.paths)
+
+    def scale_request(self, kind: str, value: str, factor: float) -> str:
+        return run_limit_scaled(value, factor) if kind == "time" else scale_memory(value, factor)
 
     def max_array_size(self) -> int:
         """The site's MAX_JOB_ARRAY_SIZE, asked once: badmin's answer, else LSF's default."""
@@ -188,41 +250,64 @@ class LsfScheduler(ArrayScheduler):
         limit = f"%{throttle}" if throttle else ""
         name = f"{spec.job_name}[{index_ranges([c - offset for c in chunks])}]{limit}"
         # bsub hands its command to a shell: one quoted line, as SLURM's --wrap
-        command = shlex.join(["exec", spec.python_path, spec.script_path, "--env",
-                              "LSB_JOBINDEX", "--offset", str(offset)])
+        command = node_shell_command(spec.python_path, spec.script_path,
+                                     ["--env", "LSB_JOBINDEX", "--offset", str(offset)],
+                                     self.setup, spec.mode)
+        requests = {**self.requests, **spec.resources}  # the pool's, or a retry's
+        request_args = [arg for flag, kind in (("-W", "time"), ("-M", "mem"))
+                        if requests.get(kind) is not None for arg in (flag, requests[kind])]
         # -env none: the driver's environment travels in script.py (0600), not in LSF's spool
         argv = [self.paths["bsub_path"], "-J", name, "-o", spec.scheduler_log, "-env", "none",
-                *self.resource_args, command]
+                *self.resource_args, *request_args, command]
         record: JobRecord = {"job_id": self.submitter.submit(spec, argv), "chunks": chunks,
                              "array": True, "offset": offset}
         self.throttle.note(spec, [record])
         return record
 
     def _bjobs_argv(self, spec: SubmitSpec, fields: str) -> list[str]:
-        return [self.paths["bjobs_path"], "-a", "-json", "-o", fields, "-u", self.user,
-                "-J", spec.job_name]
+        output = ["-json", "-o", fields] if self.json_output else [
+            "-noheader", "-o", f"{fields} delimiter='{TEXT_DELIMITER}'"]
+        return [self.paths["bjobs_path"], "-a", *output, "-u", self.user, "-J", spec.job_name]
+
+    def _records(self, text: str, fields: str) -> list[dict[str, str]]:
+        return read_records(text) if self.json_output else read_text_records(text, fields)
+
+    def _bjobs(self, spec: SubmitSpec, fields: str, once: bool
+               ) -> tuple[list[str], subprocess.CompletedProcess[str] | None]:
+        """Run the map's listing; where bjobs refuses -json, again (and from now on) with
+        the delimited text output."""
+        for _ in range(2):
+            argv = self._bjobs_argv(spec, fields)
+            result = (self.runner.run_once(argv) if once else
+                      self.runner.run(argv, ok_codes=(0, 255), retry=False))
+            if not (self.json_output and result is not None
+                    and json_refused(result.returncode, result.stderr)):
+                break
+            self.json_output = False
+        return argv, result
 
     def _listed_job_ids(self, spec: SubmitSpec) -> set[str] | None:
         """Ids of the map's jobs (finished ones too); None when bjobs did not answer."""
-        result = self.runner.run_once(self._bjobs_argv(spec, "jobid"))
+        _, result = self._bjobs(spec, "jobid", once=True)
         text = None if result is None else listing(result.returncode, result.stdout, result.stderr)
         if text is None:
             return None
         try:
-            return {r["JOBID"] for r in read_records(text) if "JOBID" in r and "ERROR" not in r}
+            return {r["JOBID"] for r in self._records(text, "jobid")
+                    if r.get("JOBID") and "ERROR" not in r}
         except SchedulerOutputError:
             return None
 
     # -- poll and cancel ---------------------------------------------------------------
     def poll(self, spec: SubmitSpec, jobs: Sequence[JobRecord]) -> PollResult:
         self.submitter.note(spec, jobs)
-        argv = self._bjobs_argv(spec, BJOBS_FIELDS)
-        result = self.runner.run(argv, ok_codes=(0, 255), retry=False)
+        argv, result = self._bjobs(spec, BJOBS_FIELDS, once=False)
+        assert result is not None  # runner.run raises rather than time out
         text = listing(result.returncode, result.stdout, result.stderr)
         if text is None:
             raise SchedulerError(f"`{' '.join(argv)}` exited {result.returncode}: "
                                  f"{result.stderr.strip()[-2000:]}")
-        return parse_bjobs_json(text, jobs)
+        return parse_bjobs_records(self._records(text, BJOBS_FIELDS), jobs)
 
     def cancel(self, spec: SubmitSpec, jobs: Sequence[JobRecord],
                chunks: Sequence[int] | None = None) -> None:

@@ -25,6 +25,8 @@ from poolparty_raster.schedulers.base import (CommandRunner, JobRecord, PollResu
                                               SubmitSpec, TaskState, TaskStatus, cancel_targets,
                                               contiguous_runs, require_commands, refusal_kind,
                                               split_by_span, unanswered, unparseable)
+from poolparty_raster.schedulers.jobcommand import (checked_setup, node_argv, scale_clock,
+                                                    scale_memory)
 
 _JOB_ID = re.compile(r"^\d+(\[\])?(\.\S+)?$")
 MAX_ARRAY_SIZE = 10_000  # PBS Pro's default max_array_size
@@ -44,6 +46,10 @@ def parse_job_id(stdout: str) -> str | None:
     """``qsub`` prints ``123.server`` for a job and ``123[].server`` for an array."""
     job_id = stdout.strip()
     return job_id if _JOB_ID.match(job_id) else None
+
+# PBS Pro's Exit_status when the MoM killed a job at a limit (JOB_EXEC_KILL_*): walltime,
+# mem, vmem.
+EXCEEDED = {-29: "time", -27: "mem", -26: "mem"}
 
 _SUBJOB = re.compile(r"^(?P<base>[^\[]+)\[(?P<index>\d*)\](?P<server>.*)$")
 _STATES = {"Q": TaskState.PENDING, "W": TaskState.PENDING, "T": TaskState.PENDING,
@@ -67,7 +73,8 @@ def parse_qstat_json(text: str, jobs: Sequence[JobRecord]) -> PollResult:
             raise unparseable("qstat -f -F json", f"{name}: job_state {letter!r}")
         reason = " ".join(str(fields[k]) for k in ("comment", "Exit_status") if k in fields)
         succeeded = _STATES[letter] is TaskState.FINISHED and fields.get("Exit_status") == 0
-        status = TaskStatus(_STATES[letter], f"{letter} {reason}".strip(), succeeded)
+        status = TaskStatus(_STATES[letter], f"{letter} {reason}".strip(), succeeded,
+                            EXCEEDED.get(fields.get("Exit_status")) if letter in "FX" else None)
         match = _SUBJOB.match(name)
         if match and match["index"]:
             parent = f"{match['base']}[]{match['server']}"
@@ -88,6 +95,11 @@ class PbsScheduler(ArrayScheduler):
             queue: Annotated[str | None, "qsub -q"] = None,
             resources: Annotated[Sequence[str], "qsub -l requests ('select=1:ncpus=2:mem=4gb')"] = (),
             walltime: Annotated[str | None, "qsub -l walltime ('1:00:00')"] = None,
+            mem: Annotated[str | None, "qsub -l mem, the job's memory ('4gb')"] = None,
+            gpus_per_task: Annotated[int | None, "GPUs for each chunk's job: ngpus=N in its "
+                                                  "select (one is added if none is given)"] = None,
+            setup: Annotated[Sequence[str], "shell lines run on the node before each job's "
+                                            "Python starts ('module load gdal'), in bash"] = (),
             account: Annotated[str | None, "qsub -A"] = None,
             qsub_args: Annotated[Sequence[str], "more qsub arguments, as given"] = (),
             pbs_call_timeout: Annotated[float, "seconds one PBS command may take"] = 60.0,
@@ -99,10 +111,16 @@ class PbsScheduler(ArrayScheduler):
         args: list[str] = []
         if queue:
             args += ["-q", queue]
+        selects = [r for r in resources if r.startswith("select=")]
+        if gpus_per_task and not selects:
+            resources = [*resources, "select=1"]
         for resource in resources:
+            if gpus_per_task and resource.startswith("select="):
+                resource = f"{resource}:ngpus={gpus_per_task}"
             args += ["-l", resource]
-        if walltime:
-            args += ["-l", f"walltime={walltime}"]
+        self.requests = {"time": walltime, "mem": mem}
+        self.request_options = {"time": "walltime", "mem": "mem"}
+        self.setup = checked_setup(setup)
         if account:
             args += ["-A", account]
         self.resource_args = args + list(qsub_args)
@@ -117,6 +135,15 @@ class PbsScheduler(ArrayScheduler):
 
     def check_available(self) -> None:
         require_commands("PBS", self.paths)
+
+    def scale_request(self, kind: str, value: str, factor: float) -> str:
+        return scale_clock(value, factor, 1) if kind == "time" else scale_memory(value, factor)
+
+    def _request_args(self, spec: SubmitSpec) -> list[str]:
+        """-l walltime and -l mem: the pool's, or this submission's (a retry's)."""
+        requests = {**self.requests, **spec.resources}
+        return [arg for kind, value in requests.items() if value is not None
+                for arg in ("-l", f"{self.request_options[kind]}={value}")]
 
     def submit(self, spec: SubmitSpec, chunks: Sequence[int]) -> Iterator[JobRecord]:
         if not self.array:
@@ -138,7 +165,8 @@ class PbsScheduler(ArrayScheduler):
             throttle = f"%{share}" if share else ""
             argv += ["-J", f"0-{len(chunks) - 1}{throttle}"]
             worker_args = ["--env", "PBS_ARRAY_INDEX", "--offset", str(offset)]
-        argv += [*self.resource_args, "--", spec.python_path, spec.script_path, *worker_args]
+        argv += [*self.resource_args, *self._request_args(spec), "--",
+                 *node_argv(spec.python_path, spec.script_path, worker_args, self.setup, spec.mode)]
         record: JobRecord = {"job_id": self.submitter.submit(spec, argv), "chunks": chunks,
                              "array": offset is not None}
         if offset is not None:

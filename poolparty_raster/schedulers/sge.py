@@ -14,6 +14,8 @@ Facts this module is built on (Son of Grid Engine 8.1.9, see shared/notes/real-s
 from __future__ import annotations
 
 import getpass
+import os
+import shutil
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator, Sequence
 from typing import Annotated
@@ -24,6 +26,8 @@ from poolparty_raster.schedulers.base import (UNCONFIRMED, CommandRunner, JobRec
                                               Submitter, SubmitSpec, TaskState, TaskStatus,
                                               contiguous_runs, require_commands, split_by_span,
                                               refusal_kind, unanswered, unparseable)
+from poolparty_raster.schedulers.jobcommand import (checked_setup, node_argv, scale_clock,
+                                                    scale_memory)
 
 # qsub refusals that pass once some of the user's jobs have ended (max_u_jobs, max_jobs)
 LIMIT_MESSAGES = ("jobs are allowed per user", "jobs are allowed per cluster")
@@ -52,6 +56,26 @@ def parse_config_value(text: str, key: str) -> int | None:
         if len(fields) == 2 and fields[0] == key and fields[1].isdigit():
             return int(fields[1])
     return None
+
+
+def parse_qacct(text: str) -> TaskStatus | None:
+    """``qacct -j ID [-t TASK]`` -> how the (last) run ended; None when nothing is listed.
+    ``failed 37 : qmaster enforced h_rt, h_cpu, or h_vmem limit`` is a kill at a limit: the
+    wall time, since an h_vmem limit is a setrlimit under which allocations fail (a
+    MemoryError in Python, the task's own exception), not a kill."""
+    failed = exit_status = None
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "failed":
+            failed = " ".join(value.split())
+        elif key == "exit_status":
+            exit_status = " ".join(value.split())
+    if failed is None:
+        return None
+    reason = f"qacct: failed {failed}, exit_status {exit_status}"
+    killed = failed.split()[0] == "37"
+    return TaskStatus(TaskState.FINISHED, reason, failed.split()[0] == "0" and exit_status == "0",
+                      "time" if killed else None)
 
 
 def classify(state: str) -> TaskStatus:
@@ -122,6 +146,11 @@ class SgeScheduler(ArrayScheduler):
             parallel_environment: Annotated[tuple[str, int] | None,
                                             "qsub -pe (name, slots) for a multi-slot task"] = None,
             project: Annotated[str | None, "qsub -P"] = None,
+            gpus_per_task: Annotated[int | None, "GPUs for each chunk's job, as -l "
+                                                  "<gpu_resource>=N"] = None,
+            gpu_resource: Annotated[str, "the site's consumable that counts GPUs"] = "gpu",
+            setup: Annotated[Sequence[str], "shell lines run on the node before each job's "
+                                            "Python starts ('module load gdal'), in bash"] = (),
             qsub_args: Annotated[Sequence[str], "more qsub arguments, as given"] = (),
             sge_call_timeout: Annotated[float, "seconds one Grid Engine command may take"] = 60.0,
             qsub_path: Annotated[str, "the qsub command"] = "qsub",
@@ -132,8 +161,18 @@ class SgeScheduler(ArrayScheduler):
         args: list[str] = []
         if queue_name:
             args += ["-q", queue_name]
+        # h_rt and h_vmem are what a retry may enlarge: kept apart (see _request_args).
+        self.requests = {"time": None, "mem": None}
+        self.request_options = {"time": "h_rt", "mem": "h_vmem"}
         for resource in resources:
-            args += ["-l", resource]
+            name, _, value = resource.partition("=")
+            kind = {"h_rt": "time", "h_vmem": "mem"}.get(name.strip())
+            if kind is not None and "," not in resource:
+                self.requests[kind] = value.strip()
+            else:
+                args += ["-l", resource]
+        if gpus_per_task:
+            args += ["-l", f"{gpu_resource}={gpus_per_task}"]
         if parallel_environment:
             args += ["-pe", parallel_environment[0], str(parallel_environment[1])]
         if project:
@@ -141,6 +180,10 @@ class SgeScheduler(ArrayScheduler):
         self.resource_args = args + list(qsub_args)
         self.paths = {"qsub_path": qsub_path, "qstat_path": qstat_path, "qdel_path": qdel_path}
         self.qconf_path = qconf_path
+        # qacct beside the qsub in use: an accounting of another installation knows nothing.
+        self.qacct_path = os.path.join(os.path.dirname(shutil.which(qsub_path) or qsub_path),
+                                       "qacct")
+        self.setup = checked_setup(setup)
         self.runner = CommandRunner(timeout=sge_call_timeout, pause=self.pause)
         self.user = getpass.getuser()
         # qstat lists a job only until it ends: a lost answer stays unconfirmed (see Submitter)
@@ -152,6 +195,29 @@ class SgeScheduler(ArrayScheduler):
 
     def check_available(self) -> None:
         require_commands("Grid Engine", self.paths)
+
+    def scale_request(self, kind: str, value: str, factor: float) -> str:
+        return scale_clock(value, factor, 1) if kind == "time" else scale_memory(value, factor)
+
+    asks_after_end = True  # qstat drops an ended job: qacct tells why it ended
+
+    def end_status(self, spec: SubmitSpec, job: JobRecord, chunk: int) -> TaskStatus | None:
+        if job["job_id"].startswith(UNCONFIRMED):
+            return TaskStatus(TaskState.FINISHED, "gone from the queue")
+        argv = [self.qacct_path, "-j", job["job_id"]]
+        if job.get("array"):
+            argv += ["-t", str(chunk - job["offset"] + 1)]
+        try:
+            result = self.runner.run_once(argv)
+        except SchedulerUnavailableError:  # no qacct here: it ended, nobody says how
+            return TaskStatus(TaskState.FINISHED, "gone from the queue")
+        return parse_qacct(result.stdout) if result is not None else None
+
+    def _request_args(self, spec: SubmitSpec) -> list[str]:
+        """-l h_rt and -l h_vmem: the pool's, or this submission's (a retry's)."""
+        requests = {**self.requests, **spec.resources}
+        return [arg for kind, value in requests.items() if value is not None
+                for arg in ("-l", f"{self.request_options[kind]}={value}")]
 
     def release(self, jobs: Sequence[JobRecord]) -> None:
         """A job whose qsub answer was lost may have got in unseen: queued after the map
@@ -207,7 +273,10 @@ class SgeScheduler(ArrayScheduler):
             if throttle:
                 argv += ["-tc", str(throttle)]
             worker_args = ["--env", "SGE_TASK_ID", "--offset", str(offset - 1)]
-        argv += [*self.resource_args, spec.python_path, spec.script_path, *worker_args]
+        # Set-up lines make the job `bash -c TEXT`: the user's own lines, never the
+        # driver's environment, so what the spool keeps of the argv is harmless.
+        argv += [*self.resource_args, *self._request_args(spec),
+                 *node_argv(spec.python_path, spec.script_path, worker_args, self.setup, spec.mode)]
         record: JobRecord = {"job_id": self.submitter.submit(spec, argv), "chunks": chunks,
                              "array": offset is not None}
         if offset is not None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import getpass
 import os
 import re
-import shlex
 from collections.abc import Iterator, Sequence
 from typing import Annotated
 
@@ -20,6 +19,8 @@ from poolparty_raster.schedulers.base import (CommandRunner, JobRecord, PollResu
                                               Submitter, SubmitSpec, TaskState, TaskStatus,
                                               cancel_targets, index_ranges, require_commands,
                                               refusal_kind, split_by_span, unparseable)
+from poolparty_raster.schedulers.jobcommand import (checked_setup, node_shell_command,
+                                                    scale_clock, scale_memory)
 
 SQUEUE_FORMAT = "%i|%F|%K|%T|%r"
 # What sbatch passes of the driver's environment: script.py carries the rest (0600, in the
@@ -37,6 +38,8 @@ _PENDING = {"PENDING", "REQUEUED", "REQUEUE_FED"}
 _HELD = {"RESV_DEL_HOLD", "REQUEUE_HOLD", "SPECIAL_EXIT"}
 _FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
              "PREEMPTED", "BOOT_FAIL", "DEADLINE", "REVOKED"}
+# End states that say which request the job outgrew (a deadline is not the job's own).
+EXCEEDED = {"TIMEOUT": "time", "OUT_OF_MEMORY": "mem"}
 # Pending reasons that will not resolve by themselves, but that a new submission fixes.
 ERROR_REASONS = ("launch failed requeued held", "JobHeldAdmin", "requeued in held state",
                  "JobHoldMaxRequeue")
@@ -77,7 +80,8 @@ def classify(state: str, reason: str) -> TaskStatus:
     if state in _RUNNING:
         return TaskStatus(TaskState.RUNNING, reason)
     if state in _FINISHED:
-        return TaskStatus(TaskState.FINISHED, f"{state} {reason}".strip(), state == "COMPLETED")
+        return TaskStatus(TaskState.FINISHED, f"{state} {reason}".strip(), state == "COMPLETED",
+                          EXCEEDED.get(state))
     raise ValueError(state)
 
 
@@ -153,6 +157,9 @@ class SlurmScheduler(ArrayScheduler):
             mem: Annotated[str | None, "sbatch --mem, memory per node ('4G')"] = None,
             cpus_per_task: Annotated[int | None, "sbatch --cpus-per-task"] = None,
             gres: Annotated[str | None, "sbatch --gres ('gpu:1')"] = None,
+            gpus_per_task: Annotated[int | None, "sbatch --gpus-per-task: GPUs for each chunk's job"] = None,
+            setup: Annotated[Sequence[str], "shell lines run on the node before each job's "
+                                            "Python starts ('module load gdal'), in bash"] = (),
             account: Annotated[str | None, "sbatch --account"] = None,
             qos: Annotated[str | None, "sbatch --qos"] = None,
             sbatch_args: Annotated[Sequence[str], "more sbatch arguments, as given"] = (),
@@ -165,9 +172,12 @@ class SlurmScheduler(ArrayScheduler):
         self.array = array
         self.partition = partition
         options = {"partition": partition, "time": time, "mem": mem, "cpus-per-task": cpus_per_task,
-                   "gres": gres, "account": account, "qos": qos}
+                   "gres": gres, "gpus-per-task": gpus_per_task, "account": account, "qos": qos}
         self.resource_args = [f"--{k}={v}" for k, v in options.items() if v is not None]
         self.resource_args += list(sbatch_args)
+        self.requests = {"time": time, "mem": mem}
+        self.request_options = {"time": "time", "mem": "mem"}
+        self.setup = checked_setup(setup)
         self.paths = {"sbatch_path": sbatch_path, "squeue_path": squeue_path,
                       "scancel_path": scancel_path}
         self.scontrol_path = scontrol_path or sibling(sbatch_path, "scontrol")
@@ -182,6 +192,16 @@ class SlurmScheduler(ArrayScheduler):
 
     def check_available(self) -> None:
         require_commands("SLURM", self.paths)
+
+    def scale_request(self, kind: str, value: str, factor: float) -> str:
+        return scale_clock(value, factor, 60) if kind == "time" else scale_memory(value, factor)
+
+    def _resource_args(self, spec: SubmitSpec) -> list[str]:
+        """The pool's requests, with this submission's --time and --mem (a retry's) instead
+        of the pool's."""
+        replaced = tuple(f"--{kind}=" for kind in spec.resources)
+        return ([arg for arg in self.resource_args if not (replaced and arg.startswith(replaced))]
+                + [f"--{kind}={value}" for kind, value in spec.resources.items()])
 
     # -- site facts, read once per pool --------------------------------------------------
     def max_array_size(self) -> int:
@@ -230,10 +250,11 @@ class SlurmScheduler(ArrayScheduler):
             worker_args = ["--env", "SLURM_ARRAY_TASK_ID", "--offset", str(offset)]
             limit = f"%{throttle}" if throttle else ""
             array_args = [f"--array={index_ranges([c - offset for c in chunks])}{limit}"]
-        command = shlex.join(["exec", spec.python_path, spec.script_path, *worker_args])
+        command = node_shell_command(spec.python_path, spec.script_path, worker_args, self.setup,
+                                     spec.mode)
         argv = [self.paths["sbatch_path"], "--parsable", f"--job-name={spec.job_name}",
                 f"--output={spec.scheduler_log}", "--open-mode=append", EXPORT, *array_args,
-                *self.resource_args, f"--wrap={command}"]
+                *self._resource_args(spec), f"--wrap={command}"]
         job_id = self.submitter.submit(spec, argv)
         record: JobRecord = {"job_id": job_id, "chunks": list(chunks), "array": offset is not None}
         if offset is not None:
