@@ -1,4 +1,4 @@
-"""dummy_queues: fake SLURM, Grid Engine, PBS Pro and IBM Spectrum LSF commands (and, in
+"""dummy_queues: fake SLURM, Grid Engine, PBS Pro, IBM Spectrum LSF and HTCondor commands (and, in
 ``dummy_queues.aws``, ECS and AWS Batch clients) for testing pipelines.
 
 Install the fakes and put them first on PATH; the pools then need no options::
@@ -6,15 +6,17 @@ Install the fakes and put them first on PATH; the pools then need no options::
     q = dummy_queues.install("/tmp/bin", scheduler="slurm", slots=4, max_array_size=1001)
     os.environ["PATH"] = "/tmp/bin:" + os.environ["PATH"]
 
-or, in pytest, use the fixtures ``dummy_slurm``, ``dummy_sge``, ``dummy_pbs``, ``dummy_lsf``
-(they yield a :class:`DummyQueue` and kill leftover jobs at teardown), or ``dummy_ecs`` and
+or, in pytest, use the fixtures ``dummy_slurm``, ``dummy_sge``, ``dummy_pbs``, ``dummy_lsf``,
+``dummy_htcondor`` (they yield a :class:`DummyQueue` and kill leftover jobs at teardown), or ``dummy_ecs`` and
 ``dummy_batch`` (see pytest_plugin.py).
 
 Commands: SLURM ``sbatch squeue scancel scontrol``(show config) ``sinfo``
 (``-N``, ``-p``, ``-o``); SGE ``qsub qstat``(plain, ``-xml``, ``-j``, ``-g c``) ``qdel qconf``
 (``-sconf``); PBS ``qsub qstat``(``-f -F json``; ``-u`` is refused, as it belongs to the
 alternate displays) ``qdel qselect``(``-N -u -x -J -T``); LSF ``bsub bjobs``(``-a -d -u -J
--o -json -noheader``) ``bkill badmin``(``showconf mbd``).  Unknown flags are rejected
+-o -json -noheader``) ``bkill badmin``(``showconf mbd``); HTCondor ``condor_submit``(``-terse``,
+a submit description file) ``condor_q``(``-json -attributes -constraint -factory``)
+``condor_history``(``-json``) ``condor_rm``.  Unknown flags are rejected
 (stderr, rc != 0).
 State lives in one ``queue_state.json`` beside the scripts (or ``state_path``),
 changed only under a file lock and replaced atomically.  Jobs run under detached
@@ -26,7 +28,7 @@ DummyQueue API:
   jobs(), state(), calls, calls_to(cmd), submissions, wait_idle(timeout)
   inject_error_state(task=None, name=None, count=1, reason=None)
       SLURM: PENDING "launch failed requeued held" (or reason, e.g. "JobHeldAdmin");
-      SGE: Eqw; PBS: H; LSF: PSUSP.  Stays until cancelled; count decrements per occurrence
+      SGE: Eqw; PBS: H; LSF: PSUSP; HTCondor: held.  Stays until cancelled; count decrements per occurrence
       across resubmissions (an element is matched when it would start).
   inject_vanish(task=None, name=None, count=1)
       never runs, writes nothing; SLURM shows NODE_FAIL/NodeDown in --states=all.
@@ -61,6 +63,12 @@ Choices where no real output was available:
 - LSF (no real LSF was available; formats from IBM's LSF 10.1 reference): see
   docs/dummy-queues.md for its choices (jobs start in the submission directory, -env none
   passes a login-like minimum, nothing found exits 255).
+- HTCondor (no real HTCondor was available; formats from the HTCondor manual): vanilla
+  universe only, one queue statement (``queue N`` or ``queue NAME in (...)``); the
+  submit description's macros are expanded in ``environment`` per proc, in ``arguments`` per
+  cluster; a job gets only its ``environment`` line and HTCondor's own variables unless
+  ``getenv = true``; max_materialize is kept; a run limit (inject_timeout) removes the proc
+  with a PeriodicRemove reason.
 """
 from ._queue import DummyQueue, install
 

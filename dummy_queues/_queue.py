@@ -11,9 +11,10 @@ from typing import Any
 from . import _state
 
 COMMANDS = {"slurm": ("sbatch", "squeue", "scancel", "scontrol", "sinfo"),
-            "sge": ("qsub", "qstat", "qdel", "qconf"),
+            "sge": ("qsub", "qstat", "qdel", "qconf", "qacct"),
             "pbs": ("qsub", "qstat", "qdel", "qselect"),
-            "lsf": ("bsub", "bjobs", "bkill", "badmin")}
+            "lsf": ("bsub", "bjobs", "bkill", "badmin"),
+            "htcondor": ("condor_submit", "condor_q", "condor_history", "condor_rm")}
 COMMAND_MODES = ("fail", "hang", "garble", "lose_id", "late")
 
 
@@ -87,13 +88,15 @@ class DummyQueue:
         """The next `count` matching elements land in an error state instead of running.
 
         SLURM: PENDING with reason `launch failed requeued held` (or `reason`,
-        e.g. "JobHeldAdmin"); SGE: Eqw; PBS: H; LSF: PSUSP.  They stay until cancelled.
+        e.g. "JobHeldAdmin"); SGE: Eqw; PBS: H; LSF: PSUSP; HTCondor: held (JobStatus 5,
+        over its memory by default).  They stay until cancelled.
         task: array task id as the scheduler numbers it; name: job name or glob.
         """
         if reason is None:
             reason = {"slurm": "launch failed requeued held",
                       "sge": "exit_status of job start = 100",
-                      "lsf": "The job was suspended by LSF admin or root while pending"
+                      "lsf": "The job was suspended by LSF admin or root while pending",
+                      "htcondor": _htcondor_hold_reason(),
                       }.get(self.scheduler, "")
         self._add_fault("error_state", task=task, name=name, count=count, reason=reason)
 
@@ -139,11 +142,12 @@ class DummyQueue:
     def set_limits(self, max_array_size: int | None = None,
                    max_jobs_per_user: int | None = None, max_job_count: int | None = None,
                    min_job_age: float | None = None, slots: int | None = None,
-                   kill_wait: float | None = None) -> None:
-        """Change site limits; None leaves a limit as it is (use 0 for no per-user cap)."""
+                   kill_wait: float | None = None, lsf_json: bool | None = None) -> None:
+        """Change site limits; None leaves a limit as it is (use 0 for no per-user cap).
+        lsf_json=False: an LSF before 10.1, whose bjobs has no -json."""
         with self._store.edit() as st:
             conf = st["cluster"]
-            for key, value in (("max_array_size", max_array_size),
+            for key, value in (("lsf_json", lsf_json), ("max_array_size", max_array_size),
                                ("max_job_count", max_job_count),
                                ("min_job_age", min_job_age), ("slots", slots),
                                ("kill_wait", kill_wait)):
@@ -168,6 +172,11 @@ class DummyQueue:
                 if _state.is_alive(proc["pid"], proc["pstart"]):
                     os.kill(proc["pid"], signal.SIGKILL)
             st["hanging"] = []
+
+
+def _htcondor_hold_reason() -> str:
+    from .htcondor import HELD_FOR_MEMORY
+    return HELD_FOR_MEMORY
 
 
 SCRIPT = """#!{python}

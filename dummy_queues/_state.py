@@ -39,6 +39,7 @@ DEFAULT_CLUSTER: dict[str, Any] = {
     "kill_wait": 1.0,  # SIGTERM -> SIGKILL grace (real SLURM KillWait is 5 s; kept short for tests)
     "hostname": "vm",
     "server": "pbsserver",
+    "lsf_json": True,  # LSF's bjobs has -json (10.1 on); False: an older LSF
 }
 
 
@@ -181,7 +182,27 @@ def schedule(state: dict[str, Any], path: str, now: float | None = None) -> None
             with contextlib.suppress(OSError, TypeError):
                 os.unlink(name)
         del state["jobs"][jid]
+    materialize(state)
     _start_pending(state, path, now)
+
+
+def materialize(state: dict[str, Any]) -> None:
+    """HTCondor's max_materialize: a cluster's procs enter the queue in order while fewer than
+    its limit are in it (idle, running or held); the others are not jobs yet."""
+    limited = {jid: job for jid, job in state["jobs"].items() if job.get("materialize_limit")}
+    if not limited:
+        return
+    procs: dict[str, dict[int, dict[str, Any]]] = {jid: {} for jid in limited}
+    for elem in state["elements"].values():
+        if str(elem["job"]) in procs:
+            procs[str(elem["job"])][elem["task"]] = elem
+    for jid, job in limited.items():
+        def queued(task: int) -> bool:
+            return task in procs[jid] and procs[jid][task]["state"] in ACTIVE
+        in_queue = sum(1 for task in range(job["next_proc"]) if queued(task))
+        while job["next_proc"] < job["procs"] and in_queue < job["materialize_limit"]:
+            in_queue += queued(job["next_proc"])
+            job["next_proc"] += 1
 
 
 def running_counts(state: dict[str, Any]) -> tuple[int, dict[int, int]]:
@@ -203,6 +224,8 @@ def _start_pending(state: dict[str, Any], path: str, now: float) -> None:
         if elem["state"] != "PENDING":
             continue
         job = state["jobs"][str(elem["job"])]
+        if job.get("materialize_limit") and elem["task"] >= job["next_proc"]:
+            continue  # HTCondor: not materialized, not a job yet
         throttle = job.get("throttle")
         if throttle and per_job.get(elem["job"], 0) >= throttle:
             continue

@@ -1,4 +1,5 @@
-"""pytest fixtures dummy_slurm, dummy_sge, dummy_pbs, dummy_lsf, dummy_ecs and dummy_batch (registered
+"""pytest fixtures dummy_slurm, dummy_sge, dummy_pbs, dummy_lsf, dummy_htcondor, dummy_ecs and
+dummy_batch (registered
 via the pytest11 entry point).
 
 The command-line ones install fake commands into a per-test temp dir, put that dir first on
@@ -56,6 +57,13 @@ def dummy_lsf(tmp_path_factory: pytest.TempPathFactory,
               monkeypatch: pytest.MonkeyPatch) -> Iterator[DummyQueue]:
     """A fake IBM Spectrum LSF (bsub bjobs bkill badmin) first on PATH."""
     yield from _fixture("lsf", tmp_path_factory, monkeypatch)
+
+
+@pytest.fixture
+def dummy_htcondor(tmp_path_factory: pytest.TempPathFactory,
+                   monkeypatch: pytest.MonkeyPatch) -> Iterator[DummyQueue]:
+    """A fake HTCondor (condor_submit condor_q condor_history condor_rm) first on PATH."""
+    yield from _fixture("htcondor", tmp_path_factory, monkeypatch)
 
 
 def _aws_fixture(kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:

@@ -21,7 +21,8 @@ FEATURES_PROBE_NAME = "features.probe"  # fsfeatures.py's temporary files are na
 FIXED_NAMES = frozenset({
     MARK_NAME, "manifest.json", "tasks.zip", "script.py", "log.jsonl", "jobs.jsonl",
     "scheduler.log", "driver.lock", "claims", "tasks.results.zip", "tasks.exceptions.zip",
-    "tasks.stdout.zip", "tasks.stderr.zip", "space.probe", FEATURES_PROBE_NAME})
+    "tasks.stdout.zip", "tasks.stderr.zip", "space.probe", FEATURES_PROBE_NAME,
+    "condor.submit"})
 # Files only the driver writes (it holds driver.lock meanwhile): a temporary file of one of
 # these is a killed driver's leftover, which the next driver removes.
 DRIVER_WRITTEN = frozenset({"manifest.json", "tasks", "jobs.jsonl", "tasks.results.zip",

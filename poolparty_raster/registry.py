@@ -76,6 +76,10 @@ BACKENDS: tuple[Backend, ...] = (
     Backend(name="lsf", pool_class="LsfPool", scheduler_class="LsfScheduler",
             applier_kind="CW_LSF", node_variable_prefixes=("LSB_", "LSF_"),
             node_variables=("LS_SUBCWD", "LS_EXECCWD", "LS_JOBPID"), dummy="dummy_lsf"),
+    # _CONDOR_* (slot, scratch directory, job ad) and BATCH_SYSTEM are set per job.
+    Backend(name="htcondor", pool_class="HTCondorPool", scheduler_class="HTCondorScheduler",
+            applier_kind="CW_HTCONDOR", node_variable_prefixes=("_CONDOR_", "_CHIRP_"),
+            node_variables=("BATCH_SYSTEM",), dummy="dummy_htcondor"),
     Backend(name="ecs", pool_class="EcsPool", scheduler_class="EcsScheduler",
             applier_kind="CW_ECS", node_variable_prefixes=("ECS_", "AWS_CONTAINER_"),
             dummy="dummy_ecs"),

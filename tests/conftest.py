@@ -72,6 +72,7 @@ BACKENDS = {
     "faulty_sge_array": ("faulty_sge", lambda **o: pp.SgePool(**o)),
     "faulty_pbs": ("faulty_pbs", lambda **o: pp.PbsPool(**o)),
     "faulty_lsf": ("faulty_lsf", lambda **o: pp.LsfPool(**o)),
+    "faulty_htcondor": ("faulty_htcondor", lambda **o: pp.HTCondorPool(**o)),
     "real_slurm": ("real_slurm", lambda **o: pp.SlurmArrayPool(**o)),
     "real_sge": ("real_sge", lambda **o: pp.SgePool(**o)),
     "real_slurm_workers": ("real_slurm", lambda **o: pp.SlurmArrayPool(mode="workers", max_workers=3, **o)),
@@ -112,7 +113,7 @@ def require_real(kind: str) -> None:
 
 COMMAND_FAULTS = {  # scheduler: (submission command, poll command)
     "slurm": ("sbatch", "squeue"), "sge": ("qsub", "qstat"), "pbs": ("qsub", "qstat"),
-    "lsf": ("bsub", "bjobs")}
+    "lsf": ("bsub", "bjobs"), "htcondor": ("condor_submit", "condor_q")}
 
 
 @pytest.fixture(autouse=True)
@@ -147,6 +148,11 @@ def faulty_pbs(dummy_pbs):
 @pytest.fixture
 def faulty_lsf(dummy_lsf):
     return _faulty(dummy_lsf)
+
+
+@pytest.fixture
+def faulty_htcondor(dummy_htcondor):
+    return _faulty(dummy_htcondor)
 
 
 @pytest.fixture

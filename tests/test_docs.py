@@ -195,7 +195,7 @@ def test_readme_keeps_the_two_commands():
 
 
 BACKEND_PAGES = {"local": "local.md", "slurm": "slurm.md", "sge": "sge.md", "pbs": "pbs.md",
-                 "lsf": "lsf.md", "ecs": "aws.md", "awsbatch": "aws.md"}
+                 "lsf": "lsf.md", "htcondor": "htcondor.md", "ecs": "aws.md", "awsbatch": "aws.md"}
 
 
 @pytest.mark.parametrize("entry", BACKENDS, ids=lambda b: b.name)

@@ -30,10 +30,13 @@ CLUSTERS = {
     "sge": ("dummy_sge", pp.SgePool, 1),
     "pbs": ("dummy_pbs", pp.PbsPool, 0),
     "lsf": ("dummy_lsf", pp.LsfPool, 1),
+    "htcondor": ("dummy_htcondor", pp.HTCondorPool, 0),
 }
-SUBMIT = {"slurm": "sbatch", "sge": "qsub", "pbs": "qsub", "lsf": "bsub"}
-POLL = {"slurm": "squeue", "sge": "qstat", "pbs": "qstat", "lsf": "bjobs"}
-CANCEL = {"slurm": "scancel", "sge": "qdel", "pbs": "qdel", "lsf": "bkill"}
+SUBMIT = {"slurm": "sbatch", "sge": "qsub", "pbs": "qsub", "lsf": "bsub",
+          "htcondor": "condor_submit"}
+POLL = {"slurm": "squeue", "sge": "qstat", "pbs": "qstat", "lsf": "bjobs", "htcondor": "condor_q"}
+CANCEL = {"slurm": "scancel", "sge": "qdel", "pbs": "qdel", "lsf": "bkill",
+          "htcondor": "condor_rm"}
 FAST = {"polling_interval": 0.3, "filesystem_lag": 0.3, "progress": False}
 
 
@@ -161,7 +164,8 @@ def test_failed_or_lost_submission_is_retried_and_never_duplicated(cluster, mode
     assert len(queue.submissions) == expected
 
 
-LISTING = {"slurm": "squeue", "sge": "qstat", "pbs": "qselect", "lsf": "bjobs"}
+LISTING = {"slurm": "squeue", "sge": "qstat", "pbs": "qselect", "lsf": "bjobs",
+           "htcondor": "condor_q"}
 
 
 def test_a_scheduler_out_of_reach_during_a_submission_defers_it(cluster, tmp_path):
@@ -311,9 +315,10 @@ def test_reason_no_resubmission_fixes_fails_the_map_at_once(dummy_slurm):
     assert all(job["state"] not in ("PENDING", "RUNNING", "ERROR") for job in dummy_slurm.jobs())
 
 
-def test_timed_out_task_is_resubmitted(dummy_slurm):
+def test_timed_out_task_is_resubmitted_when_asked(dummy_slurm):
     dummy_slurm.inject_timeout(0.2, task=1, count=1)
-    assert pp.SlurmArrayPool(**FAST).map(nap, range(3), chunksize=1) == [0, 1, 2]
+    pool = pp.SlurmArrayPool(retry_resources=lambda attempt, reason: {}, **FAST)
+    assert pool.map(nap, range(3), chunksize=1) == [0, 1, 2]
 
 
 RESUMABLE = textwrap.dedent("""

@@ -8,11 +8,12 @@ server does) loads them all; tests/test_registry.py checks this list against the
 """
 from poolparty_raster.pools.awsbatch import AwsBatchPool
 from poolparty_raster.pools.ecs import EcsPool
+from poolparty_raster.pools.htcondor import HTCondorPool
 from poolparty_raster.pools.local import LocalPool
 from poolparty_raster.pools.lsf import LsfPool
 from poolparty_raster.pools.pbs import PbsPool
 from poolparty_raster.pools.sge import SgePool
 from poolparty_raster.pools.slurm import SlurmArrayPool, SlurmPool
 
-__all__ = ["AwsBatchPool", "EcsPool", "LocalPool", "LsfPool", "PbsPool", "SgePool",
-           "SlurmArrayPool", "SlurmPool"]
+__all__ = ["AwsBatchPool", "EcsPool", "HTCondorPool", "LocalPool", "LsfPool", "PbsPool",
+           "SgePool", "SlurmArrayPool", "SlurmPool"]

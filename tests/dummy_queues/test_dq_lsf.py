@@ -1,12 +1,21 @@
 """The fake LSF: bsub arrays and environments, bjobs' formats (the same keys as the samples
-written from IBM's reference in tests/golden/lsf/), PSUSP, the run limit, bkill."""
+written from IBM's reference in tests/golden/lsf/), PSUSP, the run limit, bkill; and an LSF
+before 10.1, whose bjobs has no -json, with LsfPool reading its delimited lines."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
+import cloudpickle
+import pytest
 from dq_helpers import file_text, max_overlap, run, wait_for
 
+from poolparty_raster import LsfPool
+from poolparty_raster.errors import SchedulerOutputError
+from poolparty_raster.schedulers import lsf
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "lsf"
 FIELDS = "jobid stat job_name exit_code pend_reason"
 
@@ -87,3 +96,48 @@ def test_kill_by_name_nothing_found_and_refusals(dummy_lsf, tmp_path):
     assert run("bsub", "-x", "true").stderr.startswith("bsub: illegal option -- x")
     conf = run("badmin", "showconf", "mbd").stdout
     assert "    MAX_JOB_ARRAY_SIZE = 5" in conf.splitlines()
+
+
+# -- an LSF before 10.1: no bjobs -json -------------------------------------------------
+TEXT_FORMAT = f"{FIELDS} delimiter='^'"
+LSF_JOBS = [{"job_id": "1234", "chunks": list(range(10, 20)), "array": True, "offset": 9},
+            {"job_id": "1240", "chunks": [10], "array": True, "offset": 9}]
+
+
+def test_an_old_lsf_refuses_json_and_prints_the_sample_s_delimited_lines(dummy_lsf, tmp_path):
+    dummy_lsf.set_limits(lsf_json=False)
+    refused = run("bjobs", "-a", "-json", "-o", FIELDS)
+    assert refused.returncode == 255 and "illegal option" in refused.stderr
+    jid = bsub("-J", "old[1-2]", "-o", str(tmp_path / "log"), "exit 3")
+    assert dummy_lsf.wait_idle(10)
+    listed = run("bjobs", "-a", "-noheader", "-o", TEXT_FORMAT, "-J", "old")
+    sample = (GOLDEN / "bjobs_noheader_states.txt").read_text().splitlines()
+    assert listed.stdout.splitlines() == [f"{jid}^EXIT^old[1]^3^-", f"{jid}^EXIT^old[2]^3^-"]
+    assert {line.count("^") for line in sample + listed.stdout.splitlines()} == {4}
+
+
+def test_the_delimited_lines_read_as_the_json_records_do():
+    text = lsf.read_text_records((GOLDEN / "bjobs_noheader_states.txt").read_text(), FIELDS)
+    from_json = lsf.parse_bjobs_json((GOLDEN / "bjobs_json_states.json").read_text(), LSF_JOBS)
+    assert lsf.parse_bjobs_records(text, LSF_JOBS) == from_json
+    # the pending reason is last: it may hold the delimiter
+    (odd,) = lsf.read_text_records("1^PEND^pp[1]^-^a ^ b", FIELDS)
+    assert odd["PEND_REASON"] == "a ^ b" and odd["EXIT_CODE"] == ""
+    with pytest.raises(SchedulerOutputError, match="could not parse"):
+        lsf.read_text_records("1^PEND", FIELDS)
+
+
+def plus_one(x):
+    return x + 1
+
+
+def test_lsf_pool_on_an_old_lsf_reads_the_delimited_listing(dummy_lsf, tmp_path):
+    dummy_lsf.set_limits(lsf_json=False)
+    dummy_lsf.inject_command_failure("bsub", mode="lose_id")  # adopted through the listing
+    dummy_lsf.inject_error_state(task=2)  # PSUSP, read from a line: killed and resubmitted
+    pool = LsfPool(polling_interval=0.3, filesystem_lag=0.3, progress=False)
+    assert pool.map(plus_one, range(4), chunksize=1) == [1, 2, 3, 4]
+    listings = [c["argv"] for c in dummy_lsf.calls_to("bjobs")]
+    assert sum("-json" in argv for argv in listings) == 1  # asked once, then never again
+    assert all("-noheader" in argv for argv in listings if "-json" not in argv)
+    assert len(dummy_lsf.submissions) == 2 and dummy_lsf.calls_to("bkill")
