@@ -1,4 +1,5 @@
-"""Applier benchmarks: the raster applier against a plain rasterio window loop (the floor).
+"""Applier benchmarks: the raster applier against a plain rasterio window loop (the floor),
+and against RIOS itself where it can be imported (``rios_rows``).
 
 Serial copies write with exactly the floor's creation options (tiled 256, the codec, and
 ``NUM_THREADS=1`` given explicitly, since the applier otherwise adds ``ALL_CPUS``), without
@@ -10,9 +11,12 @@ the floor, writing a fresh file, would not pay).
 from __future__ import annotations
 
 import functools
+import json
 import multiprocessing
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import types
@@ -22,7 +26,7 @@ import numpy as np
 import rasterio
 
 from bench import rasters
-from bench.common import Row, interleaved, repetitions, timed, verdict
+from bench.common import ROOT, Row, interleaved, repetitions, skipped, timed, verdict
 from poolparty_raster import LocalPool, applier
 from poolparty_raster.applier.gdalcache import (effective_cap, input_cache_bytes,
                                                 output_cache_bytes)
@@ -115,7 +119,7 @@ def rows(quick: bool) -> list[Row]:
     try:
         # The compute rows' runs last 2-8 s each, six arms a repetition: 7 of them.
         return (_copy_rows(side, quick, tmp) + _parallel_copy_rows(side, quick, tmp)
-                + _compute_rows(side, 1 if quick else 7, tmp))
+                + _compute_rows(side, 1 if quick else 7, tmp) + rios_rows(quick))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -268,3 +272,91 @@ def _open_source(path: str) -> None:
 def _compute_window(function: Any, window: Any) -> None:
     outputs = types.SimpleNamespace()
     function(None, types.SimpleNamespace(img=_source.read(window=window)), outputs)
+
+
+# RIOS against the applier. RIOS is not on PyPI and needs GDAL's own Python bindings, which
+# this package does not: it runs in the interpreter this variable names (one where both
+# `import rios` and `import poolparty_raster` work), else in this one if it has RIOS.
+RIOS_PYTHON_VARIABLE = "POOLPARTY_BENCH_RIOS_PYTHON"
+# 9.4 Mpix: RIOS with statistics and pyramids takes seconds per run on it, and the
+# comparison has 12 arms.
+RIOS_SIDE = 3072
+RIOS_STYLES = {"serial": ("CW_NONE", 0), "2 threads": ("CW_THREADS", 2),
+               "2 processes": ("CW_SUBPROC", 2)}
+# The same GTiff for both (RIOS's GTiff defaults with 256-pixel tiles): RIOS would write
+# HFA whatever the name. The applier adds NUM_THREADS=ALL_CPUS to them, as it always does.
+RIOS_GTIFF = ["TILED=YES", "COMPRESS=DEFLATE", "INTERLEAVE=BAND", "BIGTIFF=IF_SAFER",
+              "BLOCKXSIZE=256", "BLOCKYSIZE=256"]
+
+
+def rios_rows(quick: bool) -> list[Row]:
+    """The applier against RIOS in one run, both with their default statistics and
+    pyramids, on a copy and a numpy-heavy function, serially, on 2 threads and on 2
+    processes; each arm pair interleaved. Skipped, saying why, where RIOS cannot be run."""
+    python = os.environ.get(RIOS_PYTHON_VARIABLE) or sys.executable
+    if subprocess.run([python, "-c", "import rios.applier, osgeo"],
+                      capture_output=True).returncode != 0:
+        return skipped("applier vs RIOS", f"RIOS (with GDAL's bindings, osgeo) is not "
+                       f"importable by {python}: install it from its source (ubarsc/rios) "
+                       f"and set {RIOS_PYTHON_VARIABLE} to that interpreter")
+    side, repeats = (rasters.QUICK_SIDE, 1) if quick else (RIOS_SIDE, 5)
+    # RIOS's CW_SUBPROC starts rios_computeworker from PATH: the interpreter's scripts.
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               PATH=os.path.dirname(python) + os.pathsep + os.environ.get("PATH", ""))
+    result = subprocess.run([python, "-m", "bench.applier", "rios", str(side), str(repeats)],
+                            capture_output=True, text=True, cwd=ROOT, env=env, timeout=7200)
+    if result.returncode != 0:
+        raise RuntimeError(f"the RIOS comparison failed:\n{result.stderr[-3000:]}")
+    return [tuple(row) for row in json.loads(result.stdout.strip().splitlines()[-1])]
+
+
+def _rios_comparison(side: int, repeats: int) -> list[Row]:
+    """Run in an interpreter with RIOS (rios_rows)."""
+    from rios import applier as rios_applier
+    from rios.structures import ConcurrencyStyle as RiosStyle
+
+    src = rasters.make("int16", side, "DEFLATE")
+    tmp = tempfile.mkdtemp(prefix="pp-bench-rios-")
+    numpy_heavy = calibrated_numpy_heavy(src, rasters.windows(side, side),
+                                         NUMPY_SECONDS * (side / rasters.FULL_SIDE) ** 2)
+
+    def run(module: Any, style: Any, function: Any, dst: str) -> None:
+        controls = module.ApplierControls()
+        controls.setOutputDriverName("GTiff")
+        controls.setCreationOptions(RIOS_GTIFF)
+        controls.setConcurrencyStyle(style)
+        infiles, outfiles = module.FilenameAssociations(), module.FilenameAssociations()
+        infiles.img, outfiles.out = src, dst
+        module.apply(function, infiles, outfiles, controls=controls)
+
+    out = []
+    try:
+        for work, function in (("copy", copy_block),
+                               (f"numpy-heavy ({numpy_heavy.rounds} rounds)", numpy_heavy)):
+            for style_name, (kind, workers) in RIOS_STYLES.items():
+                ours = applier.ConcurrencyStyle(
+                    numComputeWorkers=workers, computeWorkerKind=kind,
+                    computeWorkerExtraParams={"progress": False} if kind == "CW_SUBPROC" else {})
+                # RIOS reads in a read worker where compute workers do not read their own
+                # inputs (its own tests' threads and subprocess styles).
+                theirs = RiosStyle(numReadWorkers=1 if workers else 0,
+                                   numComputeWorkers=workers, computeWorkerKind=kind)
+                dst = {k: os.path.join(tmp, f"{k}.tif") for k in ("applier", "rios")}
+                t = interleaved({
+                    "applier": lambda: run(applier, ours, function, dst["applier"]),
+                    "rios": lambda: run(rios_applier, theirs, function, dst["rios"]),
+                }, repeats, warmup=repeats > 1, outputs=dst)
+                ratio = t.ratio("applier", "rios")
+                out.append((f"int16 {side}x{side} DEFLATE GTiff, statistics and pyramids, "
+                            f"{work}, {style_name}: applier / RIOS",
+                            f"{ratio:.2f}x ({t['applier']:.2f} s vs {t['rios']:.2f} s)",
+                            "<= 1.00x", verdict(ratio <= 1.0)))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+if __name__ == "__main__":
+    # python -m bench.applier rios SIDE REPEATS: the RIOS rows, as JSON on the last line.
+    if sys.argv[1:2] == ["rios"]:
+        print(json.dumps(_rios_comparison(int(sys.argv[2]), int(sys.argv[3]))))

@@ -7,8 +7,8 @@ Scripts written for ``rios.applier`` work after changing the import to
 """
 from poolparty_raster.applier.apply import apply
 from poolparty_raster.applier.concurrency import ALL_KINDS, POOL_KINDS
-from poolparty_raster.applier.controls import (BOUNDS_FROM_REFERENCE, CW_NONE, CW_THREADS,
-                                               DEFAULT_RESAMPLEMETHOD, DEFAULTFOOTPRINT,
+from poolparty_raster.applier.controls import (BOUNDS_FROM_REFERENCE, CW_NONE, CW_PROFILE,
+                                               CW_THREADS, DEFAULT_RESAMPLEMETHOD, DEFAULTFOOTPRINT,
                                                DEFAULTOVERLAP, DEFAULTWINDOWXSIZE,
                                                DEFAULTWINDOWYSIZE, INTERSECTION, UNION,
                                                ApplierControls, ConcurrencyStyle)

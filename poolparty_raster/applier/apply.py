@@ -24,12 +24,13 @@ from poolparty_raster.applier.grid import (compute_working_grid, describe_raster
                                            make_blocks, reference_name, task_sizes)
 from poolparty_raster.applier.poolfactory import (Scratch, how_tasks_run, make_pool, pool_width,
                                                   throttles)
-from poolparty_raster.applier.reader import check_input_nodata, input_specs
+from poolparty_raster.applier.reader import InputSpec, check_input_nodata, input_specs
 from poolparty_raster.applier.structures import (ApplierBlockDefn, ApplierReturn,
                                                  FilenameAssociations, SinglePassReport,
                                                  Timers)
 from poolparty_raster.applier.task import (PackedTaskPart, TaskPart, TaskResult, TaskRunner,
                                            TaskSpec, iter_task_blocks, new_stats)
+from poolparty_raster.applier.vectors import VectorSpec, check_vector_specs, vector_or_raise
 from poolparty_raster.applier.writer import OutputFile, finish_all, open_outputs
 
 # Tasks handed out but not yet written, per worker, where tasks are handed out lazily.
@@ -57,12 +58,17 @@ def apply(userFunction: Callable[..., Any], infiles: FilenameAssociations,
     timings = Timers()
     started = time.perf_counter()
     with timings.interval("setup"):
-        filenames = [filename for _, _, filename in infiles]
-        infos = describe_rasters([*filenames, reference_name(infiles, controls),
-                                  *(controls.files_for_extent or [])])
-        specs = input_specs(infiles, controls)
-        check_input_nodata(specs, infos)
-        grid = compute_working_grid(infiles, controls, infos)
+        infos = describe_rasters([f for _, _, f in infiles], not_a_raster=vector_or_raise)
+        vector_files = {f for _, _, f in infiles if f not in infos}
+        raster_infiles = _rasters_only(infiles, vector_files)
+        filenames = [filename for _, _, filename in raster_infiles]
+        reference = ([] if controls.referencePixgrid is not None
+                     else [reference_name(raster_infiles, controls)])
+        infos.update(describe_rasters([*reference, *(controls.files_for_extent or [])]))
+        specs = input_specs(infiles, controls, vector_files)
+        check_input_nodata([s for s in specs if isinstance(s, InputSpec)], infos)
+        check_vector_specs([s for s in specs if isinstance(s, VectorSpec)])
+        grid = compute_working_grid(raster_infiles, controls, infos)
         blocks = make_blocks(grid, controls.windowxsize, controls.windowysize)
         cache_bytes = None if user_chose_cache() else input_cache_bytes(
             [infos[f] for f in filenames], grid, controls.windowxsize, controls.windowysize,
@@ -87,6 +93,23 @@ def apply(userFunction: Callable[..., Any], infiles: FilenameAssociations,
     for output in outputs.values():
         output.report(single_pass)
     return ApplierReturn(timings, other_args_list, single_pass)
+
+
+def _rasters_only(infiles: FilenameAssociations,
+                  vector_files: set[str]) -> FilenameAssociations:
+    """``infiles`` without its vector files, which are burnt onto the working grid and so
+    take no part in making it (as in RIOS)."""
+    if not vector_files:
+        return infiles
+    rasters = FilenameAssociations()
+    for name, value in vars(infiles).items():
+        if isinstance(value, (list, tuple)):
+            kept = [f for f in value if str(f) not in vector_files]
+            if kept:
+                setattr(rasters, name, kept)
+        elif str(value) not in vector_files:
+            setattr(rasters, name, value)
+    return rasters
 
 
 def _run(spec: TaskSpec, blocks: list[ApplierBlockDefn], other_args: Any, outputs: Outputs,

@@ -1,5 +1,6 @@
 """ConcurrencyStyle: RIOS's description of how blocks are spread over workers, and the
-compute worker kinds (CW_*), one per backend in the registry besides in-process and threads."""
+compute worker kinds (CW_*), one per backend in the registry besides in-process, threads
+and a site profile's pool."""
 from __future__ import annotations
 
 import warnings
@@ -11,8 +12,10 @@ from poolparty_raster.registry import BACKENDS
 # in the registry adds the kind that runs them on its pool (CW_SUBPROC, CW_SLURM, ...).
 CW_NONE = "CW_NONE"
 CW_THREADS = "CW_THREADS"
+# The pool a site profile describes (profiles.py): the script names no backend.
+CW_PROFILE = "CW_PROFILE"
 POOL_KINDS = tuple(backend.applier_kind for backend in BACKENDS)
-ALL_KINDS = (CW_NONE, CW_THREADS, *POOL_KINDS)
+ALL_KINDS = (CW_NONE, CW_THREADS, CW_PROFILE, *POOL_KINDS)
 # RIOS scripts import the kinds by name: each backend's is a module-level name here too
 # (CW_SLURM == "CW_SLURM"), which controls.py and the applier package re-export.
 globals().update({kind: kind for kind in POOL_KINDS})
@@ -29,7 +32,10 @@ class ConcurrencyStyle:
 
     numComputeWorkers: threads, or worker jobs for pool kinds (0: the pool's default).
     computeWorkerKind: one of the CW_* constants; CW_NONE runs every block in the calling
-    process with nothing pickled. singleBlockComputeWorkers: one block per pool task (RIOS's
+    process with nothing pickled; CW_PROFILE the pool of the site profile
+    computeWorkerProfile names (None: the one $POOLPARTY_RASTER_PROFILE names; see
+    docs/profiles.md), numComputeWorkers and computeWorkerExtraParams winning over the
+    profile's options. singleBlockComputeWorkers: one block per pool task (RIOS's
     one-job-per-block meaning) instead of many. computeWorkerExtraParams: keyword arguments
     for the pool class's constructor; they win over what this style implies.
 
@@ -47,7 +53,8 @@ class ConcurrencyStyle:
                  computeBufferInsertTimeout: float | None = 10,
                  computeBufferPopTimeout: float | None = 20,
                  computeBarrierTimeout: float | None = 600,
-                 computeWorkerExtraParams: dict[str, Any] | None = None):
+                 computeWorkerExtraParams: dict[str, Any] | None = None,
+                 computeWorkerProfile: str | None = None):
         if computeWorkerKind not in ALL_KINDS:
             raise ValueError(f"unknown computeWorkerKind {computeWorkerKind!r}; "
                              f"expected one of {', '.join(ALL_KINDS)}")
@@ -55,6 +62,9 @@ class ConcurrencyStyle:
             raise ValueError("numComputeWorkers and numReadWorkers must be >= 0")
         if computeWorkerKind == CW_NONE and numComputeWorkers:
             raise ValueError("numComputeWorkers > 0 needs a computeWorkerKind other than CW_NONE")
+        if computeWorkerProfile is not None and computeWorkerKind != CW_PROFILE:
+            raise ValueError(f"computeWorkerProfile={computeWorkerProfile!r} needs "
+                             f"computeWorkerKind=CW_PROFILE, not {computeWorkerKind}")
         self.numReadWorkers = numReadWorkers
         self.numComputeWorkers = numComputeWorkers
         self.computeWorkerKind = computeWorkerKind
@@ -62,6 +72,7 @@ class ConcurrencyStyle:
         self.singleBlockComputeWorkers = singleBlockComputeWorkers
         self.haveSharedTemp = haveSharedTemp
         self.computeWorkerExtraParams = dict(computeWorkerExtraParams or {})
+        self.computeWorkerProfile = computeWorkerProfile
         given = dict(readBufferInsertTimeout=readBufferInsertTimeout,
                      readBufferPopTimeout=readBufferPopTimeout,
                      computeBufferInsertTimeout=computeBufferInsertTimeout,
@@ -80,7 +91,7 @@ class ConcurrencyStyle:
 
 _STYLE_ATTRIBUTES = ("numReadWorkers", "numComputeWorkers", "computeWorkerKind",
                      "computeWorkersRead", "singleBlockComputeWorkers", "haveSharedTemp",
-                     *_RIOS_TIMEOUTS, "computeWorkerExtraParams")
+                     *_RIOS_TIMEOUTS, "computeWorkerExtraParams", "computeWorkerProfile")
 
 
 def as_concurrency_style(style: Any) -> ConcurrencyStyle:

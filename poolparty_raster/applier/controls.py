@@ -6,12 +6,17 @@ from collections.abc import Callable
 from typing import Any
 
 from poolparty_raster.applier.concurrency import (ALL_KINDS, CW_NONE,  # noqa: F401
-                                                  CW_THREADS, POOL_KINDS, ConcurrencyStyle,
+                                                  CW_PROFILE, CW_THREADS, POOL_KINDS,
+                                                  ConcurrencyStyle,
                                                   as_concurrency_style)
+from poolparty_raster.applier.colortables import check_color_table_type
 from poolparty_raster.applier.gdalbindings import require_gdal
 from poolparty_raster.applier.sitedefaults import (DEFAULT_MINOVERVIEWDIM,  # noqa: F401
                                                    DEFAULT_OVERVIEWLEVELS, option_dict,
                                                    site_defaults)
+from poolparty_raster.applier.vectors import (DEFAULT_BURN_VALUE, DEFAULT_VECTOR_DTYPE,
+                                              DEFAULT_VECTOR_LAYER, DEFAULT_VECTOR_NULL,
+                                              VectorSetters)
 
 globals().update({kind: kind for kind in POOL_KINDS})  # CW_SLURM, ...: see concurrency.py
 
@@ -30,7 +35,7 @@ RESAMPLE_METHODS = ("near", "bilinear", "cubic", "cubicspline", "lanczos", "aver
                     "min", "max", "med", "q1", "q3", "sum", "rms")
 
 
-class ApplierControls:
+class ApplierControls(VectorSetters):
     """Options for ``apply``. Setters taking ``imagename`` (a symbolic name from infiles or
     outfiles) set the option for that image only; without it they set the default.
 
@@ -63,6 +68,12 @@ class ApplierControls:
             "layerselection": {None: None}, "singlePassPyramids": {None: None},
             "singlePassBasicStats": {None: None}, "singlePassHistogram": {None: None},
             "thematic": {None: False}, "callBeforeClose": {None: None},
+            "layerNames": {None: None},
+            "autoColorTableType": {None: check_color_table_type(site.auto_color_table_type)},
+            "burnValue": {None: DEFAULT_BURN_VALUE}, "burnAttribute": {None: None},
+            "filterSQL": {None: None}, "allTouched": {None: False},
+            "vectorDatatype": {None: DEFAULT_VECTOR_DTYPE},
+            "vectorNull": {None: DEFAULT_VECTOR_NULL}, "vectorLayer": {None: DEFAULT_VECTOR_LAYER},
         }
 
     def getOptionForImagename(self, option: str, imagename: str | None) -> Any:
@@ -224,6 +235,22 @@ class ApplierControls:
         0 (so the output's values must not be negative). False (default): athematic."""
         self._set("thematic", bool(thematicFlag), imagename)
 
+    def setLayerNames(self, layerNames: list[str] | None, imagename: str | None = None) -> None:
+        """Band names (GDAL band descriptions; HFA layer names) of the output(s), one per
+        band from the first; fewer names than bands is an error when the output is
+        created, more are ignored, as in RIOS."""
+        self._set("layerNames", None if layerNames is None else [str(n) for n in layerNames],
+                  imagename)
+
+    def setAutoColorTableType(self, autoColorTableType: str | None,
+                              imagename: str | None = None) -> None:
+        """A colour table, "rainbow", "gray" or "random", with an entry per class from 0
+        to each band's maximum, on thematic outputs (athematic ones are left alone, as in
+        RIOS); default: $RIOS_DFLT_AUTOCOLORTABLETYPE, else none. HFA outputs and GTiffs
+        of Byte or UInt16 get a colour table; others a raster attribute table's colour
+        columns, which needs GDAL's Python bindings (colortables.py)."""
+        self._set("autoColorTableType", check_color_table_type(autoColorTableType), imagename)
+
     def setCallBeforeClose(self, func: Callable[..., Any], args: tuple = (),
                            imagename: str | None = None) -> None:
         """Call ``func(ds, *args)`` on each output (or this one) once its pixels,
@@ -320,12 +347,6 @@ class ApplierControls:
         self.loggingstream = loggingstream
 
     # -- not supported: explicit, never silently ignored ---------------------------------
-    def setLayerNames(self, layerNames: Any, imagename: str | None = None) -> None:
-        raise NotImplementedError("setLayerNames is not supported by poolparty_raster")
-
-    def setAutoColorTableType(self, autoColorTableType: Any, imagename: str | None = None) -> None:
-        raise NotImplementedError("setAutoColorTableType is not supported by poolparty_raster")
-
     def setAllowOverviewsGdalwarp(self, allowOverviewsGdalwarp: bool) -> None:
         """False (RIOS's default) is what happens here: resampling reads the inputs' full
         resolution, never their overviews. True is not supported."""
@@ -337,32 +358,6 @@ class ApplierControls:
     def setJobManagerType(self, jobMgrType: Any) -> None:
         raise NotImplementedError("setJobManagerType (RIOS 1's job managers) is not supported "
                                   "by poolparty_raster: use setConcurrencyStyle or setPool")
-
-    def setVectorDatatype(self, vectordatatype: Any, imagename: str | None = None) -> None:
-        _no_vectors("setVectorDatatype")
-
-    def setBurnValue(self, burnvalue: Any, vectorname: str | None = None) -> None:
-        _no_vectors("setBurnValue")
-
-    def setBurnAttribute(self, burnattribute: Any, vectorname: str | None = None) -> None:
-        _no_vectors("setBurnAttribute")
-
-    def setFilterSQL(self, filtersql: Any, vectorname: str | None = None) -> None:
-        _no_vectors("setFilterSQL")
-
-    def setAlltouched(self, alltouched: Any, vectorname: str | None = None) -> None:
-        _no_vectors("setAlltouched")
-
-    def setVectorNull(self, nullval: Any, vectorname: str | None = None) -> None:
-        _no_vectors("setVectorNull")
-
-    def setVectorlayer(self, vectorlayer: Any, vectorname: str | None = None) -> None:
-        _no_vectors("setVectorlayer")
-
-
-def _no_vectors(setter: str) -> None:
-    raise NotImplementedError(f"{setter}: vector inputs are not supported by poolparty_raster "
-                              "(rasterise them first, e.g. with rasterio.features.rasterize)")
 
 
 def _positive(name: str, value: int) -> int:

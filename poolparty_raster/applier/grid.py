@@ -4,11 +4,13 @@ corner; world coordinates are (x, y) in the grid's CRS."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import rasterio
+import rasterio.errors
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.warp import transform_bounds
@@ -71,12 +73,22 @@ class RasterInfo:
         return WorkingGrid(self.transform, self.crs, self.width, self.height)
 
 
-def describe_rasters(filenames: list[str]) -> dict[str, RasterInfo]:
+def describe_rasters(filenames: list[str],
+                     not_a_raster: Callable[[str, Exception], None] | None = None
+                     ) -> dict[str, RasterInfo]:
     """Each distinct file opened once (an open costs milliseconds, more on a network
-    filesystem)."""
+    filesystem). A file rasterio cannot open is left out where ``not_a_raster(filename,
+    error)`` returns (it raises for a file that is no input of another kind)."""
     infos = {}
     for filename in dict.fromkeys(filenames):
-        with rasterio.open(filename) as src:
+        try:
+            src = rasterio.open(filename)
+        except rasterio.errors.RasterioIOError as error:
+            if not_a_raster is None:
+                raise
+            not_a_raster(filename, error)
+            continue
+        with src:
             pixel_bytes = sum(np.dtype(d).itemsize for d in src.dtypes)
             infos[filename] = RasterInfo(src.transform, src.crs, src.width, src.height,
                                          tuple(src.bounds), pixel_bytes,
@@ -89,8 +101,10 @@ def reference_name(infiles: FilenameAssociations, controls: ApplierControls) -> 
     """The file whose grid the blocks are on: the reference image the user named (a
     filename, or the symbolic name of a single input), else the first input."""
     filenames = [filename for _, _, filename in infiles]
-    if not filenames:
-        raise ValueError("apply needs at least one input file")
+    if not filenames and controls.referenceImage is None:
+        raise ValueError("apply needs at least one raster input, or a reference image "
+                         "(setReferenceImage) or pixel grid (setReferencePixgrid): vector "
+                         "inputs are burnt onto a grid, they do not make one")
     refname = controls.referenceImage
     if refname is None or refname in filenames:
         return refname or filenames[0]
@@ -118,6 +132,8 @@ def compute_working_grid(infiles: FilenameAssociations, controls: ApplierControl
         bounds = ref.bounds
     else:
         extent_files = controls.files_for_extent or filenames
+        if not extent_files:  # only vector inputs: the reference grid's own extent
+            return _snapped(ref.bounds, reftransform, refcrs, outward=True)
         allbounds = [_bounds_in(infos[f], refcrs) for f in extent_files]
         pick = (max, max, min, min) if controls.footprint == INTERSECTION else (min, min, max, max)
         bounds = tuple(p(b[i] for b in allbounds) for i, p in enumerate(pick))

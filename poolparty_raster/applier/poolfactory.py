@@ -14,7 +14,7 @@ from multiprocessing.pool import ThreadPool
 from typing import Any
 
 from poolparty_raster.applier.blockfiles import Ledger
-from poolparty_raster.applier.controls import CW_THREADS, ConcurrencyStyle
+from poolparty_raster.applier.controls import CW_PROFILE, CW_THREADS, ConcurrencyStyle
 from poolparty_raster.registry import BACKENDS
 
 _BACKEND_OF_KIND = {backend.applier_kind: backend for backend in BACKENDS}
@@ -30,7 +30,9 @@ def pool_class_for(kind: str) -> type:
 def make_pool(style: ConcurrencyStyle, job_name: str | None) -> Any:
     """A new pool for ``style`` (not CW_NONE); the caller closes it.
 
-    CW_THREADS: a ThreadPool of numComputeWorkers threads. Pool kinds (issue 7): with
+    CW_THREADS: a ThreadPool of numComputeWorkers threads. CW_PROFILE: the site profile's
+    pool (computeWorkerProfile, else $POOLPARTY_RASTER_PROFILE), with what follows from the
+    style winning over the profile's options. Pool kinds (issue 7): with
     numComputeWorkers=N and singleBlockComputeWorkers=False, N long-lived worker jobs claim
     tasks until none is left (``mode="workers", max_workers=N``), so start-up and queue
     waits are paid N times, not once per task; singleBlockComputeWorkers=True keeps RIOS's
@@ -43,10 +45,16 @@ def make_pool(style: ConcurrencyStyle, job_name: str | None) -> Any:
     workers = style.numComputeWorkers or None
     if kind == CW_THREADS:
         return ThreadPool(workers or os.cpu_count(), **style.computeWorkerExtraParams)
-    cls = pool_class_for(kind)
+    profile = None
+    if kind == CW_PROFILE:
+        from poolparty_raster.profiles import load_profile  # reads the profiles file
+        profile = load_profile(style.computeWorkerProfile)
+        cls = profile.pool_class
+    else:
+        cls = pool_class_for(kind)
     options = inspect.signature(cls).parameters
     kwargs: dict[str, Any] = {}
-    if "num_workers" in options:
+    if workers and "num_workers" in options:  # else the pool's (or profile's) own
         kwargs["num_workers"] = workers
     if style.singleBlockComputeWorkers:
         kwargs["mode"] = "array"
@@ -57,7 +65,7 @@ def make_pool(style: ConcurrencyStyle, job_name: str | None) -> Any:
     if job_name is not None and "job_name" in options:
         kwargs["job_name"] = job_name
     kwargs.update(style.computeWorkerExtraParams)
-    return cls(**kwargs)
+    return cls(**kwargs) if profile is None else profile.make_pool(**kwargs)
 
 
 def pool_width(pool: Any, style: ConcurrencyStyle) -> int:

@@ -19,6 +19,7 @@ from rasterio.windows import Window
 
 from poolparty_raster.applier.grid import RasterInfo, WorkingGrid, on_grid
 from poolparty_raster.applier.structures import FilenameAssociations
+from poolparty_raster.applier.vectors import VectorReader, VectorSpec, vector_spec
 
 _RESAMPLING_NAMES = {"near": "nearest", "cubicspline": "cubic_spline"}
 
@@ -208,9 +209,22 @@ def _resampling(name: str) -> Resampling:
     return Resampling[_RESAMPLING_NAMES.get(name, name)]
 
 
-def input_specs(infiles: FilenameAssociations, controls: Any) -> list[InputSpec]:
-    return [InputSpec(name, seq_num, filename,
+def input_specs(infiles: FilenameAssociations, controls: Any,
+                vector_files: set[str] | frozenset[str] = frozenset()
+                ) -> list[InputSpec | VectorSpec]:
+    """A spec per input, in the order of ``infiles``: a VectorSpec for those among
+    ``vector_files``."""
+    return [vector_spec(name, seq_num, filename, controls) if filename in vector_files else
+            InputSpec(name, seq_num, filename,
                       controls.getOptionForImagename("resampleMethod", name),
                       controls.getOptionForImagename("inputNoData", name),
                       controls.getOptionForImagename("layerselection", name))
             for name, seq_num, filename in infiles]
+
+
+def open_reader(spec: InputSpec | VectorSpec, grid: WorkingGrid,
+                overlap: int) -> InputReader | VectorReader:
+    """The reader of a raster or a vector input (enter it to open the file)."""
+    if isinstance(spec, VectorSpec):
+        return VectorReader(spec, grid, overlap)
+    return InputReader(spec, grid, overlap)

@@ -13,6 +13,8 @@ run at a site that sets them writes the same outputs here.
 - ``RIOS_DFLT_OVERVIEWAGGTYPE``: the overview resampling where RIOS 2 builds overviews with
   GDAL after the last block (NEAREST); RIOS's constant for it is spelled
   DEFAULT_OVERVIEWAGGREGRATIONTYPE.
+- ``RIOS_DFLT_AUTOCOLORTABLETYPE``: the colour table of thematic outputs (rainbow, gray,
+  random; unset: none).
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ class SiteDefaults:
     overview_levels: tuple[int, ...]
     overview_min_dim: int
     overview_agg_type: str
+    auto_color_table_type: str | None = None
 
 
 def site_defaults(environ: Mapping[str, str] = os.environ) -> SiteDefaults:
@@ -60,7 +63,8 @@ def site_defaults(environ: Mapping[str, str] = os.environ) -> SiteDefaults:
         driver_name, creation_options,
         DEFAULT_OVERVIEWLEVELS if levels is None else _levels(levels),
         int(environ.get("RIOS_DFLT_MINOVERLEVELDIM", DEFAULT_MINOVERVIEWDIM)),
-        environ.get("RIOS_DFLT_OVERVIEWAGGTYPE") or DEFAULT_OVERVIEWAGGTYPE)
+        environ.get("RIOS_DFLT_OVERVIEWAGGTYPE") or DEFAULT_OVERVIEWAGGTYPE,
+        environ.get("RIOS_DFLT_AUTOCOLORTABLETYPE") or None)
 
 
 def driver_for_filename(filename: str) -> str:

@@ -22,7 +22,8 @@ from poolparty_raster.applier.gdalcache import CacheCap
 from poolparty_raster.applier.grid import WorkingGrid
 from poolparty_raster.applier.heap import keep_freed_heap
 from poolparty_raster.applier.info import BlockInfo
-from poolparty_raster.applier.reader import InputReader, InputSpec
+from poolparty_raster.applier.reader import InputReader, InputSpec, open_reader
+from poolparty_raster.applier.vectors import VectorReader, VectorSpec
 from poolparty_raster.applier.stats import BandStats
 from poolparty_raster.applier.structures import ApplierBlockDefn, BlockAssociations, Timers
 from poolparty_raster.node import serving_a_map
@@ -35,7 +36,7 @@ class TaskSpec:
     """What every task of one apply shares: pickled once per map, not once per task."""
 
     user_function: Callable[..., Any]
-    inputs: list[InputSpec]
+    inputs: list[InputSpec | VectorSpec]
     output_names: list[Key]
     grid: WorkingGrid
     windowxsize: int
@@ -115,13 +116,13 @@ class TaskRunner:
     def __init__(self, spec: TaskSpec, pickled: bool):
         self._spec = spec if not pickled else None
         self._bytes = cloudpickle.dumps(spec) if pickled else None
-        self._readers: list[InputReader] | None = None
+        self._readers: list[InputReader | VectorReader] | None = None
         self._scratch_seen: bool | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"_spec": None, "_bytes": self._bytes, "_readers": None, "_scratch_seen": None}
 
-    def readers(self) -> list[InputReader] | None:
+    def readers(self) -> list[InputReader | VectorReader] | None:
         """In a worker process the inputs stay open from task to task (a long-lived worker
         runs many; opening a file, or building a WarpedVRT, costs milliseconds each time).
         They close when the runner is collected or the process ends. Threads share one
@@ -131,7 +132,7 @@ class TaskRunner:
         if self._readers is None:
             stack = contextlib.ExitStack()
             spec = self.spec
-            self._readers = [stack.enter_context(InputReader(s, spec.grid, spec.overlap))
+            self._readers = [stack.enter_context(open_reader(s, spec.grid, spec.overlap))
                              for s in spec.inputs]
             weakref.finalize(self, stack.close)
         return self._readers
@@ -196,14 +197,14 @@ def new_stats(spec: TaskSpec) -> dict[Key, list[BandStats]]:
 
 def iter_task_blocks(spec: TaskSpec, blocks: list[ApplierBlockDefn], other_args: Any,
                      timings: Timers, stats: dict[Key, list[BandStats]],
-                     readers: list[InputReader] | None = None) -> Iterator[
+                     readers: list[InputReader | VectorReader] | None = None) -> Iterator[
                        tuple[ApplierBlockDefn, dict[Key, np.ndarray]]]:
     """Yields each block's outputs as soon as it is computed; opens the inputs for these
     blocks unless open ``readers`` are given."""
     with contextlib.ExitStack() as stack:
         if readers is None:
             with timings.interval("opening"):
-                readers = [stack.enter_context(InputReader(s, spec.grid, spec.overlap))
+                readers = [stack.enter_context(open_reader(s, spec.grid, spec.overlap))
                            for s in spec.inputs]
         o = spec.overlap
         clock = time.perf_counter

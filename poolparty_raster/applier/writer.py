@@ -18,6 +18,8 @@ import rasterio.shutil
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
+from poolparty_raster.applier.colortables import (table_writer, write_color_tables,
+                                                  write_rat_color_tables)
 from poolparty_raster.applier.controls import ApplierControls
 from poolparty_raster.applier.gdalcache import CacheCap, output_cache_bytes
 from poolparty_raster.applier.finishing import call_with_gdal_dataset, write_second_pass_histograms
@@ -100,6 +102,11 @@ class OutputFile:
         self.calc_stats = self.basic_stats or self.histogram
         self.build_pyramids = not option("omitPyramids")
         self.thematic = option("thematic")
+        self.layer_names = option("layerNames")
+        # RIOS colours thematic outputs only; the table needs each band's maximum.
+        self.color_table_type = option("autoColorTableType") if self.thematic else None
+        self._table_writer: str | None = None  # colortables.table_writer, at the first block
+        self.calc_stats = self.calc_stats or self.color_table_type is not None
         self.call_before_close = option("callBeforeClose")
         gdal_driver = "GTiff" if self.driver == "COG" else self.driver
         self.centred_pyramids = self.build_pyramids and centred_pyramids_wanted(
@@ -143,6 +150,11 @@ class OutputFile:
             self.cache_cap.grow(output_cache_bytes(self.controls.windowxsize,
                                                    self.controls.windowysize,
                                                    self._count * dtype.itemsize))
+        if self.color_table_type is not None:
+            self._table_writer = table_writer(self.driver, dtype, self.name)
+        if self.layer_names is not None and len(self.layer_names) < self._count:
+            raise ValueError(f"output {self.name}: {len(self.layer_names)} layer names "
+                             f"(setLayerNames) for {self._count} bands")
         gdal_driver = "GTiff" if self.driver == "COG" else self.driver
         user = self.controls.creation_options_for(self.name, self.driver)
         # COG: the user's options are for the conversion; the intermediate is our tiled GTiff.
@@ -156,6 +168,8 @@ class OutputFile:
         if self.thematic:
             for band_num in range(1, self._count + 1):
                 self.ds.update_tags(band_num, LAYER_TYPE="thematic")
+        for band_num, layer_name in zip(range(1, self._count + 1), self.layer_names or []):
+            self.ds.set_band_description(band_num, layer_name)
         if self.centred_pyramids:
             levels = self._levels()
             if levels:
@@ -176,6 +190,9 @@ class OutputFile:
         if self.calc_stats:
             with timings.interval("basicstats"):
                 second_pass = self._write_gathered_stats()
+        if self._table_writer == "colormap":
+            with timings.interval("colortable"):
+                write_color_tables(self.ds, self.color_table_type, self._class_maxima())
         with timings.interval("closing"):
             self.ds.close()
         if second_pass:
@@ -186,12 +203,20 @@ class OutputFile:
             with timings.interval("pyramids"):
                 self.overviews.write(self._tmp_name)
                 self.overviews.close()
+        if self._table_writer == "rat":
+            with timings.interval("colortable"):
+                write_rat_color_tables(self._tmp_name, self.color_table_type,
+                                       self._class_maxima())
         if self.call_before_close is not None:
             with timings.interval("beforeclose"):
                 call_with_gdal_dataset(self._tmp_name, *self.call_before_close)
         if self.driver == "COG":
             with timings.interval("cog"):
                 self._to_cog()
+
+    def _class_maxima(self) -> list[float]:
+        """Each band's largest class (0 for a band with no counted pixel)."""
+        return [max(b.maximum, 0) if b.count else 0 for b in self.stats]
 
     def _write_gathered_stats(self) -> list[tuple[int, HistogramPlan]]:
         """Tags of what the blocks gave; returns the bands whose histogram needs a second

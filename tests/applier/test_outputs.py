@@ -142,5 +142,5 @@ def test_other_args_histogram(tmp_path, kind):
 
 
 def test_unsupported_setter_is_explicit():
-    with pytest.raises(NotImplementedError, match="setLayerNames"):
-        applier.ApplierControls().setLayerNames(["a"])
+    with pytest.raises(NotImplementedError, match="setJobManagerType"):
+        applier.ApplierControls().setJobManagerType("slurm")
