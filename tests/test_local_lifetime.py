@@ -203,7 +203,8 @@ def _driver_killed_while_a_foreign_worker_holds_a_chunk(make_map
     wait_for(lambda: (run.work_dir / "claims").is_dir(), 60, "the map to start",
              unless=lambda: still_running(driver, run.log))
     worker = run.start_worker(99)
-    wait_for(lambda: worker.pid in run.runs_by_pid(), 60, "the worker to take a chunk",
+    # its file is created before its chunk is written into it: wait for the chunk
+    wait_for(lambda: run.runs_by_pid().get(worker.pid), 60, "the worker to take a chunk",
              unless=lambda: still_running(driver, run.log))
     (held,) = run.runs_by_pid()[worker.pid]
     started = descendants(driver.pid)
