@@ -109,6 +109,17 @@ class ClaimFiles:
         for key in [k for k in self._texts if isinstance(k, tuple) and k[0] == chunk]:
             del self._texts[key]
 
+    def make_free(self, chunk: int) -> bool:
+        """Give ``chunk`` the ``.free`` name that lets any worker claim it again (as
+        ``.again``); False where it has one already. Made by the driver for a dead worker's
+        chunks, and by a worker for the unstarted rest of its run behind a slow chunk."""
+        try:
+            os.close(os.open(self.path_of(chunk) + FREE, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                             0o600))
+        except FileExistsError:
+            return False
+        return True
+
     def _read_holder(self, path: str) -> str | None:
         try:
             with open(path) as f:

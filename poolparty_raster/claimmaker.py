@@ -32,8 +32,8 @@ class RunPacer:
     filesystem hiccups included), growing at most fourfold a run, up to MAX_RUN. A run's
     unstarted chunks wait for its worker, so this bounds what a worker holds back from idle
     workers (and how far the map's tail is stretched) to about RUN_SECONDS; a chunk that
-    turns out slow within a run keeps the rest of it waiting, which the driver's straggler
-    policy (a second run elsewhere, workersmode.py) bounds as it bounds any slow chunk."""
+    turns out slow within a run frees the rest of it for other workers after
+    workerloop.RELEASE_AFTER_SECONDS (free_unstarted)."""
 
     def __init__(self) -> None:
         self.length = 1
@@ -95,6 +95,25 @@ class ClaimMaker(ClaimFiles):
             return self._claim_by_listing(num_chunks, worker, done, run)
         except FileNotFoundError:  # the driver removed the claims: the map is over
             return None
+
+    def has_unstarted(self) -> bool:
+        """Whether the run this worker claimed last has chunks it has not handed out."""
+        return bool(self._run)
+
+    def free_unstarted(self) -> list[int]:
+        """Give up the chunks of this worker's run not handed out yet: each gets the ``.free``
+        name the driver gives a dead worker's chunks, so that other workers claim it (as
+        ``.again``), and claim_next hands none of them out. The caller keeps claim_next from
+        running meanwhile (workerloop.ChunkWatch's lock)."""
+        freed = list(self._run)
+        self._run.clear()
+        for at, chunk in enumerate(freed):
+            try:
+                self.make_free(chunk)
+            except OSError:  # not freed (a full disk): this worker runs them after all
+                self._run.extend(freed[at:])
+                raise
+        return freed
 
     def _take_run(self, num_chunks: int, worker: str, done: Collection[int], run: int) -> bool:
         """Claim the run that starts where the chain ends (the cursor); else move the cursor

@@ -104,20 +104,23 @@ class Claims(ClaimMaker):
         to a million claims: a list and a tuple each were ~400 MB)."""
         return self._list(finished).view
 
-    def probe(self, chunks: Iterable[int], second_runs: Iterable[int] = ()) -> ClaimsView:
+    def probe(self, chunks: Iterable[int], second_runs: Iterable[int] = (),
+              listing: bool = False) -> ClaimsView:
         """The claims of these chunks alone, and the second runs' claims of ``second_runs``:
         looked up by name (a stat a run, along the chain of runs), or through one listing of
         claims/ where that costs less (and the first time, to find an earlier driver's freed
         chunks). On a networked filesystem a lookup, of a missing name too, is a round trip
         (GlusterFS: 0.3-2 ms), where a listing brings hundreds of names a round trip. Both
-        costs are measured as they are paid (LookupCosts)."""
+        costs are measured as they are paid (LookupCosts). ``listing``: list claims/ in any
+        case (what a live worker freed shows in a listing alone)."""
         chunks, second_runs = list(chunks), list(second_runs)
         view = ClaimsView()
         if not self._costs.lookup_seconds and len(chunks) > LookupCosts.FEW and self._listed:
             # The last chunks, the least likely to be claimed: missing names, as most are.
             sample, chunks = chunks[-LookupCosts.FEW:], chunks[:-LookupCosts.FEW]
             self._look_up(sample, (), view)
-        if not self._listed or self._costs.listing_is_cheaper(len(chunks) + len(second_runs)):
+        if listing or not self._listed or \
+                self._costs.listing_is_cheaper(len(chunks) + len(second_runs)):
             started = time.perf_counter()
             listed = self._list((), set(chunks), set(second_runs))
             self._costs.listing_took(time.perf_counter() - started, listed.entries)
@@ -274,15 +277,22 @@ class Claims(ClaimMaker):
                     found[chunk] = holder
         return found
 
+    def freed_by_its_worker(self, chunk: int) -> bool:
+        """Whether a chunk of a run has a ``.free`` name that the driver has not seen: its
+        worker gave it up behind a slow chunk (claimmaker.free_unstarted), and whoever holds
+        it now holds it as ``.again``. Asked before a gone worker's chunk is released (a
+        lookup by name sees the run's claim alone)."""
+        if chunk in self._freed or not os.path.exists(self.path_of(chunk) + FREE):
+            return False
+        self._freed.add(chunk)
+        return True
+
     def release(self, chunk: int, holder: str | None = None) -> None:
         """Free a dead worker's chunk for another worker to claim: a ``.free`` name of its
         own, since its run's claim must stay (the next run starts where it ends). A freed
         chunk's own claim (``.again``) is removed instead, where it is ``holder``'s (any
         holder's where None)."""
-        try:
-            os.close(os.open(self.path_of(chunk) + FREE, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-                             0o600))
-        except FileExistsError:
+        if not self.make_free(chunk):
             again = self.path_of(chunk) + AGAIN
             if holder is None or self._read_holder(again) == holder:
                 self._unlink(again)

@@ -5,9 +5,10 @@ A claim holds ``"<worker> <host> <pid> <token>"`` and may take a run of chunks (
 Claims are seen through a listing of claims/, which holds a claim for every run that ever ran
 (up to a million entries, a second to list, for a map of a million chunks): a poll lists it
 when the last listing's cost is at most 1/LISTING_SHARE of the time since; in between it looks
-up by name the claims it saw running (their heartbeats). Where no more than PROBE_AT_MOST chunks are left, or few beside those
-finished, they are looked up by name at every poll instead of listing; a worker that ended
-makes the next poll list.
+up by name the claims it saw running (their heartbeats). Where no more than PROBE_AT_MOST
+chunks are left, or few beside those finished, they are looked up by name at every poll, and
+listed as often as above (a listing alone shows what live workers freed); a worker that
+ended makes the next poll list.
 """
 from __future__ import annotations
 
@@ -129,13 +130,19 @@ class ClaimWatch:
         left = run.outstanding_count()
         second_runs = self.reissued | self._last_view.duplicated.keys()
         now = time.monotonic()
+        listing_due = (self._list_next
+                       or now - self._listed_at >= LISTING_SHARE * self._listing_cost)
         if left <= PROBE_AT_MOST or 4 * left <= len(run.finished):
-            if self._list_next or left <= PROBE_AT_MOST or \
-                    now - self._listed_at >= LISTING_SHARE * self._listing_cost:
-                view = self.claims.probe(run.outstanding(), second_runs)
-                self._listed(now)
+            if listing_due or left <= PROBE_AT_MOST:
+                # A listing, when due, also shows the chunks that live workers freed behind
+                # a slow chunk (claimmaker.free_unstarted), which lookups by name take for
+                # their run's: freed chunks left unclaimed are how the driver knows to start
+                # a worker for them once the others ended.
+                view = self.claims.probe(run.outstanding(), second_runs, listing=listing_due)
+                if listing_due:
+                    self._listed(now)
                 return view
-        elif self._list_next or now - self._listed_at >= LISTING_SHARE * self._listing_cost:
+        elif listing_due:
             view = self.claims.survey(run.finished)
             self._listed(now)
             return view

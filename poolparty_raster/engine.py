@@ -38,7 +38,7 @@ BACKOFF = 1.5
 # Loose chunks before a reduction, then as many as are archived, up to LOOSE_AT_MOST. A
 # reduction is wasted on a map whose work_dir is removed at its end; what it buys is a short
 # listing at every scan (a thousand names list in well under a millisecond) and less held for
-# the loose chunks the consumer read (a result kept for its reduce, workdir.KEEP_RESULTS_BYTES
+# the loose chunks the consumer read (a result kept for its reduce, looseresults.KEEP_RESULTS_BYTES
 # at most). Its cost is the new entries' plus a copy of the archive's bytes: reducing as
 # often as chunks are archived bounds the copies to about twice the archive, but a map of a
 # million chunks would then hold half of them loose; past LOOSE_AT_MOST the copies grow

@@ -1,12 +1,17 @@
 """The driver's view of a work_dir's loose files (a worker's outputs until the driver reduces
-them into the archives), kept from one scan to the next, and what a reduce archives of them."""
+them into the archives), kept from one scan to the next, and what a reduce archives of them.
+A batch name (``chunk-NNNNNN+K.result``: one name for the results of K chunks, workers mode)
+counts as a result name of each of its chunks until that chunk's result is archived or
+discarded (drop_result)."""
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 from collections.abc import Iterable, Iterator, Mapping
 
-from poolparty_raster.names import chunk_key, loose_name, parse_loose_name
+from poolparty_raster.names import (RESULT_LOG_PREFIX, batch_result_name, chunk_key, loose_name,
+                                    parse_batch_key, parse_loose_name)
 
 
 # A result-only chunk up to this number is a byte of LooseView's arrays; one past it (a map of
@@ -31,6 +36,15 @@ class LooseView:
         self._slots: dict[int, dict[str, list[str]]] = {}  # and their entries of the view
         self._changed = bytearray()  # by chunk: 1 where its entry was set since take_changed
         self._changed_past: set[int] = set()  # those past BITMAP_CHUNKS
+        # Batch names (workers mode: one name commits a run's results) at the last listing,
+        # first chunk -> count; each batch's chunks archived or discarded since (they count
+        # no more, while the name stays for the others); the chunks that have a result name
+        # of their own besides their batch's (a straggler's second run).
+        self._batches: dict[int, int] = {}
+        self._batch_starts: list[int] = []
+        self._spent: dict[int, set[int]] = {}
+        self._doubles: set[int] = set()
+        self.logs: list[str] = []  # the workers' result logs at the last listing
         self.view = ScanView(self)
 
     def take_changed(self) -> Iterator[int]:
@@ -54,6 +68,8 @@ class LooseView:
         none live, share one entry."""
         results = bytearray(len(self._results))
         others: set[str] = set()
+        batches: dict[int, int] = {}
+        logs: list[str] = []
         for name in names:
             if name.endswith(".result") and name.startswith("chunk-"):
                 key = name[6:-7]
@@ -62,8 +78,16 @@ class LooseView:
                         results.extend(bytes(chunk + 1 - len(results)))
                     results[chunk] = 1
                     continue
+                batch = parse_batch_key(key)
+                if batch is not None:
+                    batches[batch[0]] = batch[1]
+                    continue
             if name.startswith("chunk-"):
                 others.add(name)
+            elif name.startswith(RESULT_LOG_PREFIX):
+                logs.append(name)
+        self.logs = logs
+        self._set_batches(batches, results, others)
         old = self._results
         if len(old) < len(results):
             old.extend(bytes(len(results) - len(old)))
@@ -102,6 +126,56 @@ class LooseView:
             self._mark(chunk, bool(ordered))
         self._results, self._other_names = results, others
         return self.view
+
+    def _set_batches(self, batches: dict[int, int], results: bytearray, others: set[str]) -> None:
+        """Mark the chunks of the listed batches (but those spent) as having a result, as
+        their own result names do."""
+        self._spent = {first: spent for first, spent in self._spent.items() if first in batches}
+        self._batches, self._batch_starts, self._doubles = batches, sorted(batches), set()
+        for first, count in batches.items():
+            spent = self._spent.get(first, ())
+            last = first + count
+            if last <= BITMAP_CHUNKS and last > len(results):
+                results.extend(bytes(last - len(results)))
+            for chunk in range(first, last):
+                if chunk in spent:
+                    continue
+                if chunk >= BITMAP_CHUNKS:
+                    others.add(loose_name(chunk, "result"))
+                elif results[chunk]:
+                    self._doubles.add(chunk)
+                else:
+                    results[chunk] = 1
+
+    def _batch_of(self, chunk: int) -> int | None:
+        """The first chunk of the listed batch that holds ``chunk``'s result, if one does."""
+        at = bisect.bisect_right(self._batch_starts, chunk) - 1
+        if at < 0:
+            return None
+        first = self._batch_starts[at]
+        if chunk >= first + self._batches[first] or chunk in self._spent.get(first, ()):
+            return None
+        return first
+
+    def result_name(self, chunk: int) -> str:
+        """The name that holds the chunk's loose result: its batch's, else its own."""
+        first = self._batch_of(chunk)
+        return loose_name(chunk, "result") if first is None else \
+            batch_result_name(first, self._batches[first])
+
+    def drop_result(self, chunk: int) -> list[str]:
+        """The chunk's loose result is archived or discarded: the names to remove now (its
+        own, and its batch's once every chunk of the batch is archived or discarded)."""
+        first = self._batch_of(chunk)
+        if first is None:
+            return [loose_name(chunk, "result")]
+        spent = self._spent.setdefault(first, set())
+        spent.add(chunk)
+        names = [loose_name(chunk, "result")] if chunk in self._doubles else []
+        self._doubles.discard(chunk)
+        if len(spent) == self._batches[first]:
+            names.append(batch_result_name(first, self._batches[first]))
+        return names
 
     def live_captures(self) -> dict[int, list[str]]:
         return {chunk: slot["live"] for chunk, slot in self._slots.items() if slot["live"]}

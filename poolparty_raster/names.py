@@ -46,7 +46,8 @@ def is_protocol_name(name: str) -> bool:
     if stem is not None:
         return stem == "tasks" or is_protocol_name(stem)
     return (name in FIXED_NAMES or parse_loose_name(name) is not None
-            or parse_worker_capture(name) is not None or name.startswith(RESULT_LOG_PREFIX))
+            or parse_batch_name(name) is not None or parse_worker_capture(name) is not None
+            or name.startswith(RESULT_LOG_PREFIX))
 
 
 def chunk_key(chunk: int) -> str:
@@ -82,6 +83,7 @@ _KINDS = {kind: kind for kind in ARCHIVE_KINDS}
 
 
 _RESULT_SUFFIX = ".result"
+_BATCH_MARK = "+"
 assert len(_CHUNK_PREFIX) == 6 and len(_RESULT_SUFFIX) == 7
 
 
@@ -92,6 +94,29 @@ def result_chunk(name: str) -> int | None:
         key = name[6:-7]  # between the two
         if key.isdigit():
             return int(key)
+    return None
+
+
+def batch_result_name(first: int, count: int) -> str:
+    """Workers mode: the one name that commits the results of chunks ``first`` to ``first +
+    count - 1``, records of a worker's result log (resultlog.py): ``chunk-000012+5.result``.
+    It is spelled as a chunk's result is, so that a listing picks it out in the same test,
+    and says its chunks itself, so that no read is needed to count them done."""
+    return f"{_CHUNK_PREFIX}{chunk_key(first)}{_BATCH_MARK}{count}{_RESULT_SUFFIX}"
+
+
+def parse_batch_key(key: str) -> tuple[int, int] | None:
+    """``"000012+5"`` (a batch name between its prefix and suffix) -> (12, 5), else None."""
+    first, mark, count = key.partition(_BATCH_MARK)
+    if mark and first.isdigit() and count.isdigit() and int(count) > 1:
+        return int(first), int(count)
+    return None
+
+
+def parse_batch_name(name: str) -> tuple[int, int] | None:
+    """``chunk-000012+5.result`` -> (12, 5): the first chunk and how many; else None."""
+    if name.endswith(_RESULT_SUFFIX) and name.startswith(_CHUNK_PREFIX):
+        return parse_batch_key(name[6:-7])
     return None
 
 

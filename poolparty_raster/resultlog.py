@@ -18,6 +18,12 @@ starts with a pickle's protocol byte instead, so a reader tells the two apart by
 bytes. The driver knows a log by its device, inode and id: a filesystem reuses a freed log's
 inode for a new log, whose records lie elsewhere.
 
+A worker running a run of fast chunks commits their results together (``batching``): each
+record is appended as its chunk ends, and one flush and one link, ``chunk-NNNNNN+K.result``
+(names.batch_result_name), commit the K consecutive chunks at once; the driver reads each
+record through that name, by chunk number. Records appended but not linked when their worker
+died are complete in its log, where the driver finds them (LooseResults.adopt).
+
 A log takes records until it holds ``max_bytes`` or ``max_records``; then its worker removes
 the log's own name and starts another, and the log's space is freed once the driver has
 reduced (unlinked) the results that point at it. A worker removes its last log's name when it
@@ -27,11 +33,13 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
+import time
 import zlib
 
 from poolparty_raster.claimfiles import NO_HARD_LINKS, out_of_links, process_token
-from poolparty_raster.files import write_all
-from poolparty_raster.names import RESULT_LOG_PREFIX
+from poolparty_raster.files import atomic_write, write_all
+from poolparty_raster.names import RESULT_LOG_PREFIX, batch_result_name, loose_name
 
 MAGIC = b"PPRL"
 VERSION = 1
@@ -42,6 +50,11 @@ _PARSE_BYTES = 64 * 1024  # a parse reads the records' headers this many bytes a
 IDLE_READS = 1 << 16  # the driver's index forgets a log not read for this many reads
 LOG_BYTES = 16 * 1024 * 1024
 LOG_RECORDS = 4096  # far below any filesystem's limit on links to one file (ext4: 65,000)
+# A worker commits the results it holds for a batch at the latest this long after the first
+# (seconds): a run is sized to take about as long (claimmaker.RUN_SECONDS), so a batch is a
+# run's results, and a finished chunk waits no longer than that to count as done.
+HELD_SECONDS = 0.05
+HELD_BYTES = 1 << 20  # and once they add up to this much: what a worker holds in memory
 
 
 def is_log_name(name: str) -> bool:
@@ -54,67 +67,151 @@ def is_log(head: bytes) -> bool:
 
 
 class ResultLog:
-    """A worker's side: ``publish`` a chunk's result under its final name."""
+    """A worker's side: ``publish`` a chunk's result under its final name, at once or, while
+    ``batching``, with the next ones under one batch name (``commit``)."""
 
     def __init__(self, directory: str, max_bytes: int = LOG_BYTES, max_records: int = LOG_RECORDS):
         self.directory = directory
         self.max_bytes, self.max_records = max_bytes, max_records
         self.path: str | None = None
         self.records = 0
+        self.links = 0  # names linked to this log: what a filesystem's limit counts
         self.size = 0  # bytes in the log: this worker alone appends to it
         self._fd = -1  # the log's, held open while it takes records
         self.hard_links = True  # False: this filesystem has none; the caller writes files
+        self.linked = False  # whether a link was made: the filesystem has hard links
+        self.batching = False  # publish holds results for one commit of consecutive chunks
+        # Results appended for a batch but not committed (kept, should they have to be written
+        # again to a new log), and the log they were appended to.
+        self._held: list[tuple[int, bytes]] = []  # (chunk, payload)
+        self._held_in: str | None = None
+        self._held_bytes = 0
+        self._held_since = 0.0  # monotonic seconds: when the first of them was held
+        self._lock = threading.Lock()  # the worker's watch thread commits too (commit_due)
 
     def publish(self, destination: str, chunk: int, payload: bytes) -> bool:
-        """Append the record and link ``destination`` to the log. False (nothing published)
-        when the filesystem has no hard links: the caller writes a file. A result already
-        under the name (a duplicate run, or an NFS link retransmitted) is kept: the first
-        result wins."""
+        """Append the record and link ``destination`` to the log; while ``batching``, append
+        it and hold its link for ``commit`` (held results of other chunks than the one
+        before are committed first: a batch is of consecutive chunks). False (nothing
+        published) when the filesystem has no hard links: the caller writes a file. A
+        result already under the name (a duplicate run, or an NFS link retransmitted) is
+        kept: the first result wins.
+
+        A held record is written at once, not flushed: the kernel flushes it when the
+        process dies, so the driver finds the records of a killed worker in its log
+        (looseresults.LooseResults.adopt) and runs none of them again; a node's crash loses
+        them (their chunks run again)."""
         if not self.hard_links:
             return False
-        path = self._append(chunk, payload)
+        with self._lock:
+            if self._held and (not self.batching or chunk != self._held[-1][0] + 1
+                               or self._held_bytes >= HELD_BYTES):
+                self._commit()
+            if not self.batching or not self.linked:  # the first link: are there any?
+                return self._append_and_link([(chunk, payload)], destination)
+            if not self._held:
+                self._held_since = time.monotonic()
+                if self.path is None:
+                    self._start()
+                self._held_in = self.path
+            self._held.append((chunk, payload))
+            self._held_bytes += len(payload)
+            if self._held_in == self.path:
+                self._append([(chunk, payload)], flush=False)
+            return True
+
+    def commit_due(self) -> float | None:
+        """When the held results must be committed (monotonic seconds), None if none is."""
+        return self._held_since + HELD_SECONDS if self._held else None
+
+    def commit(self) -> None:
+        """Commit the held results: one write, one flush and one link, named
+        ``chunk-NNNNNN+K.result`` (names.batch_result_name), or the chunk's own result name
+        for one; files of their own where the filesystem turns out to have no hard links."""
+        with self._lock:
+            self._commit()
+
+    def _commit(self) -> None:
+        """Commit the held results; should it fail, they stay held (the next commit tries
+        again, in a new log where this one was retired)."""
+        held = self._held
+        if not held:
+            return
+        first, count = held[0][0], len(held)
+        name = loose_name(first, "result") if count == 1 else batch_result_name(first, count)
+        # Appended already, unless their log was retired since (an append failed).
+        appended = self._held_in is not None and self._held_in == self.path
+        try:
+            if not self._append_and_link(held, os.path.join(self.directory, name), appended):
+                for chunk, payload in held:
+                    atomic_write(os.path.join(self.directory, loose_name(chunk, "result")),
+                                 payload, durable=False)
+        except BaseException:
+            self._held_since = time.monotonic()  # due again in HELD_SECONDS, not at once
+            raise
+        self._held, self._held_bytes, self._held_in = [], 0, None
+
+    def close(self) -> None:
+        """Commit what is held, and remove the log's own name; the results linked to it stay
+        readable."""
+        with self._lock:
+            try:
+                self._commit()
+            finally:
+                self._retire()
+
+    def _append_and_link(self, held: list[tuple[int, bytes]], destination: str,
+                         appended: bool = False) -> bool:
+        """Append ``held``'s records (unless ``appended``: flush them), and link
+        ``destination`` to the log; False where the filesystem has no hard links."""
+        path = self._flush() if appended else self._append(held)
         try:
             os.link(path, destination)
         except FileExistsError:
             pass
         except FileNotFoundError:
             # The log's name is gone (the driver removes those of ended workers at the end
-            # of a map): a new log in the work_dir, if it is still there, takes the record.
+            # of a map): a new log in the work_dir, if it is still there, takes the records.
             self._retire()
-            os.link(self._append(chunk, payload), destination)
+            os.link(self._append(held), destination)
         except OSError as exc:
-            if out_of_links(exc, self.records - 1):  # the log takes no more links
+            if out_of_links(exc, self.links):  # the log takes no more links
                 self._retire()
-                return self.publish(destination, chunk, payload)
+                return self._append_and_link(held, destination)
             if exc.errno not in NO_HARD_LINKS:
                 raise
             self.hard_links = False
             self._retire()
             return False
+        self.links += 1
+        self.linked = True
         if self.records >= self.max_records or self.size >= self.max_bytes:
             self._retire()
         return True
 
-    def close(self) -> None:
-        """Remove the log's own name; the results linked to it stay readable."""
-        self._retire()
-
-    def _append(self, chunk: int, payload: bytes) -> str:
-        record = _HEADER.pack(MAGIC, chunk, len(payload), zlib.crc32(payload)) + payload
+    def _append(self, held: list[tuple[int, bytes]], flush: bool = True) -> str:
+        records = b"".join(_HEADER.pack(MAGIC, chunk, len(payload), zlib.crc32(payload)) + payload
+                           for chunk, payload in held)
         if self.path is None:
             self._start()
         try:
-            write_all(self._fd, record)
-            # Closing a descriptor is what sends its writes to an NFS server (and a FUSE
-            # filesystem's flush): closing a duplicate does it for the log, held open, so
-            # the record is readable elsewhere before its link exists, without an open (a
-            # round trip) a record.
-            os.close(os.dup(self._fd))
+            write_all(self._fd, records)
+            if flush:
+                self._flush()
         except BaseException:
             self._retire()  # its end is unknown now: later records go to a new log
             raise
-        self.size += len(record)
-        self.records += 1
+        self.size += len(records)
+        self.records += len(held)
+        return self.path
+
+    def _flush(self) -> str:
+        """Closing a descriptor is what sends its writes to an NFS server (and a FUSE
+        filesystem's flush): closing a duplicate does it for the log, held open, so the
+        records are readable elsewhere before their link exists, without an open (a round
+        trip) a commit."""
+        assert self.path is not None
+        os.close(os.dup(self._fd))
         return self.path
 
     def _start(self) -> None:
@@ -127,7 +224,7 @@ class ResultLog:
             os.close(fd)
             os.unlink(path)
             raise
-        self.path, self._fd, self.records, self.size = path, fd, 0, HEAD_SIZE
+        self.path, self._fd, self.records, self.links, self.size = path, fd, 0, 0, HEAD_SIZE
 
     def _retire(self) -> None:
         if self.path is not None:
@@ -137,54 +234,6 @@ class ResultLog:
             except FileNotFoundError:
                 pass
         self.path = None
-
-
-LOGS_HELD = 8  # result logs the driver holds open to read from (a worker writes one at a time)
-
-
-class ResultReader:
-    """The driver's reads of loose results: a plain file's bytes, or the record of a result
-    linked to a log (through a LogIndex). The logs read last are held open, so that a result
-    linked to one of them is a stat and a pread, not an open, a stat, two preads and a close.
-    ``close`` lets them go: before the driver removes a result, which may be a log's last
-    name (on NFS a file open when its last name goes is kept as a .nfs file), and when it is
-    done."""
-
-    def __init__(self) -> None:
-        self._index = LogIndex()
-        self._held: dict[tuple[int, int], tuple[int, bytes]] = {}  # (dev, inode): fd, head
-
-    def read(self, path: str, chunk: int, name: str) -> bytes:
-        """The result of ``chunk`` at ``path``; FileNotFoundError when there is none,
-        ValueError when it is damaged."""
-        if self._held:
-            info = os.stat(path)
-            held = self._held.get((info.st_dev, info.st_ino))  # open: the same file
-            if held is not None:
-                return self._index.read(held[0], chunk, name, held[1], info)
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            head = os.pread(fd, HEAD_SIZE, 0)
-            if is_log(head):
-                record = self._index.read(fd, chunk, name, head)
-                info = os.fstat(fd)
-                if len(self._held) >= LOGS_HELD:
-                    self.close(1)
-                self._held[(info.st_dev, info.st_ino)] = (fd, head)
-                fd = -1
-                return record
-            parts = [head]
-            while block := os.pread(fd, 1 << 20, sum(map(len, parts))):
-                parts.append(block)
-            return b"".join(parts)
-        finally:
-            if fd >= 0:
-                os.close(fd)
-
-    def close(self, count: int | None = None) -> None:
-        """Close the logs held open (the ``count`` opened first)."""
-        for key in list(self._held)[:count]:
-            os.close(self._held.pop(key)[0])
 
 
 class LogIndex:

@@ -18,6 +18,8 @@ ours)::
     tasks.stdout.zip
     tasks.stderr.zip
     chunk-NNNNNN.*        a worker's loose outputs, until the driver reduces them
+    chunk-NNNNNN+K.result workers mode: the results of K chunks, committed with one name
+                          (read, kept for the reduce and removed by looseresults.py)
     results.<worker>      workers mode: a worker's result log; its chunks' results are hard
                           links to it (resultlog.py)
     capture.<worker>.*.part  workers mode: a worker's live stdout and stderr, kept from chunk
@@ -31,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -43,6 +44,7 @@ from poolparty_raster import names, ownership, resultlog
 from poolparty_raster.claims import Claims
 from poolparty_raster.files import append_line, atomic_write, read_jsonl
 from poolparty_raster.loose import LooseEntries, LooseView
+from poolparty_raster.looseresults import LooseResults
 from poolparty_raster.manifest import Manifest, read_manifest, write_manifest
 from poolparty_raster.names import (ARCHIVE_KINDS, capture_stream, chunk_key, loose_name,
                                     parse_worker_capture, result_chunk)
@@ -52,9 +54,6 @@ from poolparty_raster.storedzip import extend_archive, file_version, numbered_en
 _ARCHIVE_NAMES = {"result": "tasks.results.zip", "exception": "tasks.exceptions.zip",
                   "stdout": "tasks.stdout.zip", "stderr": "tasks.stderr.zip"}
 SPACE_PROBE_BYTES = 1 << 20  # what a result of one chunk may need, at least
-KEEP_RESULT_BYTES = 16 << 10   # a result read loose up to this size is kept for its reduce,
-KEEP_RESULTS_BYTES = 16 << 20  # as long as those kept add up to no more than this,
-KEPT_RESULT_OVERHEAD = 150     # counting what the dict holds for each
 
 
 class WorkDir:
@@ -68,13 +67,9 @@ class WorkDir:
         # kind -> where the archive's entries are: parsed once, then kept up to date by each
         # reduce, which only appends (20 bytes a chunk; parsing a million entries costs 1 s).
         self._indexes: dict[str, ArchiveIndex] = {}
-        # Results read loose, small ones kept for the reduce that archives them: a second read
-        # each (an open, two preads, a stat) was half of what a reduce cost.
-        self._results_read: dict[int, bytes] = {}
-        self._results_read_bytes = 0
         self.claims = Claims(self.file("claims"))  # workers mode: who runs which chunk
-        self._results = resultlog.ResultReader()  # reads loose results, linked to logs or not
         self._view = LooseView()  # the loose files at the last scan
+        self._results = LooseResults(self.path, self._view)
 
     def file(self, name: str) -> str:
         """The path of a file directly in the work_dir (asked several times a chunk, where
@@ -208,28 +203,27 @@ class WorkDir:
             return set()
 
     def read_output(self, chunk: int, kind: str) -> bytes | None:
-        """A chunk's output of one kind, loose or archived; None when there is none."""
-        name = loose_name(chunk, kind)
-        try:
-            if kind == "result":
-                data = self._results.read(self.file(name), chunk, name)
-            else:
-                with open(self.file(name), "rb") as f:
-                    data = f.read()
-        except FileNotFoundError:
-            pass
-        else:
-            if (kind == "result" and len(data) <= KEEP_RESULT_BYTES
-                    and self._results_read_bytes + len(data) <= KEEP_RESULTS_BYTES
-                    and chunk not in self._results_read):
-                self._results_read[chunk] = data
-                self._results_read_bytes += len(data) + KEPT_RESULT_OVERHEAD
-            return data
-        archive = self._archive(kind)
-        try:
-            return archive.read(chunk_key(chunk)) if archive is not None else None
-        except KeyError:
-            return None
+        """A chunk's output of one kind, loose or archived; None when there is none. A
+        result is looked up under the name the last scan saw holding it (a batch's, in
+        workers mode); one found nowhere has the work_dir scanned once more."""
+        for rescanned in (False, True):
+            try:
+                if kind == "result":
+                    return self._results.read(chunk)
+                with open(self.file(loose_name(chunk, kind)), "rb") as f:
+                    return f.read()
+            except FileNotFoundError:
+                pass
+            archive = self._archive(kind)
+            if archive is not None:
+                try:
+                    return archive.read(chunk_key(chunk))
+                except KeyError:
+                    pass
+            if kind != "result" or rescanned:
+                return None
+            self.scan()  # a batch committed since the last scan (or before any)
+        return None
 
     def _archive(self, kind: str) -> StoredArchive | None:
         """The archive of this kind, opened once per version: the driver reads a chunk's
@@ -259,13 +253,19 @@ class WorkDir:
         """Remove a chunk's loose outputs of these kinds (unreadable ones, a late duplicate's,
         or an exception file that the chunk's result disowns)."""
         if "result" in kinds:
-            self._forget_result(chunk)
-            self._results.close()
+            self._results.remove([chunk])
         for kind in kinds:
+            if kind == "result":
+                continue
             try:
                 os.unlink(self.file(loose_name(chunk, kind)))
             except FileNotFoundError:
                 pass
+
+    def adopt_result(self, chunk: int) -> bool:
+        """Workers mode: commit the chunk's complete record that a dead worker left in its
+        result log unlinked (looseresults.LooseResults.adopt); True where it had one."""
+        return self._results.adopt(chunk)
 
     def reduce(self, chunks: dict[int, list[str]], lost_captures: dict[str, str] | None = None) -> int:
         """Move finished chunks' loose files (``{chunk: kinds}``, as the scan saw them) into
@@ -294,10 +294,10 @@ class WorkDir:
         for kind in sorted(additions, key=lambda kind: kind == "result"):
             if additions[kind]:
                 self._extend_archive(kind, additions[kind])
-        removed = 0
-        self._results.close()
-        for entries in additions.values():
-            for name in entries.values():
+        removed = self._results.remove(by_kind["result"])
+        for kind, entries in additions.items():
+            names = entries.others.values() if kind == "result" else entries.values()
+            for name in names:
                 try:
                     os.unlink(self.file(name))
                     removed += 1
@@ -316,11 +316,6 @@ class WorkDir:
                         os.unlink(entry.path)
 
     def _open_loose(self, name: str) -> IO[bytes]:
-        """A loose file's content: a result that is a link to a worker's result log reads
-        as its chunk's record alone."""
-        chunk = result_chunk(name)
-        if chunk is not None:
-            return io.BytesIO(self._results.read(self.file(name), chunk, name))
         return open(self.file(name), "rb")
 
     def _index(self, kind: str) -> ArchiveIndex:
@@ -338,18 +333,10 @@ class WorkDir:
                        may_vanish=kind in ("stdout", "stderr"), index=self._index(kind))
 
     def _open_result(self, name: str) -> IO[bytes] | bytes:
-        """A loose result for its archive: as read_output read it, where it kept it. A loose
-        result never changes: only the driver removes one (discard_loose forgets it), and a
-        chunk's next result cannot be made while one is there."""
+        """A loose result for its archive (LooseEntries spells it by the chunk's own name;
+        the result may be under its batch's)."""
         chunk = result_chunk(name)
-        data = self._forget_result(chunk) if chunk is not None else None
-        return data if data is not None else self._open_loose(name)
-
-    def _forget_result(self, chunk: int) -> bytes | None:
-        data = self._results_read.pop(chunk, None)
-        if data is not None:
-            self._results_read_bytes -= len(data) + KEPT_RESULT_OVERHEAD
-        return data
+        return self._results.for_archive(chunk) if chunk is not None else self._open_loose(name)
 
     def space_error(self) -> OSError | None:
         """The error a write of SPACE_PROBE_BYTES into the work_dir meets now (ENOSPC: the disk

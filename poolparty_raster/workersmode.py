@@ -250,7 +250,15 @@ class WorkersMode:
                     self.claims.reissue(chunk, f"no heartbeat for {silence:.0f} s")
                 continue
             run.collect()
-            if chunk in run.finished:
+            # A result that came meanwhile, or that the dead worker held for a batch commit
+            # (written, not linked: adopted here, not run again); the next chunk of the run
+            # is then the one it ran. Or a chunk its worker had freed behind a slow chunk.
+            if chunk in run.finished or run.work_dir.adopt_result(chunk):
+                run.collect()
+                if self._running.get(key) == chunk:
+                    del self._running[key]
+                continue
+            if self.claims.claims.freed_by_its_worker(chunk):
                 continue
             surplus = worker in self.workers and self.workers[worker].surplus
             token = holder_token(holder)

@@ -7,11 +7,13 @@ import collections
 import json
 import os
 import sys
+import time
 import uuid
 
 import cloudpickle
 
 import poolparty_raster as pp
+from poolparty_raster.claimfiles import parse_claim
 from poolparty_raster.claimmaker import FAST_CHUNK_SECONDS, MAX_RUN, RUN_SECONDS, RunPacer
 from poolparty_raster.claims import Claims
 
@@ -62,6 +64,76 @@ def test_a_freed_chunk_is_claimed_again_once_and_only_its_dead_holders_claim_is_
     held = driver.held()
     assert held[4][0] == "2 vm 3 t2" and {c for c, (h, _) in held.items() if h == "0 vm 1 t0"} \
         == set(range(10)) - {4}
+
+
+def test_a_worker_that_frees_the_rest_of_its_run_hands_none_of_it_out_and_others_claim_it(tmp_path):
+    driver = Claims(str(tmp_path / "claims"))
+    driver.create()
+    slow, other = Claims(driver.path), Claims(driver.path)
+    assert slow.claim_next(10, "0 vm 1 t0", set(), run=10) == (0, driver.path_of(0))
+    assert slow.free_unstarted() == list(range(1, 10)) and not slow.has_unstarted()
+    handed_out = [0]
+    for claimer, name in [(other, "1 vm 2 t1"), (slow, "0 vm 1 t0")] * 5:
+        claimed = claimer.claim_next(10, name, set())
+        if claimed is not None:
+            assert claimed[1] == driver.path_of(claimed[0]) + ".again"  # claimed one by one
+            handed_out.append(claimed[0])
+    assert sorted(handed_out) == list(range(10))  # each chunk handed out once
+    assert driver.freed_by_its_worker(5) and not driver.freed_by_its_worker(5)  # now known
+
+
+def record_run(records: str, x: int) -> None:
+    open(os.path.join(records, f"{x}.{os.getpid()}.{uuid.uuid4().hex}"), "w").close()
+
+
+def later_chunks_of_its_run(work_dir: str, x: int) -> list[int]:
+    """The chunks after ``x`` in the run that holds it (runs start where a claim is)."""
+    for start in range(x, -1, -1):
+        try:
+            with open(os.path.join(work_dir, "claims", f"{start:06d}")) as f:
+                return list(range(x + 1, start + parse_claim(f.read())[1]))
+        except FileNotFoundError:
+            continue
+    return []
+
+
+def block_until_the_rest_of_its_run_ran(args):
+    """One chunk past 100 that is inside a run blocks until the chunks after it in its run
+    have run (a minute at most): True where they did."""
+    x, records, work_dir, elected = args
+    record_run(records, x)
+    later = later_chunks_of_its_run(work_dir, x) if x >= 100 else []
+    if not later:
+        return x, [], None
+    try:
+        os.close(os.open(elected, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return x, [], None  # another chunk blocks
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ran = {int(name.split(".")[0]) for name in os.listdir(records)}
+        if ran.issuperset(later):
+            return x, later, True
+        time.sleep(0.01)  # polls the condition; the deadline bounds a failing test
+    return x, later, False
+
+
+def test_a_slow_chunk_frees_the_rest_of_its_run_for_another_worker(tmp_path):
+    records, work_dir = tmp_path / "records", tmp_path / "w"
+    records.mkdir()
+    pool = pp.LocalPool(2, mode="workers", progress=False, work_dir=str(work_dir))
+    tasks = [(x, str(records), str(work_dir), str(tmp_path / "elected")) for x in range(400)]
+    results = pool.map(block_until_the_rest_of_its_run_ran, tasks, chunksize=1)
+    assert [r[0] for r in results] == list(range(400))
+    blocked = [r for r in results if r[2] is not None]
+    assert len(blocked) == 1, "no chunk past 100 was inside a run"
+    x, later, ran_meanwhile = blocked[0]
+    assert ran_meanwhile  # the rest of its run ran elsewhere while it blocked
+    pids = collections.defaultdict(list)
+    for name in os.listdir(records):
+        pids[int(name.split(".")[0])].append(name.split(".")[1])
+    assert {c: len(p) for c, p in pids.items()} == {c: 1 for c in range(400)}  # none twice
+    assert not set(pids[x]) & {pid for c in later for pid in pids[c]}
 
 
 def run_and_die_once(args):

@@ -175,14 +175,14 @@ def test_a_manifest_keeps_its_chunk_starts_compact_and_reads_them_back(tmp_path)
 
 
 def test_the_driver_holds_a_few_result_logs_open_and_none_once_it_removes_results(tmp_path):
-    from poolparty_raster import resultlog
+    from poolparty_raster import looseresults, resultlog
 
     def open_fds():
         return len(os.listdir("/proc/self/fd"))
 
     work_dir = WorkDir(str(tmp_path / "w"))
     work_dir.create()
-    for worker in range(resultlog.LOGS_HELD + 3):  # a log each
+    for worker in range(looseresults.LOGS_HELD + 3):  # a log each
         log = resultlog.ResultLog(work_dir.path)
         work_dir.write_result(worker, b"%d" % worker, log)
         log.close()
@@ -190,7 +190,7 @@ def test_the_driver_holds_a_few_result_logs_open_and_none_once_it_removes_result
     before = open_fds()
     assert [work_dir.read_output(c, "result") for c in range(11)] == [b"%d" % c for c in range(11)]
     assert work_dir.read_output(10, "result") == b"10"  # again, from a log held open
-    assert open_fds() - before == resultlog.LOGS_HELD
+    assert open_fds() - before == looseresults.LOGS_HELD
     work_dir.reduce({c: ["result"] for c in range(11)})
     assert open_fds() == before
     assert [work_dir.read_output(c, "result") for c in (0, 10)] == [b"0", b"10"]  # archived
