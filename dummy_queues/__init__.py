@@ -33,7 +33,11 @@ DummyQueue API:
   inject_vanish(task=None, name=None, count=1)
       never runs, writes nothing; SLURM shows NODE_FAIL/NodeDown in --states=all.
   inject_timeout(seconds, task=None, name=None, count=1)
-      killed after `seconds` (SLURM TIMEOUT/TimeLimit; SGE gone; PBS Exit_status -29).
+      killed after `seconds` (SLURM TIMEOUT/TimeLimit; SGE gone; PBS Exit_status -29;
+      HTCondor held, HoldReasonCode 47).
+  inject_oom(task=None, name=None, count=1)
+      killed for its memory as it starts (SLURM OUT_OF_MEMORY; PBS Exit_status -27; LSF EXIT
+      137; HTCondor held, HoldReasonCode 34); Grid Engine has no memory kill (ValueError).
   inject_slow(seconds, task=None, name=None, count=1)
       runs `seconds` longer than its command takes (a slow node, a straggler).
   inject_command_failure(command, times=1, mode="fail"|"hang"|"garble"|"lose_id"|"late",
@@ -67,8 +71,8 @@ Choices where no real output was available:
   universe only, one queue statement (``queue N`` or ``queue NAME in (...)``); the
   submit description's macros are expanded in ``environment`` per proc, in ``arguments`` per
   cluster; a job gets only its ``environment`` line and HTCondor's own variables unless
-  ``getenv = true``; max_materialize is kept; a run limit (inject_timeout) removes the proc
-  with a PeriodicRemove reason.
+  ``getenv = true``; max_materialize is kept; a proc past its allowed_execute_duration (or
+  inject_timeout's limit) is held with HoldReasonCode 47, past allowed_job_duration with 46.
 """
 from ._queue import DummyQueue, install
 

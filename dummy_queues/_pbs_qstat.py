@@ -61,6 +61,8 @@ def _elem_record(state: dict[str, Any], job: dict[str, Any], elem: dict[str, Any
         code = elem.get("exit_code")
         if elem["state"] == "TIMEOUT":
             code = -29  # JOB_EXEC_KILL_WALLTIME
+        elif elem["state"] == "OUT_OF_MEMORY":
+            code = -27  # JOB_EXEC_KILL_MEM
         elif elem.get("signal") and elem["state"] != "CANCELLED":
             code = 256 + elem["signal"]
         if code is not None and elem["start"]:

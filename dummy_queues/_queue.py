@@ -52,7 +52,7 @@ class DummyQueue:
         """One dict per job element still known to the queue (finished ones too).
 
         Keys: key, job_id, task, name, user, state (PENDING HELD ERROR RUNNING
-        COMPLETED FAILED CANCELLED TIMEOUT NODE_FAIL VANISHED), reason,
+        COMPLETED FAILED CANCELLED TIMEOUT OUT_OF_MEMORY NODE_FAIL VANISHED), reason,
         exit_code, signal, submit_time, start, end.
         """
         st = self._store.read()
@@ -81,7 +81,7 @@ class DummyQueue:
     # ------------------------------------------------------------ faults
     def _add_fault(self, kind: str, **fault: Any) -> None:
         with self._store.edit() as st:
-            st["faults"][kind].append(fault)
+            st["faults"].setdefault(kind, []).append(fault)  # a state file of an older dummy
 
     def inject_error_state(self, task: int | None = None, name: str | None = None,
                            count: int = 1, reason: str | None = None) -> None:
@@ -89,14 +89,14 @@ class DummyQueue:
 
         SLURM: PENDING with reason `launch failed requeued held` (or `reason`,
         e.g. "JobHeldAdmin"); SGE: Eqw; PBS: H; LSF: PSUSP; HTCondor: held (JobStatus 5,
-        over its memory by default).  They stay until cancelled.
+        its starter failed on the node by default).  They stay until cancelled.
         task: array task id as the scheduler numbers it; name: job name or glob.
         """
         if reason is None:
             reason = {"slurm": "launch failed requeued held",
                       "sge": "exit_status of job start = 100",
                       "lsf": "The job was suspended by LSF admin or root while pending",
-                      "htcondor": _htcondor_hold_reason(),
+                      "htcondor": _htcondor_stuck_reason(),
                       }.get(self.scheduler, "")
         self._add_fault("error_state", task=task, name=name, count=count, reason=reason)
 
@@ -105,9 +105,22 @@ class DummyQueue:
         """Matching elements disappear without running (SLURM shows NODE_FAIL in -t all)."""
         self._add_fault("vanish", task=task, name=name, count=count)
 
+    def inject_oom(self, task: int | None = None, name: str | None = None,
+                   count: int = 1) -> None:
+        """The next `count` matching elements are killed for their memory as they start (their
+        command does not run), ending as the scheduler tells it: SLURM OUT_OF_MEMORY; PBS
+        Exit_status -27; HTCondor held with HoldReasonCode 34 (subcode 102); LSF EXIT, exit
+        137 (a real LSF says TERM_MEMLIMIT only in bjobs -l and bhist).  Grid Engine has none:
+        its h_vmem is a limit on allocations, which fail inside the job (a MemoryError)."""
+        if self.scheduler == "sge":
+            raise ValueError("Grid Engine kills no job for its memory: h_vmem makes the job's "
+                             "own allocations fail (a MemoryError in Python)")
+        self._add_fault("oom", task=task, name=name, count=count)
+
     def inject_timeout(self, seconds: float, task: int | None = None, name: str | None = None,
                        count: int = 1) -> None:
-        """Matching elements are killed `seconds` after they start (SLURM TIMEOUT)."""
+        """Matching elements are killed `seconds` after they start (SLURM TIMEOUT; HTCondor
+        holds them, HoldReasonCode 47, as its allowed_execute_duration does)."""
         self._add_fault("timeout", task=task, name=name, count=count, seconds=float(seconds))
 
     def inject_slow(self, seconds: float, task: int | None = None, name: str | None = None,
@@ -137,7 +150,8 @@ class DummyQueue:
 
     def clear_faults(self) -> None:
         with self._store.edit() as st:
-            st["faults"] = {"error_state": [], "vanish": [], "timeout": [], "slow": [], "commands": {}}
+            st["faults"] = {"error_state": [], "vanish": [], "timeout": [], "slow": [], "oom": [],
+                            "commands": {}}
 
     def set_limits(self, max_array_size: int | None = None,
                    max_jobs_per_user: int | None = None, max_job_count: int | None = None,
@@ -174,9 +188,9 @@ class DummyQueue:
             st["hanging"] = []
 
 
-def _htcondor_hold_reason() -> str:
-    from .htcondor import HELD_FOR_MEMORY
-    return HELD_FOR_MEMORY
+def _htcondor_stuck_reason() -> str:
+    from .htcondor import STARTER_FAILED
+    return STARTER_FAILED
 
 
 SCRIPT = """#!{python}

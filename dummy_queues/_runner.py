@@ -1,7 +1,7 @@
 """Runs one job element detached from everything.
 
-A runner is forked from the command (or runner) that started it, or started as
-``python -m dummy_queues._runner STATE_PATH ELEMENT_KEY INFO_JSON``.  It is a
+A runner is forked from the command (or runner) that started it (:func:`spawn`), or started
+as ``python -m dummy_queues._runner STATE_PATH ELEMENT_KEY INFO_JSON``.  It is a
 session leader, and the job's command stays in its process group, so
 cancelling = killpg(runner).  It records the end of the job under the lock and
 starts the next pending elements itself; that is what makes jobs progress with
@@ -14,7 +14,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import traceback
 from typing import Any
 
 
@@ -32,11 +34,7 @@ def _record(path: str, key: str, **result: Any) -> None:
         if elem is None or elem["state"] != "RUNNING" or elem["pid"] != os.getpid():
             return
         now = time.time()
-        word = result.pop("state")
-        if word == "ERROR":
-            elem.update(state="ERROR", pid=None, error_time=now, **result)
-        else:
-            _state.finish(elem, word, now, **result)
+        _state.end_element(elem, now, **result)
         _state.schedule(state, path, now)
 
 
@@ -117,7 +115,10 @@ def run(path: str, key: str, info: dict[str, Any]) -> None:
             out.write((msg + "\n").encode())
             out.flush()
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        _record(path, key, state="TIMEOUT", exit_code=0, signal=15, reason="TimeLimit")
+        # how the scheduler ends a job at its limit (HTCondor holds it), else TIMEOUT
+        end = info.get("timeout_end") or {"state": "TIMEOUT", "exit_code": 0, "signal": 15,
+                                          "reason": "TimeLimit"}
+        _record(path, key, **end, time_limit=float(limit))
         os.killpg(os.getpgrp(), signal.SIGTERM)
         end = time.monotonic() + kill_wait
         while time.monotonic() < end:
@@ -140,6 +141,77 @@ def run(path: str, key: str, info: dict[str, Any]) -> None:
     else:
         _record(path, key, state="FAILED", exit_code=0, signal=-code,
                 reason="JobLaunchFailure")
+
+
+def spawn(path: str, key: str, info: dict[str, Any]) -> int:
+    """Start a detached runner (own session, so its group can be killed); returns its pid.
+
+    Commands and runners are single-threaded, so the runner is forked from them (no new
+    interpreter to start: that halves the cost of a job) and double-forked, so that init, not
+    a long-lived caller, reaps it. A threaded caller starts a fresh interpreter instead.
+    """
+    if threading.active_count() > 1:
+        return _popen_runner(path, key, info)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    read, write = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        try:
+            os.close(read)
+            runner = os.fork()
+            if runner == 0:
+                os.close(write)
+                _become_runner(path, key, info)
+            os.write(write, str(runner).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        pid = int(pipe.read())
+    os.waitpid(middle, 0)
+    return pid
+
+
+def _become_runner(path: str, key: str, info: dict[str, Any]) -> None:
+    """The forked runner: detach, keep nothing of the parent's open files (its state lock
+    above all), run the job, and exit without the parent's clean-up."""
+    code = 1
+    try:
+        os.setsid()
+        log = os.open(os.path.join(os.path.dirname(path), "runner.log"),
+                      os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.closerange(3, 65536)
+        run(path, key, info)
+        code = 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def _popen_runner(path: str, key: str, info: dict[str, Any]) -> int:
+    from ._state import PKG_PARENT
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = PKG_PARENT + os.pathsep + env.get("PYTHONPATH", "")
+    log = open(os.path.join(os.path.dirname(path), "runner.log"), "ab")
+    try:
+        # Detached: stdio must not be the caller's pipes, or a caller doing
+        # subprocess.run(capture_output=True) would wait for the whole job.
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dummy_queues._runner", path, key, json.dumps(info)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True,
+            start_new_session=True, env=env)
+    finally:
+        log.close()
+    # We never wait for it (init reaps it once we exit); mark it done so
+    # Popen.__del__ does not warn about a still-running child.
+    proc.returncode = 0
+    return proc.pid
 
 
 if __name__ == "__main__":

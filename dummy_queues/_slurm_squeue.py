@@ -9,8 +9,8 @@ from . import _cmd, _state
 from ._cmd import Option as O, Result, UsageError
 
 SHORT = {"PENDING": "PD", "RUNNING": "R", "COMPLETING": "CG", "COMPLETED": "CD",
-         "FAILED": "F", "CANCELLED": "CA", "TIMEOUT": "TO", "NODE_FAIL": "NF",
-         "SUSPENDED": "S", "CONFIGURING": "CF"}
+         "FAILED": "F", "CANCELLED": "CA", "TIMEOUT": "TO", "OUT_OF_MEMORY": "OOM",
+         "NODE_FAIL": "NF", "SUSPENDED": "S", "CONFIGURING": "CF"}
 DEFAULT_STATES = {"PENDING", "RUNNING", "COMPLETING", "SUSPENDED", "CONFIGURING"}
 HEADERS = {"i": "JOBID", "A": "JOBID", "F": "ARRAY_JOB_ID", "K": "ARRAY_TASK_ID", "j": "NAME",
            "T": "STATE", "t": "ST", "r": "REASON", "R": "NODELIST(REASON)", "u": "USER",

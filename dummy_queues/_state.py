@@ -13,22 +13,24 @@ import importlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import tempfile
-import threading
 import time
-import traceback
 from typing import Any, Iterator
 
 from filelock import FileLock
+
+from . import _runner
 
 STATE_NAME = "queue_state.json"
 LOCK_TIMEOUT = 60.0  # bounded: a stuck lock holder must not hang a test forever
 PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 ACTIVE = ("PENDING", "HELD", "ERROR", "RUNNING")
-FINISHED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "VANISHED")
+FINISHED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
+            "VANISHED")
+# How a memory kill (inject_oom) ends an element where the scheduler's module does not say
+# (its memory_kill): the kernel's OOM killer's SIGKILL, which is all LSF's bjobs shows.
+OOM_KILLED = {"state": "FAILED", "exit_code": 0, "signal": 9, "reason": "OutOfMemory"}
 
 DEFAULT_CLUSTER: dict[str, Any] = {
     "slots": 4,
@@ -54,7 +56,8 @@ def new_state(scheduler: str, **cluster: Any) -> dict[str, Any]:
         "next_id": 1,
         "jobs": {},
         "elements": {},
-        "faults": {"error_state": [], "vanish": [], "timeout": [], "slow": [], "commands": {}},
+        "faults": {"error_state": [], "vanish": [], "timeout": [], "slow": [], "oom": [],
+                   "commands": {}},
         "hanging": [],
         "delayed": [],  # jobs accepted but not yet seen (the "late" command fault)
         "calls": [],
@@ -150,6 +153,14 @@ def finish(elem: dict[str, Any], state_word: str, now: float, **extra: Any) -> N
     elem.update(state=state_word, end=now, pid=None, **extra)
 
 
+def end_element(elem: dict[str, Any], now: float, state: str, **extra: Any) -> None:
+    """End a run: finished in ``state``, or stuck in an error state (HTCondor's holds)."""
+    if state == "ERROR":
+        elem.update(state="ERROR", pid=None, error_time=now, **extra)
+    else:
+        finish(elem, state, now, **extra)
+
+
 def delay_job(state: dict[str, Any], jid: int, until: float) -> None:
     """Take a just-submitted job out of sight (listings, cancels, scheduling) until ``until``:
     a controller that queued the request and processes it later."""
@@ -238,6 +249,12 @@ def _start_pending(state: dict[str, Any], path: str, now: float) -> None:
                    now, reason="NodeDown")
             continue
         mod = mod or adapter(state["scheduler"])
+        if take_fault(state, "oom", job, elem) is not None:
+            # killed as it starts: before the job can have written anything
+            elem["start"] = now
+            kill = getattr(mod, "memory_kill", None)
+            end_element(elem, now, **(kill(job) if kill else OOM_KILLED))
+            continue
         info = mod.launch_info(state, job, elem)
         fault = take_fault(state, "timeout", job, elem)
         if fault is not None:
@@ -248,81 +265,11 @@ def _start_pending(state: dict[str, Any], path: str, now: float) -> None:
             info["delay"] = fault["seconds"]
         info["spool"] = job["spool"]
         info["kill_wait"] = state["cluster"]["kill_wait"]
-        pid = spawn_runner(path, key, info)
+        pid = _runner.spawn(path, key, info)
         elem.update(state="RUNNING", reason=None, pid=pid, pstart=proc_start_time(pid),
                     start=now, eid=info.get("eid", elem.get("eid")))
         free -= 1
         per_job[elem["job"]] = per_job.get(elem["job"], 0) + 1
-
-
-def spawn_runner(path: str, key: str, info: dict[str, Any]) -> int:
-    """Start a detached runner (own session, so its group can be killed); returns its pid.
-
-    Commands and runners are single-threaded, so the runner is forked from them (no new
-    interpreter to start: that halves the cost of a job) and double-forked, so that init, not
-    a long-lived caller, reaps it. A threaded caller starts a fresh interpreter instead.
-    """
-    if threading.active_count() > 1:
-        return _popen_runner(path, key, info)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    read, write = os.pipe()
-    middle = os.fork()
-    if middle == 0:
-        try:
-            os.close(read)
-            runner = os.fork()
-            if runner == 0:
-                os.close(write)
-                _become_runner(path, key, info)
-            os.write(write, str(runner).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as pipe:
-        pid = int(pipe.read())
-    os.waitpid(middle, 0)
-    return pid
-
-
-def _become_runner(path: str, key: str, info: dict[str, Any]) -> None:
-    """The forked runner: detach, keep nothing of the parent's open files (its state lock
-    above all), run the job, and exit without the parent's clean-up."""
-    code = 1
-    try:
-        os.setsid()
-        log = os.open(os.path.join(os.path.dirname(path), "runner.log"),
-                      os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        os.closerange(3, 65536)
-        from . import _runner
-        _runner.run(path, key, info)
-        code = 0
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        os._exit(code)
-
-
-def _popen_runner(path: str, key: str, info: dict[str, Any]) -> int:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = PKG_PARENT + os.pathsep + env.get("PYTHONPATH", "")
-    log = open(os.path.join(os.path.dirname(path), "runner.log"), "ab")
-    try:
-        # Detached: stdio must not be the caller's pipes, or a caller doing
-        # subprocess.run(capture_output=True) would wait for the whole job.
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dummy_queues._runner", path, key, json.dumps(info)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True,
-            start_new_session=True, env=env)
-    finally:
-        log.close()
-    # We never wait for it (init reaps it once we exit); mark it done so
-    # Popen.__del__ does not warn about a still-running child.
-    proc.returncode = 0
-    return proc.pid
 
 
 def allocate_id(state: dict[str, Any], count: int = 1) -> int:

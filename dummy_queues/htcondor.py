@@ -6,13 +6,16 @@ follow the HTCondor manual. A cluster's procs are the elements of one job, numbe
 a proc is ``12.3`` to condor_q and condor_rm. Jobs in the queue (idle, running, held) are
 listed by condor_q, ended ones (completed, removed) by condor_history. ``max_materialize``
 keeps the procs beyond it out of the queue until earlier ones leave it; condor_q -factory
-lists such a cluster with ``JobMaterializeNextProcId``. A run limit (inject_timeout) removes
-a proc as a ``periodic_remove`` policy would.
+lists such a cluster with ``JobMaterializeNextProcId``. A proc past its
+``allowed_execute_duration`` (or ``allowed_job_duration``, or a limit of inject_timeout) is
+held with HoldReasonCode 47 (46), one over its memory (inject_oom) with 34, subcode 102,
+naming its ``request_memory``.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from typing import Any
 
@@ -29,15 +32,19 @@ MESSAGES = {
     "condor_history": {"fail": (DOWN, 1)},
     "condor_rm": {"fail": ("Can't find address of local schedd", 1)},
 }
-HELD_FOR_MEMORY = ("Error from slot1_1@vm: Job has gone over cgroup memory limit of 2048 "
-                   "megabytes. Peak usage: 2231 megabytes.  Consider resubmitting with a "
-                   "higher request_memory.")
-# hold codes of the manual's table: 34 the job used more memory than it asked; 1 condor_hold
-HOLD_CODES = {HELD_FOR_MEMORY: 34}
-RUN_LIMIT_REMOVED = ("The job attribute PeriodicRemove expression '(time() - "
-                     "JobCurrentStartDate) > MaxRuntime' evaluated to TRUE")
-_STATUS = {"PENDING": 1, "RUNNING": 2, "CANCELLED": 3, "TIMEOUT": 3, "COMPLETED": 4,
-           "FAILED": 4, "HELD": 5, "ERROR": 5}
+# inject_error_state's hold: the starter could not start the job on its node (code 6,
+# FailedToCreateProcess, the subcode an errno)
+STARTER_FAILED = ("Error from slot1_1@vm: Failed to execute '/bin/sh': (errno=2: 'No such "
+                  "file or directory')")
+HOLD_CODES = {STARTER_FAILED: (6, 2)}
+# hold codes of the manual's table: 34 JobOutOfResources (subcode 102: memory),
+# 46 JobDurationExceeded, 47 JobExecuteExceeded; 1 condor_hold
+MEMORY_HOLD, MEMORY_SUBCODE = 34, 102
+DURATION_HOLDS = {47: ("allowed_execute_duration", "execute"),
+                  46: ("allowed_job_duration", "job")}
+DEFAULT_REQUEST_MEMORY_MB = 128  # what a job that asks for none gets here
+_STATUS = {"PENDING": 1, "RUNNING": 2, "CANCELLED": 3, "COMPLETED": 4, "FAILED": 4,
+           "HELD": 5, "ERROR": 5}
 QUERY_OPTS = {"-json": O("json", False), "-attributes": O("attributes"),
               "-constraint": O("constraint", multi=True), "-factory": O("factory", False),
               "-allusers": O("allusers", False), "-nobatch": O("nobatch", False),
@@ -135,9 +142,56 @@ def launch_info(state: dict[str, Any], job: dict[str, Any], elem: dict[str, Any]
         value = expand(job.get(name) or os.devnull, _proc_macros(job, proc))
         return os.path.join(job["cwd"], value)
 
+    # the shorter of the job's duration limits holds it (inject_timeout's: as 47's)
+    limits = {code: float(job["commands"][command]) for code, (command, _) in
+              DURATION_HOLDS.items() if job["commands"].get(command)}
+    code = min(limits, key=limits.__getitem__) if limits else 47
     # HTCondor truncates a job's output files when the job starts
     return {"env": env, "cwd": job["cwd"], "stdout": path("output"), "stderr": path("error"),
-            "append": False, "time_limit": None, "on_error": "fail"}
+            "append": False, "time_limit": limits.get(code), "on_error": "fail",
+            "timeout_end": {"state": "ERROR", "reason": None, "hold_code": code,
+                            "hold_subcode": 0}}
+
+
+def memory_kill(job: dict[str, Any]) -> dict[str, Any]:
+    """How a proc over its memory ends (inject_oom): held, as the starter holds it."""
+    limit = _megabytes(job["commands"].get("request_memory"))
+    return {"state": "ERROR", "hold_code": MEMORY_HOLD, "hold_subcode": MEMORY_SUBCODE,
+            "reason": f"Error from slot1_1@vm: Job has gone over cgroup memory limit of {limit} "
+                      f"megabytes. Last measured usage: {limit + 1} megabytes.  Consider "
+                      f"resubmitting with a higher request_memory."}
+
+
+def _megabytes(request: str | None) -> int:
+    """request_memory in MB: a number is MB, or K, M, G, T (with an optional B)."""
+    if not request:
+        return DEFAULT_REQUEST_MEMORY_MB
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)B?\s*", request, re.I)
+    if match is None:
+        return DEFAULT_REQUEST_MEMORY_MB  # an expression: the dummy does not evaluate it
+    scale = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 ** 2}[match.group(2).upper()]
+    return int(float(match.group(1)) * scale)
+
+
+def _short_time(seconds: float) -> str:
+    """HTCondor's format_time_short: ``00:03`` for 3 s, ``1:00:00`` for an hour."""
+    total = int(seconds)
+    text = (f"{total // 86400}+{total % 86400 // 3600:02d}:{total % 3600 // 60:02d}:"
+            f"{total % 60:02d}").lstrip("0+")
+    return text[1:] if text.startswith(":") else text
+
+
+def _hold(job: dict[str, Any], elem: dict[str, Any], word: str) -> dict[str, Any]:
+    """HoldReason, HoldReasonCode and HoldReasonSubCode of a held proc."""
+    code, subcode = elem.get("hold_code"), elem.get("hold_subcode", 0)
+    reason = elem.get("reason")
+    if code in DURATION_HOLDS:
+        reason = (f"The job exceeded allowed {DURATION_HOLDS[code][1]} duration of "
+                  f"{_short_time(elem.get('time_limit') or 0)}")
+    reason = reason or "via condor_hold (by user %s)" % job["user"]
+    if code is None:
+        code, subcode = HOLD_CODES.get(reason, (1 if word == "HELD" else 0, 0))
+    return {"HoldReason": reason, "HoldReasonCode": code, "HoldReasonSubCode": subcode}
 
 
 def _ad(state: dict[str, Any], elem: dict[str, Any]) -> dict[str, Any]:
@@ -147,15 +201,12 @@ def _ad(state: dict[str, Any], elem: dict[str, Any]) -> dict[str, Any]:
                           "JobBatchName": job["name"], "JobStatus": _STATUS[word],
                           "QDate": int(job["submit_time"]), "Iwd": job["cwd"]}
     if word in ("HELD", "ERROR"):
-        reason = elem.get("reason") or "via condor_hold (by user %s)" % job["user"]
-        ad.update(HoldReason=reason, HoldReasonCode=HOLD_CODES.get(reason, 1 if word == "HELD" else 0))
+        ad.update(_hold(job, elem, word))
     if word in ("COMPLETED", "FAILED"):
         signal = elem.get("signal") or 0
         ad.update(ExitBySignal=bool(signal))
         ad.update(ExitSignal=signal) if signal else ad.update(ExitCode=elem.get("exit_code") or 0)
-    if word == "TIMEOUT":
-        ad["RemoveReason"] = RUN_LIMIT_REMOVED
-    elif word == "CANCELLED":
+    if word == "CANCELLED":
         ad["RemoveReason"] = f"via condor_rm (by user {job['user']})"
     if elem.get("start"):
         ad["JobCurrentStartDate"] = int(elem["start"])

@@ -166,6 +166,11 @@ def launch_info(state: dict[str, Any], job: dict[str, Any], elem: dict[str, Any]
             "time_limit": job.get("time_limit"), "on_error": "fail"}
 
 
+def memory_kill(job: dict[str, Any]) -> dict[str, Any]:
+    """How a job over its mem ends (inject_oom): qstat -x shows Exit_status -27."""
+    return {"state": "OUT_OF_MEMORY", "exit_code": -27, "signal": 9, "reason": None}
+
+
 def parse_ident(text: str) -> tuple[str, str | None]:
     """'123[4].srv' -> ('123', '4'); '123[]' -> ('123', ''); '124' -> ('124', None)."""
     m = re.fullmatch(r"(\d+)(?:\[(\d*)\])?(?:\..*)?", text)

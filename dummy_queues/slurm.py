@@ -204,6 +204,11 @@ def launch_info(state: dict[str, Any], job: dict[str, Any], elem: dict[str, Any]
                                f"{stamp} DUE TO TIME LIMIT ***"}
 
 
+def memory_kill(job: dict[str, Any]) -> dict[str, Any]:
+    """How an element over its --mem ends (inject_oom): the cgroup's OOM kill."""
+    return {"state": "OUT_OF_MEMORY", "exit_code": 0, "signal": 9, "reason": "OutOfMemory"}
+
+
 def _ids(spec: str) -> list[str]:
     return [x for x in spec.split(",") if x]
 

@@ -161,8 +161,9 @@ class ArrayMode:
             for chunk, status in members:
                 run.work_dir.log("error_state", chunk=chunk, job_id=job_id,
                                  reason=status.reason, detail=detail)
-                dead.append((chunk, f"stuck in {status.reason}" + (f": {detail}" if detail else ""),
-                             None))
+                # HTCondor holds a job it killed at its request: a kill, not a stuck state
+                said = status.reason if status.exceeded else f"stuck in {status.reason}"
+                dead.append((chunk, said + (f": {detail}" if detail else ""), status.exceeded))
         return dead
 
     # -- dead attempts ---------------------------------------------------------------------------

@@ -45,6 +45,11 @@ def test_lsf_asks_for_gpus_with_its_gpu_option(dummy_lsf):
         assert argv[argv.index("-gpu") + 1] == "num=4"
 
 
+def test_htcondor_asks_for_gpus_with_request_gpus(dummy_htcondor):
+    assert pp.HTCondorPool(gpus_per_task=2, **FAST).map(double, range(3)) == [0, 2, 4]
+    assert [s["commands"]["request_gpus"] for s in dummy_htcondor.submissions] == ["2"]
+
+
 def test_batch_asks_for_gpus_in_the_resource_requirements(dummy_batch):
     from dummy_queues import aws
 

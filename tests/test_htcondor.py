@@ -1,8 +1,8 @@
 """HTCondorPool: the parsers on samples of HTCondor's output (tests/golden/htcondor/, written
 from the HTCondor manual: no HTCondor runs here; cluster 4321 holds chunks 10-19, cluster 4400
 is a throttled resubmission of chunks 3, 7 and 8 whose proc 2 is not materialized yet), the
-submit description, and what only HTCondor does on the dummy: held jobs, late
-materialization, clusters of scattered chunks."""
+submit description, and what only HTCondor does on the dummy: held jobs (stuck, or over their
+memory or time), late materialization, clusters of scattered chunks, set-up lines."""
 from __future__ import annotations
 
 import os
@@ -16,7 +16,7 @@ import cloudpickle
 import pytest
 
 from dummy_queues._condor_syntax import expand, parse_submit, split_new_syntax
-from poolparty_raster.errors import SchedulerOutputError
+from poolparty_raster.errors import SchedulerOutputError, TaskLostError
 from poolparty_raster.pools.htcondor import HTCondorPool
 from poolparty_raster.schedulers import htcondor
 from poolparty_raster.schedulers.base import SubmitSpec, TaskState, TaskStatus
@@ -50,9 +50,22 @@ def test_every_job_status_of_the_samples_is_read_for_its_chunk():
     }  # 4321's 19 and 4400's 7 are in no listing: gone
     assert "cgroup memory limit" in statuses[("4321", 12)].reason
     assert "HoldReasonCode 34" in statuses[("4321", 12)].reason
+    assert statuses[("4321", 12)].exceeded == "mem"  # follows the kill policy, not resubmitted
     assert [statuses[("4321", c)].succeeded for c in (15, 16, 17, 18)] == [True, False, False, False]
     assert statuses[("4321", 17)].reason == "completed, killed by signal 9"
     assert "PeriodicRemove" in statuses[("4321", 18)].reason
+
+
+@pytest.mark.parametrize("hold, exceeded", [
+    ({"HoldReasonCode": 34, "HoldReasonSubCode": 102}, "mem"),
+    ({"HoldReasonCode": 34}, "mem"),                          # before HTCondor 24: no subcode
+    ({"HoldReasonCode": 34, "HoldReasonSubCode": 104}, None),  # its disk: not a request here
+    ({"HoldReasonCode": 47}, "time"), ({"HoldReasonCode": 46}, "time"),
+    ({"HoldReasonCode": 1}, None), ({"HoldReasonCode": 6, "HoldReasonSubCode": 2}, None)])
+def test_holds_for_memory_and_time_are_told_apart(hold, exceeded):
+    ad = {"ClusterId": 4321, "ProcId": 0, "JobStatus": 5, "HoldReason": "x", **hold}
+    status = htcondor.parse_ads([ad], [], [], JOBS)[("4321", 10)]
+    assert (status.state, status.exceeded) == (TaskState.ERROR, exceeded)
 
 
 def test_the_history_wins_for_a_job_that_left_the_queue_between_the_two_queries():
@@ -108,9 +121,13 @@ def test_a_work_dir_of_awkward_characters_reaches_the_shell_unchanged():
     assert expand(commands["initialdir"], macros) == work_dir and queue == [2, None, None]
 
 
-def test_a_queue_statement_in_submit_lines_is_refused():
+def test_a_queue_statement_or_a_request_in_submit_lines_is_refused():
     with pytest.raises(ValueError, match="queue statement"):
         HTCondorPool(submit_lines=["queue 3"])
+    with pytest.raises(ValueError, match="set request_memory= as the pool's option"):
+        HTCondorPool(submit_lines=["request_memory=4GB"])  # a retry could not enlarge it
+    with pytest.raises(ValueError, match="set allowed_execute_duration="):
+        HTCondorPool(retry_resources={"time": 2.0})
 
 
 def plus_one(x):
@@ -151,7 +168,7 @@ def test_a_held_job_is_removed_and_its_chunk_runs_again_with_the_hold_reason_kep
     pool = HTCondorPool(keep_work_dir=True, work_dir=str(tmp_path / "w"), **FAST)
     assert pool.map(plus_one, range(4), chunksize=1) == [1, 2, 3, 4]
     (held,) = [e for e in log_events(tmp_path / "w") if e["event"] == "error_state"]
-    assert held["chunk"] == 1 and "gone over cgroup memory limit" in held["reason"]
+    assert held["chunk"] == 1 and "Failed to execute" in held["reason"]
     # the held proc alone (a leftover of the map may be removed at its end)
     removed = dummy_htcondor.calls_to("condor_rm")[0]["argv"]
     assert removed == [f"{dummy_htcondor.submissions[0]['job_id']}.1"]
@@ -181,3 +198,57 @@ def test_scattered_chunks_run_again_as_one_cluster_of_items(dummy_htcondor):
     assert HTCondorPool(**FAST).map(plus_one, range(6), chunksize=1) == list(range(1, 7))
     assert [s["queue"] for s in dummy_htcondor.submissions] == [
         [6, None, None], [1, "PoolpartyChunk", ["1", "3"]]]
+
+
+# -- holds for memory and time follow the kill policy ------------------------------------------
+
+
+def sleep_then_return(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def submitted(queue, command: str) -> list[str | None]:
+    """The value of ``command`` in each submit description the dummy received, in order."""
+    return [s["commands"].get(command) for s in queue.submissions]
+
+
+def test_a_memory_hold_fails_its_chunk_at_once_and_leaves_nothing_held(dummy_htcondor):
+    dummy_htcondor.inject_oom(task=1, count=1)  # held, HoldReasonCode 34
+    pool = HTCondorPool(request_memory="1GB", **FAST)
+    with pytest.raises(TaskLostError) as lost:
+        pool.map(plus_one, range(3), chunksize=1)
+    message = str(lost.value)
+    assert lost.value.task_indices == [1]
+    assert "killed at its memory request and not resubmitted" in message
+    assert "raise request_memory=" in message and "retry_resources" in message
+    assert "gone over cgroup memory limit of 1024 megabytes" in message
+    assert "asked for request_memory=1GB" in message
+    assert submitted(dummy_htcondor, "request_memory") == ["1GB"]  # not resubmitted
+    assert not [j for j in dummy_htcondor.jobs() if j["state"] == "ERROR"]  # removed
+
+
+def test_a_memory_hold_is_resubmitted_with_the_doubled_request_when_asked(dummy_htcondor):
+    dummy_htcondor.inject_oom(task=0, count=1)
+    pool = HTCondorPool(request_memory="1GB", retry_resources={"mem": 2.0}, **FAST)
+    assert pool.map(plus_one, range(2), chunksize=1) == [1, 2]
+    assert submitted(dummy_htcondor, "request_memory") == ["1GB", "2GB"]
+    assert dummy_htcondor.submissions[1]["queue"] == [1, None, None]  # the held chunk alone
+
+
+def test_a_wall_time_hold_fails_its_chunk_at_once(dummy_htcondor):
+    pool = HTCondorPool(allowed_execute_duration=1, **FAST)  # held (47) after 1 s
+    with pytest.raises(TaskLostError) as lost:
+        pool.map(sleep_then_return, [0, 30], chunksize=1)
+    message = str(lost.value)
+    assert lost.value.task_indices == [1]
+    assert "killed at its wall time request" in message and "raise allowed_execute_duration=" in message
+    assert "exceeded allowed execute duration of 00:01 (HoldReasonCode 47)" in message
+    assert submitted(dummy_htcondor, "allowed_execute_duration") == ["1"]
+
+
+def test_a_wall_time_hold_is_resubmitted_with_the_doubled_duration_when_asked(dummy_htcondor):
+    pool = HTCondorPool(allowed_execute_duration=3, retry_resources={"time": 2.0}, **FAST)
+    # 3 s is too short for a 3 s sleep (and the interpreter's start); 6 s is enough
+    assert pool.map(sleep_then_return, [0, 3], chunksize=1) == [0, 3]
+    assert submitted(dummy_htcondor, "allowed_execute_duration") == ["3", "6"]

@@ -29,6 +29,7 @@ def array_pools():
         "dummy_sge": lambda **o: pp.SgePool(**o),
         "dummy_pbs": lambda **o: pp.PbsPool(**o),
         "dummy_lsf": lambda **o: pp.LsfPool(**o),
+        "dummy_htcondor": lambda **o: pp.HTCondorPool(**o),
     }
 
 

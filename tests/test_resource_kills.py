@@ -24,10 +24,15 @@ def sleep_then_return(seconds: float) -> float:
     return seconds
 
 
+def flag_values_joined(queue, flag: str) -> list[str]:
+    """The value of each ``flag=value`` argument the dummy received, in order."""
+    return [arg.split("=", 1)[1] for s in queue.submissions for arg in s["argv"]
+            if arg.startswith(f"{flag}=")]
+
+
 def sbatch_times(queue) -> list[str]:
     """The --time of each sbatch call the dummy received, in order."""
-    return [arg.split("=", 1)[1] for s in queue.submissions for arg in s["argv"]
-            if arg.startswith("--time=")]
+    return flag_values_joined(queue, "--time")
 
 
 def test_slurm_end_states_say_which_request_ran_out():
@@ -196,6 +201,40 @@ def test_real_sge_h_rt_kill(real_sge, tmp_path):
         time.sleep(1)
     assert qacct_categories(tmp_path / "w") == ["-l h_rt=4", "-l h_rt=8"]
 
+
+
+def test_slurm_memory_kill_fails_the_chunk_at_once_naming_the_option(dummy_slurm):
+    dummy_slurm.inject_oom(task=1, count=1)  # OUT_OF_MEMORY
+    with pytest.raises(TaskLostError) as lost:
+        pp.SlurmArrayPool(mem="1G", **FAST).map(sleep_then_return, [0, 0], chunksize=1)
+    message = str(lost.value)
+    assert lost.value.task_indices == [1]
+    assert "killed at its memory request and not resubmitted: raise mem=" in message
+    assert "OUT_OF_MEMORY" in message and "asked for mem=1G" in message
+    assert flag_values_joined(dummy_slurm, "--mem") == ["1G"]  # not resubmitted
+
+
+def test_slurm_memory_kill_is_resubmitted_with_the_doubled_request(dummy_slurm):
+    dummy_slurm.inject_oom(task=0, count=1)
+    pool = pp.SlurmArrayPool(mem="1G", retry_resources={"mem": 2.0}, **FAST)
+    assert pool.map(sleep_then_return, [0, 0], chunksize=1) == [0, 0]
+    assert flag_values_joined(dummy_slurm, "--mem") == ["1G", "2G"]
+    assert [len(s["tasks"]) for s in dummy_slurm.submissions] == [2, 1]  # chunk 0 alone
+
+
+def test_pbs_memory_kill_fails_at_once_by_default(dummy_pbs):
+    dummy_pbs.inject_oom(count=1)  # Exit_status -27
+    with pytest.raises(TaskLostError, match="killed at its memory request.*raise mem="):
+        pp.PbsPool(mem="1gb", **FAST).map(sleep_then_return, [0], chunksize=1)
+    assert len(dummy_pbs.submissions) == 1
+
+
+def test_pbs_memory_kill_is_resubmitted_with_the_doubled_mem(dummy_pbs):
+    dummy_pbs.inject_oom(count=1)
+    pool = pp.PbsPool(mem="1gb", retry_resources={"mem": 2.0}, **FAST)
+    assert pool.map(sleep_then_return, [0], chunksize=1) == [0]
+    assert [v for v in flag_values(dummy_pbs, "-l") if v.startswith("mem=")] == [
+        "mem=1gb", "mem=2gb"]
 
 
 def test_batch_out_of_memory_is_resubmitted_with_more_memory(dummy_batch):

@@ -14,8 +14,12 @@ dummy follows the same manual):
 - a job that ends leaves the queue for the history: ``condor_q -json`` and
   ``condor_history -json`` print a JSON array of ClassAds (nothing when none matches) with
   ``JobStatus`` 1 idle, 2 running, 3 removed, 4 completed, 5 held (``HoldReason``,
-  ``HoldReasonCode``), 6 transferring output, 7 suspended; a completed job has ``ExitCode``,
-  or ``ExitBySignal`` and ``ExitSignal``;
+  ``HoldReasonCode``, ``HoldReasonSubCode``), 6 transferring output, 7 suspended; a completed
+  job has ``ExitCode``, or ``ExitBySignal`` and ``ExitSignal``;
+- a job over its memory is held with HoldReasonCode 34 (JobOutOfResources; subcode 102 since
+  HTCondor 24, 104 is its disk); one past ``allowed_execute_duration`` (seconds executing)
+  with 47, past ``allowed_job_duration`` (seconds in the running state) with 46;
+- ``arguments`` is one line of the submit description; ``request_gpus`` asks for GPUs;
 - ``condor_q`` shows only the caller's jobs, ``condor_history`` everyone's;
 - ``condor_rm CLUSTER`` and ``condor_rm CLUSTER.PROC`` exit 1 when nothing matched.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import math
 import os
 import re
 import shlex
@@ -36,9 +41,11 @@ from poolparty_raster.schedulers.base import (CommandRunner, JobRecord, PollResu
                                               Submitter, SubmitSpec, TaskState, TaskStatus,
                                               refusal_kind, require_commands, unanswered,
                                               unparseable)
+from poolparty_raster.schedulers.jobcommand import (checked_setup, node_shell_command,
+                                                    scale_memory)
 
-ATTRIBUTES = ("ClusterId", "ProcId", "JobStatus", "HoldReason", "HoldReasonCode", "ExitCode",
-              "ExitBySignal", "ExitSignal", "RemoveReason")
+ATTRIBUTES = ("ClusterId", "ProcId", "JobStatus", "HoldReason", "HoldReasonCode",
+              "HoldReasonSubCode", "ExitCode", "ExitBySignal", "ExitSignal", "RemoveReason")
 FACTORY_ATTRIBUTES = ("ClusterId", "JobMaterializeNextProcId")
 # The node learns its chunk from this variable (the submit description's environment line).
 CHUNK_VARIABLE = "POOLPARTY_RASTER_CHUNK"
@@ -49,9 +56,16 @@ _SUBMITTED = re.compile(r"job\(s\) submitted to cluster (\d+)\.")
 _STATES = {1: (TaskState.PENDING, "idle"), 2: (TaskState.RUNNING, "running"),
            3: (TaskState.FINISHED, "removed"), 4: (TaskState.FINISHED, "completed"),
            # held: by the user, an admin or a policy (periodic_hold, out of memory); nothing
-           # releases it for the pool, which removes it and submits its chunk again
+           # releases it for the pool, which removes it, then submits its chunk again (a
+           # hold for the job's memory or time follows the kill policy: HOLD_KILLS)
            5: (TaskState.ERROR, "held"),
            6: (TaskState.RUNNING, "transferring output"), 7: (TaskState.RUNNING, "suspended")}
+# HoldReasonCodes of a job HTCondor stopped for outgrowing its request: 34 JobOutOfResources
+# (memory, unless its subcode says disk), 46 JobDurationExceeded, 47 JobExecuteExceeded.
+HOLD_KILLS = {34: "mem", 46: "time", 47: "time"}
+DISK_SUBCODE = 104  # 34's subcode for the disk: a request no retry enlarges here
+# Submit commands the pool writes from its options (a retry changes them): not in submit_lines.
+REQUEST_COMMANDS = {"time": "allowed_execute_duration", "mem": "request_memory"}
 # refusals that pass once some of the user's jobs have left the queue
 LIMIT_MESSAGES = ("MAX_JOBS_PER_OWNER", "MAX_JOBS_PER_SUBMISSION", "MAX_JOBS_SUBMITTED")
 # failures before the request reached the schedd
@@ -99,7 +113,7 @@ def classify(ad: dict[str, Any]) -> TaskStatus:
     if code == 5:
         held = ad.get("HoldReason") or "no reason given"
         code_words = f" (HoldReasonCode {ad['HoldReasonCode']})" if "HoldReasonCode" in ad else ""
-        return TaskStatus(state, f"held: {held}{code_words}")
+        return TaskStatus(state, f"held: {held}{code_words}", exceeded=hold_kill(ad))
     if code == 3:
         removed = ad.get("RemoveReason")
         return TaskStatus(state, f"removed: {removed}" if removed else "removed")
@@ -109,6 +123,15 @@ def classify(ad: dict[str, Any]) -> TaskStatus:
         exit_code = ad.get("ExitCode")
         return TaskStatus(state, f"completed, exit code {exit_code}", exit_code == 0)
     return TaskStatus(state, word)
+
+
+def hold_kill(ad: dict[str, Any]) -> str | None:
+    """The request a held job outgrew ("time" or "mem"), or None for any other hold."""
+    code = ad.get("HoldReasonCode")
+    kind = HOLD_KILLS.get(code) if isinstance(code, int) else None
+    if kind == "mem" and ad.get("HoldReasonSubCode") == DISK_SUBCODE:
+        return None
+    return kind
 
 
 def parse_ads(queue: Sequence[dict[str, Any]], history: Sequence[dict[str, Any]],
@@ -156,11 +179,11 @@ def contiguous(chunks: Sequence[int]) -> bool:
 
 
 def submit_description(spec: SubmitSpec, chunks: Sequence[int], throttle: int | None,
-                       resource_lines: Sequence[str]) -> str:
+                       resource_lines: Sequence[str], setup: Sequence[str] = ()) -> str:
     """The submit description of one cluster running ``chunks`` (sorted): its procs are the
     chunks in order, each learning its chunk from CHUNK_VARIABLE (``$(Process)`` plus the
-    first chunk, or its item where the chunks have gaps). No part of the driver's environment
-    is in it: that travels in script.py (0600, in the work_dir)."""
+    first chunk, or its item where the chunks have gaps), after the ``setup`` lines. No part
+    of the driver's environment is in it: that travels in script.py (0600, in the work_dir)."""
     if contiguous(chunks):
         source, offset, queue = "$(Process)", chunks[0], f"queue {len(chunks)}"
     else:
@@ -168,9 +191,14 @@ def submit_description(spec: SubmitSpec, chunks: Sequence[int], throttle: int | 
         queue = f"queue {CHUNK_MACRO} in ({' '.join(map(str, chunks))})"
     # The shell appends to scheduler.log (HTCondor would truncate an output file) and runs
     # Python by its absolute path: HTCondor names a job's argv[0] condor_exec.exe.
-    command = (f"exec >>{shlex.quote(spec.scheduler_log)} 2>&1; " + shlex.join(
-        ["exec", spec.python_path, spec.script_path, "--env", CHUNK_VARIABLE,
-         "--offset", str(offset)]))
+    # Set-up lines make the program bash's, as one line (jobcommand writes their newlines
+    # as escapes): the submit description's arguments end at the end of their line.
+    command = (f"exec >>{shlex.quote(spec.scheduler_log)} 2>&1; " + node_shell_command(
+        spec.python_path, spec.script_path, ["--env", CHUNK_VARIABLE, "--offset", str(offset)],
+        setup, spec.mode))
+    if "\n" in command or "\r" in command:
+        raise ValueError(f"an HTCondor job's command is one line: a path of the map holds a "
+                         f"line break ({command!r})")
     lines = [f"# poolparty_raster: the map {spec.job_name}",
              "universe = vanilla",
              "executable = /bin/sh",
@@ -199,8 +227,13 @@ class HTCondorScheduler(ArrayScheduler):
             request_cpus: Annotated[int | None, "request_cpus, the cores of each job"] = None,
             request_memory: Annotated[str | None, "request_memory ('4GB'; a number is MB)"] = None,
             request_disk: Annotated[str | None, "request_disk ('2GB'; a number is KB)"] = None,
+            gpus_per_task: Annotated[int | None, "request_gpus: GPUs for each chunk's job"] = None,
+            allowed_execute_duration: Annotated[int | None, "allowed_execute_duration: seconds "
+                                                            "a job may run before it is held"] = None,
             requirements: Annotated[str | None, "requirements, a ClassAd expression"] = None,
             accounting_group: Annotated[str | None, "accounting_group, the group charged"] = None,
+            setup: Annotated[Sequence[str], "shell lines run on the node before each job's "
+                                            "Python starts ('module load gdal'), in bash"] = (),
             submit_lines: Annotated[Sequence[str], "more submit description lines, as given"] = (),
             condor_call_timeout: Annotated[float, "seconds one HTCondor command may take"] = 60.0,
             condor_submit_path: Annotated[str, "the condor_submit command"] = "condor_submit",
@@ -209,13 +242,22 @@ class HTCondorScheduler(ArrayScheduler):
             condor_rm_path: Annotated[str, "the condor_rm command"] = "condor_rm"):
         self.array = True  # a cluster of one proc is a job like any other
         for line in submit_lines:
-            if line.strip().lower().split(" ", 1)[0] == "queue":
+            command = line.strip().lower().split("=", 1)[0].split(" ", 1)[0].strip()
+            if command == "queue":
                 raise ValueError(f"submit_lines may not hold a queue statement: {line!r} (the "
                                  f"pool writes its own)")
+            if command in REQUEST_COMMANDS.values():  # a retry after a kill rewrites it
+                raise ValueError(f"set {command}= as the pool's option, not in submit_lines: "
+                                 f"{line!r}")
         self.resource_lines = [f"{command} = {value}" for command, value in (
-            ("request_cpus", request_cpus), ("request_memory", request_memory),
-            ("request_disk", request_disk), ("requirements", requirements),
+            ("request_cpus", request_cpus), ("request_disk", request_disk),
+            ("request_gpus", gpus_per_task), ("requirements", requirements),
             ("accounting_group", accounting_group)) if value is not None] + list(submit_lines)
+        self.requests = {"time": None if allowed_execute_duration is None
+                         else str(allowed_execute_duration),
+                         "mem": None if request_memory is None else str(request_memory)}
+        self.request_options = dict(REQUEST_COMMANDS)
+        self.setup = checked_setup(setup)
         self.paths = {"condor_submit_path": condor_submit_path, "condor_q_path": condor_q_path,
                       "condor_history_path": condor_history_path,
                       "condor_rm_path": condor_rm_path}
@@ -227,6 +269,18 @@ class HTCondorScheduler(ArrayScheduler):
 
     def check_available(self) -> None:
         require_commands("HTCondor", self.paths)
+
+    def scale_request(self, kind: str, value: str, factor: float) -> str:
+        if kind == "time":  # whole seconds
+            return str(math.ceil(float(value) * factor))
+        return scale_memory(value, factor)
+
+    def request_lines(self, spec: SubmitSpec) -> list[str]:
+        """request_memory and allowed_execute_duration: the pool's, or this submission's (a
+        retry's after a kill)."""
+        requests = {**self.requests, **spec.resources}
+        return [f"{REQUEST_COMMANDS[kind]} = {value}" for kind, value in requests.items()
+                if value is not None]
 
     def check_job_name(self, job_name: str) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", job_name):
@@ -242,7 +296,8 @@ class HTCondorScheduler(ArrayScheduler):
     def _submit_one_array(self, spec: SubmitSpec, chunks: list[int],
                           throttle: int | None) -> JobRecord:
         path = os.path.join(spec.work_dir, SUBMIT_FILE_NAME)
-        text = submit_description(spec, chunks, throttle, self.resource_lines)
+        text = submit_description(spec, chunks, throttle,
+                                  [*self.request_lines(spec), *self.resource_lines], self.setup)
         # condor_submit reads it at once, on this machine: no need to reach the disk first
         files.atomic_write(path, text.encode(), durable=False)
         try:

@@ -1,6 +1,7 @@
 """The fake HTCondor: submit descriptions (macros, both queue forms, the new arguments and
 environment syntax), condor_q and condor_history ads with the keys of the samples written
-from the manual (tests/golden/htcondor/), holds, late materialization, condor_rm."""
+from the manual (tests/golden/htcondor/), holds (stuck, over memory, over time), late
+materialization, condor_rm."""
 from __future__ import annotations
 
 import json
@@ -67,8 +68,8 @@ def test_held_procs_materialization_and_condor_rm(dummy_htcondor, tmp_path):
     held = submit(tmp_path, 'arguments = "-c true"', queue="queue 2")
     listed = wait_for(lambda: [a for a in ads("condor_q", held) if a["JobStatus"] == 5])
     golden = json.loads((GOLDEN / "condor_q_json.json").read_text())[2]
-    assert set(listed[0]) == set(golden) and listed[0]["HoldReasonCode"] == 34
-    assert "over cgroup memory limit" in listed[0]["HoldReason"]
+    assert set(listed[0]) == set(golden) and listed[0]["HoldReasonCode"] == 6
+    assert "Failed to execute" in listed[0]["HoldReason"]
     gone = run("condor_rm", f"{held}.1")
     assert (gone.returncode, gone.stdout.strip()) == (0, f"Job {held}.1 marked for removal")
     again = run("condor_rm", f"{held}.1")
@@ -109,3 +110,26 @@ def test_refusals_and_constraints(dummy_htcondor, tmp_path):
     named = ads("condor_history", "-constraint",
                 f'JobBatchName == "dq" && (ClusterId == {cluster} || ClusterId == 0)')
     assert [a["ClusterId"] for a in named] == [int(cluster)]
+
+
+def test_holds_for_memory_and_for_time_carry_their_codes(dummy_htcondor, tmp_path):
+    dummy_htcondor.inject_oom(task=0)
+    over_memory = submit(tmp_path, 'arguments = "-c true"', "request_memory = 2GB")
+    over_time = submit(tmp_path, """arguments = "-c 'sleep 30'" """, "allowed_execute_duration = 1")
+    over_job = submit(tmp_path, """arguments = "-c 'sleep 30'" """, "allowed_job_duration = 1",
+                      "allowed_execute_duration = 20")
+
+    def all_held() -> dict[int, dict] | None:
+        listed = run("condor_q", "-json", "-attributes", ATTRS + ",HoldReasonSubCode").stdout
+        found = {a["ClusterId"]: a for a in json.loads(listed or "[]") if a["JobStatus"] == 5}
+        return found if len(found) == 3 else None
+
+    held = wait_for(all_held, what="three held procs")
+    memory, time_, job = held[int(over_memory)], held[int(over_time)], held[int(over_job)]
+    assert (memory["HoldReasonCode"], memory["HoldReasonSubCode"]) == (34, 102)
+    assert "over cgroup memory limit of 2048 megabytes" in memory["HoldReason"]
+    assert (time_["HoldReasonCode"], time_["HoldReason"]) == (
+        47, "The job exceeded allowed execute duration of 00:01")
+    assert (job["HoldReasonCode"], job["HoldReason"]) == (
+        46, "The job exceeded allowed job duration of 00:01")
+    assert not any(j["state"] == "RUNNING" for j in dummy_htcondor.jobs())  # the held are stopped
