@@ -14,25 +14,33 @@ import os
 import pdb
 import reprlib
 import sys
+import time
 import traceback
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from inspect import signature  # not `import inspect`: this module's inspect is the command
+from typing import Any, TextIO
 
 from filelock import FileLock, Timeout
 
-from poolparty_raster import __version__, cliviews, htmlreport, ownership, reportdata
+from poolparty_raster import __version__, cliviews, htmlreport, ownership, reportdata, statusview
 from poolparty_raster.debugging import KeptWorkDir, checked_work_dir, chunk_of
 from poolparty_raster.errors import PoolPartyError, WorkDirMismatchError
 from poolparty_raster.files import atomic_write
 from poolparty_raster.manifest import Manifest
 from poolparty_raster.registry import BACKENDS
-from poolparty_raster.schedulers.base import SubmitSpec, cancelling
+from poolparty_raster.schedulers.base import PollResult, Scheduler, SubmitSpec, cancelling
 from poolparty_raster.workdir import WorkDir
 
-# The schedulers whose jobs the command line can cancel: their commands need no option the
-# work_dir does not hold. (LocalPool's processes end with their driver; the AWS backends
-# need the pool's cluster, queue and region.)
-CANCELLABLE = ("slurm", "sge", "pbs")
+# The schedulers the command line rebuilds from a work_dir, to ask about its jobs (status) or
+# cancel them: their commands need no option the work_dir does not hold. (LocalPool's
+# processes belong to their driver; the AWS backends need the pool's cluster, queue and
+# region.)
+REBUILDABLE = ("slurm", "sge", "pbs", "lsf", "htcondor")
+# Seconds the status waits for the scheduler's answer (one call, not retried): a status that
+# says the scheduler did not answer is more use than one that hangs a minute for it.
+STATUS_CALL_TIMEOUT = 15.0
+# Seconds between two statuses of --watch, where not given.
+WATCH_SECONDS = 5.0
 
 
 def _open(path: str) -> tuple[WorkDir, Manifest]:
@@ -64,8 +72,49 @@ def _without_driver(work_dir: WorkDir, refusal: str) -> Iterator[None]:
         lock.release()
 
 
-def status(path: str) -> dict[str, Any]:
-    return cliviews.map_status(*_open(path))
+def status(path: str, now: float | None = None) -> dict[str, Any]:
+    """How far the map has got (statusview.py), its scheduler asked about its jobs once;
+    throughput as of ``now`` (the clock's time where None)."""
+    work_dir, manifest = _open(path)
+    return statusview.live_status(work_dir, manifest, _asker(work_dir, manifest),
+                                  time.time() if now is None else now)
+
+
+def watch(path: str, seconds: float, as_json: bool, out: TextIO | None = None,
+          sleep: Callable[[float], None] = time.sleep) -> int:
+    """Show the status every ``seconds`` until no driver runs the map or the map has ended,
+    then show it once more, as it ended, and return 0 (also on Ctrl-C). On a terminal the
+    screen is cleared before each; elsewhere a line of the time separates them; with
+    ``as_json`` each is one line of JSON (JSON Lines)."""
+    out = sys.stdout if out is None else out
+    shown: dict[str, Any] | None = None
+    try:
+        while True:
+            try:
+                shown = status(path)
+            except (SystemExit, OSError):
+                if shown is None or not _removed(path):
+                    raise
+                # A clean map's driver removes its work_dir as the map ends.
+                print(f"{path} is gone: its driver removed it as the map ended (a map in which "
+                      "every task returned keeps no work_dir unless keep_work_dir=True)",
+                      file=out, flush=True)
+                return 0
+            if as_json:
+                print(json.dumps(shown), file=out, flush=True)
+            else:
+                heading = "\x1b[H\x1b[2J" if out.isatty() else f"--- {time.strftime('%H:%M:%S')}\n"
+                print(heading + statusview.status_text(shown), file=out, flush=True)
+            if shown["state"] != "running" or shown["ended_at"] is not None:
+                return 0
+            sleep(seconds)
+    except KeyboardInterrupt:  # the user has seen enough: no traceback
+        return 0
+
+
+def _removed(path: str) -> bool:
+    """Whether the work_dir at ``path`` is gone, or going (its manifest is)."""
+    return not os.path.exists(os.path.join(path, "manifest.json"))
 
 
 def report(path: str, html_path: str | None = None, png_path: str | None = None) -> dict[str, Any]:
@@ -117,6 +166,61 @@ def _task_raised(exc: Exception, debug: bool) -> int:
     return 1
 
 
+def _recorded_scheduler(jobs: list[dict[str, Any]]) -> tuple[str | None, str]:
+    """The scheduler the job records name, or None and why not."""
+    recorded = {job["scheduler"] for job in jobs if "scheduler" in job}
+    if len(recorded) == 1:
+        return recorded.pop(), ""
+    return None, (f"records jobs of several schedulers ({', '.join(sorted(recorded))})"
+                  if recorded else "does not say which scheduler ran its jobs")
+
+
+def _not_rebuildable(name: str) -> str:
+    """Why the command line cannot ask about or cancel the jobs of scheduler ``name``."""
+    if name == "local":
+        return "LocalPool's processes belong to its driver, and end with it"
+    if name in ("ecs", "awsbatch"):
+        return ("the work_dir does not hold the jobs' AWS cluster, queue and region: a pool, or "
+                "the AWS console, reaches them")
+    return f"the command line does not reach {name}'s jobs yet"
+
+
+def _rebuilt_scheduler(work_dir: WorkDir, manifest: Manifest, name: str,
+                       call_timeout: float | None = None) -> tuple[Scheduler, SubmitSpec]:
+    """The scheduler ``name`` (one of REBUILDABLE), its commands from PATH, each allowed
+    ``call_timeout`` seconds (its default where None), and the map's spec for its calls."""
+    backend = next(b for b in BACKENDS if b.name == name)
+    module = importlib.import_module(backend.scheduler_module)
+    scheduler_class = getattr(module, backend.scheduler_class)
+    # Each backend's option for it is <name>_call_timeout ("slurm_call_timeout", ...).
+    timeouts = [p for p in signature(scheduler_class).parameters
+                if p.endswith("_call_timeout")]
+    options = dict.fromkeys(timeouts, call_timeout) if call_timeout is not None else {}
+    spec = SubmitSpec(work_dir=work_dir.path, script_path=work_dir.script_path,
+                      python_path=sys.executable, job_name=manifest.job_name,
+                      scheduler_log=work_dir.scheduler_log_path, mode=manifest.mode)
+    return scheduler_class(**options), spec
+
+
+def _asker(work_dir: WorkDir, manifest: Manifest) -> statusview.AskScheduler:
+    """How the status asks the map's scheduler about its jobs: one poll, at most
+    STATUS_CALL_TIMEOUT seconds; whatever keeps it from answering is said, not raised."""
+    def ask(jobs: list[dict[str, Any]]) -> tuple[str, PollResult]:
+        name, why_not = _recorded_scheduler(jobs)
+        if name is None:
+            raise statusview.SchedulerNotAsked(f"the work_dir {why_not}")
+        if name not in REBUILDABLE:
+            raise statusview.SchedulerNotAsked(f"{name}: {_not_rebuildable(name)}", name)
+        try:
+            scheduler, spec = _rebuilt_scheduler(work_dir, manifest, name, STATUS_CALL_TIMEOUT)
+            return name, scheduler.poll(spec, jobs)
+        # Whatever went wrong (a missing command, a timeout, output no parser expected) is
+        # quoted in the status, which a scheduler never makes fail.
+        except Exception as exc:
+            raise statusview.SchedulerNotAsked(f"{name} did not answer: {exc}", name) from None
+    return ask
+
+
 def cancel(path: str, scheduler_name: str | None) -> str:
     """Cancel the map's jobs (its recorded ones, and, for SLURM and Grid Engine, whatever is
     queued under its job name) once no driver runs it; the cancel is logged in the work_dir."""
@@ -124,23 +228,15 @@ def cancel(path: str, scheduler_name: str | None) -> str:
     with _without_driver(work_dir, "stop it (Ctrl-C, or kill -TERM its process): it cancels "
                                    "its own jobs"):
         jobs = work_dir.read_jobs()
-        recorded = {job["scheduler"] for job in jobs if "scheduler" in job}
-        name = scheduler_name or (recorded.pop() if len(recorded) == 1 else None)
+        recorded, why_not = _recorded_scheduler(jobs)
+        name = scheduler_name or recorded
         if name is None:
-            said = (f"records jobs of several schedulers ({', '.join(sorted(recorded))})"
-                    if recorded else "does not say which scheduler ran its jobs")
-            raise SystemExit(f"poolparty-raster: {path} {said}; give it: "
-                             f"--scheduler {{{','.join(CANCELLABLE)}}}")
-        if name not in CANCELLABLE:
-            raise SystemExit(f"poolparty-raster: the jobs of {path} ran on {name}, whose jobs the "
-                             f"command line cannot cancel (LocalPool's processes end with their "
-                             f"driver; cancel AWS jobs with the pool, or in the AWS console)")
-        backend = next(b for b in BACKENDS if b.name == name)
-        module = importlib.import_module(backend.scheduler_module)
-        scheduler = getattr(module, backend.scheduler_class)()  # its commands from PATH
-        spec = SubmitSpec(work_dir=work_dir.path, script_path=work_dir.script_path,
-                          python_path=sys.executable, job_name=manifest.job_name,
-                          scheduler_log=work_dir.scheduler_log_path)
+            raise SystemExit(f"poolparty-raster: {path} {why_not}; give it: "
+                             f"--scheduler {{{','.join(REBUILDABLE)}}}")
+        if name not in REBUILDABLE:
+            raise SystemExit(f"poolparty-raster: the jobs of {path} ran on {name}, whose jobs "
+                             f"the command line cannot cancel: {_not_rebuildable(name)}")
+        scheduler, spec = _rebuilt_scheduler(work_dir, manifest, name)
         try:
             with cancelling():
                 scheduler.cancel(spec, jobs)
@@ -193,6 +289,13 @@ def _print(result: dict[str, Any], as_json: bool, text: str) -> None:
     print(json.dumps(result, indent=1) if as_json else text)
 
 
+def _seconds(text: str) -> float:
+    seconds = float(text)
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{text}: not a positive number of seconds")
+    return seconds
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="poolparty-raster", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -206,8 +309,12 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--json", action="store_true", help="print it as JSON, for scripts")
         return sub
 
-    command("status", "how far a map has got: tasks done, raised, lost and pending, its jobs, "
-                      "whether its driver runs")
+    shower = command("status", "how far a map has got: tasks done, raised, lost and pending, "
+                               "queued and running, its jobs, whether its driver runs, "
+                               "throughput and time left")
+    shower.add_argument("--watch", nargs="?", type=_seconds, const=WATCH_SECONDS, metavar="SECONDS",
+                        help=f"show it again every SECONDS (default {WATCH_SECONDS:g}) until the "
+                             "map ends or its driver stops")
     reporter = command("report", "the map's event log and where and how its chunks ran; "
                                  "--html or --png draws them")
     reporter.add_argument("--html", metavar="FILE", help="write a self-contained HTML page: "
@@ -223,7 +330,7 @@ def _parser() -> argparse.ArgumentParser:
                           help="enter the debugger (pdb) where the task raised")
     canceller = command("cancel", "cancel the jobs of a map whose driver is gone",
                         json_output=False)
-    canceller.add_argument("--scheduler", choices=CANCELLABLE,
+    canceller.add_argument("--scheduler", choices=REBUILDABLE,
                            help="the scheduler its jobs ran on, where the work_dir does not say")
     cleaner = commands.add_parser("clean", help="remove work_dirs that are no longer needed",
                                   description="remove work_dirs that are no longer needed")
@@ -240,9 +347,11 @@ def main(argv: list[str] | None = None) -> int:
             print(line, flush=True)
         return 0
     path = os.path.abspath(args.work_dir)
+    if args.command == "status" and args.watch is not None:
+        return watch(path, args.watch, args.json)
     if args.command == "status":
         result = status(path)
-        _print(result, args.json, cliviews.status_text(result))
+        _print(result, args.json, statusview.status_text(result))
     elif args.command == "report":
         result = report(path, args.html, args.png)
         _print(result, args.json, cliviews.report_text(result))

@@ -1,5 +1,6 @@
 """What ``poolparty-raster status``, ``report`` and ``inspect`` show of a work_dir: each as a
-dict (printed as JSON with ``--json``) and as text.
+dict (printed as JSON with ``--json``) and as text (the status's in statusview.py, with what
+it adds while a map runs).
 
 A map's tasks are counted from what the work_dir holds: a task is done when its chunk has a
 result that records no exception for it, raised when the result records one, lost when its
@@ -9,25 +10,30 @@ otherwise. Whether a driver runs the map is whether ``driver.lock`` is held.
 from __future__ import annotations
 
 import collections
+import os
 import time
 from typing import Any
 
 from filelock import FileLock, Timeout
 
 from poolparty_raster import reportdata
-from poolparty_raster.attempts import ranges
 from poolparty_raster.manifest import Manifest
 from poolparty_raster.outcome import load_exceptions, load_results
 from poolparty_raster.workdir import WorkDir
 
 # Events after which a map runs under a new driver: what an earlier end said is no longer news.
 RUN_STARTS = ("prepared", "resumed")
-SHOWN_AT_MOST = 5  # raised tasks and jobs named in the text (the JSON has them all)
+SHOWN_AT_MOST = 5  # raised tasks, jobs, slow chunks named in the text (the JSON has them all)
 
 
 def driver_running(work_dir: WorkDir) -> bool:
     """Whether a driver holds the map's ``driver.lock``. Taken for a moment when free: a
-    worker looking for its driver holds it briefly too, hence the second of patience."""
+    worker looking for its driver holds it briefly too, hence the second of patience. A
+    work_dir without the file has no driver (one makes it first): taking the lock would
+    create it, and one made while the driver removes the work_dir at its end would keep the
+    directory from going."""
+    if not os.path.exists(work_dir.file("driver.lock")):
+        return False
     lock = FileLock(work_dir.file("driver.lock"), mode=0o600, timeout=1)
     try:
         lock.acquire()
@@ -37,8 +43,9 @@ def driver_running(work_dir: WorkDir) -> bool:
     return False
 
 
-def _this_run(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The events since the last driver took the map up."""
+def this_run(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The events since the last driver took the map up (from its ``prepared`` or
+    ``resumed``)."""
     starts = [i for i, e in enumerate(events) if e["event"] in RUN_STARTS]
     return events[starts[-1]:] if starts else events
 
@@ -46,7 +53,7 @@ def _this_run(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def lost_chunks(events: list[dict[str, Any]], finished: set[int]) -> set[int]:
     """The chunks the map's last end declared lost and that have no result since; none while
     a new driver runs the map (its end will tell)."""
-    ended = next((e for e in reversed(_this_run(events)) if e["event"] == "map_finished"), None)
+    ended = next((e for e in reversed(this_run(events)) if e["event"] == "map_finished"), None)
     return set(ended.get("lost", ())) - finished if ended else set()
 
 
@@ -62,11 +69,17 @@ def raised_tasks(work_dir: WorkDir, finished: set[int]) -> dict[int, str]:
     return dict(sorted(raised.items()))
 
 
-def map_status(work_dir: WorkDir, manifest: Manifest) -> dict[str, Any]:
-    events = work_dir.read_log()
-    running = driver_running(work_dir)
-    ended = next((e["time"] for e in _this_run(events) if e["event"] == "map_finished"), None)
-    finished = work_dir.finished_chunks()
+def map_status(work_dir: WorkDir, manifest: Manifest, running: bool | None = None,
+               events: list[dict[str, Any]] | None = None,
+               finished: set[int] | None = None) -> dict[str, Any]:
+    """What the work_dir says of the map (``running``, ``events`` and ``finished``: whether a
+    driver runs it, its log and finished chunks, where the caller knows them already). The
+    driver is looked for before the log is read: a driver that ends in between then shows as
+    running, never as stopped before an end its log does not hold yet."""
+    running = driver_running(work_dir) if running is None else running
+    events = work_dir.read_log() if events is None else events
+    ended = next((e["time"] for e in this_run(events) if e["event"] == "map_finished"), None)
+    finished = work_dir.finished_chunks() if finished is None else finished
     raised = raised_tasks(work_dir, finished)
     lost = [t for c in sorted(lost_chunks(events, finished)) for t in manifest.chunk_range(c)]
     done = sum(len(manifest.chunk_range(c)) for c in finished) - len(raised)
@@ -86,49 +99,6 @@ def map_status(work_dir: WorkDir, manifest: Manifest) -> dict[str, Any]:
                    "error_states": counts["error_state"], "failed_polls": counts["poll_failed"]},
         "last_event": events[-1] if events else None,
     }
-
-
-def _when(stamp: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
-
-
-def _driver_line(status: dict[str, Any]) -> str:
-    if status["state"] == "running":
-        return "driver: running"
-    if status["state"] == "ended":
-        return f"driver: not running; the map ended {_when(status['ended_at'])}"
-    return ("driver: not running; it stopped before the map's end (interrupted or killed): "
-            "run the same map with this work_dir to resume it")
-
-
-def status_text(status: dict[str, Any]) -> str:
-    tasks = status["tasks"]
-    pending = "pending (queued or running)" if status["driver_running"] else "not run"
-    lines = [status["work_dir"],
-             f"map {status['job_name']} ({status['mode']} mode): {status['num_tasks']} tasks "
-             f"in {status['num_chunks']} chunks",
-             _driver_line(status),
-             f"tasks: {tasks['done']} done, {tasks['raised']} raised, {tasks['lost']} lost, "
-             f"{tasks['pending']} {pending}"]
-    raised = status["raised"]
-    if raised:
-        shown = "; ".join(f"task {r['task']}: {r['error']}"[:120] for r in raised[:SHOWN_AT_MOST])
-        more = f" (and {len(raised) - SHOWN_AT_MOST} more)" if len(raised) > SHOWN_AT_MOST else ""
-        lines.append(f"raised: {shown}{more}")
-    if status["lost_tasks"]:
-        lines.append(f"lost: tasks {ranges(status['lost_tasks'])}")
-    jobs = status["jobs"]
-    members = "workers" if status["mode"] == "workers" else "chunks"
-    named = ", ".join(f"{j['job_id']} ({len(j['chunks'])} {members})"
-                      for j in jobs[-SHOWN_AT_MOST:])
-    lines.append(f"jobs recorded: {len(jobs)}" + (f", the last: {named}" if jobs else ""))
-    events = status["events"]
-    lines.append(f"submissions: {events['submitted']}, deaths: {events['deaths']}, error states: "
-                 f"{events['error_states']}, failed polls: {events['failed_polls']}")
-    last = status["last_event"]
-    lines.append(f"last event: {_when(last['time'])} ({last['event']})" if last
-                 else "last event: none")
-    return "\n  ".join(lines)
 
 
 def report_text(report: dict[str, Any]) -> str:
