@@ -31,6 +31,7 @@ class Manifest:
     mode: str = "array"  # "array": one job per chunk; "workers": jobs claim chunks until none is left
     function_digest: str = ""
     format: int = FORMAT
+    slots_per_worker: int = 1  # workers mode: worker loops each job runs at once (slots.py)
 
     def __post_init__(self) -> None:
         # Held by the driver and every worker for the map's life: a list of a million chunks'
@@ -68,7 +69,8 @@ def read_manifest(path: str, work_dir: str) -> Manifest | None:
         with open(path, encoding="utf-8") as f:
             raw = json.load(f)
         return Manifest(raw["digest"], raw["num_tasks"], raw["chunk_starts"], raw["job_name"],
-                        raw.get("mode", "array"), raw.get("function_digest", ""), raw["format"])
+                        raw.get("mode", "array"), raw.get("function_digest", ""), raw["format"],
+                        raw.get("slots_per_worker", 1))
     except FileNotFoundError:
         return None
     except (ValueError, KeyError, TypeError) as exc:
@@ -80,7 +82,8 @@ def write_manifest(path: str, manifest: Manifest) -> None:
     data = json.dumps({"format": manifest.format, "digest": manifest.digest,
                        "num_tasks": manifest.num_tasks, "chunk_starts": [],
                        "job_name": manifest.job_name, "mode": manifest.mode,
-                       "function_digest": manifest.function_digest})
+                       "function_digest": manifest.function_digest,
+                       "slots_per_worker": manifest.slots_per_worker})
     # The starts spelled a block at a time: a list of a million chunks' is 36 MB.
     starts = manifest.chunk_starts
     blocks = (",".join(map(str, starts[i:i + 65536])) for i in range(0, len(starts), 65536))

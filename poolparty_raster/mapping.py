@@ -151,13 +151,17 @@ class MapHandle:
             self.work_dir.log("resumed", mode=settings.mode)
             if existing.mode != settings.mode:  # results are the same whichever way chunks run
                 self._mode_changed = True
-                existing = dataclasses.replace(existing, mode=settings.mode)
+            if (existing.mode, existing.slots_per_worker) != (settings.mode,
+                                                               settings.slots_per_worker):
+                existing = dataclasses.replace(existing, mode=settings.mode,
+                                               slots_per_worker=settings.slots_per_worker)
                 self.work_dir.write_manifest(existing)
             return existing
         name_hash = hashlib.sha1(f"{self.work_dir.path}:{digest}".encode()).hexdigest()[:10]
         manifest = Manifest(digest, writer.num_tasks, writer.chunk_starts,
                                f"{settings.job_name}{name_hash}", settings.mode,
-                               function_digest(func_bytes))
+                               function_digest(func_bytes),
+                               slots_per_worker=settings.slots_per_worker)
         os.replace(writer.tmp_path, self.work_dir.tasks_path)
         script = render_script(self.work_dir.path, settings.python_path, os.environ, sys.path,
                                os.getcwd(), unstored_variables)

@@ -303,8 +303,15 @@ def main(work_dir_path: str, argv: Sequence[str]) -> int:
         print(f"poolparty_raster worker: {work_dir_path} holds no map any more; nothing to do",
               file=sys.stderr)
         return 0
-    load_function = functools.cache(work_dir.load_function)  # once per process
     workers = manifest.mode == "workers"
+    if workers and manifest.slots_per_worker > 1:
+        from poolparty_raster.slots import SLOT_VARIABLE, run_slots  # only where asked for
+        if SLOT_VARIABLE not in os.environ:
+            # The job's own process only starts its slots, each a worker with a GPU of the
+            # job's; it loads no function and claims nothing, so it holds no chunk should a
+            # slot die.
+            return run_slots(work_dir.script_path, argv, manifest.slots_per_worker)
+    load_function = functools.cache(work_dir.load_function)  # once per process
     captures = Captures(work_dir, process_token() if workers else None)
     clock = ChunkClock(process_identity(os.environ, index if workers else None))
     try:

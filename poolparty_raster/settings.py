@@ -59,6 +59,9 @@ class MapSettings:
         None, "workers mode: the most workers at once (default: the pool's parallelism)")
     min_seconds_between_submissions: float = option(
         0.0, "workers mode: seconds between two submissions of workers")
+    slots_per_worker: int = option(
+        1, "workers mode: chunks each worker job runs at once, each in a process of its own "
+           "that sees one of the job's GPUs as its CUDA_VISIBLE_DEVICES")
     verbose: bool = option(False, "print scheduler trouble as it happens")
     progress: bool | None = option(
         None, "a tqdm.auto bar in a terminal or notebook, else a summary line a minute on "
@@ -85,6 +88,13 @@ class MapSettings:
                                     and self.max_workers < max(1, self.min_workers)):
             raise ValueError(f"need 0 <= min_workers <= max_workers and max_workers >= 1, not "
                              f"min_workers={self.min_workers}, max_workers={self.max_workers}")
+        if not isinstance(self.slots_per_worker, int) or self.slots_per_worker < 1:
+            raise ValueError(f"slots_per_worker must be a positive int, "
+                             f"not {self.slots_per_worker!r}")
+        if self.slots_per_worker > 1 and self.mode == "array":  # None: the pool's, checked then
+            raise ValueError(f"slots_per_worker={self.slots_per_worker} needs mode='workers': "
+                             f"in array mode each chunk is a job of its own, with nothing to "
+                             f"share its GPUs among")
         # As multiprocessing.Pool checks them (a float or a string is a ValueError there too).
         if self.maxtasksperchild is not None and (
                 not isinstance(self.maxtasksperchild, int) or self.maxtasksperchild <= 0):

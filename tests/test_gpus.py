@@ -2,6 +2,10 @@
 scheduler's own words; checked in the requests the dummies received."""
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 
 import poolparty_raster as pp
@@ -76,3 +80,105 @@ def test_ecs_asks_for_gpus_in_the_container_overrides(dummy_ecs):
 def test_fargate_has_no_gpus():
     with pytest.raises(ValueError, match="Fargate offers no GPUs"):
         pp.EcsPool(task_definition="td", subnets=["s"], gpus_per_task=1, ecs_client=object())
+
+
+# -- slots_per_worker: a worker job with K GPUs runs K chunks at once, a device each ---------
+
+def wait_for(condition: Callable[[], bool], seconds: float = 60) -> None:
+    """Poll ``condition`` until it holds or ``seconds`` passed (then the test's assertions
+    say what was missing)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def note_device_and_wait_for_a_second_slot(job: tuple[str, int]) -> tuple[int, str]:
+    """Record which process ran the chunk and the devices it saw; a process's first chunk
+    waits (up to a deadline) until another process has started one too, so that a slot that
+    runs cannot take every chunk before the other starts."""
+    seen, x = job
+    devices = os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
+    marker = os.path.join(seen, str(os.getpid()))
+    if not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write(devices)
+        wait_for(lambda: len(os.listdir(seen)) >= 2)
+    return os.getpid(), devices
+
+
+def assert_two_slots_with_a_device_each(results: list[tuple[int, str]], seen: Path) -> None:
+    devices_of = {pid: devices for pid, devices in results}
+    assert sorted(devices_of.values()) == ["3", "5"]  # two processes, one device each
+    assert sorted(p.read_text() for p in seen.iterdir()) == ["3", "5"]  # both started chunks
+
+
+def test_local_workers_run_a_chunk_per_slot_each_with_one_of_the_jobs_devices(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")  # as a scheduler sets it for the job
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    pool = pp.LocalPool(1, start_method="spawn", slots_per_worker=2, **FAST)  # one worker job
+    results = pool.map(note_device_and_wait_for_a_second_slot,
+                       [(str(seen), x) for x in range(8)], chunksize=1)
+    assert len(results) == 8
+    assert_two_slots_with_a_device_each(results, seen)
+
+
+def test_slurm_worker_with_two_gpus_runs_two_slots(dummy_slurm, tmp_path):
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    # The dummy allocates no GPUs: a set-up line plays slurmd's part for the job.
+    pool = pp.SlurmArrayPool(mode="workers", max_workers=1, gpus_per_task=2, slots_per_worker=2,
+                             setup=["export CUDA_VISIBLE_DEVICES=3,5"], **FAST)
+    results = pool.map(note_device_and_wait_for_a_second_slot,
+                       [(str(seen), x) for x in range(6)], chunksize=1)
+    assert len(results) == 6
+    assert_two_slots_with_a_device_each(results, seen)
+    assert all("--gpus-per-task=2" in argv for argv in argvs(dummy_slurm))
+
+
+def die_once_while_another_slot_runs(job: tuple[str, str, int]) -> tuple[int, int]:
+    """Chunk 0's first run ends its process (as a crashed CUDA driver would) once another
+    process has started a chunk; every other chunk finishes only after that death. Each
+    process notes whether it started before the death."""
+    seen, died, x = job
+    marker = os.path.join(seen, str(os.getpid()))
+    if not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write("after" if os.path.exists(died) else "before")
+    if x == 0 and not os.path.exists(died):
+        wait_for(lambda: len(os.listdir(seen)) >= 2)
+        open(died, "w").close()
+        os._exit(1)
+    wait_for(lambda: os.path.exists(died))
+    return os.getpid(), 2 * x
+
+
+def test_a_slot_that_dies_leaves_the_others_running_and_its_chunk_runs_again(tmp_path):
+    seen, died = tmp_path / "seen", tmp_path / "died"
+    seen.mkdir()
+    pool = pp.LocalPool(1, start_method="spawn", slots_per_worker=2, **FAST)
+    results = pool.map(die_once_while_another_slot_runs,
+                       [(str(seen), str(died), x) for x in range(10)], chunksize=1)
+    assert [value for _, value in results] == [2 * x for x in range(10)]  # chunk 0 ran again
+    # A process that started before the death finished chunks after it: the survivor.
+    assert any((seen / str(pid)).read_text() == "before" for pid, _ in results)
+
+
+def test_array_mode_refuses_slots_per_worker_naming_workers_mode():
+    with pytest.raises(ValueError, match="mode='workers'"):
+        pp.SlurmArrayPool(slots_per_worker=2)  # a cluster pool's default mode: array
+    with pytest.raises(ValueError, match="mode='workers'"):
+        pp.LocalPool(mode="array", slots_per_worker=2)
+
+
+def test_slots_take_the_jobs_devices_else_share_them_else_number_them():
+    from poolparty_raster.slots import slot_devices
+
+    assert slot_devices({"CUDA_VISIBLE_DEVICES": "3,5,7"}, 2) == ["3", "5"]
+    assert slot_devices({}, 3) == ["0", "1", "2"]  # unset: the node's devices, all visible
+    # fewer than K: shared in turn, never a device outside the job's allocation
+    assert slot_devices({"CUDA_VISIBLE_DEVICES": "4"}, 2) == ["4", "4"]
+    assert slot_devices({"CUDA_VISIBLE_DEVICES": ""}, 2) == ["", ""]  # no GPU: still runs
