@@ -41,7 +41,7 @@ from poolparty_raster.schedulers.base import (CommandRunner, JobRecord, PollResu
                                               Submitter, SubmitSpec, TaskState, TaskStatus,
                                               refusal_kind, require_commands, unanswered,
                                               unparseable)
-from poolparty_raster.schedulers.jobcommand import (checked_setup, node_shell_command,
+from poolparty_raster.schedulers.jobcommand import (SetupLines, checked_setup, node_shell_command,
                                                     scale_memory)
 
 ATTRIBUTES = ("ClusterId", "ProcId", "JobStatus", "HoldReason", "HoldReasonCode",
@@ -232,8 +232,7 @@ class HTCondorScheduler(ArrayScheduler):
                                                             "a job may run before it is held"] = None,
             requirements: Annotated[str | None, "requirements, a ClassAd expression"] = None,
             accounting_group: Annotated[str | None, "accounting_group, the group charged"] = None,
-            setup: Annotated[Sequence[str], "shell lines run on the node before each job's "
-                                            "Python starts ('module load gdal'), in bash"] = (),
+            setup: SetupLines = (),
             submit_lines: Annotated[Sequence[str], "more submit description lines, as given"] = (),
             condor_call_timeout: Annotated[float, "seconds one HTCondor command may take"] = 60.0,
             condor_submit_path: Annotated[str, "the condor_submit command"] = "condor_submit",

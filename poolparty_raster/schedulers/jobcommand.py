@@ -21,9 +21,13 @@ import shlex
 import shutil
 import subprocess
 from collections.abc import Sequence
+from typing import Annotated
 
 from poolparty_raster.node import KEEP_VARIABLE  # names whose value on the node wins
 
+# A cluster backend's ``setup`` option, declared once for all of them.
+SetupLines = Annotated[Sequence[str], "shell lines run on the node before each job's Python "
+                                      "starts ('module load gdal'), in bash"]
 # The last line of a failed set-up's capture starts with this (arraymode.py reads it).
 SETUP_FAILED = "poolparty_raster: setup line failed:"
 BASH = "/bin/bash"

@@ -33,7 +33,7 @@ from poolparty_raster.schedulers.base import (CommandRunner, JobRecord, PollResu
                                               cancel_targets, index_ranges, refusal_kind,
                                               require_commands, split_by_span, unanswered,
                                               unparseable)
-from poolparty_raster.schedulers.jobcommand import (checked_setup, node_shell_command,
+from poolparty_raster.schedulers.jobcommand import (SetupLines, checked_setup, node_shell_command,
                                                     scale_memory)
 
 BJOBS_FIELDS = "jobid stat job_name exit_code pend_reason"
@@ -191,8 +191,7 @@ class LsfScheduler(ArrayScheduler):
             memory: Annotated[str | None, "bsub -M, the memory limit ('4GB')"] = None,
             project: Annotated[str | None, "bsub -P, the project charged"] = None,
             gpus_per_task: Annotated[int | None, "bsub -gpu \"num=N\": GPUs for each chunk's job"] = None,
-            setup: Annotated[Sequence[str], "shell lines run on the node before each job's "
-                                            "Python starts ('module load gdal'), in bash"] = (),
+            setup: SetupLines = (),
             bsub_args: Annotated[Sequence[str], "more bsub arguments, as given"] = (),
             max_array_size: Annotated[int | None, "the site's MAX_JOB_ARRAY_SIZE (default: asked)"] = None,
             lsf_call_timeout: Annotated[float, "seconds one LSF command may take"] = 60.0,

@@ -25,8 +25,8 @@ from poolparty_raster.schedulers.base import (CommandRunner, JobRecord, PollResu
                                               SubmitSpec, TaskState, TaskStatus, cancel_targets,
                                               contiguous_runs, require_commands, refusal_kind,
                                               split_by_span, unanswered, unparseable)
-from poolparty_raster.schedulers.jobcommand import (checked_setup, node_argv, scale_clock,
-                                                    scale_memory)
+from poolparty_raster.schedulers.jobcommand import (SetupLines, checked_setup, node_argv,
+                                                    scale_clock, scale_memory)
 
 _JOB_ID = re.compile(r"^\d+(\[\])?(\.\S+)?$")
 MAX_ARRAY_SIZE = 10_000  # PBS Pro's default max_array_size
@@ -98,8 +98,7 @@ class PbsScheduler(ArrayScheduler):
             mem: Annotated[str | None, "qsub -l mem, the job's memory ('4gb')"] = None,
             gpus_per_task: Annotated[int | None, "GPUs for each chunk's job: ngpus=N in its "
                                                   "select (one is added if none is given)"] = None,
-            setup: Annotated[Sequence[str], "shell lines run on the node before each job's "
-                                            "Python starts ('module load gdal'), in bash"] = (),
+            setup: SetupLines = (),
             account: Annotated[str | None, "qsub -A"] = None,
             qsub_args: Annotated[Sequence[str], "more qsub arguments, as given"] = (),
             pbs_call_timeout: Annotated[float, "seconds one PBS command may take"] = 60.0,

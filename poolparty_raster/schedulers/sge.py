@@ -26,8 +26,8 @@ from poolparty_raster.schedulers.base import (UNCONFIRMED, CommandRunner, JobRec
                                               Submitter, SubmitSpec, TaskState, TaskStatus,
                                               contiguous_runs, require_commands, split_by_span,
                                               refusal_kind, unanswered, unparseable)
-from poolparty_raster.schedulers.jobcommand import (checked_setup, node_argv, scale_clock,
-                                                    scale_memory)
+from poolparty_raster.schedulers.jobcommand import (SetupLines, checked_setup, node_argv,
+                                                    scale_clock, scale_memory)
 
 # qsub refusals that pass once some of the user's jobs have ended (max_u_jobs, max_jobs)
 LIMIT_MESSAGES = ("jobs are allowed per user", "jobs are allowed per cluster")
@@ -149,8 +149,7 @@ class SgeScheduler(ArrayScheduler):
             gpus_per_task: Annotated[int | None, "GPUs for each chunk's job, as -l "
                                                   "<gpu_resource>=N"] = None,
             gpu_resource: Annotated[str, "the site's consumable that counts GPUs"] = "gpu",
-            setup: Annotated[Sequence[str], "shell lines run on the node before each job's "
-                                            "Python starts ('module load gdal'), in bash"] = (),
+            setup: SetupLines = (),
             qsub_args: Annotated[Sequence[str], "more qsub arguments, as given"] = (),
             sge_call_timeout: Annotated[float, "seconds one Grid Engine command may take"] = 60.0,
             qsub_path: Annotated[str, "the qsub command"] = "qsub",

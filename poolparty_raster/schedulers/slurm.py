@@ -19,7 +19,7 @@ from poolparty_raster.schedulers.base import (CommandRunner, JobRecord, PollResu
                                               Submitter, SubmitSpec, TaskState, TaskStatus,
                                               cancel_targets, index_ranges, require_commands,
                                               refusal_kind, split_by_span, unparseable)
-from poolparty_raster.schedulers.jobcommand import (checked_setup, node_shell_command,
+from poolparty_raster.schedulers.jobcommand import (SetupLines, checked_setup, node_shell_command,
                                                     scale_clock, scale_memory)
 
 SQUEUE_FORMAT = "%i|%F|%K|%T|%r"
@@ -158,8 +158,7 @@ class SlurmScheduler(ArrayScheduler):
             cpus_per_task: Annotated[int | None, "sbatch --cpus-per-task"] = None,
             gres: Annotated[str | None, "sbatch --gres ('gpu:1')"] = None,
             gpus_per_task: Annotated[int | None, "sbatch --gpus-per-task: GPUs for each chunk's job"] = None,
-            setup: Annotated[Sequence[str], "shell lines run on the node before each job's "
-                                            "Python starts ('module load gdal'), in bash"] = (),
+            setup: SetupLines = (),
             account: Annotated[str | None, "sbatch --account"] = None,
             qos: Annotated[str | None, "sbatch --qos"] = None,
             sbatch_args: Annotated[Sequence[str], "more sbatch arguments, as given"] = (),
