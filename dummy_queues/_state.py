@@ -153,6 +153,15 @@ def finish(elem: dict[str, Any], state_word: str, now: float, **extra: Any) -> N
     elem.update(state=state_word, end=now, pid=None, **extra)
 
 
+def cancel_element(elem: dict[str, Any], now: float) -> None:
+    """A cancel as LSF's bkill and HTCondor's condor_rm do it: a running element's process
+    group gets SIGTERM; it ends CANCELLED."""
+    running = elem["state"] == "RUNNING"
+    if running:
+        kill_group(elem["pid"], elem["pstart"])
+    finish(elem, "CANCELLED", now, exit_code=0, signal=15 if running else 0)
+
+
 def end_element(elem: dict[str, Any], now: float, state: str, **extra: Any) -> None:
     """End a run: finished in ``state``, or stuck in an error state (HTCondor's holds)."""
     if state == "ERROR":

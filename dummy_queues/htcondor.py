@@ -297,7 +297,7 @@ def condor_rm(argv: list[str], state: dict[str, Any], now: float) -> Result:
                and (not (dot or text is None) or _materialized(state, e))
                and only.matches(_ad(state, e))]
         for elem in hit:
-            _kill(elem, now)
+            _state.cancel_element(elem, now)
         if hit:
             res.out.append(f"Job {text} marked for removal" if dot else
                            f"{what[0].upper()}{what[1:]} have been marked for removal")
@@ -305,13 +305,6 @@ def condor_rm(argv: list[str], state: dict[str, Any], now: float) -> Result:
             res.err.append(f"Job {text} not found" if dot else f"Couldn't find/remove {what}")
             res.rc = 1
     return res
-
-
-def _kill(elem: dict[str, Any], now: float) -> None:
-    running = elem["state"] == "RUNNING"
-    if running:
-        _state.kill_group(elem["pid"], elem["pstart"])
-    _state.finish(elem, "CANCELLED", now, exit_code=0, signal=15 if running else 0)
 
 
 def main() -> None:

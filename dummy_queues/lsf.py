@@ -301,7 +301,7 @@ def bkill(argv: list[str], state: dict[str, Any], now: float) -> Result:
         for jid in sorted({e["job"] for e in hit}):
             res.out.append(f"Job <{jid}> is being terminated")
         for elem in hit:
-            _kill(elem, now)
+            _state.cancel_element(elem, now)
         return res
     for text in pos:
         jid, index = _ident(text)
@@ -317,16 +317,9 @@ def bkill(argv: list[str], state: dict[str, Any], now: float) -> Result:
             res.rc = 255
             continue
         for elem in live:
-            _kill(elem, now)
+            _state.cancel_element(elem, now)
         res.out.append(f"Job <{text}> is being terminated")
     return res
-
-
-def _kill(elem: dict[str, Any], now: float) -> None:
-    running = elem["state"] == "RUNNING"
-    if running:
-        _state.kill_group(elem["pid"], elem["pstart"])
-    _state.finish(elem, "CANCELLED", now, exit_code=0, signal=15 if running else 0)
 
 
 def badmin(argv: list[str], state: dict[str, Any], now: float) -> Result:
