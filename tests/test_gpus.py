@@ -163,6 +163,11 @@ def test_a_slot_that_dies_leaves_the_others_running_and_its_chunk_runs_again(tmp
     results = pool.map(die_once_while_another_slot_runs,
                        [(str(seen), str(died), x) for x in range(10)], chunksize=1)
     assert [value for _, value in results] == [2 * x for x in range(10)]  # chunk 0 ran again
+    started_before = [p for p in seen.iterdir() if p.read_text() == "before"]
+    if len(started_before) < 2:
+        # Seen once in a full suite run on a loaded machine: the second slot started no
+        # chunk within chunk 0's 60 s wait, so no slot was alive beside the one that died.
+        pytest.skip("the second slot started no chunk before the first slot died")
     # A process that started before the death finished chunks after it: the survivor.
     assert any((seen / str(pid)).read_text() == "before" for pid, _ in results)
 
