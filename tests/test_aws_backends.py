@@ -23,7 +23,7 @@ botocore = pytest.importorskip("botocore")
 from botocore.session import get_session  # noqa: E402
 from botocore.stub import ANY, Stubber  # noqa: E402
 
-from poolparty_raster.schedulers import awsbatch, ecs  # noqa: E402
+from poolparty_raster.schedulers import awsbatch, ecs, ecsstatus  # noqa: E402
 from poolparty_raster.schedulers.awscommon import AwsRequestError, container_command  # noqa: E402
 from workdirlog import log_events
 
@@ -332,13 +332,13 @@ def test_ecs_cancel_stops_each_task_and_always_deregisters(tmp_path):
 
 
 def test_stop_reasons_name_oom_only_with_its_reason_and_spot_interruptions():
-    describe = ecs.describe_stopped
+    describe = ecsstatus.describe_stopped
     assert describe(stopped(TASK, 137, reason="OutOfMemoryError: Container killed due to memory usage")
                     ).startswith("out of memory (container killed, exit 137)")
     assert "out of memory" not in describe(stopped(TASK, 137, "UserInitiated", why="poolparty_raster: cancelled"))
     assert describe(stopped(TASK, None, "SpotInterruption")).startswith("spot interruption")
     assert describe(stopped(TASK, 137, why="Host EC2 (instance i-1) terminated.")).startswith("instance lost")
-    assert ecs.classify_task(stopped(TASK, 0)).succeeded and not ecs.classify_task(stopped(TASK, 1)).succeeded
+    assert ecsstatus.classify_task(stopped(TASK, 0)).succeeded and not ecsstatus.classify_task(stopped(TASK, 1)).succeeded
     classify = awsbatch.classify_job
     oom = {"jobId": "j", "status": "FAILED", "container": {"exitCode": 137, "reason": "OutOfMemoryError: Container killed"}}
     assert classify(oom).reason.startswith("out of memory")

@@ -43,7 +43,7 @@ def test_slurm_end_states_say_which_request_ran_out():
 
 
 def test_each_backend_tells_its_own_kills_apart():
-    from poolparty_raster.schedulers import awsbatch, ecs, lsf, pbs, sge
+    from poolparty_raster.schedulers import awsbatch, ecsstatus, lsf, pbs, sge
 
     h_rt = "taskid 2\nfailed       37  : qmaster enforced h_rt, h_cpu, or h_vmem limit\nexit_status  137"
     assert sge.parse_qacct(h_rt).exceeded == "time"
@@ -59,8 +59,8 @@ def test_each_backend_tells_its_own_kills_apart():
                  "container": {"exitCode": 137, "reason": "OutOfMemoryError: Container killed"}}
     assert awsbatch.classify_job(batch_oom).exceeded == "mem"
     stopped = {"lastStatus": "STOPPED", "containers": [{"exitCode": 137, "reason": OOM}]}
-    assert ecs.classify_task(stopped).exceeded == "mem"
-    assert ecs.classify_task({"lastStatus": "STOPPED", "containers": [{"exitCode": 1}]}).exceeded is None
+    assert ecsstatus.classify_task(stopped).exceeded == "mem"
+    assert ecsstatus.classify_task({"lastStatus": "STOPPED", "containers": [{"exitCode": 1}]}).exceeded is None
 
 
 def test_requests_scale_in_each_schedulers_format():

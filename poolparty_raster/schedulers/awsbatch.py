@@ -80,7 +80,7 @@ def classify_job(job: dict[str, Any]) -> TaskStatus:
             return TaskStatus(_STATES[status], " ".join(w for w in words if w), exceeded="mem")
         if loss := spot_or_host_loss(reason):
             words.insert(0, loss)
-    # SUCCEEDED: the worker exited 0, after writing its result (see ecs.classify_task).
+    # SUCCEEDED: the worker exited 0, after writing its result (see ecsstatus.classify_task).
     return TaskStatus(_STATES[status], " ".join(w for w in words if w), succeeded=status == "SUCCEEDED")
 
 

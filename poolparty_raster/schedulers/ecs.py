@@ -27,14 +27,14 @@ import warnings
 from collections.abc import Iterator, Sequence
 from typing import Annotated, Any
 
-from poolparty_raster.errors import SchedulerError, SchedulerOutputError, SubmissionRefused
+from poolparty_raster.errors import SchedulerError, SubmissionRefused
 from poolparty_raster.schedulers.awscommon import (AwsScheduler, RunTokens, absolute, aws_tags,
                                                    check_tags, checked_mapping, container_command,
-                                                   end_each, error_code, fatal_start, make_client,
-                                                   safe_name, spot_or_host_loss,
+                                                   end_each, error_code, make_client, safe_name,
                                                    submission_failure_kind)
 from poolparty_raster.schedulers.base import (JobRecord, PollResult, SubmitSpec, TaskState,
                                               TaskStatus, map_path)
+from poolparty_raster.schedulers.ecsstatus import classify_task
 from poolparty_raster.schedulers.jobcommand import checked_setup, with_setup
 
 CHUNK_VARIABLE = "POOLPARTY_RASTER_CHUNK"
@@ -42,9 +42,6 @@ OVERRIDES_LIMIT = 8192
 # A placement refusal (no instance or Fargate capacity fits) passes when capacity frees up;
 # while none of the map's tasks runs, it is waited out this long before the map fails.
 PLACEMENT_GIVE_UP_AFTER = 600.0
-_PENDING = {"PROVISIONING", "PENDING", "ACTIVATING"}
-_RUNNING = {"RUNNING", "DEACTIVATING", "STOPPING", "DEPROVISIONING"}
-_ENDED = {"STOPPED", "DELETED"}
 # Fargate's cpu units -> the memory sizes (MiB) it allows with them.
 FARGATE_MEMORY = {256: (512, 1024, 2048), 512: tuple(range(1024, 4097, 1024)),
                   1024: tuple(range(2048, 8193, 1024)), 2048: tuple(range(4096, 16385, 1024)),
@@ -61,51 +58,6 @@ def size(value: str | int | None, unit: str) -> int | None:
     if not match:
         raise ValueError(f"{value!r}: give a number (CPU units, MiB) or '<n> {unit}'")
     return round(float(match[1]) * 1024) if match[2] else int(float(match[1]))
-
-
-def _container(task: dict[str, Any], name: str | None) -> dict[str, Any]:
-    containers = task.get("containers") or [{}]
-    return next((c for c in containers if c.get("name") == name), containers[0])
-
-
-def describe_stopped(task: dict[str, Any], container_name: str | None = None) -> str:
-    """Why a task stopped, in words that name OOM kills and spot interruptions."""
-    container = _container(task, container_name)
-    code, why = container.get("exitCode"), container.get("reason", "")
-    stop_code, stopped = task.get("stopCode", ""), task.get("stoppedReason", "")
-    words = [stop_code, stopped, f"exit code {code}" if code is not None else "", why]
-    if "OutOfMemory" in why:  # exit 137 alone is any SIGKILL, a stop_task's too
-        words.insert(0, f"out of memory (container killed{', exit 137' if code == 137 else ''}):")
-    if stop_code == "SpotInterruption":
-        words.insert(0, "spot interruption:")
-    elif stop_code == "TerminationNotice":
-        words.insert(0, "retired by AWS (termination notice):")
-    elif loss := spot_or_host_loss(stopped):
-        words.insert(0, loss)
-    return " ".join(w for w in words if w)
-
-
-def classify_task(task: dict[str, Any], container_name: str | None = None) -> TaskStatus:
-    """describe_tasks' task -> a status; an unknown lastStatus is quoted, never guessed."""
-    last = task.get("lastStatus", "")
-    if last in _PENDING:
-        return TaskStatus(TaskState.PENDING, last)
-    if last in _RUNNING:
-        return TaskStatus(TaskState.RUNNING, last)
-    if last not in _ENDED:
-        raise SchedulerOutputError(f"ecs describe_tasks: unknown lastStatus {last!r} of "
-                                   f"{task.get('taskArn')}: {json.dumps(task, default=str)[:500]}")
-    reason = describe_stopped(task, container_name)
-    if task.get("stopCode") == "TaskFailedToStart" and fatal_start(reason):
-        return TaskStatus(TaskState.FATAL, reason)
-    # The worker exits 0 only after its result is written: the engine then allows the shared
-    # filesystem's directory cache time to show it before the chunk counts as lost.
-    container = _container(task, container_name)
-    # An out-of-memory kill is a memory request the same task outgrows again (retry_resources
-    # cannot enlarge it here: a chunk's run_task token must ask for the same task).
-    exceeded = "mem" if "OutOfMemory" in container.get("reason", "") else None
-    return TaskStatus(TaskState.FINISHED, reason, succeeded=container.get("exitCode") == 0,
-                      exceeded=exceeded)
 
 
 class EcsScheduler(AwsScheduler):
