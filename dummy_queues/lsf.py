@@ -3,7 +3,9 @@
 There is no LSF on the machines this was written on: formats, messages and exit codes follow
 IBM's LSF 10.1 command reference (see the package docstring for the choices it leaves open).
 Job ids are numbers; an array is ``name[1-10]%2`` to bsub, its elements ``12[3]`` to bkill and
-``name[3]`` in bjobs' JOB_NAME, each with the array's JOBID.
+``name[3]`` in bjobs' JOB_NAME, each with the array's JOBID. EXIT_REASON is LSF's termination
+reason for the kills the fake makes, a run limit (inject_timeout, ``-W``) or a memory limit
+(inject_oom), and empty otherwise (a real LSF also names bkill's, TERM_OWNER).
 """
 from __future__ import annotations
 
@@ -46,11 +48,14 @@ BJOBS_OPTS = {"-a": O("all", False), "-d": O("done", False), "-json": O("json", 
               "-o": O("format"), "-u": O("user"), "-J": O("name"),
               "-noheader": O("noheader", False), "-w": O("wide", False)}
 FIELDS = ("jobid", "jobindex", "stat", "user", "queue", "from_host", "exec_host", "job_name",
-          "exit_code", "pend_reason", "proj_name", "command", "submit_time", "start_time",
-          "finish_time")
+          "exit_code", "exit_reason", "pend_reason", "proj_name", "command", "submit_time",
+          "start_time", "finish_time")
 DEFAULT_FIELDS = "jobid user stat queue from_host exec_host job_name submit_time"
 FINISHED_WORDS = {"COMPLETED": "DONE", "FAILED": "EXIT", "TIMEOUT": "EXIT", "CANCELLED": "EXIT"}
 ADMIN_SUSPENDED = "The job was suspended by LSF admin or root while pending"
+# LSF's termination reasons (bjobs -l, bhist -l; bjobs -o exit_reason) for the fake's kills
+RUN_LIMIT_REASON = "TERM_RUNLIMIT: job killed after reaching LSF run time limit"
+MEMORY_LIMIT_REASON = "TERM_MEMLIMIT: job killed after reaching LSF memory usage limit"
 _ARRAY = re.compile(r"^(?P<name>[^\[\]%]+)\[(?P<spec>[^\]]+)\](?:%(?P<limit>\d+))?$")
 
 
@@ -158,7 +163,12 @@ def launch_info(state: dict[str, Any], job: dict[str, Any], elem: dict[str, Any]
     err = _expand(job["error"], job, task) if job.get("error") else out
     return {"env": env, "cwd": job["cwd"], "stdout": out, "stderr": err,
             "append": job["append"], "time_limit": job.get("time_limit"), "on_error": "fail",
-            "timeout_message": "TERM_RUNLIMIT: job killed after reaching LSF run time limit."}
+            "timeout_message": f"{RUN_LIMIT_REASON}."}
+
+
+def memory_kill(job: dict[str, Any]) -> dict[str, Any]:
+    """How an element over its -M ends (inject_oom): LSF's SIGKILL, TERM_MEMLIMIT."""
+    return {"state": "FAILED", "exit_code": 0, "signal": 9, "reason": MEMORY_LIMIT_REASON}
 
 
 def element_name(job: dict[str, Any], task: int | None) -> str:
@@ -186,6 +196,13 @@ def exit_code(elem: dict[str, Any]) -> str:
     return str(128 + elem["signal"] if elem.get("signal") else elem.get("exit_code") or 0)
 
 
+def exit_reason(elem: dict[str, Any]) -> str:
+    """bjobs' EXIT_REASON: the termination reason of a run or memory limit kill, else empty."""
+    if elem["state"] == "TIMEOUT":
+        return RUN_LIMIT_REASON
+    return MEMORY_LIMIT_REASON if elem.get("reason") == MEMORY_LIMIT_REASON else ""
+
+
 def _pend_reason(state: dict[str, Any], elem: dict[str, Any], free: int,
                  per_job: dict[int, int]) -> str:
     if elem["state"] == "HELD":
@@ -211,7 +228,7 @@ def _fields(state: dict[str, Any], job: dict[str, Any], elem: dict[str, Any], fr
             "stat": display_state(elem), "user": job["user"], "queue": job["queue"],
             "from_host": host, "exec_host": host if elem["start"] else "",
             "job_name": element_name(job, elem["task"]), "exit_code": exit_code(elem),
-            "pend_reason": _pend_reason(state, elem, free, per_job),
+            "exit_reason": exit_reason(elem), "pend_reason": _pend_reason(state, elem, free, per_job),
             "proj_name": job["project"], "command": job["command"],
             "submit_time": _stamp(job["submit_time"]), "start_time": _stamp(elem["start"]),
             "finish_time": _stamp(elem["end"])}

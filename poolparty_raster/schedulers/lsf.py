@@ -12,6 +12,10 @@ the bundled dummy follows the same documentation):
   and ``-o`` it prints ``{"COMMAND": "bjobs", "JOBS": n, "RECORDS": [{"JOBID": ...}, ...]}``,
   an array's elements as records of the array's JOBID, named ``name[4]``; ``-J NAME`` selects
   an array by its name without indices;
+- ``bjobs -o``'s ``exit_reason`` is LSF's termination reason for an ended job, led by its
+  keyword: ``TERM_MEMLIMIT: job killed after reaching LSF memory usage limit``,
+  ``TERM_RUNLIMIT: job killed after reaching LSF run time limit`` (the table "Termination
+  reasons displayed by bacct, bhist, and bjobs"); a job LSF killed at its run limit exits 140;
 - ``bjobs`` exits non-zero, saying "No job found" or "is not found", when nothing matches;
 - LSF before 10.1 has no ``-json`` (bjobs refuses it as an illegal option): ``-noheader -o
   "jobid stat delimiter='^'"`` prints a line a job instead, ``-`` for an empty field.
@@ -36,7 +40,9 @@ from poolparty_raster.schedulers.base import (CommandRunner, JobRecord, PollResu
 from poolparty_raster.schedulers.jobcommand import (SetupLines, checked_setup, node_shell_command,
                                                     scale_memory)
 
-BJOBS_FIELDS = "jobid stat job_name exit_code pend_reason"
+# The pending reason last: it is free text, which may hold the delimiter of -noheader lines.
+BJOBS_FIELDS = "jobid stat job_name exit_code exit_reason pend_reason"
+EXIT_REASON_FIELD = "exit_reason"
 DEFAULT_MAX_ARRAY_SIZE = 1000  # lsb.params MAX_JOB_ARRAY_SIZE's default
 _SUBMITTED = re.compile(r"Job <(\d+)> is submitted")
 _ELEMENT = re.compile(r"^(?P<name>.*)\[(?P<index>\d+)\]$")
@@ -87,8 +93,13 @@ def parse_max_array_size(text: str) -> int | None:
     return None
 
 
-# The exit code of a job LSF killed at its run limit (TERM_RUNLIMIT: 128 + SIGUSR2).
+# The exit code of a job LSF killed at its run limit (TERM_RUNLIMIT: 128 + SIGUSR2): all
+# there is to go by where bjobs gives no exit_reason.
 RUN_LIMIT_EXIT_CODE = "140"
+# Termination reasons of a kill at a request retry_resources can enlarge (-M, -W). The CPU
+# time (TERM_CPULIMIT) and swap (TERM_SWAP) limits are requests the pool does not make.
+REQUEST_KILLS = {"TERM_MEMLIMIT": "mem", "TERM_RUNLIMIT": "time"}
+_TERM_KEYWORD = re.compile(r"\bTERM_[A-Z_]+")
 
 
 def run_limit_scaled(text: str, factor: float) -> str:
@@ -98,11 +109,25 @@ def run_limit_scaled(text: str, factor: float) -> str:
     return f"{total // 60}:{total % 60:02d}"
 
 
-def classify(state: str, exit_code: str, reason: str) -> TaskStatus:
-    """Normalise a bjobs STAT, with its exit code and pending reason for the log."""
-    words = " ".join(w for w in (state, f"exit {exit_code}" if exit_code else "", reason) if w)
+def killed_for(state: str, exit_code: str, exit_reason: str) -> str | None:
+    """The request ("time" or "mem") LSF killed an ended job for outgrowing, else None. The
+    termination reason's keyword decides; without one (an LSF whose bjobs lacks exit_reason),
+    exit code 140 is the run limit."""
+    if state != "EXIT":
+        return None
+    keyword = _TERM_KEYWORD.search(exit_reason)
+    if keyword:
+        return REQUEST_KILLS.get(keyword.group())
+    return "time" if exit_code == RUN_LIMIT_EXIT_CODE else None
+
+
+def classify(state: str, exit_code: str, reason: str, exit_reason: str = "") -> TaskStatus:
+    """Normalise a bjobs STAT, with its exit code, pending reason and termination reason
+    (exit_reason) for the log."""
+    words = " ".join(w for w in (state, f"exit {exit_code}" if exit_code else "", reason,
+                                 exit_reason) if w)
     return TaskStatus(_STATES[state], words, state == "DONE",
-                      "time" if state == "EXIT" and exit_code == RUN_LIMIT_EXIT_CODE else None)
+                      killed_for(state, exit_code, exit_reason))
 
 
 def read_records(text: str) -> list[dict[str, str]]:
@@ -133,6 +158,16 @@ def read_text_records(text: str, fields: str) -> list[dict[str, str]]:
     return records
 
 
+def field_refused(returncode: int, stderr: str, field: str) -> bool:
+    """Whether bjobs refused an -o field, naming it, as an LSF older than the field does."""
+    return returncode != 0 and field in stderr.lower()
+
+
+def without_field(fields: str, field: str) -> str:
+    """An -o field list less ``field``."""
+    return " ".join(name for name in fields.split() if name != field)
+
+
 def json_refused(returncode: int, stderr: str) -> bool:
     """Whether bjobs refused -json, as an LSF before 10.1 does (the other options of the call
     are older)."""
@@ -149,8 +184,8 @@ def listing(returncode: int, stdout: str, stderr: str) -> str | None:
 
 
 def parse_bjobs_json(text: str, jobs: Sequence[JobRecord]) -> PollResult:
-    """``bjobs -a -json -o "jobid stat job_name exit_code pend_reason"`` -> statuses of the
-    elements of ``jobs``. A record with an ERROR field (a job that is not found) is skipped."""
+    """``bjobs -a -json -o BJOBS_FIELDS`` -> statuses of the elements of ``jobs``. A record
+    with an ERROR field (a job that is not found) is skipped."""
     return parse_bjobs_records(read_records(text), jobs)
 
 
@@ -170,7 +205,8 @@ def parse_bjobs_records(records: Sequence[dict[str, str]], jobs: Sequence[JobRec
         state = record.get("STAT", "")
         if state not in _STATES:
             raise unparseable("bjobs", json.dumps(record))
-        status = classify(state, record.get("EXIT_CODE", ""), record.get("PEND_REASON", ""))
+        status = classify(state, record.get("EXIT_CODE", ""), record.get("PEND_REASON", ""),
+                          record.get("EXIT_REASON", ""))
         result[(job["job_id"], job["offset"] + int(element["index"]))] = status
     return result
 
@@ -221,6 +257,7 @@ class LsfScheduler(ArrayScheduler):
         self.throttle = ArrayThrottle()
         self._max_array_size = max_array_size
         self.json_output = True  # until bjobs refuses -json (LSF before 10.1)
+        self.poll_fields = BJOBS_FIELDS  # less exit_reason where bjobs does not know it
 
     def check_available(self) -> None:
         require_commands("LSF", self.paths)
@@ -272,22 +309,28 @@ class LsfScheduler(ArrayScheduler):
         return read_records(text) if self.json_output else read_text_records(text, fields)
 
     def _bjobs(self, spec: SubmitSpec, fields: str, once: bool
-               ) -> tuple[list[str], subprocess.CompletedProcess[str] | None]:
-        """Run the map's listing; where bjobs refuses -json, again (and from now on) with
-        the delimited text output."""
-        for _ in range(2):
+               ) -> tuple[list[str], subprocess.CompletedProcess[str] | None, str]:
+        """Run the map's listing of ``fields``; where bjobs refuses -json, again (and from now
+        on) with the delimited text output; where it refuses exit_reason, again (and from now
+        on) without it. Returns the call, its result and the fields it asked for."""
+        for _ in range(3):  # each refusal is learnt once
             argv = self._bjobs_argv(spec, fields)
             result = (self.runner.run_once(argv) if once else
                       self.runner.run(argv, ok_codes=(0, 255), retry=False))
-            if not (self.json_output and result is not None
-                    and json_refused(result.returncode, result.stderr)):
+            if result is None:
                 break
-            self.json_output = False
-        return argv, result
+            if self.json_output and json_refused(result.returncode, result.stderr):
+                self.json_output = False
+            elif EXIT_REASON_FIELD in fields.split() and field_refused(
+                    result.returncode, result.stderr, EXIT_REASON_FIELD):
+                fields = self.poll_fields = without_field(fields, EXIT_REASON_FIELD)
+            else:
+                break
+        return argv, result, fields
 
     def _listed_job_ids(self, spec: SubmitSpec) -> set[str] | None:
         """Ids of the map's jobs (finished ones too); None when bjobs did not answer."""
-        _, result = self._bjobs(spec, "jobid", once=True)
+        _, result, _ = self._bjobs(spec, "jobid", once=True)
         text = None if result is None else listing(result.returncode, result.stdout, result.stderr)
         if text is None:
             return None
@@ -300,13 +343,13 @@ class LsfScheduler(ArrayScheduler):
     # -- poll and cancel ---------------------------------------------------------------
     def poll(self, spec: SubmitSpec, jobs: Sequence[JobRecord]) -> PollResult:
         self.submitter.note(spec, jobs)
-        argv, result = self._bjobs(spec, BJOBS_FIELDS, once=False)
+        argv, result, fields = self._bjobs(spec, self.poll_fields, once=False)
         assert result is not None  # runner.run raises rather than time out
         text = listing(result.returncode, result.stdout, result.stderr)
         if text is None:
             raise SchedulerError(f"`{' '.join(argv)}` exited {result.returncode}: "
                                  f"{result.stderr.strip()[-2000:]}")
-        return parse_bjobs_records(self._records(text, BJOBS_FIELDS), jobs)
+        return parse_bjobs_records(self._records(text, fields), jobs)
 
     def cancel(self, spec: SubmitSpec, jobs: Sequence[JobRecord],
                chunks: Sequence[int] | None = None) -> None:

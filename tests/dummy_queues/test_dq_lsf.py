@@ -1,6 +1,7 @@
 """The fake LSF: bsub arrays and environments, bjobs' formats (the same keys as the samples
-written from IBM's reference in tests/golden/lsf/), PSUSP, the run limit, bkill; and an LSF
-before 10.1, whose bjobs has no -json, with LsfPool reading its delimited lines."""
+written from IBM's reference in tests/golden/lsf/), PSUSP, the run and memory limits with their
+termination reasons, bkill; and an LSF before 10.1, whose bjobs has no -json, with LsfPool
+reading its delimited lines."""
 from __future__ import annotations
 
 import json
@@ -17,7 +18,7 @@ from poolparty_raster.schedulers import lsf
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "lsf"
-FIELDS = "jobid stat job_name exit_code pend_reason"
+FIELDS = lsf.BJOBS_FIELDS  # what LsfPool asks for
 
 
 def bsub(*args: str, cwd=None) -> str:
@@ -77,7 +78,19 @@ def test_throttle_psusp_run_limit_and_bkill(dummy_lsf, tmp_path):
     dummy_lsf.inject_timeout(0.3)
     bsub("-J", "limited", "-o", log, "sleep 30")
     wait_for(lambda: [r for r in records("-J", "limited") if r["STAT"] == "EXIT"])
-    assert records("-J", "limited")[0]["EXIT_CODE"] == "140"
+    (limited,) = records("-J", "limited")
+    assert limited["EXIT_CODE"] == "140" and limited["EXIT_REASON"].startswith("TERM_RUNLIMIT: ")
+
+
+def test_a_memory_kill_exits_with_lsf_s_termination_reason(dummy_lsf, tmp_path):
+    dummy_lsf.inject_oom(task=2)
+    bsub("-J", "mem[1-2]", "-M", "1GB", "-o", str(tmp_path / "log"), "exit 3")
+    assert dummy_lsf.wait_idle(10)
+    by_name = {r["JOB_NAME"]: r for r in records("-J", "mem")}
+    assert (by_name["mem[2]"]["STAT"], by_name["mem[2]"]["EXIT_CODE"]) == ("EXIT", "137")
+    assert by_name["mem[2]"]["EXIT_REASON"] == (
+        "TERM_MEMLIMIT: job killed after reaching LSF memory usage limit")
+    assert by_name["mem[1]"]["EXIT_REASON"] == ""  # its own exit: no termination reason
 
 
 def test_kill_by_name_nothing_found_and_refusals(dummy_lsf, tmp_path):
@@ -112,8 +125,8 @@ def test_an_old_lsf_refuses_json_and_prints_the_sample_s_delimited_lines(dummy_l
     assert dummy_lsf.wait_idle(10)
     listed = run("bjobs", "-a", "-noheader", "-o", TEXT_FORMAT, "-J", "old")
     sample = (GOLDEN / "bjobs_noheader_states.txt").read_text().splitlines()
-    assert listed.stdout.splitlines() == [f"{jid}^EXIT^old[1]^3^-", f"{jid}^EXIT^old[2]^3^-"]
-    assert {line.count("^") for line in sample + listed.stdout.splitlines()} == {4}
+    assert listed.stdout.splitlines() == [f"{jid}^EXIT^old[1]^3^-^-", f"{jid}^EXIT^old[2]^3^-^-"]
+    assert {line.count("^") for line in sample + listed.stdout.splitlines()} == {5}
 
 
 def test_the_delimited_lines_read_as_the_json_records_do():
@@ -121,7 +134,7 @@ def test_the_delimited_lines_read_as_the_json_records_do():
     from_json = lsf.parse_bjobs_json((GOLDEN / "bjobs_json_states.json").read_text(), LSF_JOBS)
     assert lsf.parse_bjobs_records(text, LSF_JOBS) == from_json
     # the pending reason is last: it may hold the delimiter
-    (odd,) = lsf.read_text_records("1^PEND^pp[1]^-^a ^ b", FIELDS)
+    (odd,) = lsf.read_text_records("1^PEND^pp[1]^-^-^a ^ b", FIELDS)
     assert odd["PEND_REASON"] == "a ^ b" and odd["EXIT_CODE"] == ""
     with pytest.raises(SchedulerOutputError, match="could not parse"):
         lsf.read_text_records("1^PEND", FIELDS)
