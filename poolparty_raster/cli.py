@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import math
 import os
 import pdb
 import reprlib
@@ -289,11 +290,29 @@ def _print(result: dict[str, Any], as_json: bool, text: str) -> None:
     print(json.dumps(result, indent=1) if as_json else text)
 
 
-def _seconds(text: str) -> float:
-    seconds = float(text)
-    if not seconds > 0:
-        raise argparse.ArgumentTypeError(f"{text}: not a positive number of seconds")
-    return seconds
+def _status_target(args: argparse.Namespace) -> tuple[str, float | None]:
+    """The work_dir and --watch's seconds (None: not watching) of ``status``. --watch's
+    SECONDS is optional, so in ``status --watch WORK_DIR`` argparse gave it the work_dir: a
+    value that is no number is the work_dir where none follows."""
+    work_dir, watch = args.work_dir, args.watch
+    if work_dir is None and watch is not None and math.isnan(_number(watch)):
+        work_dir, watch = watch, f"{WATCH_SECONDS:g}"
+    if work_dir is None:
+        args.usage_error("the following arguments are required: work_dir (one named like a "
+                         "number goes before --watch, or as ./NAME)")
+    seconds = None if watch is None else _number(watch)
+    if seconds is not None and not 0 < seconds < math.inf:  # NaN fails too
+        args.usage_error(f"argument --watch: {watch!r} is not a positive number of seconds "
+                         f"(give one, as in --watch 30, or none for {WATCH_SECONDS:g})")
+    return work_dir, seconds
+
+
+def _number(text: str) -> float:
+    """``text`` as a float; NaN where it is none."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -302,19 +321,24 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def command(name: str, help: str, json_output: bool = True) -> argparse.ArgumentParser:
+    def command(name: str, help: str, json_output: bool = True,
+                **work_dir: Any) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)
-        sub.add_argument("work_dir")
+        sub.add_argument("work_dir", **work_dir)
         if json_output:
             sub.add_argument("--json", action="store_true", help="print it as JSON, for scripts")
         return sub
 
     shower = command("status", "how far a map has got: tasks done, raised, lost and pending, "
                                "queued and running, its jobs, whether its driver runs, "
-                               "throughput and time left")
-    shower.add_argument("--watch", nargs="?", type=_seconds, const=WATCH_SECONDS, metavar="SECONDS",
+                               "throughput and time left", nargs="?")
+    # work_dir is optional to argparse only: `status --watch WORK_DIR` gives it to --watch
+    # (_status_target takes it back)
+    shower.usage = "%(prog)s [-h] [--json] [--watch [SECONDS]] work_dir"
+    shower.set_defaults(usage_error=shower.error)  # exits 2 after status's usage
+    shower.add_argument("--watch", nargs="?", const=f"{WATCH_SECONDS:g}", metavar="SECONDS",
                         help=f"show it again every SECONDS (default {WATCH_SECONDS:g}) until the "
-                             "map ends or its driver stops")
+                             "map ends or its driver stops; before or after the work_dir")
     reporter = command("report", "the map's event log and where and how its chunks ran; "
                                  "--html or --png draws them")
     reporter.add_argument("--html", metavar="FILE", help="write a self-contained HTML page: "
@@ -346,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         for line in clean([os.path.abspath(p) for p in args.work_dirs], args.force):
             print(line, flush=True)
         return 0
+    if args.command == "status":
+        args.work_dir, args.watch = _status_target(args)
     path = os.path.abspath(args.work_dir)
     if args.command == "status" and args.watch is not None:
         return watch(path, args.watch, args.json)

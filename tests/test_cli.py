@@ -369,6 +369,36 @@ def test_watch_stops_quietly_on_ctrl_c_and_once_a_map_is_not_running(gated_map, 
     assert json.loads(line)["state"] == "stopped"
 
 
+def test_watch_goes_before_or_after_the_work_dir(tmp_path, capsys):
+    work_dir = str(tmp_path / "w")
+    pp.LocalPool(2, work_dir=work_dir, keep_work_dir=True, progress=False).map(double, range(4))
+    for argv in (["--watch", work_dir, "--json"], [work_dir, "--watch", "--json"]):
+        assert cli.main(["status", *argv]) == 0  # an ended map: shown once
+        (line,) = capsys.readouterr().out.splitlines()
+        assert json.loads(line)["state"] == "ended"
+
+
+@pytest.mark.parametrize("argv, seconds", [
+    (["--watch", "W"], 5.0), (["W", "--watch"], 5.0), (["--watch", "2.5", "W"], 2.5),
+    (["W", "--watch", "30"], 30.0), (["--watch=7", "W", "--json"], 7.0)])
+def test_watch_seconds_are_read_on_either_side_of_the_work_dir(argv, seconds, monkeypatch):
+    watched = []
+    monkeypatch.setattr(cli, "watch", lambda path, every, as_json: watched.append((path, every)))
+    cli.main(["status", *argv])
+    assert watched == [(os.path.abspath("W"), seconds)]
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--watch", "0", "W"], "'0' is not a positive number of seconds"),
+    (["W", "--watch", "soon"], "'soon' is not a positive number of seconds"),
+    (["--watch", "inf", "W"], "'inf' is not a positive number of seconds"),
+    (["--watch", "30"], "required: work_dir (one named like a number goes before --watch")])
+def test_watch_refuses_what_is_no_number_of_seconds(argv, says, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["status", *argv])
+    assert exited.value.code == 2 and says in capsys.readouterr().err
+
+
 def test_scheduler_counts_each_chunk_without_a_result_once():
     state = {name: TaskStatus(getattr(TaskState, name.upper()))
              for name in ("pending", "running", "error", "finished")}
