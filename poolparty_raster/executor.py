@@ -12,7 +12,7 @@ end of the outermost ``with executor.batch():``, or at ``shutdown``. Until then 
 pending and can be cancelled; once sent it is running (``Future.running()``), as in the
 standard library.
 
-This module is also what the map's tasks import on the nodes (``call_task``): it imports
+This module is also what the map's tasks import on the nodes (``CallEach``): it imports
 nothing of the driver's machinery at module level.
 """
 from __future__ import annotations
@@ -36,12 +36,19 @@ LINGER = 0.05
 LINGER_CAP = 20  # lingers a batch's first submission waits at most (a steady stream of submits)
 
 
-def call_task(task: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]) -> Any:
-    """One submitted call, as a task of a batch of several functions' calls. The function
-    travels with each task: a chunk is pickled as one list, so a function shared by its
-    tasks is stored once a chunk, and a chunk loads only its own tasks' functions."""
-    fn, args, kwargs = task
-    return fn(*args, **kwargs)
+class CallEach:
+    """``fn(*args, **kwargs)`` for each task ``(fn, args, kwargs)``: a batch of several
+    functions' calls. The function travels with each task: a chunk is pickled as one list, so
+    a function shared by its tasks is stored once a chunk, and a chunk loads only its own
+    tasks' functions. ``label`` names the calls on the progress bar (joblib's batches are
+    each a function of their own, all of the user's one)."""
+
+    def __init__(self, label: str):
+        self.label = label
+
+    def __call__(self, task: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]) -> Any:
+        fn, args, kwargs = task
+        return fn(*args, **kwargs)
 
 
 class CallWith:
@@ -309,7 +316,11 @@ def _as_map(items: list[_WorkItem]) -> tuple[Callable[[Any], Any], list[Any]]:
     fn = items[0].fn
     if all(item.fn is fn for item in items):
         return CallWith(fn), [(item.args, item.kwargs) for item in items]
-    return call_task, [item.task() for item in items]
+    from poolparty_raster.progress import function_label  # the driver's: tqdm, not the nodes'
+
+    labels = {function_label(item.fn) for item in items}
+    label = labels.pop() if len(labels) == 1 else f"{len(labels)} functions"
+    return CallEach(label), [item.task() for item in items]
 
 
 def _settle(futures: list[Future | None], outcome: ChunkOutcome) -> None:
@@ -329,7 +340,7 @@ def _fail_unpicklable(items: list[_WorkItem]) -> list[_WorkItem] | None:
     ProcessPoolExecutor: those calls' futures get their pickling error, and the others are
     returned to be sent again. None when every call pickles (the map failed for another
     reason)."""
-    import cloudpickle  # not on the nodes' import path of call_task
+    import cloudpickle  # not on the nodes' import path of CallEach
 
     kept: list[_WorkItem] = []
     for item in items:

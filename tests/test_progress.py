@@ -7,6 +7,7 @@ import io
 import sys
 
 import cloudpickle
+import pytest
 
 import poolparty_raster as pp
 from poolparty_raster import progress as progress_module
@@ -142,6 +143,21 @@ def test_a_maps_summary_line_names_its_function_through_starmap_and_the_initiali
     err = capsys.readouterr().err  # pytest's capture is no terminal: the log's one line
     assert err.startswith("poolparty_raster pow: 2/2 tasks done")
     assert len(err.splitlines()) == 1
+
+
+def test_an_executors_and_joblibs_batches_are_named_after_the_users_functions(capsys):
+    joblib = pytest.importorskip("joblib", reason="joblib is an optional extra")
+    import poolparty_raster.joblib_backend  # noqa: F401  (registers the "poolparty" backend)
+    with pp.LocalPool(2, mode="array", polling_interval=0.2) as pool:
+        with pool.executor() as executor, executor.batch():
+            mixed = [executor.submit(pow, 2, 3), executor.submit(abs, -1)]
+        assert [f.result() for f in mixed] == [8, 1]
+        with joblib.parallel_config(backend="poolparty", pool=pool):
+            assert joblib.Parallel(batch_size=2)(joblib.delayed(pow)(x, 2) for x in range(4)) \
+                == [0, 1, 4, 9]
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "poolparty_raster 2 functions", "poolparty_raster pow"]
 
 
 def waits_for(path):
