@@ -5,6 +5,7 @@ from __future__ import annotations
 import array
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -64,16 +65,17 @@ def compact_starts(starts: Sequence[int]) -> Sequence[int]:
 
 
 def read_manifest(path: str, work_dir: str) -> Manifest | None:
-    """The manifest at ``path``; None where there is none."""
+    """The manifest at ``path``; None where there is none. A symbolic link under its name is
+    refused: nothing in a work_dir is read through one."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), encoding="utf-8") as f:
             raw = json.load(f)
         return Manifest(raw["digest"], raw["num_tasks"], raw["chunk_starts"], raw["job_name"],
                         raw.get("mode", "array"), raw.get("function_digest", ""), raw["format"],
                         raw.get("slots_per_worker", 1))
     except FileNotFoundError:
         return None
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, OSError) as exc:  # OSError: ELOOP, a link
         raise WorkDirMismatchError(f"work_dir {work_dir}: manifest.json is damaged or was "
                                    f"not written by poolparty_raster ({exc!r})") from exc
 

@@ -51,6 +51,10 @@ _SCRIPT_TEMPLATE = '''\
 import os
 import sys
 
+# Python put this script's directory, the work_dir, first on sys.path: every import would look
+# there first, and list it again whenever a chunk's file changed it (a round trip a name to a
+# networked filesystem's server). Nothing is ever imported from the work_dir.
+sys.path[:] = [_p for _p in sys.path if _p not in {work_dirs!r}]
 _ENVIRONMENT = {environment!r}
 _LOADER = [os.environ.get(_name) for _name in {loader!r}]
 _KEEP = set(os.environ.get({keep!r}, "").split(","))
@@ -60,7 +64,7 @@ for _name, _value in _ENVIRONMENT.items():
 if _LOADER != [os.environ.get(_name) for _name in {loader!r}] and {reexec!r} not in os.environ:
     os.environ[{reexec!r}] = "1"
     os.execv(sys.executable, [sys.executable, *sys.argv])
-sys.path[:0] = [_p for _p in {sys_path!r} if _p not in sys.path]
+sys.path[:0] = [_p for _p in {sys_path!r} if _p not in sys.path and _p not in {work_dirs!r}]
 try:
     os.chdir({cwd!r})
 except OSError as _error:
@@ -89,7 +93,8 @@ def render_script(work_dir: str, python_path: str, environ: dict[str, str],
                                    environment=environment,
                                    loader=LOADER_VARIABLES, keep=KEEP_VARIABLE,
                                    reexec=REEXEC_VARIABLE, sys_path=absolute, cwd=cwd,
-                                   cwd_error=CWD_ERROR_VARIABLE)
+                                   cwd_error=CWD_ERROR_VARIABLE,
+                                   work_dirs=sorted({work_dir, os.path.realpath(work_dir)}))
 
 
 def chunk_from_arguments(argv: Sequence[str], environ: os._Environ | dict[str, str]) -> int:
@@ -271,6 +276,14 @@ def run_and_store(work_dir: Any, manifest: Any, load_function: Callable[[], Any]
     return seconds if loaded else None
 
 
+def _one_chunks_captures(work_dir: Any) -> Any:
+    """The captures of a process that runs one chunk: its launcher's where the launcher keeps
+    them (LocalPool's fork server, which makes files only where a chunk writes), else files of
+    its own."""
+    launcher = sys.modules.get("poolparty_raster.schedulers.forkoutput")
+    return getattr(launcher, "launcher", None) or Captures(work_dir, None)
+
+
 _serving_a_map = False
 
 
@@ -284,6 +297,7 @@ def main(work_dir_path: str, argv: Sequence[str]) -> int:
     from poolparty_raster import ownership, workdir
     from poolparty_raster.claims import process_token
     from poolparty_raster.errors import WorkDirMismatchError
+    from poolparty_raster.manifest import FORMAT
     from poolparty_raster.records import ChunkClock, process_identity
 
     global _serving_a_map
@@ -292,13 +306,20 @@ def main(work_dir_path: str, argv: Sequence[str]) -> int:
     index = chunk_from_arguments(argv, os.environ)
     try:  # nothing is unpickled from a directory that another user could write
         ownership.check_private(work_dir_path, worker=True)
-        ours = ownership.read_mark(work_dir_path) is not None
+        # Written after the mark, and only by this package's driver, the manifest also says
+        # the work_dir is ours: the mark is not read again (a round trip a chunk to a
+        # networked filesystem's server).
+        manifest = work_dir.read_manifest()
+        if manifest is not None and manifest.format != FORMAT:
+            raise WorkDirMismatchError(
+                f"work_dir {work_dir_path} holds a map of another version of poolparty_raster "
+                f"(format {manifest.format}; this one runs format {FORMAT}): install the "
+                f"driver's version where the jobs run")
     except FileNotFoundError:
-        ours = False
+        manifest = None
     except WorkDirMismatchError as exc:
         print(f"poolparty_raster worker: {exc}", file=sys.stderr)
         return 2
-    manifest = work_dir.read_manifest() if ours else None
     if manifest is None:  # a late or duplicate job: the map ended and its work_dir is gone
         print(f"poolparty_raster worker: {work_dir_path} holds no map any more; nothing to do",
               file=sys.stderr)
@@ -312,7 +333,7 @@ def main(work_dir_path: str, argv: Sequence[str]) -> int:
             # slot die.
             return run_slots(work_dir.script_path, argv, manifest.slots_per_worker)
     load_function = functools.cache(work_dir.load_function)  # once per process
-    captures = Captures(work_dir, process_token() if workers else None)
+    captures = Captures(work_dir, process_token()) if workers else _one_chunks_captures(work_dir)
     clock = ChunkClock(process_identity(os.environ, index if workers else None))
     try:
         if workers:

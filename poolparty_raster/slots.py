@@ -36,17 +36,17 @@ def run_slots(script_path: str, argv: Sequence[str], slots: int) -> int:
     shows the job failed."""
     import subprocess  # here: a worker without slots (every array job) does without it
 
-    from poolparty_raster.schedulers import forkserver
+    from poolparty_raster.schedulers import parentdeath
 
     job = os.getpid()
 
     def dies_with_job() -> None:
         # A slot orphaned by the job's process (killed alone) would claim on unseen by the
         # driver, which has released its claims once the job was gone.
-        if not forkserver.die_with_parent(signal.SIGTERM, job):
+        if not parentdeath.die_with_parent(signal.SIGTERM, job):
             os._exit(1)
 
-    preexec = dies_with_job if forkserver.can_die_with_parent() else None
+    preexec = dies_with_job if parentdeath.can_die_with_parent() else None
     processes = [
         subprocess.Popen([sys.executable, script_path, *argv], stdin=subprocess.DEVNULL,
                          env={**os.environ, SLOT_VARIABLE: str(slot),

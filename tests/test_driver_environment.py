@@ -56,3 +56,19 @@ def test_real_slurm_stores_no_copy_of_the_drivers_environment(real_slurm, tmp_pa
     for path in stored:
         with open(path, "rb") as f:
             assert SECRET.encode() not in f.read()
+
+
+def worker_sys_path(_):
+    return list(sys.path)
+
+
+def test_a_job_started_as_python_script_py_imports_nothing_from_the_work_dir(tmp_path):
+    # Python puts a script's directory first on sys.path: every import of the job would look
+    # in the work_dir first, and list it again whenever a chunk changed it (on a networked
+    # filesystem, a round trip a name). script.py takes it off before it imports anything.
+    work_dir = tmp_path / "w"
+    with pp.LocalPool(1, start_method="spawn", work_dir=str(work_dir), progress=False) as pool:
+        (seen,) = pool.map(worker_sys_path, [0])
+    assert str(work_dir) not in seen
+    assert os.path.realpath(work_dir) not in seen
+    assert os.path.dirname(os.path.dirname(pp.__file__)) in seen  # the driver's own entries stay

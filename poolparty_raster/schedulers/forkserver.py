@@ -14,6 +14,8 @@ Protocol on the server's stdin and stdout, one JSON object per line:
                     {"id": 7, "exit": 0}      it ended (negative: killed by that signal)
 The server kills what it runs by pid (a child that has not made its session yet leads no
 group) and by session, and only a child it has not reaped: its pid is not reused meanwhile.
+A child's stdout and stderr are pipes that the server reads and files in the work_dir
+(forkoutput.py), before it reports the child's end; it compiles each script once.
 
 Nothing outlives the driver: when it goes away (end of input, or killed: on Linux the server
 gets SIGTERM as its parent-death signal) the server kills its children's sessions and exits,
@@ -24,18 +26,22 @@ write into a work_dir after its map ended.
 from __future__ import annotations
 
 import atexit
+import builtins
 import contextlib
 import importlib
 import json
 import os
-import queue
-import select
+import selectors
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+import types
+from collections.abc import Sequence
+from typing import Any
+
+from poolparty_raster.schedulers.forkoutput import ChildOutput
+from poolparty_raster.schedulers.parentdeath import die_with_parent, in_lasting_thread
 
 # Imported by the server for every chunk: the worker's own modules, and the pools, which a
 # function's module that uses this package imports when it is unpickled (filelock alone takes
@@ -48,10 +54,8 @@ PRELOADABLE = ("numpy", "rasterio", "scipy", "pandas", "poolparty_raster.applier
 # that imported them under other values cannot honour a change.
 IMPORT_TIME_VARIABLES = ("OMP_", "OPENBLAS_", "MKL_", "VECLIB_", "NUMEXPR_", "GDAL_", "CPL_",
                          "PROJ_")
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _SERVERS: dict[tuple[Any, ...], ForkServer] = {}
 _SERVERS_LOCK = threading.Lock()
-_T = TypeVar("_T")
 
 
 def shared(python: str) -> ForkServer:
@@ -73,83 +77,6 @@ def shared(python: str) -> ForkServer:
 def _close_servers() -> None:
     for server in list(_SERVERS.values()):
         server.close()
-
-
-# -- dying with the parent ------------------------------------------------------------------
-_prctl: Any = None
-
-
-def _load_prctl() -> Any:
-    """libc's prctl, or None off Linux. Loaded before a fork: the child only calls it."""
-    global _prctl
-    if _prctl is None and sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            _prctl = ctypes.CDLL(None, use_errno=True).prctl
-        except (OSError, AttributeError):  # a libc without prctl: nothing to set
-            _prctl = False
-    return _prctl or None
-
-
-def can_die_with_parent() -> bool:
-    """Whether die_with_parent() does anything here (Linux); loads what it calls."""
-    return _load_prctl() is not None
-
-
-def die_with_parent(signum: int, parent: int) -> bool:
-    """Have the kernel send this process ``signum`` when its parent dies (Linux; elsewhere a
-    no-op). False when the parent is already gone (this process was orphaned before the call:
-    the signal will never come), and the caller should exit. The parent is the *thread* that
-    forked this process: it must live as long as its process (see ``in_lasting_thread``)."""
-    prctl = _load_prctl()
-    if prctl is not None:
-        prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
-    return os.getppid() == parent
-
-
-class _LastingThread:
-    """One daemon thread per process that runs calls handed to it and never ends: Linux sends
-    a child's parent-death signal when the thread that forked it ends, and the threads that
-    start chunks come and go."""
-
-    def __init__(self) -> None:
-        self._reset()
-        if hasattr(os, "register_at_fork"):  # a forked driver has neither the thread nor a lock
-            os.register_at_fork(after_in_child=self._reset)
-
-    def _reset(self) -> None:
-        self._calls: queue.SimpleQueue[Any] = queue.SimpleQueue()  # (call, box, done)
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def run(self, call: Callable[[], _T]) -> _T:
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._serve, daemon=True,
-                                                name="poolparty-spawner")
-                self._thread.start()
-        box: dict[str, Any] = {}
-        done = threading.Event()
-        self._calls.put((call, box, done))
-        done.wait()
-        if "error" in box:
-            raise box["error"]
-        return box["value"]
-
-    def _serve(self) -> None:
-        while True:
-            call, box, done = self._calls.get()
-            try:
-                box["value"] = call()
-            except BaseException as exc:  # noqa: BLE001 -- handed to the caller
-                box["error"] = exc
-            finally:
-                del call
-                done.set()
-
-
-in_lasting_thread = _LastingThread().run
 
 
 class ForkServer:
@@ -279,6 +206,7 @@ def kill_session(pid: int) -> None:
 # -- the server ---------------------------------------------------------------------------
 def serve(driver: int, preload: Sequence[str]) -> None:
     children: dict[int, int] = {}  # pid -> request id, until reaped
+    outputs: dict[int, ChildOutput] = {}  # pid -> its stdout and stderr, until reaped
 
     def stop(signum: int | None = None, frame: Any = None) -> None:
         """The driver is gone: so is everything it started."""
@@ -300,12 +228,16 @@ def serve(driver: int, preload: Sequence[str]) -> None:
     signal.set_wakeup_fd(wake_write)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     server = os.getpid()
+    scripts = _Scripts()
     pending = b""
     while True:
-        ready, _, _ = select.select([0, wake_read], [], [])
+        readers = {fd: output for output in outputs.values() for fd in output.fds()}
+        ready = set(_wait_readable([0, wake_read, *readers]))
+        for fd in ready & readers.keys():
+            readers[fd].readable(fd)
         if wake_read in ready:
             os.read(wake_read, 4096)
-        _reap(children)
+        _reap(children, outputs)
         if 0 in ready:
             data = os.read(0, 65536)
             if not data:
@@ -321,16 +253,29 @@ def serve(driver: int, preload: Sequence[str]) -> None:
                     continue
                 # SIGTERM waits till the child is in children (and the child has dropped the
                 # server's handler, which would kill the children's copy of children).
+                code = scripts.compiled(os.path.join(request["cwd"], request["argv"][0]))
+                output = ChildOutput(request["cwd"], request["log"])
                 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
                 pid = os.fork()
                 if pid == 0:
-                    _child(request, server)
+                    _child(request, server, code, output)
+                output.forked()
                 children[pid] = request["id"]
+                outputs[pid] = output
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
                 _send({"id": request["id"], "pid": pid})
 
 
-def _reap(children: dict[int, int]) -> None:
+def _wait_readable(fds: list[int]) -> list[int]:
+    """The descriptors of ``fds`` that can be read, once one can (epoll: a server running
+    many chunks waits on more than select's 1,024)."""
+    with selectors.DefaultSelector() as selector:
+        for fd in fds:
+            selector.register(fd, selectors.EVENT_READ)
+        return [key.fd for key, _ in selector.select()]
+
+
+def _reap(children: dict[int, int], outputs: dict[int, ChildOutput]) -> None:
     while children:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -339,6 +284,8 @@ def _reap(children: dict[int, int]) -> None:
         if pid == 0:
             return
         if pid in children:
+            # Its output is in the work_dir before the driver hears the chunk ended.
+            outputs.pop(pid).close()
             _send({"id": children.pop(pid), "exit": os.waitstatus_to_exitcode(status)})
 
 
@@ -346,11 +293,53 @@ def _send(message: dict[str, Any]) -> None:
     os.write(1, (json.dumps(message) + "\n").encode())
 
 
-def _child(request: dict[str, Any], server: int) -> None:
-    """Become the chunk's process: the server's pipes closed, output to scheduler.log, the
-    emitted script run as ``python script.py chunk`` would, then exit without the server's
-    clean-up. It dies with the server."""
-    code = 1
+class _Scripts:
+    """The emitted scripts, compiled once each: a child that opened and compiled its script
+    would cost every chunk three opens of it (runpy's), each a round trip to the server where
+    the work_dir is on a networked filesystem. One ``stat`` a chunk, here, tells a script that
+    the driver wrote again (a new file, renamed over the old: another inode); the driver writes
+    it through this machine's own client, so no cache hides the change from this server."""
+
+    KEPT = 8  # scripts of recent pools; a pool's work_dir holds one
+
+    def __init__(self) -> None:
+        self._compiled: dict[str, tuple[tuple[int, ...], types.CodeType]] = {}
+
+    def compiled(self, path: str) -> types.CodeType | None:
+        """The script's code; None where it cannot be read or compiled now (the child runs it
+        with runpy, which reports why in scheduler.log)."""
+        try:
+            info = os.stat(path)
+            key = (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size)
+            kept = self._compiled.get(path)
+            if kept is None or kept[0] != key:
+                with open(path, "rb") as f:
+                    kept = (key, compile(f.read(), path, "exec", dont_inherit=True))
+                self._compiled.pop(path, None)
+                self._compiled[path] = kept
+                while len(self._compiled) > self.KEPT:
+                    del self._compiled[next(iter(self._compiled))]
+            return kept[1]
+        except (OSError, SyntaxError, ValueError):
+            return None
+
+
+def _run_main(path: str, code: types.CodeType) -> None:
+    """Run ``code`` as the ``__main__`` module of ``path``, as ``python path`` would."""
+    main = types.ModuleType("__main__")
+    main.__file__ = path
+    main.__builtins__ = builtins
+    sys.modules["__main__"] = main
+    exec(code, main.__dict__)
+
+
+def _child(request: dict[str, Any], server: int, code: types.CodeType | None,
+           output: ChildOutput) -> None:
+    """Become the chunk's process: the server's descriptors closed, output into pipes that the
+    server files (forkoutput.py), the emitted script (``code``, compiled by the server) run as
+    ``python script.py chunk`` would, then exit without the server's clean-up. It dies with
+    the server."""
+    exit_code = 1
     try:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the server's handler kills its children
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # blocked by the server
@@ -359,21 +348,18 @@ def _child(request: dict[str, Any], server: int) -> None:
             os._exit(1)  # the server died as this process started: the driver is gone
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        os.closerange(3, 65536)
-        sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
-        sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+        output.become_child()
         os.chdir(request["cwd"])
         sys.argv = list(request["argv"])
-        import runpy
         try:
-            runpy.run_path(sys.argv[0], run_name="__main__")
-            code = 0
+            if code is None:
+                import runpy
+                runpy.run_path(sys.argv[0], run_name="__main__")
+            else:
+                _run_main(sys.argv[0], code)
+            exit_code = 0
         except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            exit_code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException:  # noqa: BLE001 -- reported in scheduler.log, as Python would
         import traceback
         traceback.print_exc()
@@ -384,7 +370,7 @@ def _child(request: dict[str, Any], server: int) -> None:
             sys.stdout.flush()
             sys.stderr.flush()
         finally:
-            os._exit(code)
+            os._exit(exit_code)
 
 
 if __name__ == "__main__":

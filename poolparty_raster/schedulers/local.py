@@ -6,7 +6,7 @@ Linux the processes are forked by a fork server (forkserver.py), which saves eac
 interpreter start and the import of numpy and rasterio; elsewhere, or should the server fail,
 each chunk starts ``python script.py chunk`` afresh.
 
-Its processes do not outlive the driver (on Linux: a parent-death signal, see forkserver.py),
+Its processes do not outlive the driver (on Linux: a parent-death signal, see parentdeath.py),
 and a cancel returns once the processes it killed are gone, those being started included: a
 process left running in workers mode goes on claiming chunks.
 """
@@ -25,7 +25,7 @@ from typing import Annotated
 
 from poolparty_raster.schedulers.base import (JobRecord, PollResult, Scheduler, SubmitSpec,
                                               TaskState, TaskStatus)
-from poolparty_raster.schedulers import forkserver
+from poolparty_raster.schedulers import forkserver, parentdeath
 from poolparty_raster.schedulers.forkserver import Launch
 
 # How long cancel() waits for the processes it killed to be gone: a start through a fork
@@ -145,9 +145,9 @@ class LocalScheduler(Scheduler):
         driver = os.getpid()
 
         def dies_with_driver() -> None:
-            if not forkserver.die_with_parent(signal.SIGKILL, driver):
+            if not parentdeath.die_with_parent(signal.SIGKILL, driver):
                 os._exit(1)  # the driver died while this process started
-        preexec = dies_with_driver if forkserver.can_die_with_parent() else None
+        preexec = dies_with_driver if parentdeath.can_die_with_parent() else None
         with open(spec.scheduler_log, "ab") as log:
             os.chmod(spec.scheduler_log, 0o600)
             return subprocess.Popen([spec.python_path, spec.script_path, str(chunk)], cwd=spec.work_dir,
