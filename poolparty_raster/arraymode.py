@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 # Seconds a chunk gone from a listing that drops ended jobs (Grid Engine) waits for the
 # scheduler's accounting to say how it ended (a wall-time kill is not resubmitted unchanged);
-# SGE 8.1.9's qacct showed an ended job 10 to 20 s late here.
+# Grid Engine writes its accounting every reporting_params flush_time (15 s by default), so
+# qacct may show an ended job that late (ci/sge sets accounting_flush_time=00:00:00).
 ACCOUNTING_PATIENCE = 60.0
 
 

@@ -15,6 +15,7 @@ import pytest
 
 import poolparty_raster as pp
 from poolparty_raster import engine
+from poolparty_raster.schedulers.base import Scheduler
 from workdirlog import log_events
 
 # Tasks defined here travel by value: a worker need not import this module (and pytest).
@@ -63,6 +64,14 @@ class Scaler:
 
     def scale(self, x):
         return x * self.factor
+
+
+@pytest.fixture
+def prompt_polls(monkeypatch):
+    """Polls at least 0.2 s apart, not a second (the spacing that spares a busy controller):
+    a task's death is noticed two polls and filesystem_lag after it, and these tests wait for
+    one to four deaths each, on every backend. The rule that notices it is the same."""
+    monkeypatch.setattr(Scheduler, "min_poll_interval", 0.2)
 
 
 def kept_dirs(tmp_path):
@@ -200,6 +209,7 @@ def test_results_that_only_cloudpickle_can_carry_come_back(make_pool):
     assert [(x, add(10), scaler.scale(5)) for x, add, scaler in values] == [(1, 11, 5), (2, 12, 10)]
 
 
+@pytest.mark.usefixtures("prompt_polls")
 def test_dead_task_is_resubmitted_and_succeeds(make_pool, tmp_path, backend):
     if backend == "serial":
         pytest.skip("a task that kills its process kills a SerialPool's caller")
@@ -212,6 +222,7 @@ def test_dead_task_is_resubmitted_and_succeeds(make_pool, tmp_path, backend):
     assert events.count("lost") == 1  # one dead attempt, noticed and recovered
 
 
+@pytest.mark.usefixtures("prompt_polls")
 def test_task_that_always_dies_raises_task_lost_error(make_pool, tmp_path, backend):
     if backend == "serial":
         pytest.skip("a task that kills its process kills a SerialPool's caller")
@@ -226,6 +237,7 @@ def test_task_that_always_dies_raises_task_lost_error(make_pool, tmp_path, backe
     assert error.work_dir == str(kept)
 
 
+@pytest.mark.usefixtures("prompt_polls")
 def test_resume_runs_only_what_has_no_result(make_pool, tmp_path, backend):
     if backend == "serial":
         pytest.skip("SerialPool keeps no work_dir")

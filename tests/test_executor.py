@@ -272,7 +272,9 @@ def counted_sbatch(real_slurm, tmp_path, monkeypatch):
 def test_real_slurm_two_hundred_submits_are_one_array(counted_sbatch):
     pool = pp.SlurmArrayPool(polling_interval=0.5, filesystem_lag=0.5, progress=False)
     try:
-        with PoolExecutor(pool) as executor:
+        # 10 elements, not the default chunksize's 50: what is batched is the submits, not
+        # the chunks, and each element is a job the real SLURM starts on this machine.
+        with PoolExecutor(pool, chunksize=20) as executor:
             futures = [executor.submit(mul, i, 2) for i in range(200)]
             assert sorted(f.result() for f in cf.as_completed(futures, timeout=300)) == \
                 [2 * i for i in range(200)]
