@@ -37,7 +37,7 @@ DummyQueue API:
       HTCondor held, HoldReasonCode 47).
   inject_oom(task=None, name=None, count=1)
       killed for its memory as it starts (SLURM OUT_OF_MEMORY; PBS Exit_status -27; LSF EXIT
-      137; HTCondor held, HoldReasonCode 34); Grid Engine has no memory kill (ValueError).
+      137, exit_reason TERM_MEMLIMIT; HTCondor held, HoldReasonCode 34); Grid Engine has no memory kill (ValueError).
   inject_slow(seconds, task=None, name=None, count=1)
       runs `seconds` longer than its command takes (a slow node, a straggler).
   inject_command_failure(command, times=1, mode="fail"|"hang"|"garble"|"lose_id"|"late",

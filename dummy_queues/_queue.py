@@ -110,7 +110,7 @@ class DummyQueue:
         """The next `count` matching elements are killed for their memory as they start (their
         command does not run), ending as the scheduler tells it: SLURM OUT_OF_MEMORY; PBS
         Exit_status -27; HTCondor held with HoldReasonCode 34 (subcode 102); LSF EXIT, exit
-        137 (a real LSF says TERM_MEMLIMIT only in bjobs -l and bhist).  Grid Engine has none:
+        137, exit_reason TERM_MEMLIMIT.  Grid Engine has none:
         its h_vmem is a limit on allocations, which fail inside the job (a MemoryError)."""
         if self.scheduler == "sge":
             raise ValueError("Grid Engine kills no job for its memory: h_vmem makes the job's "
