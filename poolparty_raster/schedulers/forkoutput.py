@@ -54,6 +54,8 @@ class ChildOutput:
             os.dup2(end, fd)
         os.dup2(self._child_control.fileno(), CONTROL_FD)
         os.closerange(CONTROL_FD + 1, 65536)
+        for closed in (self.control, self._child_control):
+            closed.detach()  # their numbers were closed above: a later close would hit another
         sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
         sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
         global launcher
