@@ -98,3 +98,20 @@ def test_output_that_cannot_be_filed_fails_the_chunk_saying_why(tmp_path):
     message = said.read_text()
     assert "fork server could not write the chunk's output" in message
     assert "No such file or directory" in message
+
+
+def test_a_script_the_driver_wrote_again_is_the_one_that_runs(tmp_path):
+    # The server compiles each script once: a map's new script.py (the driver's environment
+    # may have changed since the last map of the pool) must not run the old one's code.
+    work_dir = tmp_path / "w"
+    work_dir.mkdir()
+    script = work_dir / "script.py"
+    codes = []
+    for code in (3, 4):
+        fresh = work_dir / ".script.py.tmp"
+        fresh.write_text(f"import sys\nsys.exit({code})\n")
+        os.replace(fresh, script)  # as the driver writes it: a new file under the name
+        launch = forkserver.shared(sys.executable).launch(
+            [str(script), "7"], str(work_dir), str(work_dir / "scheduler.log"))
+        codes.append(launch.wait())
+    assert codes == [3, 4]
