@@ -42,13 +42,17 @@ fi
 # qmaster writes the accounting (what qacct reads) at once rather than every flush_time (15 s):
 # the pools ask qacct how a job that left qstat ended, and wait for its answer.
 tmp=$(mktemp -d)
+# qconf wraps a long value over lines ending in a backslash: joined first, so that
+# reporting_params is edited as one line and its accounting_flush_time set once however often
+# this runs.
 qconf -sconf global > "$tmp/before"
-qconf -sconf global | sed \
+sed -e ':a' -e '/\\$/{N;s/[[:space:]]*\\\n[[:space:]]*/ /;ba' -e '}' "$tmp/before" | sed \
   -e 's/^min_uid .*/min_uid                      0/' \
   -e 's/^min_gid .*/min_gid                      0/' \
   -e 's/^load_report_time .*/load_report_time             00:00:05/' \
   -e 's/^administrator_mail .*/administrator_mail           none/' \
-  -e '/accounting_flush_time=/!s/flush_time=/accounting_flush_time=00:00:00 flush_time=/' > "$tmp/global"
+  -e '/^reporting_params /{s/ accounting_flush_time=[^ ]*//g;s/ flush_time=/ accounting_flush_time=00:00:00 flush_time=/}' \
+  > "$tmp/global"
 qconf -Mconf "$tmp/global" >/dev/null
 qconf -sconf global | cmp -s - "$tmp/before" || conf_changed=1
 qconf -ssconf | sed \
