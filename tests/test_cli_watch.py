@@ -130,19 +130,24 @@ def test_status_says_why_a_local_maps_processes_are_not_counted(gated_map, capsy
     assert "workers queued and running: unknown (local: LocalPool's" in capsys.readouterr().out
 
 
-def test_watch_refreshes_until_the_map_ends_then_shows_how_it_ended(gated_map):
-    driver, work_dir, gates = gated_map()
-    naps = []
-
-    def open_the_gates_and_wait_for_the_end(seconds):
-        naps.append(seconds)
+def opening_the_gates(driver, gates, naps=None):
+    """A sleep for cli.watch that opens the gates and waits for the driver to end (noting the
+    seconds it was asked to sleep in ``naps``)."""
+    def sleep(seconds):
+        if naps is not None:
+            naps.append(seconds)
         for gate in gates:
             gate.touch()
         assert driver.wait(60) == 0
+    return sleep
 
+
+def test_watch_refreshes_until_the_map_ends_then_shows_how_it_ended(gated_map):
+    driver, work_dir, gates = gated_map()
+    naps = []
     out = io.StringIO()
     assert cli.watch(work_dir, 7.0, as_json=False, out=out,
-                     sleep=open_the_gates_and_wait_for_the_end) == 0
+                     sleep=opening_the_gates(driver, gates, naps)) == 0
     assert naps == [7.0]  # one status while it ran, one after it ended
     running, ended = out.getvalue().split("--- ")[1:]
     assert "driver: running" in running and "4 pending (queued or running)" in running
@@ -152,15 +157,9 @@ def test_watch_refreshes_until_the_map_ends_then_shows_how_it_ended(gated_map):
 
 def test_watch_of_a_map_that_removes_its_work_dir_says_so(gated_map):
     driver, work_dir, gates = gated_map(keep=False)
-
-    def open_the_gates_and_wait_for_the_end(seconds):
-        for gate in gates:
-            gate.touch()
-        assert driver.wait(60) == 0
-
     out = io.StringIO()
     assert cli.watch(work_dir, 5.0, as_json=True, out=out,
-                     sleep=open_the_gates_and_wait_for_the_end) == 0
+                     sleep=opening_the_gates(driver, gates)) == 0
     first, gone = out.getvalue().splitlines()
     assert json.loads(first)["state"] == "running"
     assert gone.startswith(f"{work_dir} is gone: its driver removed it")
