@@ -442,36 +442,53 @@ def test_workers_below_the_minimum_are_replaced_at_once(dummy_slurm, tmp_path, m
 
 
 MODE_SWITCH = textwrap.dedent("""
-    import sys, time
+    import os, sys, time
     import poolparty_raster as pp
 
-    def slow(x):
-        time.sleep(3)
+    def gated(task):
+        x, gate = task
+        while not os.path.exists(gate):  # the test opens it
+            time.sleep(0.02)
         return x * 10
 
     if __name__ == "__main__":
-        print(pp.SlurmArrayPool(work_dir=sys.argv[1], mode=sys.argv[2], polling_interval=0.3,
-                                progress=False).map(slow, range(3), chunksize=1))
+        work_dir, mode, gate = sys.argv[1:]
+        print(pp.SlurmArrayPool(work_dir=work_dir, mode=mode, polling_interval=0.3,
+                                progress=False).map(gated, [(x, gate) for x in range(3)],
+                                                    chunksize=1))
 """)
 
 
 def test_a_map_resumed_in_the_other_mode_cancels_the_earlier_drivers_jobs(dummy_slurm, tmp_path):
     script = tmp_path / "switch.py"
     script.write_text(MODE_SWITCH)
-    work_dir = tmp_path / "w"
-    driver = subprocess.Popen([sys.executable, str(script), str(work_dir), "workers"], cwd=tmp_path)
+    work_dir, gate = tmp_path / "w", tmp_path / "gate"
+    driver = subprocess.Popen([sys.executable, str(script), str(work_dir), "workers", str(gate)],
+                              cwd=tmp_path)
     deadline = time.monotonic() + 60
     while not (work_dir / "jobs.jsonl").exists():
         assert time.monotonic() < deadline and driver.poll() is None
         time.sleep(0.05)
-    driver.send_signal(signal.SIGKILL)  # its workers run on
+    driver.send_signal(signal.SIGKILL)  # its workers run on, held at the gate
     driver.wait(30)
-    resumed = subprocess.run([sys.executable, str(script), str(work_dir), "array"], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=120)
-    assert resumed.returncode == 0, resumed.stderr
-    assert resumed.stdout.strip() == "[0, 10, 20]"
     earlier = dummy_slurm.submissions[0]["job_id"]
-    assert {j["state"] for j in dummy_slurm.jobs() if j["job_id"] == earlier} == {"CANCELLED"}
+    resumed = subprocess.Popen([sys.executable, str(script), str(work_dir), "array", str(gate)],
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        # The earlier workers cannot finish before the resumed driver cancels them: their
+        # tasks wait at the gate, which opens once they are cancelled.
+        deadline = time.monotonic() + 60
+        while {j["state"] for j in dummy_slurm.jobs() if j["job_id"] == earlier} != {"CANCELLED"}:
+            assert time.monotonic() < deadline, "the earlier driver's jobs were not cancelled"
+            assert resumed.poll() is None, resumed.stderr.read()
+            time.sleep(0.05)
+        gate.touch()
+        out, err = resumed.communicate(timeout=120)
+    finally:
+        resumed.kill()
+    assert resumed.returncode == 0, err
+    assert out.strip() == "[0, 10, 20]"
 
 
 def test_real_slurm_map_larger_than_max_array_size(real_slurm, tmp_path):
