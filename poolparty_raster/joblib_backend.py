@@ -88,7 +88,7 @@ class PoolBackend(AutoBatchingMixin, ParallelBackendBase):
     def submit(self, func: Callable[[], Any], callback: Callable[[Future], Any] | None = None) -> Future:
         """One joblib batch as one call of the executor; ``callback`` gets its future."""
         assert self._executor is not None, "configure() comes first"
-        future = self._executor.submit(func)
+        future = self._executor.submit(_Batch(func))
         if callback is not None:
             future.add_done_callback(callback)
         return future
@@ -114,3 +114,20 @@ class PoolBackend(AutoBatchingMixin, ParallelBackendBase):
 
 
 register_parallel_backend(BACKEND_NAME, PoolBackend)
+
+
+class _Batch:
+    """A joblib batch as the executor's call, named after its calls' function (joblib batches
+    one function's calls): the progress label looks through ``func`` of this package's
+    wrappers."""
+
+    def __init__(self, batch: Callable[[], Any]):
+        self.batch = batch
+
+    @property
+    def func(self) -> Any:
+        items = getattr(self.batch, "items", None)  # joblib's BatchedCalls: (func, args, kwargs)
+        return items[0][0] if items else self.batch
+
+    def __call__(self) -> Any:
+        return self.batch()

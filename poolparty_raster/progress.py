@@ -30,8 +30,7 @@ def function_label(func: Callable[..., Any]) -> str:
     """The name a person knows a mapped function by. The wrappers this package puts around
     it (starmap's, apply's, the initializer's, the traceback's) and ``functools.partial``
     keep it as ``.func``; they are looked through, a user's own callable object is not. The
-    executor's batch of several functions carries its ``label``; a joblib batch is named
-    after its first call's function (joblib batches one function's calls)."""
+    executor's batch of several functions carries its ``label``."""
     while not hasattr(func, "__code__") and hasattr(func, "func") and (
             isinstance(func, functools.partial)
             or type(func).__module__.startswith("poolparty_raster")):
@@ -40,8 +39,6 @@ def function_label(func: Callable[..., Any]) -> str:
     label = getattr(func, "label", None)
     if kind.__module__.startswith("poolparty_raster") and isinstance(label, str):
         return label
-    if kind.__module__.startswith("joblib") and kind.__name__ == "BatchedCalls" and func.items:
-        return function_label(func.items[0][0])
     return getattr(func, "__qualname__", None) or kind.__qualname__
 
 
