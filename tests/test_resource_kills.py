@@ -193,14 +193,16 @@ def test_real_sge_h_rt_kill(real_sge, tmp_path):
     with pytest.raises(TaskLostError, match="killed at its wall time request") as lost:
         pp.SgePool(resources=["h_rt=0:0:2"], **FAST).map(sleep_then_return, [30], chunksize=1)
     assert "qacct: failed 37" in str(lost.value) and "asked for h_rt=0:0:2" in str(lost.value)
-    pool = pp.SgePool(resources=["h_rt=0:0:4"], retry_resources={"time": 2.0},
+    # Grid Engine enforces h_rt at its execd's checks, seconds late: a task 1 s over its limit
+    # may finish unkilled. 10 s is well past 4 s and well within the retry's 16 s.
+    pool = pp.SgePool(resources=["h_rt=0:0:4"], retry_resources={"time": 4.0},
                       work_dir=str(tmp_path / "w"), keep_work_dir=True, **FAST)
-    assert pool.map(sleep_then_return, [5], chunksize=1) == [5]
+    assert pool.map(sleep_then_return, [10], chunksize=1) == [10]
     # qacct may list an ended job late: up to the accounting's flush time (ci/sge sets 0)
     deadline = time.monotonic() + 90
     while len(qacct_categories(tmp_path / "w")) < 2 and time.monotonic() < deadline:
         time.sleep(1)
-    assert qacct_categories(tmp_path / "w") == ["-l h_rt=4", "-l h_rt=8"]
+    assert qacct_categories(tmp_path / "w") == ["-l h_rt=4", "-l h_rt=16"]
 
 
 
