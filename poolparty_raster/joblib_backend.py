@@ -104,12 +104,15 @@ class PoolBackend(AutoBatchingMixin, ParallelBackendBase):
             self._executor = self._new_executor()
 
     def terminate(self) -> None:
-        self._shutdown()
+        """Parallel's end: its batches have returned (or abort_everything came first), and the
+        maps that carried them finish too (their summary line, their work_dir removed)
+        before Parallel returns."""
+        self._shutdown(wait=True)
         self.reset_batch_stats()
 
-    def _shutdown(self) -> None:
+    def _shutdown(self, wait: bool = False) -> None:
         if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor.shutdown(wait=wait, cancel_futures=True)
             self._executor = None
 
 
