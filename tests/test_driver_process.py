@@ -70,10 +70,11 @@ def test_ctrl_c_or_sigterm_cancels_the_maps_jobs(tmp_path, script_backend, how):
     pids = tmp_path / "pids"
     pids.mkdir()
     (tmp_path / "sleeper.py").write_text(SLEEPER.format(pids=str(pids), pool=pool_expression(script_backend)))
-    # SIGHUP as a login shell leaves it (not ignored, as under nohup, which stays so)
+    # SIGINT and SIGHUP as a login shell leaves them to its foreground job (not ignored, as
+    # under nohup, or in a job a non-interactive shell put in the background: this suite's)
     driver = subprocess.Popen([sys.executable, "sleeper.py"], cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
+                              preexec_fn=_as_a_terminals_foreground_job)
     deadline = time.monotonic() + 60
     while len(os.listdir(pids)) < 2:
         assert time.monotonic() < deadline, "the tasks never started"
@@ -93,6 +94,11 @@ def test_ctrl_c_or_sigterm_cancels_the_maps_jobs(tmp_path, script_backend, how):
     (work_dir,) = (tmp_path / "work").iterdir()
     events = [e["event"] for e in log_events(work_dir)]
     assert "cancelled" in events
+
+
+def _as_a_terminals_foreground_job() -> None:
+    for signum in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
 
 
 def _alive(pid: int) -> bool:
