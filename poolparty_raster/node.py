@@ -276,12 +276,18 @@ def run_and_store(work_dir: Any, manifest: Any, load_function: Callable[[], Any]
     return seconds if loaded else None
 
 
-def _one_chunks_captures(work_dir: Any) -> Any:
-    """The captures of a process that runs one chunk: its launcher's where the launcher keeps
-    them (LocalPool's fork server, which makes files only where a chunk writes), else files of
-    its own."""
-    launcher = sys.modules.get("poolparty_raster.schedulers.forkoutput")
-    return getattr(launcher, "launcher", None) or Captures(work_dir, None)
+def _fork_server() -> Any:
+    """Where this process is a child of LocalPool's fork server: the server's side of its
+    output and results (forkoutput.PipedCaptures: it makes files only where a chunk writes,
+    and commits the chunk's result into a log it keeps), else None."""
+    return getattr(sys.modules.get("poolparty_raster.schedulers.forkoutput"), "launcher", None)
+
+
+def _held_map(work_dir_path: str) -> Any:
+    """What LocalPool's fork server read of this work_dir's map for the children it forks
+    (forkmaps.HeldMap: the manifest, tasks.zip in memory), else None."""
+    held = getattr(sys.modules.get("poolparty_raster.schedulers.forkmaps"), "current", None)
+    return held if held is not None and held.work_dir == work_dir_path else None
 
 
 _serving_a_map = False
@@ -304,12 +310,13 @@ def main(work_dir_path: str, argv: Sequence[str]) -> int:
     _serving_a_map = True
     work_dir = workdir.WorkDir(work_dir_path)
     index = chunk_from_arguments(argv, os.environ)
+    held = _held_map(work_dir_path)
     try:  # nothing is unpickled from a directory that another user could write
         ownership.check_private(work_dir_path, worker=True)
         # Written after the mark, and only by this package's driver, the manifest also says
         # the work_dir is ours: the mark is not read again (a round trip a chunk to a
         # networked filesystem's server).
-        manifest = work_dir.read_manifest()
+        manifest = held.manifest if held is not None else work_dir.read_manifest()
         if manifest is not None and manifest.format != FORMAT:
             raise WorkDirMismatchError(
                 f"work_dir {work_dir_path} holds a map of another version of poolparty_raster "
@@ -332,8 +339,11 @@ def main(work_dir_path: str, argv: Sequence[str]) -> int:
             # job's; it loads no function and claims nothing, so it holds no chunk should a
             # slot die.
             return run_slots(work_dir.script_path, argv, manifest.slots_per_worker)
+    if held is not None and held.tasks is not None:
+        work_dir.use_tasks(held.tasks)
     load_function = functools.cache(work_dir.load_function)  # once per process
-    captures = Captures(work_dir, process_token()) if workers else _one_chunks_captures(work_dir)
+    launcher = None if workers else _fork_server()
+    captures = Captures(work_dir, process_token()) if workers else launcher or Captures(work_dir, None)
     clock = ChunkClock(process_identity(os.environ, index if workers else None))
     try:
         if workers:
@@ -341,7 +351,7 @@ def main(work_dir_path: str, argv: Sequence[str]) -> int:
 
             claim_and_run(work_dir, manifest, load_function, index, captures, clock)
         else:
-            run_and_store(work_dir, manifest, load_function, index, captures, clock)
+            run_and_store(work_dir, manifest, load_function, index, captures, clock, launcher)
     except Exception:  # the work_dir failed us (a full disk, say): said where the driver looks,
         traceback.print_exc()  # the capture that it files under the chunk this process held
         return 1

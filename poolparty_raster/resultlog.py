@@ -70,8 +70,12 @@ class ResultLog:
     """A worker's side: ``publish`` a chunk's result under its final name, at once or, while
     ``batching``, with the next ones under one batch name (``commit``)."""
 
-    def __init__(self, directory: str, max_bytes: int = LOG_BYTES, max_records: int = LOG_RECORDS):
+    def __init__(self, directory: str, max_bytes: int = LOG_BYTES, max_records: int = LOG_RECORDS,
+                 readers_elsewhere: bool = True):
         self.directory = directory
+        # False: whoever reads the results does so on this machine (LocalPool's fork server),
+        # through this machine's client, which has the records without a flush.
+        self.readers_elsewhere = readers_elsewhere
         self.max_bytes, self.max_records = max_bytes, max_records
         self.path: str | None = None
         self.records = 0
@@ -211,7 +215,8 @@ class ResultLog:
         records are readable elsewhere before their link exists, without an open (a round
         trip) a commit."""
         assert self.path is not None
-        os.close(os.dup(self._fd))
+        if self.readers_elsewhere:
+            os.close(os.dup(self._fd))
         return self.path
 
     def _start(self) -> None:

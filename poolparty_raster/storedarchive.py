@@ -119,6 +119,7 @@ class StoredArchive:
         self.path = path
         self._file = open(path, "rb")
         self._zip: zipfile.ZipFile | None = None
+        self._memory: bytes | None = None  # keep_in_memory's
         try:
             self._version = file_version(os.fstat(self._file.fileno()))
             self._index = index if index is not None else ArchiveIndex(prefix, suffix)
@@ -141,8 +142,7 @@ class StoredArchive:
         offset, size, crc = found
         if size < 0:
             return self._zipfile().read(name)
-        fd = self._file.fileno()
-        head = os.pread(fd, _LOCAL_ENTRY.size + 512 + size, offset)
+        head = self._pread(_LOCAL_ENTRY.size + 512 + size, offset)
         try:
             signature, *_, name_length, extra_length = _LOCAL_ENTRY.unpack_from(head)
         except struct.error:
@@ -153,10 +153,27 @@ class StoredArchive:
             raise zipfile.BadZipFile(f"{self.path}: entry {name} is damaged")
         data = head[start:start + size]
         if len(data) < size:
-            data += os.pread(fd, size - len(data), offset + start + len(data))
+            data += self._pread(size - len(data), offset + start + len(data))
         if len(data) != size or zlib.crc32(data) != crc:
             raise zipfile.BadZipFile(f"{self.path}: entry {name} is damaged")
         return data
+
+    def keep_in_memory(self) -> None:
+        """Read the whole file into memory, its descriptor closed, and entries from there: a
+        process forked later reads them with no call to the filesystem, and closes no
+        descriptor of it when it exits (on FUSE and NFS every close is a round trip to the
+        server; a mapping would keep a descriptor). An archive that zipfile alone reads is
+        refused (ValueError): those go through a descriptor."""
+        if not self._index.readable:
+            raise ValueError(f"{self.path} is read through zipfile")
+        self._file.seek(0)
+        self._memory = self._file.read()
+        self._file.close()
+
+    def _pread(self, size: int, offset: int) -> bytes:
+        if self._memory is not None:
+            return self._memory[offset:offset + size]
+        return os.pread(self._file.fileno(), size, offset)
 
     def _zipfile(self) -> zipfile.ZipFile:
         if self._zip is None:
@@ -166,6 +183,7 @@ class StoredArchive:
     def close(self) -> None:
         if self._zip is not None:
             self._zip.close()
+        self._memory = None
         self._file.close()
 
 

@@ -125,6 +125,11 @@ class WorkDir:
             self._tasks = StoredArchive(self.tasks_path, prefix="chunks/", suffix=".pkl")
         return self._tasks
 
+    def use_tasks(self, tasks: StoredArchive) -> None:
+        """Read the function and tasks through ``tasks``, tasks.zip opened already (by
+        LocalPool's fork server for its children: forkmaps.py)."""
+        self._tasks = tasks
+
     def close(self) -> None:
         """Close the zips held open: the driver holds no file of a work_dir it may remove (on
         NFS an open file keeps a directory from being removed)."""
@@ -151,7 +156,8 @@ class WorkDir:
 
     def write_result(self, chunk: int, data: bytes, log: resultlog.ResultLog | None = None) -> None:
         """A chunk's result, which commits it: a record in the worker's result log where it
-        keeps one (workers mode), else a file of its own."""
+        keeps one (workers mode) or through its launcher (LocalPool's fork server commits it
+        into a log of its own: forkmaps.py), else a file of its own."""
         if log is None or not log.publish(self.file(loose_name(chunk, "result")), chunk, data):
             self.write_loose(chunk, "result", data)
 

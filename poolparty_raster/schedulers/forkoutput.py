@@ -12,7 +12,8 @@ the server reports the child's end; output before the chunk starts goes to sched
 
 The child asks over a socket (``start N``, ``finish N``) and waits for the answer, so nothing
 it wrote before asking is routed after: the bytes are in the pipe before the question is in
-the socket, and the server empties the pipes before it answers.
+the socket, and the server empties the pipes before it answers. Its result goes the same way
+(``result N SIZE`` and the payload), last, for the server to commit (forkmaps.py).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import contextlib
 import os
 import socket
 import sys
+from collections.abc import Callable
 
 from poolparty_raster.names import live_capture_name, loose_name
 
@@ -32,9 +34,10 @@ _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOFOLLOW
 class ChildOutput:
     """The server's side, for one child: its pipes' read ends, and where their bytes go."""
 
-    def __init__(self, work_dir: str, log: str) -> None:
+    def __init__(self, work_dir: str, log: str, commit: Callable[[int, bytes], None]) -> None:
         self.work_dir = work_dir
         self.log = log
+        self.commit = commit  # (chunk, result): commits a chunk's result, raises OSError
         pipes = [os.pipe() for _ in _STREAMS]
         self.streams = {r: stream for (r, _), stream in zip(pipes, _STREAMS)}
         self._child_ends = [w for _, w in pipes]
@@ -45,6 +48,7 @@ class ChildOutput:
         self._files: dict[str, tuple[int, str]] = {}  # stream -> live capture (fd, path)
         self._log_fd: int | None = None
         self._error: OSError | None = None
+        self._inbox = b""  # what came on the socket and is not a whole message yet
 
     def become_child(self) -> None:
         """In the child, just forked: fds 1 and 2 the pipes, the socket at CONTROL_FD, every
@@ -93,25 +97,47 @@ class ChildOutput:
         self.control.close()
 
     def _answer(self) -> None:
-        try:
-            question = self.control.recv(64).decode()
-        except OSError:
-            question = ""
-        if not question:  # the child closed its end (it ended, or a task closed fd 3)
-            self.control.close()
+        message = self._receive()
+        if message is None:
             return
-        verb, _, chunk = question.strip().partition(" ")
+        verb, chunk, payload = message
         for fd in list(self.streams):
             self._drain(fd)
-        if verb == "start" and chunk.isdigit():
-            self.chunk = int(chunk)
-        elif verb == "finish" and chunk.isdigit():
-            self._publish(int(chunk))
+        if verb == "start" and chunk is not None:
+            self.chunk = chunk
+        elif verb == "finish" and chunk is not None:
+            self._publish(chunk)
+        elif verb == "result" and chunk is not None:
+            if self._error is None:
+                try:  # last: the chunk's output files are in place before its result
+                    self.commit(chunk, payload)
+                except Exception as exc:  # noqa: BLE001 -- the chunk's failure, not the server's
+                    self._error = exc if isinstance(exc, OSError) else OSError(repr(exc))
         else:  # something else wrote on the socket's descriptor (a task that reused fd 3)
-            self._error = self._error or OSError(f"not a question: {question[:40]!r}")
+            self._error = self._error or OSError(f"not a question: {verb[:40]!r}")
         answer = "ok" if self._error is None else f"error {self._error}"
         with contextlib.suppress(OSError):  # the child died waiting: reaped next
             self.control.sendall(answer.encode() + b"\n")
+
+    def _receive(self) -> tuple[str, int | None, bytes] | None:
+        """The child's message, (verb, chunk, payload), once it has come whole; None until
+        then, and once the child closed its end (it ended, or a task closed fd 3)."""
+        try:
+            data = self.control.recv(_READ_SIZE)
+        except OSError:
+            data = b""
+        if not data:
+            self.control.close()
+            return None
+        self._inbox += data
+        line, newline, rest = self._inbox.partition(b"\n")
+        words = line.decode(errors="replace").split(" ")
+        size = int(words[2]) if words[0] == "result" and words[2:3] and words[2].isdigit() else 0
+        if (not newline and len(self._inbox) < _READ_SIZE) or len(rest) < size:
+            return None  # the rest is on its way
+        self._inbox = rest[size:]  # empty: the child waits for the answer before it says more
+        chunk = int(words[1]) if words[1:2] and words[1].isdigit() else None
+        return words[0], chunk, rest[:size]
 
     def _publish(self, chunk: int) -> None:
         """The chunk's live captures become its output files (they exist only where it wrote)."""
@@ -167,15 +193,21 @@ class PipedCaptures:
     def finish(self, chunk: int) -> None:
         self._ask(f"finish {chunk}")
 
+    def publish(self, destination: str, chunk: int, payload: bytes) -> bool:
+        """Have the server commit the chunk's result (under ``destination``, the chunk's
+        result name in the work_dir it runs in), as a worker's ResultLog would."""
+        self._ask(f"result {chunk} {len(payload)}", payload)
+        return True
+
     def close(self) -> None:
         with contextlib.suppress(OSError, ValueError):
             sys.stdout.flush()
             sys.stderr.flush()
 
-    def _ask(self, question: str) -> None:
+    def _ask(self, question: str, payload: bytes = b"") -> None:
         sys.stdout.flush()
         sys.stderr.flush()
-        self.control.sendall(question.encode() + b"\n")
+        self.control.sendall(question.encode() + b"\n" + payload)
         answer = self.control.recv(4096).decode().strip()
         if answer != "ok":
             raise OSError(f"LocalPool's fork server could not write the chunk's output into "

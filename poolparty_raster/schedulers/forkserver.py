@@ -10,12 +10,15 @@ whose threads may hold locks.
 Protocol on the server's stdin and stdout, one JSON object per line:
   driver -> server  {"id": 7, "argv": [script, chunk], "cwd": "...", "log": ".../scheduler.log"}
                     {"kill": 7}                kill chunk 7's process and its session
+                    {"id": 8, "forget": "..."} let go of that work_dir's map (forkmaps.py)
   server -> driver  {"id": 7, "pid": 1234}   the child runs, in a session of its own
                     {"id": 7, "exit": 0}      it ended (negative: killed by that signal)
+                    {"id": 8, "forgot": true} it holds nothing of the work_dir any more
 The server kills what it runs by pid (a child that has not made its session yet leads no
 group) and by session, and only a child it has not reaped: its pid is not reused meanwhile.
 A child's stdout and stderr are pipes that the server reads and files in the work_dir
-(forkoutput.py), before it reports the child's end; it compiles each script once.
+(forkoutput.py), before it reports the child's end; it compiles each script once, and reads
+each map's manifest and tasks once for its children and commits their results (forkmaps.py).
 
 Nothing outlives the driver: when it goes away (end of input, or killed: on Linux the server
 gets SIGTERM as its parent-death signal) the server kills its children's sessions and exits,
@@ -28,6 +31,7 @@ from __future__ import annotations
 import atexit
 import builtins
 import contextlib
+import functools
 import importlib
 import json
 import os
@@ -40,6 +44,7 @@ import types
 from collections.abc import Sequence
 from typing import Any
 
+from poolparty_raster.schedulers import forkmaps
 from poolparty_raster.schedulers.forkoutput import ChildOutput
 from poolparty_raster.schedulers.parentdeath import die_with_parent, in_lasting_thread
 
@@ -54,6 +59,7 @@ PRELOADABLE = ("numpy", "rasterio", "scipy", "pandas", "poolparty_raster.applier
 # that imported them under other values cannot honour a change.
 IMPORT_TIME_VARIABLES = ("OMP_", "OPENBLAS_", "MKL_", "VECLIB_", "NUMEXPR_", "GDAL_", "CPL_",
                          "PROJ_")
+FORGET_WAIT = 30.0  # seconds the driver waits for the server to let go of a work_dir
 _SERVERS: dict[tuple[Any, ...], ForkServer] = {}
 _SERVERS_LOCK = threading.Lock()
 
@@ -90,6 +96,7 @@ class ForkServer:
             start_new_session=True))
         self._lock = threading.Lock()
         self._launches: dict[int, Launch] = {}
+        self._forgetting: dict[int, threading.Event] = {}
         self._next_id = 0
         self.alive = True
         self._reader = threading.Thread(target=self._read, daemon=True, name="poolparty-forkserver")
@@ -112,6 +119,21 @@ class ForkServer:
         if launch.pid is None:
             raise OSError("the fork server exited before it started the chunk")
         return launch
+
+    def forget(self, work_dir: str) -> None:
+        """Have the server let go of the work_dir's map (forkmaps.py), and return once it has
+        (up to FORGET_WAIT): the driver is about to remove the work_dir, which a file held
+        open keeps from being removed on NFS. A server that is gone holds nothing."""
+        with self._lock:
+            if not self.alive:
+                return
+            self._next_id += 1
+            done = self._forgetting[self._next_id] = threading.Event()
+            try:
+                self._send({"id": self._next_id, "forget": work_dir})
+            except OSError:
+                return
+        done.wait(FORGET_WAIT)
 
     def kill(self, launch: Launch) -> None:
         """Have the server kill the chunk's process and session, unless it has ended (or has
@@ -138,8 +160,11 @@ class ForkServer:
         with self._lock:  # the server died: nobody will report on what it started
             self.alive = False
             orphans, self._launches = list(self._launches.values()), {}
+            forgetting, self._forgetting = list(self._forgetting.values()), {}
             with contextlib.suppress(OSError):
                 self._process.stdin.close()
+        for done in forgetting:
+            done.set()
         for launch in orphans:
             launch.code = -signal.SIGKILL
             launch.started.set()
@@ -150,6 +175,9 @@ class ForkServer:
             message = json.loads(line)
             with self._lock:
                 launch = self._launches.get(message["id"])
+                forgotten = self._forgetting.pop(message["id"], None)
+            if forgotten is not None:
+                forgotten.set()
             if launch is None:
                 continue
             if "pid" in message:
@@ -228,7 +256,8 @@ def serve(driver: int, preload: Sequence[str]) -> None:
     signal.set_wakeup_fd(wake_write)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     server = os.getpid()
-    scripts = _Scripts()
+    scripts = forkmaps.Scripts()
+    maps = forkmaps.HeldMaps()
     pending = b""
     while True:
         readers = {fd: output for output in outputs.values() for fd in output.fds()}
@@ -251,13 +280,21 @@ def serve(driver: int, preload: Sequence[str]) -> None:
                     for pid in [p for p, i in children.items() if i == request["kill"]]:
                         kill_session(pid)
                     continue
+                if "forget" in request:
+                    maps.forget(request["forget"])
+                    _send({"id": request["id"], "forgot": True})
+                    continue
                 # SIGTERM waits till the child is in children (and the child has dropped the
                 # server's handler, which would kill the children's copy of children).
-                code = scripts.compiled(os.path.join(request["cwd"], request["argv"][0]))
-                output = ChildOutput(request["cwd"], request["log"])
+                work_dir = request["cwd"]
+                code = scripts.compiled(os.path.join(work_dir, request["argv"][0]))
+                held = maps.refresh(work_dir)
+                output = ChildOutput(work_dir, request["log"],
+                                     functools.partial(maps.commit, work_dir))
                 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
                 pid = os.fork()
                 if pid == 0:
+                    forkmaps.current = held
                     _child(request, server, code, output)
                 output.forked()
                 children[pid] = request["id"]
@@ -291,37 +328,6 @@ def _reap(children: dict[int, int], outputs: dict[int, ChildOutput]) -> None:
 
 def _send(message: dict[str, Any]) -> None:
     os.write(1, (json.dumps(message) + "\n").encode())
-
-
-class _Scripts:
-    """The emitted scripts, compiled once each: a child that opened and compiled its script
-    would cost every chunk three opens of it (runpy's), each a round trip to the server where
-    the work_dir is on a networked filesystem. One ``stat`` a chunk, here, tells a script that
-    the driver wrote again (a new file, renamed over the old: another inode); the driver writes
-    it through this machine's own client, so no cache hides the change from this server."""
-
-    KEPT = 8  # scripts of recent pools; a pool's work_dir holds one
-
-    def __init__(self) -> None:
-        self._compiled: dict[str, tuple[tuple[int, ...], types.CodeType]] = {}
-
-    def compiled(self, path: str) -> types.CodeType | None:
-        """The script's code; None where it cannot be read or compiled now (the child runs it
-        with runpy, which reports why in scheduler.log)."""
-        try:
-            info = os.stat(path)
-            key = (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size)
-            kept = self._compiled.get(path)
-            if kept is None or kept[0] != key:
-                with open(path, "rb") as f:
-                    kept = (key, compile(f.read(), path, "exec", dont_inherit=True))
-                self._compiled.pop(path, None)
-                self._compiled[path] = kept
-                while len(self._compiled) > self.KEPT:
-                    del self._compiled[next(iter(self._compiled))]
-            return kept[1]
-        except (OSError, SyntaxError, ValueError):
-            return None
 
 
 def _run_main(path: str, code: types.CodeType) -> None:

@@ -62,6 +62,8 @@ class LocalScheduler(Scheduler):
         self._lock = threading.Lock()
         self._states: dict[tuple[str, int], TaskStatus] = {}
         self._processes: dict[tuple[str, int], subprocess.Popen[bytes] | Launch] = {}
+        # job_id -> the fork server its chunks went to, and its work_dir
+        self._servers: dict[str, tuple[forkserver.ForkServer, str]] = {}
         self._cancelled: set[tuple[str, int]] = set()
         self._threads = 0
         self._busy = 0  # threads running a chunk
@@ -106,7 +108,7 @@ class LocalScheduler(Scheduler):
                 self._busy += 1
                 self._states[key] = TaskStatus(TaskState.RUNNING)
             try:
-                process = self._start(spec, chunk)  # unlocked: polls need not wait for a start
+                process = self._start(job_id, spec, chunk)  # unlocked: polls need not wait for a start
             except OSError as exc:  # the work_dir was removed, or no such interpreter
                 with self._lock:
                     self._busy -= 1
@@ -131,13 +133,16 @@ class LocalScheduler(Scheduler):
             self._states[key] = TaskStatus(TaskState.FINISHED, reason)
         self._ended.notify_all()
 
-    def _start(self, spec: SubmitSpec, chunk: int) -> subprocess.Popen[bytes] | Launch:
+    def _start(self, job_id: str, spec: SubmitSpec, chunk: int) -> subprocess.Popen[bytes] | Launch:
         # Started in the work_dir, which exists while the map runs: script.py enters the
         # driver's directory itself, and says so in the chunk's stderr if it has gone.
         if self.fork:
             try:
-                return forkserver.shared(spec.python_path).launch(
-                    [spec.script_path, str(chunk)], spec.work_dir, spec.scheduler_log)
+                server = forkserver.shared(spec.python_path)
+                with self._lock:
+                    self._servers[job_id] = (server, spec.work_dir)
+                return server.launch([spec.script_path, str(chunk)], spec.work_dir,
+                                     spec.scheduler_log)
             except OSError:
                 self.fork = False  # it died: start this chunk, and the next ones, the slow way
         # Started from this thread, which waits for the process: the parent-death signal
@@ -191,11 +196,16 @@ class LocalScheduler(Scheduler):
         self._changed.clear()
 
     def release(self, jobs: Sequence[JobRecord]) -> None:
+        """Forget the jobs, and have the fork server let go of their work_dir (forkmaps.py)
+        before the driver removes it."""
         wanted = {job["job_id"] for job in jobs}
         with self._lock:
             for key in [k for k in self._states if k[0] in wanted]:
                 del self._states[key]
                 self._cancelled.discard(key)
+            servers = {self._servers.pop(job_id) for job_id in wanted if job_id in self._servers}
+        for server, work_dir in servers:
+            server.forget(work_dir)
 
 
 _GONE = TaskStatus(TaskState.FINISHED, "released")
