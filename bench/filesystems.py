@@ -66,10 +66,10 @@ def _local_rows(quick: bool) -> list[Row]:
                 target, ok = "<= 1 ms a chunk", seconds / n <= 0.001
             elif fs == "GlusterFS":  # 3x workers mode's 1 ms, plus the interpreters' starts
                 starts = t[f"ext4 {mode}"] / n  # (the same map on the local disk)
-                target = f"<= ext4's + 3 ms a chunk ({(starts + 0.003) * 1000:.1f} ms)"
+                target = f"<= ext4's + 3 ms a chunk ({(starts + 0.003) * 1000:.2f} ms)"
                 ok = seconds / n <= starts + 0.003
             out.append((f"LocalPool(2), {n:,} one-task chunks, {mode} mode, work_dir on {fs}",
-                        f"{seconds:.2f} s, {seconds / n * 1000:.1f} ms a chunk; calls a chunk: "
+                        f"{seconds:.2f} s, {seconds / n * 1000:.2f} ms a chunk; calls a chunk: "
                         f"{calls}", target, "-" if ok is None else verdict(ok)))
     return out
 
