@@ -112,6 +112,7 @@ class MapRun:
         self._reattached: bool | None = None  # None until started
         self._next_scan = 0.0  # when the loop may scan the work_dir again (SCAN_SHARE)
         self.lost_error: TaskLostError | None = None  # set when the map ends with lost chunks
+        self._released = False  # scheduler.release called
         self.mode = mode(self)
 
     @property
@@ -151,6 +152,7 @@ class MapRun:
             self.submissions.cancel_all(reason=type(exc).__name__)
             raise
         finally:
+            self._release()
             self.progress.close()
 
     def output_kinds(self, chunk: int) -> list[str] | None:
@@ -180,6 +182,14 @@ class MapRun:
     def abandon(self, reason: str) -> None:
         """The caller dropped the results unfinished: cancel everything of the map."""
         self.submissions.cancel_all(reason=reason)
+        self._release()
+
+    def _release(self) -> None:
+        """Once, at every map's end, a failed or abandoned one's too: the backend forgets the
+        jobs and lets go of what it holds for them (ECS task definitions, a fork server's)."""
+        if not self._released:
+            self._released = True
+            self.scheduler.release(self.jobs)
 
     def all_finished(self) -> bool:
         return len(self.finished) == self.manifest.num_chunks
@@ -284,7 +294,6 @@ class MapRun:
             yield from self._take_fresh()
         self.mode.cancel_leftovers()
         self.work_dir.claims.remove()
-        self.scheduler.release(self.jobs)
         self.work_dir.log("map_finished", chunks=self.manifest.num_chunks, lost=sorted(self.lost_chunks))
         if self.lost_chunks:
             self.lost_error = self.attempts.lost_error(self.lost_chunks, self.manifest,

@@ -122,3 +122,14 @@ def test_where_the_filesystem_has_no_hard_links_a_result_is_a_file_of_its_own(tm
     assert Path(work_dir, loose_name(1, "result")).read_bytes() == b"plain"
     maps.forget(work_dir)
     assert not [p for p in os.listdir(work_dir) if resultlog.is_log_name(p)]
+
+
+def test_the_server_lets_go_of_a_map_the_caller_abandoned(tmp_path):
+    work_dir = str(tmp_path / "w")
+    pool = pp.LocalPool(2, mode="array", progress=False, work_dir=work_dir)
+    results = pool.imap(abs, [-1, -2, *[-3] * 40], chunksize=1)
+    assert next(results) == 1
+    server = forkserver.shared(sys.executable)
+    pool.terminate()  # the map ends unfinished: its work_dir is kept, with its results
+    assert server_files(server, work_dir) == []
+    assert os.path.isdir(work_dir)
