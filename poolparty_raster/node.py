@@ -20,6 +20,7 @@ from poolparty_raster.registry import BACKENDS
 
 if TYPE_CHECKING:
     from poolparty_raster.records import ChunkClock
+    from poolparty_raster.resultlog import Publisher
 
 # Variables that describe the node or the allocation the worker runs in: the caller's values
 # (from a login node, or another job) would be wrong there, so they never travel. Any node's
@@ -254,11 +255,11 @@ def _report_cwd_error() -> None:
 
 def run_and_store(work_dir: Any, manifest: Any, load_function: Callable[[], Any],
                   chunk: int, captures: Captures, clock: ChunkClock,
-                  results: Any = None) -> float | None:
+                  results: Publisher | None = None) -> float | None:
     """Run one chunk with its output captured, and store its outputs; the result goes last
-    (into ``results``, a worker's ResultLog, when given), carrying the chunk's record
-    (``clock``'s: records.py). Returns the seconds its tasks took, None where the function
-    could not be loaded."""
+    (into ``results`` when given: a worker's ResultLog, LocalPool's fork server), carrying
+    the chunk's record (``clock``'s: records.py). Returns the seconds its tasks took, None
+    where the function could not be loaded."""
     from poolparty_raster.outcome import dump_exceptions, dump_results
 
     captures.start(chunk)

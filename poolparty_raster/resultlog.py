@@ -36,6 +36,7 @@ import struct
 import threading
 import time
 import zlib
+from typing import Protocol
 
 from poolparty_raster.claimfiles import NO_HARD_LINKS, out_of_links, process_token
 from poolparty_raster.files import atomic_write, write_all
@@ -55,6 +56,15 @@ LOG_RECORDS = 4096  # far below any filesystem's limit on links to one file (ext
 # run's results, and a finished chunk waits no longer than that to count as done.
 HELD_SECONDS = 0.05
 HELD_BYTES = 1 << 20  # and once they add up to this much: what a worker holds in memory
+
+
+class Publisher(Protocol):
+    """What commits a chunk's result for the process that ran it: its ResultLog (workers
+    mode), or LocalPool's fork server (forkoutput.PipedCaptures, array mode)."""
+
+    def publish(self, destination: str, chunk: int, payload: bytes) -> bool:
+        """Commit ``payload`` under ``destination``; False where the caller must write a file
+        of its own (no hard links)."""
 
 
 def is_log_name(name: str) -> bool:

@@ -154,7 +154,7 @@ class WorkDir:
         # than a small chunk's work.
         atomic_write(self.file(loose_name(chunk, kind)), data, durable=False)
 
-    def write_result(self, chunk: int, data: bytes, log: resultlog.ResultLog | None = None) -> None:
+    def write_result(self, chunk: int, data: bytes, log: resultlog.Publisher | None = None) -> None:
         """A chunk's result, which commits it: a record in the worker's result log where it
         keeps one (workers mode) or through its launcher (LocalPool's fork server commits it
         into a log of its own: forkmaps.py), else a file of its own."""

@@ -81,7 +81,7 @@ class HeldMap:
     results: ResultLog | None = field(default=None)  # created at the first result
 
     def release(self) -> None:
-        """Close the mapping and the log, and remove the log's own name (the results linked
+        """Drop tasks.zip's bytes, close the log and remove its own name (the results linked
         to it stay)."""
         if self.tasks is not None:
             self.tasks.close()
@@ -135,6 +135,7 @@ class HeldMaps:
             atomic_write(destination, payload, durable=False)
 
     def forget(self, work_dir: str) -> None:
+        """Hold nothing of the work_dir any more (its map ended, or changed)."""
         held = self._held.pop(work_dir, None)
         if held is not None:
             held.release()
