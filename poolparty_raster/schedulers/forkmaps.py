@@ -27,11 +27,10 @@ from dataclasses import dataclass, field
 
 from poolparty_raster import ownership
 from poolparty_raster.errors import UnsafeWorkDirError, WorkDirMismatchError
-from poolparty_raster.files import atomic_write
 from poolparty_raster.manifest import Manifest, read_manifest
-from poolparty_raster.names import loose_name
 from poolparty_raster.resultlog import ResultLog
 from poolparty_raster.storedarchive import StoredArchive
+from poolparty_raster.workdir import WorkDir
 
 KEPT = 4  # work_dirs held at once: a pool's maps run one after another, a few at once at most
 # An array-mode child reads a larger tasks.zip itself (what is held is the server's memory,
@@ -42,7 +41,7 @@ HELD_TASKS_BYTES = 128 << 20
 class Scripts:
     """The emitted scripts, compiled once each: a child that opened and compiled its script
     would cost every chunk three opens of it (runpy's), each a round trip to the server where
-    the work_dir is on a networked filesystem. One ``stat`` a chunk, here, tells a script that
+    the work_dir is on a networked filesystem. One ``lstat`` a chunk, here, tells a script that
     the driver wrote again (a new file, renamed over the old: another inode); the driver writes
     it through this machine's own client, so no cache hides the change from this server."""
 
@@ -55,8 +54,7 @@ class Scripts:
         """The script's code; None where it cannot be read or compiled now (the child runs it
         with runpy, which reports why in scheduler.log)."""
         try:
-            info = os.stat(path)
-            key = (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size)
+            key = _identity(path)
             kept = self._compiled.get(path)
             if kept is None or kept[0] != key:
                 with open(path, "rb") as f:
@@ -121,18 +119,14 @@ class HeldMaps:
         return held
 
     def commit(self, work_dir: str, chunk: int, payload: bytes) -> None:
-        """Commit a chunk's result: a record in the work_dir's log and a link to it under the
-        chunk's result name, or a file of its own where the filesystem has no hard links.
-        Raises OSError (a full disk) with nothing under the result's name."""
-        destination = os.path.join(work_dir, loose_name(chunk, "result"))
+        """Commit a chunk's result as the chunk would have (WorkDir.write_result): a record in
+        the work_dir's log and a link to it under the chunk's result name; a file of its own
+        where the filesystem has no hard links, or where the map ended meanwhile (forget: a
+        late duplicate's result). Raises OSError (a full disk) with nothing under the name."""
         held = self._held.get(work_dir)
-        if held is None:  # the map ended meanwhile (forget): a late duplicate's result
-            atomic_write(destination, payload, durable=False)
-            return
-        if held.results is None:  # read by the driver, which runs on this machine
+        if held is not None and held.results is None:  # read by the driver, on this machine
             held.results = ResultLog(work_dir, readers_elsewhere=False)
-        if not held.results.publish(destination, chunk, payload):
-            atomic_write(destination, payload, durable=False)
+        WorkDir(work_dir).write_result(chunk, payload, held.results if held else None)
 
     def forget(self, work_dir: str) -> None:
         """Hold nothing of the work_dir any more (its map ended, or changed)."""
@@ -142,6 +136,7 @@ class HeldMaps:
 
 
 def _identity(path: str) -> tuple[int, ...]:
+    """Which file ``path`` is now; OSError for none, or anything but a regular file."""
     info = os.lstat(path)
     if not stat.S_ISREG(info.st_mode):  # nothing in a work_dir is read through a link
         raise OSError(f"{path} is not a regular file")
